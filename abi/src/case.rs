@@ -1,0 +1,198 @@
+//! Case descriptors and the shared vocabulary of host-side expectations.
+//!
+//! A case is declared once, in the guest binary, with `guest_lib::case!`. The macro places a
+//! [`CaseDesc`] in the ELF section [`CASE_SECTION`]; the host reads that section to build its
+//! case table, so the runner, `--list`, the report and the expectations all see the same set.
+//! What the host must do or check while the case runs is named by a [`HostCheck`]; the values
+//! both sides use for it are the constants in [`io`].
+
+/// ELF section holding the [`CaseDesc`] array (a C identifier, so the linker also defines
+/// `__start_pvmc_cases`/`__stop_pvmc_cases`).
+pub const CASE_SECTION: &str = "pvmc_cases";
+/// [`CaseDesc::magic`] ("CASE").
+pub const CASE_MAGIC: u32 = u32::from_le_bytes(*b"CASE");
+/// [`CaseDesc::version`] of this layout.
+pub const CASE_DESC_VERSION: u16 = 1;
+/// Bytes of [`CaseDesc::name`].
+pub const NAME_LEN: usize = 48;
+/// Bytes of [`CaseDesc::requirements`].
+pub const REQS_LEN: usize = 64;
+/// Bytes of [`CaseDesc::summary`].
+pub const SUMMARY_LEN: usize = 120;
+
+/// [`CaseDesc::flags`]: only run with `--selftest` (and by the suite's own tests).
+pub const FLAG_SELFTEST: u32 = 1 << 0;
+/// [`CaseDesc::flags`]: create an in-kernel irqchip (LAPIC) for this case.
+pub const FLAG_IRQCHIP: u32 = 1 << 1;
+
+/// Host-side behaviour a case needs beyond the report channel. Each variant is implemented
+/// once by the host harness (an exhaustive `match`), and its constants live in [`io`].
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HostCheck {
+    /// Nothing beyond the report channel.
+    None = 0,
+    /// Port I/O echo device on [`io::ECHO_PORT`]: the host records every OUT and answers
+    /// INs; it checks the OUTs against [`io::PIO_OUT`].
+    PortIo = 1,
+    /// MMIO device in the MMIO window: the host checks the write against [`io::MMIO_WRITE`]
+    /// and answers the read with [`io::MMIO_READ_VALUE`].
+    Mmio = 2,
+    /// The guest executes `hlt` [`io::HLT_COUNT`] times; the host must see exactly that many
+    /// `KVM_EXIT_HLT`s, each after a checkpoint.
+    HltExit = 3,
+}
+
+impl HostCheck {
+    /// Decodes the raw value.
+    pub fn from_raw(raw: u8) -> Option<Self> {
+        Some(match raw {
+            0 => Self::None,
+            1 => Self::PortIo,
+            2 => Self::Mmio,
+            3 => Self::HltExit,
+            _ => return None,
+        })
+    }
+}
+
+/// Values shared by a guest case and its [`HostCheck`].
+pub mod io {
+    /// Echo port of [`super::HostCheck::PortIo`].
+    pub const ECHO_PORT: u16 = 0x0cf4;
+    /// The OUTs the guest performs, in order: (size in bytes, value).
+    pub const PIO_OUT: [(u8, u32); 3] = [(1, 0x5a), (2, 0xa55a), (4, 0xdead_beef)];
+    /// What an IN of `size` bytes from [`ECHO_PORT`] returns: the last OUT value, bitwise
+    /// inverted, truncated to `size`.
+    pub const fn pio_in_answer(last_out: u32, size: u8) -> u32 {
+        let v = !last_out;
+        match size {
+            1 => v & 0xff,
+            2 => v & 0xffff,
+            _ => v,
+        }
+    }
+    /// Offset into the MMIO window of the write of [`super::HostCheck::Mmio`].
+    pub const MMIO_WRITE_OFFSET: u64 = 0x10;
+    /// The MMIO write: (size, value).
+    pub const MMIO_WRITE: (u8, u64) = (4, 0xfeed_f00d);
+    /// Offset into the MMIO window of the read.
+    pub const MMIO_READ_OFFSET: u64 = 0x20;
+    /// Value the host answers the 4-byte MMIO read with.
+    pub const MMIO_READ_VALUE: u32 = 0x1234_5678;
+    /// Number of `hlt` the guest of [`super::HostCheck::HltExit`] executes.
+    pub const HLT_COUNT: u64 = 3;
+}
+
+/// A case descriptor as stored in [`CASE_SECTION`]. `E` is the entry-point type: the guest
+/// stores a function pointer, the host reads it back as `u64` (same size and offset).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CaseDesc<E> {
+    /// [`CASE_MAGIC`].
+    pub magic: u32,
+    /// [`CASE_DESC_VERSION`].
+    pub version: u16,
+    /// [`crate::env::Area`] discriminant.
+    pub area: u8,
+    /// [`HostCheck`] discriminant.
+    pub host: u8,
+    /// Mask of [`crate::env::Env::bit`] the case applies to.
+    pub envs: u32,
+    /// `FLAG_*` bits.
+    pub flags: u32,
+    /// Per-case timeout in milliseconds; 0 = the runner's default.
+    pub timeout_ms: u32,
+    /// Number of vCPUs (1 today).
+    pub vcpus: u32,
+    /// Case name (`area.what`), NUL padded.
+    pub name: [u8; NAME_LEN],
+    /// Requirement ids, comma separated, NUL padded.
+    pub requirements: [u8; REQS_LEN],
+    /// One-line description, NUL padded.
+    pub summary: [u8; SUMMARY_LEN],
+    /// Entry point of the case function.
+    pub entry: E,
+}
+
+/// Size of one descriptor.
+pub const CASE_DESC_SIZE: usize = core::mem::size_of::<CaseDesc<u64>>();
+/// Offset of [`CaseDesc::entry`].
+pub const ENTRY_OFFSET: usize = core::mem::offset_of!(CaseDesc<u64>, entry);
+
+const _: () = {
+    assert!(CASE_DESC_SIZE == 264);
+    assert!(core::mem::size_of::<CaseDesc<fn()>>() == CASE_DESC_SIZE);
+    assert!(core::mem::offset_of!(CaseDesc<fn()>, entry) == ENTRY_OFFSET);
+    assert!(core::mem::offset_of!(CaseDesc<u64>, envs) == 8);
+    assert!(core::mem::offset_of!(CaseDesc<u64>, flags) == 12);
+    assert!(core::mem::offset_of!(CaseDesc<u64>, timeout_ms) == 16);
+    assert!(core::mem::offset_of!(CaseDesc<u64>, vcpus) == 20);
+    assert!(core::mem::offset_of!(CaseDesc<u64>, name) == 24);
+    assert!(core::mem::offset_of!(CaseDesc<u64>, requirements) == 24 + NAME_LEN);
+    assert!(core::mem::offset_of!(CaseDesc<u64>, summary) == 24 + NAME_LEN + REQS_LEN);
+    assert!(ENTRY_OFFSET == 256);
+};
+
+impl CaseDesc<u64> {
+    /// Decodes one descriptor from section bytes (little endian). Returns `None` when the
+    /// magic or version does not match.
+    pub fn parse(b: &[u8]) -> Option<Self> {
+        if b.len() < CASE_DESC_SIZE {
+            return None;
+        }
+        let u16_at = |o: usize| u16::from_le_bytes([b[o], b[o + 1]]);
+        let u32_at = |o: usize| u32::from_le_bytes([b[o], b[o + 1], b[o + 2], b[o + 3]]);
+        let mut e = [0u8; 8];
+        e.copy_from_slice(&b[ENTRY_OFFSET..ENTRY_OFFSET + 8]);
+        let mut name = [0u8; NAME_LEN];
+        name.copy_from_slice(&b[24..24 + NAME_LEN]);
+        let mut requirements = [0u8; REQS_LEN];
+        requirements.copy_from_slice(&b[24 + NAME_LEN..24 + NAME_LEN + REQS_LEN]);
+        let mut summary = [0u8; SUMMARY_LEN];
+        summary.copy_from_slice(&b[24 + NAME_LEN + REQS_LEN..ENTRY_OFFSET]);
+        let d = Self {
+            magic: u32_at(0),
+            version: u16_at(4),
+            area: b[6],
+            host: b[7],
+            envs: u32_at(8),
+            flags: u32_at(12),
+            timeout_ms: u32_at(16),
+            vcpus: u32_at(20),
+            name,
+            requirements,
+            summary,
+            entry: u64::from_le_bytes(e),
+        };
+        (d.magic == CASE_MAGIC && d.version == CASE_DESC_VERSION).then_some(d)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parse_rejects_bad_magic_and_short_input() {
+        assert!(CaseDesc::parse(&[0u8; CASE_DESC_SIZE]).is_none());
+        assert!(CaseDesc::parse(&[0u8; 10]).is_none());
+        let mut b = [0u8; CASE_DESC_SIZE];
+        b[0..4].copy_from_slice(&CASE_MAGIC.to_le_bytes());
+        b[4..6].copy_from_slice(&CASE_DESC_VERSION.to_le_bytes());
+        b[6] = 3;
+        b[24..27].copy_from_slice(b"x.y");
+        b[ENTRY_OFFSET..].copy_from_slice(&0x20_1000u64.to_le_bytes());
+        let d = CaseDesc::parse(&b).expect("valid descriptor");
+        assert_eq!(d.area, 3);
+        assert_eq!(crate::fixed_str_read(&d.name), "x.y");
+        assert_eq!(d.entry, 0x20_1000);
+    }
+
+    #[test]
+    fn pio_answers_are_inverted_and_truncated() {
+        assert_eq!(io::pio_in_answer(0x5a, 1), 0xa5);
+        assert_eq!(io::pio_in_answer(0xdead_beef, 4), 0x2152_4110);
+        assert_eq!(io::pio_in_answer(0xa55a, 2), 0x5aa5);
+    }
+}

@@ -1,0 +1,165 @@
+//! Execution environments, host dialects and case areas.
+//!
+//! An *environment* is how a case's guest runs: as an ordinary x86-64 kernel at CPL0
+//! ([`Env::Hvm64`]) or as a paravirtual guest speaking one PVM dialect ([`Env::PvLocal`] and the
+//! upstream generations). A *dialect* is what a host speaks; an environment runs only on a host
+//! whose dialect matches (see [`Env::required_dialect`]).
+
+/// Execution environment of a case instance.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Env {
+    /// Ordinary 64-bit kernel at CPL0 with its own GDT/IDT/TSS. Runs on any KVM host (on the
+    /// local PVM host through its emulated-CPL0 path).
+    Hvm64 = 0,
+    /// The local host's dialect: VIF page registered (MSR 0x4b564d10), `int $0x1b` hypercalls,
+    /// CPL0 code runs natively in hardware ring 3.
+    PvLocal = 1,
+    /// Upstream virt-pvm RFC v1 ABI (Feb 2024).
+    PvV1 = 2,
+    /// Upstream virt-pvm "mid" ABI generation.
+    PvMid = 3,
+    /// Upstream virt-pvm v2 ABI generation.
+    PvV2 = 4,
+}
+
+impl Env {
+    /// Every environment, in report order.
+    pub const ALL: [Env; 5] = [Env::Hvm64, Env::PvLocal, Env::PvV1, Env::PvMid, Env::PvV2];
+
+    /// Stable name used in case ids (`<case>~<env>`), on the command line and in reports.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Env::Hvm64 => "hvm64",
+            Env::PvLocal => "pv-local",
+            Env::PvV1 => "pv-v1",
+            Env::PvMid => "pv-mid",
+            Env::PvV2 => "pv-v2",
+        }
+    }
+
+    /// Parses [`Env::name`].
+    pub fn from_name(s: &str) -> Option<Env> {
+        Env::ALL.into_iter().find(|e| e.name() == s)
+    }
+
+    /// Decodes the raw discriminant.
+    pub fn from_raw(raw: u32) -> Option<Env> {
+        Env::ALL.into_iter().find(|e| *e as u32 == raw)
+    }
+
+    /// Bit of this environment in a case's environment mask.
+    pub const fn bit(self) -> u32 {
+        1 << self as u32
+    }
+
+    /// The host dialect this environment needs, or `None` if any KVM host will do.
+    pub const fn required_dialect(self) -> Option<Dialect> {
+        match self {
+            Env::Hvm64 => None,
+            Env::PvLocal => Some(Dialect::Local),
+            Env::PvV1 => Some(Dialect::UpstreamV1),
+            Env::PvMid => Some(Dialect::UpstreamMid),
+            Env::PvV2 => Some(Dialect::UpstreamV2),
+        }
+    }
+}
+
+/// Mask of every environment.
+pub const ALL_ENVS: u32 = 0b1_1111;
+/// Mask of hvm64 and pv-local (what the guest library implements today).
+pub const LOCAL_ENVS: u32 = Env::Hvm64.bit() | Env::PvLocal.bit();
+
+/// The paravirtual dialect a host speaks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Dialect {
+    /// The development machines' host (signature MSR 0x4b564d11 = "PVM", VIF MSR 0x4b564d10).
+    Local,
+    /// Upstream RFC v1 (MSRs 0x4b564df0.., SUPERVISOR_REDZONE present).
+    UpstreamV1,
+    /// Upstream "mid" generation (MSRs renumbered, REDZONE removed).
+    UpstreamMid,
+    /// Upstream v2 (no SUPERVISOR_RSP/SWITCH_CR3, new PVCS).
+    UpstreamV2,
+}
+
+impl Dialect {
+    /// Stable name used in reports.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Dialect::Local => "local",
+            Dialect::UpstreamV1 => "upstream-v1",
+            Dialect::UpstreamMid => "upstream-mid",
+            Dialect::UpstreamV2 => "upstream-v2",
+        }
+    }
+}
+
+/// What part of the hypervisor a case exercises.
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Area {
+    /// Privilege transitions (CPL0 <-> CPL3, privileged instructions).
+    Priv = 0,
+    /// Paging and shadow paging.
+    Paging = 1,
+    /// Exceptions and interrupts.
+    Interrupts = 2,
+    /// Port I/O, MMIO and other exits to the VMM.
+    Io = 3,
+    /// Paravirtual ABI rules (MSRs, hypercalls).
+    Abi = 4,
+    /// Isolation between guest user and guest kernel, and between guest and host.
+    Isolation = 5,
+    /// The suite checking itself.
+    Selftest = 6,
+}
+
+impl Area {
+    /// Every area, in report order.
+    pub const ALL: [Area; 7] = [
+        Area::Priv,
+        Area::Paging,
+        Area::Interrupts,
+        Area::Io,
+        Area::Abi,
+        Area::Isolation,
+        Area::Selftest,
+    ];
+
+    /// Stable name used in reports.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Area::Priv => "priv",
+            Area::Paging => "paging",
+            Area::Interrupts => "interrupts",
+            Area::Io => "io",
+            Area::Abi => "abi",
+            Area::Isolation => "isolation",
+            Area::Selftest => "selftest",
+        }
+    }
+
+    /// Decodes the raw discriminant.
+    pub fn from_raw(raw: u8) -> Option<Area> {
+        Area::ALL.into_iter().find(|a| *a as u8 == raw)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_round_trip() {
+        for e in Env::ALL {
+            assert_eq!(Env::from_name(e.name()), Some(e));
+            assert_eq!(Env::from_raw(e as u32), Some(e));
+            assert_ne!(e.bit() & ALL_ENVS, 0);
+        }
+        for a in Area::ALL {
+            assert_eq!(Area::from_raw(a as u8), Some(a));
+        }
+        assert_eq!(Env::from_name("pv-v3"), None);
+    }
+}

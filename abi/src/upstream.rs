@@ -1,0 +1,135 @@
+//! Constants of the three upstream virt-pvm ABI generations (RFC v1, "mid", v2).
+//!
+//! Sources: virt-pvm/linux `arch/x86/include/uapi/asm/pvm_para.h` at the commits listed in
+//! `docs/abi-generations.md`. The host uses these to detect which generation a host speaks;
+//! the guest library does not implement them yet.
+
+/// `invlpg 0xffffffffff4d5650; cpuid`: the synthetic CPUID every generation understands.
+pub const SYNTHETIC_CPUID: [u8; 10] = [0x0f, 0x01, 0x3c, 0x25, 0x50, 0x56, 0x4d, 0xff, 0x0f, 0xa2];
+/// KVM's vendor-features leaf, where a PVM host puts its signature in EBX.
+pub const CPUID_VENDOR_FEATURES: u32 = 0x4000_0002;
+/// "PVM" in EBX of [`CPUID_VENDOR_FEATURES`].
+pub const CPUID_SIGNATURE: u32 = 0x4d_5650;
+/// First PVM hypercall number (`PVM_HC_LOAD_PGTBL`).
+pub const HC_BASE: u64 = 0x1708_8200;
+
+/// MSRs common to every generation.
+pub const MSR_LINEAR_ADDRESS_RANGE: u32 = 0x4b56_4df0;
+/// Guest-physical address of the PVCS page.
+pub const MSR_VCPU_STRUCT: u32 = 0x4b56_4df1;
+/// Event entry base.
+pub const MSR_EVENT_ENTRY: u32 = 0x4b56_4df4;
+/// Address of the ERETU `syscall`.
+pub const MSR_RETU_RIP: u32 = 0x4b56_4df5;
+/// Address of the ERETS `syscall`.
+pub const MSR_RETS_RIP: u32 = 0x4b56_4df6;
+
+/// Generation-specific MSR numbers.
+pub mod v1 {
+    /// Supervisor RSP.
+    pub const MSR_SUPERVISOR_RSP: u32 = 0x4b56_4df2;
+    /// Supervisor red zone (removed in "mid").
+    pub const MSR_SUPERVISOR_REDZONE: u32 = 0x4b56_4df3;
+    /// The other mode's CR3.
+    pub const MSR_SWITCH_CR3: u32 = 0x4b56_4df7;
+}
+
+/// "mid" generation: SWITCH_CR3 and SUPERVISOR_RSP renumbered, REDZONE gone.
+pub mod mid {
+    /// The other mode's CR3.
+    pub const MSR_SWITCH_CR3: u32 = 0x4b56_4df2;
+    /// Supervisor RSP.
+    pub const MSR_SUPERVISOR_RSP: u32 = 0x4b56_4df3;
+}
+
+/// RFC v1 / "mid" PVCS layout (128 bytes).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct PvcsV1 {
+    /// Bit 8 = IP, bit 9 = IF.
+    pub event_flags: u64,
+    /// Error code of the delivered event.
+    pub event_errcode: u32,
+    /// Vector of the delivered event.
+    pub event_vector: u32,
+    /// Fault address of a #PF.
+    pub cr2: u64,
+    /// Reserved.
+    pub reserved0: [u64; 5],
+    /// User CS.
+    pub user_cs: u16,
+    /// User SS.
+    pub user_ss: u16,
+    /// Reserved.
+    pub reserved1: u32,
+    /// Reserved.
+    pub reserved2: u64,
+    /// User GS base.
+    pub user_gsbase: u64,
+    /// RFLAGS of the interrupted context.
+    pub eflags: u32,
+    /// User PKRU.
+    pub pkru: u32,
+    /// Interrupted RIP.
+    pub rip: u64,
+    /// Interrupted RSP.
+    pub rsp: u64,
+    /// Interrupted RCX.
+    pub rcx: u64,
+    /// Interrupted R11.
+    pub r11: u64,
+}
+
+/// v2 PVCS layout (128 bytes, no RSP field).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct PvcsV2 {
+    /// Bit 8 = IP, bit 9 = IF.
+    pub event_flags: u64,
+    /// Fault address of a #PF.
+    pub cr2: u64,
+    /// Reserved.
+    pub reserved0: [u64; 6],
+    /// User CS.
+    pub user_cs: u16,
+    /// User SS.
+    pub user_ss: u16,
+    /// Error code.
+    pub event_errcode: u16,
+    /// Low byte vector, high byte STD/NMI/MCE.
+    pub event_vector: u16,
+    /// User GS base.
+    pub user_gsbase: u64,
+    /// RFLAGS of the interrupted context.
+    pub eflags: u32,
+    /// User PKRU.
+    pub pkru: u32,
+    /// Interrupted RIP.
+    pub rip: u64,
+    /// Interrupted RCX.
+    pub rcx: u64,
+    /// Interrupted R11.
+    pub r11: u64,
+    /// Reserved.
+    pub reserved1: [u64; 2],
+}
+
+const _: () = {
+    use core::mem::{offset_of, size_of};
+    assert!(size_of::<PvcsV1>() == 0x80);
+    assert!(offset_of!(PvcsV1, event_vector) == 0x0c);
+    assert!(offset_of!(PvcsV1, cr2) == 0x10);
+    assert!(offset_of!(PvcsV1, user_cs) == 0x40);
+    assert!(offset_of!(PvcsV1, user_gsbase) == 0x50);
+    assert!(offset_of!(PvcsV1, eflags) == 0x58);
+    assert!(offset_of!(PvcsV1, rip) == 0x60);
+    assert!(offset_of!(PvcsV1, r11) == 0x78);
+    assert!(size_of::<PvcsV2>() == 0x80);
+    assert!(offset_of!(PvcsV2, cr2) == 0x08);
+    assert!(offset_of!(PvcsV2, user_cs) == 0x40);
+    assert!(offset_of!(PvcsV2, event_errcode) == 0x44);
+    assert!(offset_of!(PvcsV2, event_vector) == 0x46);
+    assert!(offset_of!(PvcsV2, user_gsbase) == 0x48);
+    assert!(offset_of!(PvcsV2, rip) == 0x58);
+    assert!(offset_of!(PvcsV2, r11) == 0x68);
+};

@@ -1,0 +1,34 @@
+//! Isolation: guest user code must not reach hypervisor services meant for the guest kernel.
+
+use guest_lib::abi::env::Area;
+use guest_lib::abi::local::hc;
+use guest_lib::arch::instr;
+use guest_lib::case::Spec;
+use guest_lib::exception::Exception;
+use guest_lib::rt;
+use guest_lib::user::{self, UserExit};
+use guest_lib::{case, check, check_eq};
+
+extern "C" fn u_hypercall(nr: u64) -> u64 {
+    instr::int1b_safe(nr, 0, 0, 0).unwrap_or(u64::MAX)
+}
+
+fn user_hypercall_denied() {
+    let exit = user::run(u_hypercall, hc::HALT);
+    match rt::env() {
+        guest_lib::abi::env::Env::Hvm64 => {
+            // A DPL0 gate used by `int n` at CPL3: #GP with the IDT vector in the error code.
+            check_eq!(exit, UserExit::Exception(Exception::gp((0x1b << 3) | 2)), "int $0x1b at CPL3");
+        }
+        _ => check!(
+            matches!(exit, UserExit::Exception(_)),
+            "int $0x1b (HALT hypercall) at CPL3 must raise an exception in the kernel, got {:?}",
+            exit
+        ),
+    }
+}
+case!(
+    user_hypercall_denied,
+    Spec::new("isolation.user_hypercall_denied", Area::Isolation, "int $0x1b from CPL3 is refused with an exception")
+        .reqs("PVM-ISO-1,X86-EXC-GP")
+);

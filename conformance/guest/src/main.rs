@@ -1,0 +1,21 @@
+//! The guest side of every conformance case.
+//!
+//! One bare-metal image holds all cases; each is a function declared with `case!`, which
+//! records its metadata (name, area, environments, requirement ids, host-side check) in the
+//! image's `pvmc_cases` section. The host reads that table, and for each case instance boots a
+//! fresh VM with the case's entry in the boot info. Modules follow the areas.
+//!
+//! The image only means something for `x86_64-unknown-none`; built for the host (by
+//! `cargo clippy --workspace`, say) it is an empty program.
+#![cfg_attr(target_os = "none", no_std, no_main)]
+
+mod abi_local;
+mod interrupts;
+mod io;
+mod isolation;
+mod paging;
+mod privilege;
+mod selftest;
+
+#[cfg(not(target_os = "none"))]
+fn main() {}

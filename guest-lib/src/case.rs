@@ -1,0 +1,104 @@
+//! Declaring cases: [`Spec`] (a `const` builder) and the [`case!`](crate::case!) macro.
+//!
+//! ```ignore
+//! fn port_out_in() { /* ... */ }
+//! case!(port_out_in, Spec::new("io.port_out_in", Area::Io, "OUT/IN of 1, 2, 4 bytes")
+//!     .host(HostCheck::PortIo)
+//!     .reqs("X86-IO-1"));
+//! ```
+//! The macro places a `CaseDesc` in the `pvmc_cases` ELF section; the host reads that section
+//! to know the cases, so there is no other list to keep in sync.
+
+use abi::case::{CASE_DESC_VERSION, CASE_MAGIC, CaseDesc, HostCheck};
+use abi::env::{Area, LOCAL_ENVS};
+use abi::fixed_str;
+
+/// A case's metadata, built in `const` context.
+#[derive(Clone, Copy, Debug)]
+pub struct Spec {
+    name: &'static str,
+    area: Area,
+    summary: &'static str,
+    envs: u32,
+    host: HostCheck,
+    flags: u32,
+    timeout_ms: u32,
+    reqs: &'static str,
+}
+
+impl Spec {
+    /// A case named `name` (`area.what`), in `area`, for hvm64 and pv-local, no host check.
+    pub const fn new(name: &'static str, area: Area, summary: &'static str) -> Self {
+        Self {
+            name,
+            area,
+            summary,
+            envs: LOCAL_ENVS,
+            host: HostCheck::None,
+            flags: 0,
+            timeout_ms: 0,
+            reqs: "",
+        }
+    }
+
+    /// Environments the case applies to (mask of `Env::bit`).
+    pub const fn envs(mut self, envs: u32) -> Self {
+        self.envs = envs;
+        self
+    }
+
+    /// The host-side behaviour the case needs.
+    pub const fn host(mut self, host: HostCheck) -> Self {
+        self.host = host;
+        self
+    }
+
+    /// `FLAG_*` bits from `abi::case`.
+    pub const fn flags(mut self, flags: u32) -> Self {
+        self.flags = flags;
+        self
+    }
+
+    /// A timeout other than the runner's default.
+    pub const fn timeout_ms(mut self, ms: u32) -> Self {
+        self.timeout_ms = ms;
+        self
+    }
+
+    /// Requirement ids (comma separated) the case checks.
+    pub const fn reqs(mut self, reqs: &'static str) -> Self {
+        self.reqs = reqs;
+        self
+    }
+}
+
+/// Builds the descriptor the `case!` macro stores.
+pub const fn describe(s: Spec, entry: fn()) -> CaseDesc<fn()> {
+    CaseDesc {
+        magic: CASE_MAGIC,
+        version: CASE_DESC_VERSION,
+        area: s.area as u8,
+        host: s.host as u8,
+        envs: s.envs,
+        flags: s.flags,
+        timeout_ms: s.timeout_ms,
+        vcpus: 1,
+        name: fixed_str(s.name),
+        requirements: fixed_str(s.reqs),
+        summary: fixed_str(s.summary),
+        entry,
+    }
+}
+
+/// Declares a case: `case!(function, spec)`. See the module documentation.
+#[macro_export]
+macro_rules! case {
+    ($f:ident, $spec:expr $(,)?) => {
+        const _: () = {
+            #[used]
+            #[unsafe(link_section = "pvmc_cases")]
+            static DESC: $crate::abi::case::CaseDesc<fn()> =
+                $crate::case::describe($spec, $f);
+        };
+    };
+}

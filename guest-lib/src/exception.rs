@@ -1,0 +1,230 @@
+//! Exceptions: the frame the entry stubs build, the [`Exception`] value `_safe` primitives
+//! return, and the dispatcher that decides what happens to each event.
+//!
+//! Dispatch order: (1) a fixup-table entry for the faulting RIP (a `_safe` primitive) records
+//! the exception and resumes after the instruction; (2) an event from CPL3 goes to the
+//! [`crate::user`] module; (3) a hook installed by the case; (4) anything else is unexpected
+//! and ends the case as FAIL with the exception and RIP in the detail.
+
+use core::fmt;
+
+use abi::report::GuestStatus;
+
+use crate::arch::{self, Global};
+
+/// Saved state of an interrupted context, in the order the entry stubs push it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[allow(missing_docs, reason = "register names")]
+pub struct Frame {
+    pub rax: u64,
+    pub rbx: u64,
+    pub rcx: u64,
+    pub rdx: u64,
+    pub rsi: u64,
+    pub rdi: u64,
+    pub rbp: u64,
+    pub r8: u64,
+    pub r9: u64,
+    pub r10: u64,
+    pub r11: u64,
+    pub r12: u64,
+    pub r13: u64,
+    pub r14: u64,
+    pub r15: u64,
+    pub vector: u64,
+    pub error_code: u64,
+    pub rip: u64,
+    pub cs: u64,
+    pub rflags: u64,
+    pub rsp: u64,
+    pub ss: u64,
+}
+
+/// Saved user state at SYSCALL entry (general registers, then RIP, RFLAGS, RSP).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[allow(missing_docs, reason = "register names")]
+pub struct SyscallFrame {
+    pub rax: u64,
+    pub rbx: u64,
+    pub rcx: u64,
+    pub rdx: u64,
+    pub rsi: u64,
+    pub rdi: u64,
+    pub rbp: u64,
+    pub r8: u64,
+    pub r9: u64,
+    pub r10: u64,
+    pub r11: u64,
+    pub r12: u64,
+    pub r13: u64,
+    pub r14: u64,
+    pub r15: u64,
+    pub rip: u64,
+    pub rflags: u64,
+    pub rsp: u64,
+}
+
+const _: () = {
+    assert!(core::mem::size_of::<Frame>() == 22 * 8);
+    assert!(core::mem::offset_of!(Frame, vector) == 15 * 8);
+    assert!(core::mem::offset_of!(Frame, rip) == 17 * 8);
+    assert!(core::mem::size_of::<SyscallFrame>() == 18 * 8);
+};
+
+/// Vector numbers.
+pub mod vector {
+    /// Divide error.
+    pub const DE: u8 = 0;
+    /// Breakpoint.
+    pub const BP: u8 = 3;
+    /// Invalid opcode.
+    pub const UD: u8 = 6;
+    /// General protection.
+    pub const GP: u8 = 13;
+    /// Page fault.
+    pub const PF: u8 = 14;
+}
+
+/// Page-fault error-code bits.
+pub mod pfec {
+    /// The page was present (protection violation).
+    pub const P: u32 = 1 << 0;
+    /// Write access.
+    pub const W: u32 = 1 << 1;
+    /// Access from CPL3.
+    pub const U: u32 = 1 << 2;
+    /// Reserved bit set.
+    pub const RSVD: u32 = 1 << 3;
+    /// Instruction fetch.
+    pub const I: u32 = 1 << 4;
+}
+
+/// An exception as delivered to the guest: vector, error code (0 when the vector has none)
+/// and, for #PF, the faulting address from CR2.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct Exception {
+    /// Vector.
+    pub vector: u8,
+    /// Error code (0 if the vector pushes none).
+    pub error_code: u32,
+    /// CR2 for #PF, else 0.
+    pub cr2: u64,
+}
+
+impl Exception {
+    /// An exception without error code or CR2.
+    pub const fn new(vector: u8) -> Self {
+        Self { vector, error_code: 0, cr2: 0 }
+    }
+
+    /// `#GP(error_code)`.
+    pub const fn gp(error_code: u32) -> Self {
+        Self { vector: vector::GP, error_code, cr2: 0 }
+    }
+
+    /// `#PF(error_code)` at `cr2`.
+    pub const fn pf(error_code: u32, cr2: u64) -> Self {
+        Self { vector: vector::PF, error_code, cr2 }
+    }
+
+    /// Short mnemonic of the vector.
+    pub fn mnemonic(&self) -> &'static str {
+        const NAMES: [&str; 32] = [
+            "#DE", "#DB", "NMI", "#BP", "#OF", "#BR", "#UD", "#NM", "#DF", "#CSO", "#TS", "#NP",
+            "#SS", "#GP", "#PF", "#15", "#MF", "#AC", "#MC", "#XM", "#VE", "#CP", "#22", "#23",
+            "#24", "#25", "#26", "#27", "#HV", "#VC", "#SX", "#31",
+        ];
+        NAMES.get(usize::from(self.vector)).copied().unwrap_or("IRQ")
+    }
+}
+
+impl fmt::Debug for Exception {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}(vec={}, ec={:#x}", self.mnemonic(), self.vector, self.error_code)?;
+        if self.vector == vector::PF {
+            write!(f, ", cr2={:#x}", self.cr2)?;
+        }
+        write!(f, ")")
+    }
+}
+
+/// A case-installed handler for supervisor-mode events; returns `true` if it handled the
+/// event (the frame is then resumed, possibly modified).
+pub type Hook = fn(&mut Frame, Exception) -> bool;
+
+static LAST_FIXUP: Global<Option<Exception>> = Global::new(None);
+static EXEC_TARGET: Global<Option<u64>> = Global::new(None);
+static HOOK: Global<Option<Hook>> = Global::new(None);
+
+/// Clears the recorded exception before a `_safe` instruction.
+pub fn arm_fixup() {
+    LAST_FIXUP.set(None);
+}
+
+/// The exception recorded since [`arm_fixup`], if any.
+pub fn take_fixup() -> Result<(), Exception> {
+    match LAST_FIXUP.get() {
+        Some(e) => {
+            LAST_FIXUP.set(None);
+            Err(e)
+        }
+        None => Ok(()),
+    }
+}
+
+/// Arms a fetch check of `target` (see `arch::instr::exec_ret_safe`).
+pub fn arm_exec(target: u64) {
+    LAST_FIXUP.set(None);
+    EXEC_TARGET.set(Some(target));
+}
+
+/// Disarms the fetch check; the exception it caught, if any.
+pub fn disarm_exec() -> Result<(), Exception> {
+    EXEC_TARGET.set(None);
+    take_fixup()
+}
+
+/// Installs (or removes) the case's supervisor-mode event hook.
+pub fn set_hook(hook: Option<Hook>) {
+    HOOK.set(hook);
+}
+
+/// Decides what happens to an event; called by the entry stubs.
+pub fn dispatch(frame: &mut Frame) {
+    let vector = (frame.vector & 0xff) as u8;
+    let cr2 = if vector == vector::PF { arch::instr::read_cr2() } else { 0 };
+    let ex = Exception { vector, error_code: frame.error_code as u32, cr2 };
+    if frame.cs & 3 == 0
+        && let Some(fixup) = arch::fixup_for(frame.rip)
+    {
+        LAST_FIXUP.set(Some(ex));
+        frame.rip = fixup;
+        return;
+    }
+    if frame.cs & 3 == 0 && EXEC_TARGET.get() == Some(frame.rip) {
+        // A fetch fault on the target of `exec_ret_safe`: return to its caller.
+        EXEC_TARGET.set(None);
+        LAST_FIXUP.set(Some(ex));
+        frame.rip = arch::mem::read_u64(frame.rsp);
+        frame.rsp += 8;
+        return;
+    }
+    if frame.cs & 3 == 3 {
+        crate::user::on_user_event(frame, ex);
+        return;
+    }
+    if let Some(hook) = HOOK.get()
+        && hook(frame, ex)
+    {
+        return;
+    }
+    crate::report::finish_fmt(
+        GuestStatus::Fail,
+        format_args!(
+            "unexpected exception {ex:?} at rip={:#x} cs={:#x} rflags={:#x} rsp={:#x}",
+            frame.rip, frame.cs, frame.rflags, frame.rsp
+        ),
+    );
+}

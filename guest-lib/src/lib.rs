@@ -1,0 +1,29 @@
+//! `no_std` library for tiny bare-metal test guests.
+//!
+//! A guest binary links this library, declares its cases with [`case!`], and gets:
+//! - [`rt`]: the entry point (`_start`), per-environment setup, running the case the host
+//!   asked for, and the final status;
+//! - [`report`]: the report channel to the host and the check/skip/error macros;
+//! - [`exception`]: exception frames, the fault-tolerant `_safe` primitives' result type;
+//! - [`user`]: running code at CPL3 and coming back (by `syscall` or by an exception);
+//! - [`paging`]: a small page-table builder on the identity-mapped RAM;
+//! - [`pv_local`]: the local host's PVM dialect (VIF registration, `int $0x1b` hypercalls);
+//! - [`arch`]: the only module with `unsafe` code (instructions, descriptor tables, entry
+//!   stubs).
+//!
+//! The runtime parts only exist when building for `x86_64-unknown-none`; on the host the
+//! crate still compiles (for unit tests and clippy) but has no entry point.
+#![no_std]
+
+pub use abi;
+
+pub mod arch;
+pub mod case;
+pub mod exception;
+pub mod paging;
+pub mod pv_local;
+pub mod report;
+pub mod rt;
+pub mod user;
+
+pub use exception::Exception;

@@ -1,0 +1,38 @@
+//! The local host's PVM dialect, guest side (constants in `abi::local`).
+//!
+//! - [`enable`]: register the VIF page, which switches guest CPL0 code from the emulated
+//!   path to native execution in hardware ring 3;
+//! - [`hypercall`]: `int $0x1b` with RAX = number and RBX, RCX, RDX as arguments;
+//! - [`signature`]: the signature MSR;
+//! - [`pv_cpuid`]: `int $0x1a`.
+//!
+//! Events (exceptions, interrupts) reach the guest through its own IDT in this dialect, so the
+//! event entry is the library's common IDT path (`crate::exception`).
+
+use abi::layout::VIF_GPA;
+use abi::local::{MSR_SIGNATURE, MSR_VIF, VIF_ENABLE};
+
+use crate::arch::instr;
+use crate::exception::Exception;
+
+/// Registers the VIF page (enable bit set).
+pub fn enable() {
+    // SAFETY: the VIF MSR changes how CPL0 code is executed, not the memory model; the page it
+    // names is reserved for it in the guest layout.
+    unsafe { instr::wrmsr(MSR_VIF, VIF_GPA | VIF_ENABLE) }
+}
+
+/// Issues hypercall `nr`; returns RAX, or the exception if the instruction faulted.
+pub fn hypercall(nr: u64, a0: u64, a1: u64, a2: u64) -> Result<i64, Exception> {
+    instr::int1b_safe(nr, a0, a1, a2).map(|v| v as i64)
+}
+
+/// Reads the signature MSR.
+pub fn signature() -> Result<u64, Exception> {
+    instr::rdmsr_safe(MSR_SIGNATURE)
+}
+
+/// Paravirtual CPUID.
+pub fn pv_cpuid(leaf: u32, sub: u32) -> Result<[u32; 4], Exception> {
+    instr::int1a_safe(leaf, sub)
+}

@@ -1,0 +1,216 @@
+//! The report channel to the host, and the macros cases use to check things.
+//!
+//! - `check!(cond)` / `check_eq!(left, right)`: soft checks; a failure is reported with the
+//!   expression, file, line (and both values) and the case goes on, ending as FAIL.
+//! - `log!(...)`: a log line in the case's detail.
+//! - `skip!(...)`, `error!(...)`: end the case now as SKIP / ERROR with a reason.
+//! - [`finish`]: end the case with a status (the most severe of it and earlier failures).
+
+use core::fmt::{self, Write};
+
+use abi::report::{
+    FILE_LEN, FLAG_HAS_VALUES, GuestStatus, Message, MessageKind, REPORT_PORT, TEXT_LEN,
+};
+
+use crate::arch::{self, Global};
+
+static WORST: Global<GuestStatus> = Global::new(GuestStatus::Pass);
+
+fn severity(s: GuestStatus) -> u8 {
+    match s {
+        GuestStatus::Pass => 0,
+        GuestStatus::Skip => 1,
+        GuestStatus::Fail => 2,
+        GuestStatus::Error => 3,
+    }
+}
+
+/// Records `s` if it is more severe than what was recorded so far.
+pub fn record(s: GuestStatus) {
+    if severity(s) > severity(WORST.get()) {
+        WORST.set(s);
+    }
+}
+
+/// The most severe status recorded so far.
+pub fn worst() -> GuestStatus {
+    WORST.get()
+}
+
+fn send(msg: &Message) {
+    // The message lives on the stack or in .data, both identity mapped below 4 GiB, so its
+    // address is the GPA the host reads.
+    arch::instr::outl(REPORT_PORT, msg as *const Message as u64 as u32);
+}
+
+/// Writes into a fixed byte buffer, truncating (always leaving a final NUL).
+struct FixedWriter<'a> {
+    buf: &'a mut [u8],
+    len: usize,
+}
+
+impl Write for FixedWriter<'_> {
+    fn write_str(&mut self, s: &str) -> fmt::Result {
+        let room = self.buf.len().saturating_sub(self.len + 1);
+        let n = s.len().min(room);
+        self.buf[self.len..self.len + n].copy_from_slice(&s.as_bytes()[..n]);
+        self.len += n;
+        Ok(())
+    }
+}
+
+fn fill(buf: &mut [u8], args: fmt::Arguments<'_>) {
+    let mut w = FixedWriter { buf, len: 0 };
+    let _ = w.write_fmt(args);
+}
+
+/// Sends a log line.
+pub fn log(args: fmt::Arguments<'_>) {
+    let mut m = Message::new(MessageKind::Log);
+    fill(&mut m.text, args);
+    send(&m);
+}
+
+/// Sends a checkpoint for the case's host-side expectation.
+pub fn checkpoint(number: u64, data: [u64; 3]) {
+    let mut m = Message::new(MessageKind::Checkpoint);
+    m.values = [number, data[0], data[1], data[2]];
+    send(&m);
+}
+
+/// Reports a failed check and records FAIL.
+pub fn check_failed(file: &str, line: u32, expr: fmt::Arguments<'_>, values: Option<(u64, u64)>) {
+    let mut m = Message::new(MessageKind::AssertFail);
+    m.line = line;
+    let f = file.as_bytes();
+    let skip = f.len().saturating_sub(FILE_LEN - 1);
+    m.file[..f.len() - skip].copy_from_slice(&f[skip..]);
+    fill(&mut m.text, expr);
+    if let Some((l, r)) = values {
+        m.flags = FLAG_HAS_VALUES;
+        m.values[0] = l;
+        m.values[1] = r;
+    }
+    send(&m);
+    record(GuestStatus::Fail);
+}
+
+/// Ends the case with `status` (or a more severe one recorded earlier) and a reason.
+pub fn finish(status: GuestStatus, reason: &str) -> ! {
+    finish_fmt(status, format_args!("{reason}"))
+}
+
+/// [`finish`] with a formatted reason.
+pub fn finish_fmt(status: GuestStatus, reason: fmt::Arguments<'_>) -> ! {
+    record(status);
+    let mut m = Message::new(MessageKind::Result);
+    m.values[0] = worst() as u64;
+    fill(&mut m.text[..TEXT_LEN], reason);
+    send(&m);
+    loop {
+        arch::instr::hlt();
+    }
+}
+
+/// Logs a formatted line to the host.
+#[macro_export]
+macro_rules! log {
+    ($($arg:tt)*) => { $crate::report::log(format_args!($($arg)*)) };
+}
+
+/// Soft check: on failure reports the expression (plus an optional formatted note) and the
+/// case ends as FAIL when it finishes.
+#[macro_export]
+macro_rules! check {
+    ($cond:expr $(,)?) => {
+        if !$cond {
+            $crate::report::check_failed(file!(), line!(), format_args!("{}", stringify!($cond)), None);
+        }
+    };
+    ($cond:expr, $($arg:tt)+) => {
+        if !$cond {
+            $crate::report::check_failed(file!(), line!(),
+                format_args!("{}: {}", stringify!($cond), format_args!($($arg)+)), None);
+        }
+    };
+}
+
+/// Soft equality check of two values convertible to `u64`; reports both values on failure.
+#[macro_export]
+macro_rules! check_eq {
+    ($left:expr, $right:expr $(,)?) => {
+        $crate::check_eq!($left, $right, "")
+    };
+    ($left:expr, $right:expr, $($arg:tt)+) => {{
+        let (l, r) = ($left, $right);
+        if l != r {
+            $crate::report::check_failed(
+                file!(),
+                line!(),
+                format_args!("{} == {} {}: {:?} != {:?}", stringify!($left), stringify!($right),
+                    format_args!($($arg)+), l, r),
+                $crate::report::as_values(&l, &r),
+            );
+        }
+    }};
+}
+
+/// Ends the case as SKIP with a reason.
+#[macro_export]
+macro_rules! skip {
+    ($($arg:tt)*) => {
+        $crate::report::finish_fmt($crate::abi::report::GuestStatus::Skip, format_args!($($arg)*))
+    };
+}
+
+/// Ends the case as ERROR (the test or its setup is wrong) with a reason.
+#[macro_export]
+macro_rules! error {
+    ($($arg:tt)*) => {
+        $crate::report::finish_fmt($crate::abi::report::GuestStatus::Error, format_args!($($arg)*))
+    };
+}
+
+/// Values of a failed `check_eq!` for the message's numeric fields, when they are integers.
+pub fn as_values<T: AsValue>(l: &T, r: &T) -> Option<(u64, u64)> {
+    Some((l.as_value()?, r.as_value()?))
+}
+
+/// Types whose values travel in a failed check's numeric fields.
+pub trait AsValue {
+    /// The value as u64, if it has one.
+    fn as_value(&self) -> Option<u64>;
+}
+
+macro_rules! as_value_int {
+    ($($t:ty),*) => {$(
+        impl AsValue for $t {
+            fn as_value(&self) -> Option<u64> { Some(*self as u64) }
+        }
+    )*};
+}
+as_value_int!(u8, u16, u32, u64, usize, i8, i16, i32, i64, bool);
+
+impl<T, E> AsValue for Result<T, E> {
+    fn as_value(&self) -> Option<u64> {
+        None
+    }
+}
+
+impl<T> AsValue for Option<T> {
+    fn as_value(&self) -> Option<u64> {
+        None
+    }
+}
+
+impl AsValue for crate::user::UserExit {
+    fn as_value(&self) -> Option<u64> {
+        None
+    }
+}
+
+impl AsValue for crate::exception::Exception {
+    fn as_value(&self) -> Option<u64> {
+        None
+    }
+}

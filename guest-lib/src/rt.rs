@@ -1,0 +1,59 @@
+//! The guest runtime: what happens between `_start` and the final status.
+//!
+//! `start` checks the boot info, loads the descriptor tables, sets up the environment the
+//! host asked for (for pv-local: registers the VIF page), runs the case function named in
+//! the boot info and reports PASS unless a check failed. A panic ends the case as FAIL with
+//! the panic message and location.
+
+use abi::env::Env;
+use abi::layout::{BOOT_MAGIC, BootInfo};
+use abi::report::GuestStatus;
+
+use crate::arch::{self, Global};
+
+static BOOT: Global<Option<BootInfo>> = Global::new(None);
+
+/// The boot info of this run.
+pub fn boot_info() -> BootInfo {
+    match BOOT.get() {
+        Some(b) => b,
+        None => crate::report::finish(GuestStatus::Error, "boot info read before start"),
+    }
+}
+
+/// The environment this case instance runs in.
+pub fn env() -> Env {
+    Env::from_raw(boot_info().env).unwrap_or(Env::Hvm64)
+}
+
+/// Guest entry after `_start`.
+pub fn start(info: &BootInfo) -> ! {
+    if info.magic != BOOT_MAGIC {
+        crate::report::finish(GuestStatus::Error, "bad boot info magic");
+    }
+    BOOT.set(Some(*info));
+    arch::tables::init();
+    crate::paging::init(info.free_start, info.free_end);
+    match Env::from_raw(info.env) {
+        Some(Env::Hvm64) => {}
+        Some(Env::PvLocal) => crate::pv_local::enable(),
+        Some(other) => crate::skip!("guest-lib does not implement environment {}", other.name()),
+        None => crate::error!("unknown environment {}", info.env),
+    }
+    arch::call_case(info.case_entry);
+    crate::report::finish(GuestStatus::Pass, "")
+}
+
+#[cfg(target_os = "none")]
+#[panic_handler]
+fn panic(info: &core::panic::PanicInfo<'_>) -> ! {
+    match info.location() {
+        Some(l) => crate::report::finish_fmt(
+            GuestStatus::Fail,
+            format_args!("panic at {}:{}: {}", l.file(), l.line(), info.message()),
+        ),
+        None => {
+            crate::report::finish_fmt(GuestStatus::Fail, format_args!("panic: {}", info.message()))
+        }
+    }
+}

@@ -1,0 +1,110 @@
+//! Guest RAM: one anonymous private mapping, registered as memslot 0 at GPA 0.
+
+use std::ptr::NonNull;
+
+use crate::{Result, RunnerError};
+
+/// An owned anonymous mapping used as guest RAM. Unmapped on drop.
+#[derive(Debug)]
+pub struct GuestMemory {
+    ptr: NonNull<u8>,
+    size: u64,
+}
+
+// SAFETY: the mapping is owned exclusively by this value; moving it to another thread moves
+// that ownership (the guest accesses it concurrently only while a vCPU of the same thread runs).
+unsafe impl Send for GuestMemory {}
+
+impl GuestMemory {
+    /// Maps `size` bytes of zeroed anonymous memory.
+    pub fn new(size: u64) -> Result<Self> {
+        // SAFETY: an anonymous private mapping with no address hint has no preconditions; the
+        // result is checked against MAP_FAILED.
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                size as usize,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+                -1,
+                0,
+            )
+        };
+        if p == libc::MAP_FAILED {
+            return Err(RunnerError::Mmap { size, source: std::io::Error::last_os_error() });
+        }
+        let ptr = NonNull::new(p.cast::<u8>())
+            .ok_or(RunnerError::Mmap { size, source: std::io::Error::other("null mapping") })?;
+        Ok(Self { ptr, size })
+    }
+
+    /// Size in bytes.
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
+    /// Host address of GPA 0 (for the memslot).
+    pub fn host_addr(&self) -> u64 {
+        self.ptr.as_ptr() as u64
+    }
+
+    fn check(&self, gpa: u64, len: usize) -> Result<usize> {
+        match gpa.checked_add(len as u64) {
+            Some(end) if end <= self.size => Ok(gpa as usize),
+            _ => Err(RunnerError::OutOfRange { addr: gpa, len: len as u64 }),
+        }
+    }
+
+    /// Copies `data` to guest-physical `gpa`.
+    pub fn write(&self, gpa: u64, data: &[u8]) -> Result<()> {
+        let off = self.check(gpa, data.len())?;
+        // SAFETY: the range is inside the mapping (checked); the source is a distinct host
+        // buffer. The guest may run concurrently only on this thread's vCPU, which is not
+        // running while the host executes this code.
+        unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), self.ptr.as_ptr().add(off), data.len()) }
+        Ok(())
+    }
+
+    /// Copies from guest-physical `gpa` into `out`.
+    pub fn read(&self, gpa: u64, out: &mut [u8]) -> Result<()> {
+        let off = self.check(gpa, out.len())?;
+        // SAFETY: as in `write`, with the copy in the other direction.
+        unsafe { std::ptr::copy_nonoverlapping(self.ptr.as_ptr().add(off), out.as_mut_ptr(), out.len()) }
+        Ok(())
+    }
+
+    /// Writes a little-endian u64.
+    pub fn write_u64(&self, gpa: u64, v: u64) -> Result<()> {
+        self.write(gpa, &v.to_le_bytes())
+    }
+
+    /// Reads a little-endian u64.
+    pub fn read_u64(&self, gpa: u64) -> Result<u64> {
+        let mut b = [0u8; 8];
+        self.read(gpa, &mut b)?;
+        Ok(u64::from_le_bytes(b))
+    }
+}
+
+impl Drop for GuestMemory {
+    fn drop(&mut self) {
+        // SAFETY: ptr/size describe the mapping created in `new`, unmapped exactly once here.
+        unsafe {
+            libc::munmap(self.ptr.as_ptr().cast(), self.size as usize);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bounds_are_checked() {
+        let m = GuestMemory::new(0x2000).expect("mmap");
+        m.write_u64(0x1ff8, 7).expect("in range");
+        assert_eq!(m.read_u64(0x1ff8).expect("in range"), 7);
+        assert!(m.write_u64(0x1ffc, 1).is_err());
+        assert!(m.read_u64(u64::MAX - 2).is_err());
+    }
+}
