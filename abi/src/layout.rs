@@ -19,6 +19,7 @@
 //! The local host runs CPL3 code on CR3 | 0x1000 (a PTI-style user PML4, in both of its
 //! modes), so the loader builds the PML4 8 KiB aligned and mirrors it at [`USER_PML4_GPA`].
 //! The case `paging.user_cr3_is_cr3` checks the architectural rule (CPL3 uses CR3) directly.
+//! PML4[511] aliases PML4[0] ([`HIGH_ALIAS`]) for the stack events from CPL3 switch to.
 
 /// Size of the guest's RAM, starting at GPA 0.
 pub const RAM_SIZE: u64 = 8 << 20;
@@ -59,6 +60,9 @@ pub const FREE_END: u64 = RAM_SIZE;
 pub const MMIO_WINDOW: u64 = 0x3fe0_0000;
 /// Size of the MMIO window.
 pub const MMIO_WINDOW_SIZE: u64 = LARGE_PAGE_SIZE;
+/// Upper-half alias of low memory: PML4[511] points at the same PDPT as PML4[0], so
+/// `HIGH_ALIAS + gpa` maps `gpa` too. The local host needs TSS.RSP0 in the upper half.
+pub const HIGH_ALIAS: u64 = 0xffff_ff80_0000_0000;
 
 /// Paging-entry bits used by the loader and the guest page-table builder.
 pub mod pte {

@@ -41,7 +41,8 @@ pub struct Frame {
     pub ss: u64,
 }
 
-/// Saved user state at SYSCALL entry (general registers, then RIP, RFLAGS, RSP).
+/// Saved user state at SYSCALL entry: general registers, then an interrupt-style frame
+/// (RIP, CS, RFLAGS, RSP, SS) built from RCX, R11 and the user RSP.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 #[allow(missing_docs, reason = "register names")]
@@ -62,15 +63,17 @@ pub struct SyscallFrame {
     pub r14: u64,
     pub r15: u64,
     pub rip: u64,
+    pub cs: u64,
     pub rflags: u64,
     pub rsp: u64,
+    pub ss: u64,
 }
 
 const _: () = {
     assert!(core::mem::size_of::<Frame>() == 22 * 8);
     assert!(core::mem::offset_of!(Frame, vector) == 15 * 8);
     assert!(core::mem::offset_of!(Frame, rip) == 17 * 8);
-    assert!(core::mem::size_of::<SyscallFrame>() == 18 * 8);
+    assert!(core::mem::size_of::<SyscallFrame>() == 20 * 8);
 };
 
 /// Vector numbers.

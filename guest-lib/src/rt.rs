@@ -36,7 +36,10 @@ pub fn start(info: &BootInfo) -> ! {
     crate::paging::init(info.free_start, info.free_end);
     match Env::from_raw(info.env) {
         Some(Env::Hvm64) => {}
-        Some(Env::PvLocal) => crate::pv_local::enable(),
+        Some(Env::PvLocal) => {
+            crate::pv_local::enable();
+            arch::set_pv_local_return(true);
+        }
         Some(other) => crate::skip!("guest-lib does not implement environment {}", other.name()),
         None => crate::error!("unknown environment {}", info.env),
     }

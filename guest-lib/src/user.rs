@@ -40,7 +40,6 @@ static ACTIVE: Global<bool> = Global::new(false);
 static EXIT: Global<Option<UserExit>> = Global::new(None);
 static SYSCALL_HOOK: Global<Option<SyscallHook>> = Global::new(None);
 static FAULT_HOOK: Global<Option<FaultHook>> = Global::new(None);
-static SYSCALL_AT_CPL3: Global<u16> = Global::new(0);
 
 /// Installs (or removes) the syscall hook.
 pub fn set_syscall_hook(h: Option<SyscallHook>) {
@@ -81,10 +80,8 @@ fn leave(exit: UserExit) -> ! {
 
 /// Called by the exception dispatcher for events from CPL3.
 pub(crate) fn on_user_event(frame: &mut Frame, ex: Exception) {
-    let cs = SYSCALL_AT_CPL3.get();
-    if cs != 0 {
-        SYSCALL_AT_CPL3.set(0);
-        leave(UserExit::SyscallStayedAtCpl3(cs));
+    if ex.vector == vector::GP && frame.rip == arch::syscall_cr3_rip() {
+        leave(UserExit::SyscallStayedAtCpl3(frame.cs as u16));
     }
     if ex.vector == vector::UD && frame.rip == arch::user_exit_rip() {
         leave(UserExit::Returned(frame.rax));
@@ -100,13 +97,6 @@ pub(crate) fn on_user_event(frame: &mut Frame, ex: Exception) {
 /// Called by the SYSCALL entry.
 #[cfg_attr(not(target_os = "none"), allow(dead_code, reason = "called from the guest's asm entry"))]
 pub(crate) fn on_syscall(frame: &mut SyscallFrame) {
-    let cs = arch::instr::read_cs();
-    if cs & 3 != 0 {
-        // The handler runs at CPL3: end the run through an event, which does reach CPL0.
-        SYSCALL_AT_CPL3.set(cs);
-        let _ = arch::instr::raise_ud();
-        return;
-    }
     if let Some(hook) = SYSCALL_HOOK.get()
         && hook(frame)
     {

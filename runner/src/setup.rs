@@ -20,10 +20,12 @@ use crate::memory::GuestMemory;
 const TABLE: u64 = pte::P | pte::RW | pte::US;
 
 /// Writes the page tables: RAM identity mapped (first 2 MiB with 4 KiB pages and page 0 absent,
-/// the rest with 2 MiB pages), the MMIO window, and the user-PML4 mirror the local host uses.
+/// the rest with 2 MiB pages), the MMIO window, the upper-half alias (`HIGH_ALIAS`) and the
+/// user-PML4 mirror the local host uses.
 pub fn write_page_tables(mem: &GuestMemory) -> Result<()> {
     for pml4 in [PML4_GPA, USER_PML4_GPA] {
         mem.write_u64(pml4, PDPT_GPA | TABLE)?;
+        mem.write_u64(pml4 + 8 * 511, PDPT_GPA | TABLE)?;
     }
     mem.write_u64(PDPT_GPA, PD_GPA | TABLE)?;
     mem.write_u64(PD_GPA, PT0_GPA | TABLE)?;

@@ -1,1 +1,48 @@
-fn main(){}
+//! `cargo xtask`: the project's automation entry point.
+//!
+//! - `cargo xtask conformance [...]`: build the guest image, run the suite, report.
+//! - `cargo xtask build-guests`: only build the guest image.
+//!
+//! Exit status of `conformance`: 0 when nothing failed, crashed or errored; 1 otherwise;
+//! 2 for usage or setup errors.
+
+mod conformance_cmd;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(name = "cargo xtask", about = "pvm-conformance automation")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Debug, Subcommand)]
+enum Cmd {
+    /// Build the guest image and run conformance cases against a PVM host.
+    Conformance(conformance_cmd::Args),
+    /// Build the guest image (x86_64-unknown-none) and print its path.
+    BuildGuests,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.cmd {
+        Cmd::Conformance(args) => conformance_cmd::run(args),
+        Cmd::BuildGuests => conformance::guest_build::build(&conformance::guest_build::workspace_root())
+            .map(|p| {
+                println!("{}", p.display());
+                ExitCode::SUCCESS
+            })
+            .map_err(Into::into),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}

@@ -54,7 +54,7 @@ fn capture(frame: &mut Frame, ex: Exception) -> bool {
 fn exception_frame() {
     FRAME.set(None);
     exception::set_hook(Some(capture));
-    let _ = instr::raise_ud();
+    instr::raise_ud();
     exception::set_hook(None);
     let Some(f) = FRAME.get() else {
         check!(false, "no #UD reached the handler");

@@ -34,6 +34,16 @@ pvmc_vector_stubs:
     .endr
 
 pvmc_exception_common:
+    # Stack: vector, error code, RIP, CS, RFLAGS, RSP, SS. From CPL3, reload the kernel CR3
+    # first (PTI style): the local host runs CPL3 on CR3|0x1000 and treats the vCPU as user
+    # until CR3 is written; elsewhere this is a plain reload.
+    testb $3, 24(%rsp)
+    jz 5f
+    pushq %rax
+    movl ${pml4}, %eax
+    movq %rax, %cr3
+    popq %rax
+5:
     pushq %r15
     pushq %r14
     pushq %r13
@@ -68,14 +78,41 @@ pvmc_exception_common:
     popq %r14
     popq %r15
     addq $16, %rsp
-    iretq
+    # Stack: RIP, CS, RFLAGS, RSP, SS.
+    testb $3, 8(%rsp)
+    jz 6f
+    cmpb $0, pvmc_pv_local(%rip)
+    jne pvmc_iret_frame_to_user
+6:  iretq
 
+    # Return to CPL3 with the local dialect's IRET_FRAME hypercall: below the RIP..SS frame,
+    # push RDI, RBX, RAX to form {{rax, rbx, rdi, rip, cs, rflags, rsp, ss}}.
+pvmc_iret_frame_to_user:
+    pushq %rdi
+    pushq %rbx
+    pushq %rax
+    movq %rsp, %rbx
+    movl ${iret_frame}, %eax
+    int $0x1b
+    ud2
+
+    # SYSCALL: RCX = user RIP, R11 = user RFLAGS, RSP = user stack. On the local host the
+    # vCPU is still "user" (user CR3) until the kernel CR3 is written; on a host that
+    # (wrongly) leaves CPL at 3, the CR3 write raises #GP at `pvmc_syscall_cr3`.
     .global pvmc_syscall_entry
 pvmc_syscall_entry:
-    movq %rsp, pvmc_syscall_user_rsp(%rip)
+    movq %rax, pvmc_syscall_scratch(%rip)
+    movl ${pml4}, %eax
+    .global pvmc_syscall_cr3
+pvmc_syscall_cr3:
+    movq %rax, %cr3
+    movq pvmc_syscall_scratch(%rip), %rax
+    movq %rsp, pvmc_syscall_scratch(%rip)
     leaq pvmc_trap_stack_top(%rip), %rsp
-    pushq pvmc_syscall_user_rsp(%rip)
+    pushq ${user_ds}
+    pushq pvmc_syscall_scratch(%rip)
     pushq %r11
+    pushq ${user_cs}
     pushq %rcx
     pushq %r15
     pushq %r14
@@ -110,7 +147,11 @@ pvmc_syscall_entry:
     popq %r13
     popq %r14
     popq %r15
+    # Stack: RIP, CS, RFLAGS, RSP, SS (an interrupt frame).
+    cmpb $0, pvmc_pv_local(%rip)
+    jne pvmc_iret_frame_to_user
     popq %rcx
+    addq $8, %rsp
     popq %r11
     popq %rsp
     sysretq
@@ -209,13 +250,17 @@ pvmc_gpr_probe_trap:
     addq $120, %rsp
     ret
 
+    .data
+    .global pvmc_pv_local
+pvmc_pv_local:
+    .byte 0
     .bss
     .balign 16
 pvmc_trap_stack:
     .skip 16384
     .global pvmc_trap_stack_top
 pvmc_trap_stack_top:
-pvmc_syscall_user_rsp:
+pvmc_syscall_scratch:
     .skip 8
 pvmc_supervisor_rsp:
     .skip 8
@@ -224,6 +269,7 @@ pvmc_supervisor_rsp:
     user_ds = const super::tables::USER_DS,
     user_cs = const super::tables::USER_CS,
     iret_frame = const abi::local::hc::IRET_FRAME,
+    pml4 = const abi::layout::PML4_GPA,
     g0 = const crate::user::gpr_pattern(0),
     g1 = const crate::user::gpr_pattern(1),
     g2 = const crate::user::gpr_pattern(2),
@@ -250,6 +296,8 @@ unsafe extern "C" {
     /// The `ud2` the user trampoline executes after the user function returned.
     static pvmc_user_exit: u8;
     static pvmc_gpr_probe: u8;
+    static pvmc_syscall_cr3: u8;
+    static mut pvmc_pv_local: u8;
     static pvmc_gpr_probe_trap: u8;
     /// Abandons the current (trap) stack and returns from the last `pvmc_user_enter`.
     fn pvmc_user_resume() -> !;
@@ -258,6 +306,18 @@ unsafe extern "C" {
 /// Address of the trampoline's exit `ud2`.
 pub fn user_exit_rip() -> u64 {
     core::ptr::addr_of!(pvmc_user_exit) as u64
+}
+
+/// Address of the kernel-CR3 load in the SYSCALL entry (the first privileged instruction).
+pub fn syscall_cr3_rip() -> u64 {
+    core::ptr::addr_of!(pvmc_syscall_cr3) as u64
+}
+
+/// Makes the entry code return to CPL3 with the local dialect's IRET_FRAME hypercall.
+pub fn set_pv_local_return(on: bool) {
+    // SAFETY: a byte in .data read only by the entry code of this single vCPU; no Rust
+    // reference to it exists.
+    unsafe { core::ptr::addr_of_mut!(pvmc_pv_local).write_volatile(u8::from(on)) }
 }
 
 /// Addresses of the GPR probe and of its `ud2`.

@@ -281,11 +281,11 @@ pub fn spin(n: u64) {
     }
 }
 
-/// Executes `ud2` without a fixup entry (the #UD goes to the normal dispatch).
-pub fn raise_ud() -> Result<(), Exception> {
+/// Executes `ud2` without a fixup entry: the #UD goes to the normal dispatch (a case's hook,
+/// or an unexpected exception).
+pub fn raise_ud() {
     // SAFETY: raises #UD, which the dispatcher handles; nothing else is touched.
     unsafe { asm!("ud2", options(att_syntax)) }
-    Ok(())
 }
 
 /// `syscall` with RAX = `nr` (for user-mode code); returns RAX.

@@ -121,3 +121,25 @@ pub fn gpr_probe() -> (u64, u64) {
         (0, 0)
     }
 }
+
+/// Address of the kernel-CR3 load in the SYSCALL entry: a #GP there from CPL3 means a
+/// `syscall` reached LSTAR without switching to CPL0.
+pub fn syscall_cr3_rip() -> u64 {
+    #[cfg(target_os = "none")]
+    {
+        entry::syscall_cr3_rip()
+    }
+    #[cfg(not(target_os = "none"))]
+    {
+        0
+    }
+}
+
+/// Selects how the entry code returns to CPL3: `iretq`/`sysretq` (false) or the local
+/// dialect's IRET_FRAME hypercall (true).
+pub fn set_pv_local_return(on: bool) {
+    #[cfg(target_os = "none")]
+    entry::set_pv_local_return(on);
+    #[cfg(not(target_os = "none"))]
+    let _ = on;
+}

@@ -104,7 +104,9 @@ fn gate(handler: u64, dpl: u8) -> (u64, u64) {
 pub fn init() {
     let tss_base = TSS.addr();
     let mut tss = TSS.get();
-    let rsp0 = trap_stack_top();
+    // Upper-half alias of the trap stack: the local host's native mode only switches to an
+    // RSP0 in the upper half (a lower-half one ends in #SS -> #DF -> triple fault).
+    let rsp0 = abi::layout::HIGH_ALIAS + trap_stack_top();
     tss[1] = rsp0 as u32;
     tss[2] = (rsp0 >> 32) as u32;
     tss[25] = 104 << 16; // I/O map base beyond the limit: no I/O bitmap
