@@ -113,8 +113,8 @@ const _: () = {
     assert!(core::mem::offset_of!(BootInfo, env) == 16);
     assert!(core::mem::offset_of!(BootInfo, free_start) == 24);
     assert!(core::mem::offset_of!(BootInfo, param) == 40);
-    assert!(IMAGE_BASE % LARGE_PAGE_SIZE == 0 && FREE_START % PAGE_SIZE == 0);
-    assert!(PML4_GPA % 0x2000 == 0);
+    assert!(IMAGE_BASE.is_multiple_of(LARGE_PAGE_SIZE) && FREE_START.is_multiple_of(PAGE_SIZE));
+    assert!(PML4_GPA.is_multiple_of(0x2000));
     assert!(SUPERVISOR_STACK_TOP > IMAGE_END && USER_STACK_TOP <= FREE_START);
 };
 

@@ -39,7 +39,11 @@ pub struct Selection {
 
 impl Default for Selection {
     fn default() -> Self {
-        Self { envs: vec![Env::Hvm64, Env::PvLocal], filters: Vec::new(), selftest: false }
+        Self {
+            envs: vec![Env::Hvm64, Env::PvLocal],
+            filters: Vec::new(),
+            selftest: false,
+        }
     }
 }
 
@@ -58,7 +62,10 @@ impl Catalog {
     pub fn new(image: GuestImage) -> Self {
         let mut cases: Vec<_> = image.cases.iter().cloned().map(Arc::new).collect();
         cases.sort_by(|a, b| (a.area, &a.name).cmp(&(b.area, &b.name)));
-        Self { image: Arc::new(image), cases }
+        Self {
+            image: Arc::new(image),
+            cases,
+        }
     }
 
     /// The selected instances, in table order, environments in the selection's order.
@@ -73,7 +80,10 @@ impl Catalog {
                 if case.envs & env.bit() == 0 {
                     continue;
                 }
-                let inst = Instance { case: Arc::clone(case), env };
+                let inst = Instance {
+                    case: Arc::clone(case),
+                    env,
+                };
                 let id = inst.id();
                 if sel.filters.is_empty() || sel.filters.iter().any(|f| id.contains(f.as_str())) {
                     out.push(inst);

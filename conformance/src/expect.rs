@@ -58,13 +58,21 @@ pub const LOCAL: &str = include_str!("../expectations/local.toml");
 impl Expectations {
     /// Parses an expectations file's text; `source` names it in errors.
     pub fn parse(text: &str, source: &str) -> Result<Self, Error> {
-        let bad = |reason: String| Error::Expectations { path: source.into(), reason };
+        let bad = |reason: String| Error::Expectations {
+            path: source.into(),
+            reason,
+        };
         let file: File = toml::from_str(text).map_err(|e| bad(e.to_string()))?;
         let mut by_id = HashMap::new();
         for d in file.deviation {
             let o = Outcome::from_name(&d.outcome)
                 .filter(|o| matches!(o, Outcome::Fail | Outcome::Crash | Outcome::Error))
-                .ok_or_else(|| bad(format!("{}: outcome must be fail, crash or error, not {:?}", d.id, d.outcome)))?;
+                .ok_or_else(|| {
+                    bad(format!(
+                        "{}: outcome must be fail, crash or error, not {:?}",
+                        d.id, d.outcome
+                    ))
+                })?;
             if d.reason.trim().is_empty() {
                 return Err(bad(format!("{}: a deviation needs a reason", d.id)));
             }
@@ -72,13 +80,18 @@ impl Expectations {
                 return Err(bad(format!("{} listed twice", d.id)));
             }
         }
-        Ok(Self { by_id, source: source.into() })
+        Ok(Self {
+            by_id,
+            source: source.into(),
+        })
     }
 
     /// Reads an expectations file.
     pub fn load(path: &Path) -> Result<Self, Error> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| Error::Expectations { path: path.display().to_string(), reason: e.to_string() })?;
+        let text = std::fs::read_to_string(path).map_err(|e| Error::Expectations {
+            path: path.display().to_string(),
+            reason: e.to_string(),
+        })?;
         Self::parse(&text, &path.display().to_string())
     }
 
@@ -86,7 +99,10 @@ impl Expectations {
     pub fn builtin(dialect: Option<Dialect>) -> Result<Self, Error> {
         match dialect {
             Some(Dialect::Local) => Self::parse(LOCAL, "built-in expectations/local.toml"),
-            _ => Ok(Self { source: "none".into(), ..Self::default() }),
+            _ => Ok(Self {
+                source: "none".into(),
+                ..Self::default()
+            }),
         }
     }
 
@@ -102,11 +118,23 @@ impl Expectations {
         };
         let note = format!("known deviation: {} [evidence: {}]", d.reason, d.evidence);
         if outcome == *want {
-            (Outcome::Xfail, format!("{note}; observed {}: {detail}", want.label()))
+            (
+                Outcome::Xfail,
+                format!("{note}; observed {}: {detail}", want.label()),
+            )
         } else if outcome == Outcome::Pass {
-            (Outcome::Fail, format!("XPASS: expected {} ({note}) but the case passed; update the expectations", want.label()))
+            (
+                Outcome::Fail,
+                format!(
+                    "XPASS: expected {} ({note}) but the case passed; update the expectations",
+                    want.label()
+                ),
+            )
         } else {
-            (outcome, format!("{detail}; expected {} ({note})", want.label()))
+            (
+                outcome,
+                format!("{detail}; expected {} ({note})", want.label()),
+            )
         }
     }
 }
@@ -126,19 +154,46 @@ evidence = "notes"
     #[test]
     fn matching_outcome_becomes_xfail_and_a_pass_becomes_xpass() {
         let e = Expectations::parse(SAMPLE, "t").expect("valid");
-        assert_eq!(e.apply("a.b~hvm64", Outcome::Crash, "x".into()).0, Outcome::Xfail);
+        assert_eq!(
+            e.apply("a.b~hvm64", Outcome::Crash, "x".into()).0,
+            Outcome::Xfail
+        );
         let (o, d) = e.apply("a.b~hvm64", Outcome::Pass, String::new());
         assert_eq!(o, Outcome::Fail);
         assert!(d.starts_with("XPASS"));
-        assert_eq!(e.apply("a.b~hvm64", Outcome::Fail, "y".into()).0, Outcome::Fail);
-        assert_eq!(e.apply("other~hvm64", Outcome::Fail, "y".into()).0, Outcome::Fail);
+        assert_eq!(
+            e.apply("a.b~hvm64", Outcome::Fail, "y".into()).0,
+            Outcome::Fail
+        );
+        assert_eq!(
+            e.apply("other~hvm64", Outcome::Fail, "y".into()).0,
+            Outcome::Fail
+        );
     }
 
     #[test]
     fn rejects_bad_files() {
-        assert!(Expectations::parse("[[deviation]]\nid = \"x\"\noutcome = \"pass\"\nreason = \"r\"", "t").is_err());
-        assert!(Expectations::parse("[[deviation]]\nid = \"x\"\noutcome = \"fail\"\nreason = \"\"", "t").is_err());
-        assert!(Expectations::parse("[[deviation]]\nid = \"x\"\noutcome = \"fail\"\nreason = \"r\"\nbogus = 1", "t").is_err());
+        assert!(
+            Expectations::parse(
+                "[[deviation]]\nid = \"x\"\noutcome = \"pass\"\nreason = \"r\"",
+                "t"
+            )
+            .is_err()
+        );
+        assert!(
+            Expectations::parse(
+                "[[deviation]]\nid = \"x\"\noutcome = \"fail\"\nreason = \"\"",
+                "t"
+            )
+            .is_err()
+        );
+        assert!(
+            Expectations::parse(
+                "[[deviation]]\nid = \"x\"\noutcome = \"fail\"\nreason = \"r\"\nbogus = 1",
+                "t"
+            )
+            .is_err()
+        );
         let dup = format!("{SAMPLE}{SAMPLE}");
         assert!(Expectations::parse(&dup, "t").is_err());
     }

@@ -19,12 +19,17 @@ pub const GUEST_PACKAGE: &str = "conformance-guest";
 /// The workspace root (parent of this crate's directory).
 pub fn workspace_root() -> PathBuf {
     let here = Path::new(env!("CARGO_MANIFEST_DIR"));
-    here.parent().map(Path::to_path_buf).unwrap_or_else(|| here.to_path_buf())
+    here.parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| here.to_path_buf())
 }
 
 /// Where [`build`] puts the image.
 pub fn image_path(root: &Path) -> PathBuf {
-    root.join("target/guest").join(GUEST_TARGET).join("release").join(GUEST_PACKAGE)
+    root.join("target/guest")
+        .join(GUEST_TARGET)
+        .join("release")
+        .join(GUEST_PACKAGE)
 }
 
 /// Builds (or confirms up to date) the guest image; returns its path.
@@ -45,12 +50,17 @@ pub fn build(root: &Path) -> Result<PathBuf, Error> {
     for (k, _) in std::env::vars_os() {
         let k = k.to_string_lossy();
         let drop = (k.starts_with("CARGO_") && k != "CARGO_HOME")
-            || matches!(&*k, "RUSTFLAGS" | "RUSTDOCFLAGS" | "RUSTC_WRAPPER" | "RUSTC_WORKSPACE_WRAPPER");
+            || matches!(
+                &*k,
+                "RUSTFLAGS" | "RUSTDOCFLAGS" | "RUSTC_WRAPPER" | "RUSTC_WORKSPACE_WRAPPER"
+            );
         if drop {
             cmd.env_remove(&*k);
         }
     }
-    let out = cmd.output().map_err(|e| Error::Build(format!("cannot run cargo: {e}")))?;
+    let out = cmd
+        .output()
+        .map_err(|e| Error::Build(format!("cannot run cargo: {e}")))?;
     if !out.status.success() {
         return Err(Error::Build(format!(
             "cargo build of {GUEST_PACKAGE} failed ({}):\n{}",
@@ -60,7 +70,10 @@ pub fn build(root: &Path) -> Result<PathBuf, Error> {
     }
     let path = image_path(root);
     if !path.exists() {
-        return Err(Error::Build(format!("{} missing after a successful build", path.display())));
+        return Err(Error::Build(format!(
+            "{} missing after a successful build",
+            path.display()
+        )));
     }
     Ok(path)
 }

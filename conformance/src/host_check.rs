@@ -46,7 +46,10 @@ impl CaseHandler {
     }
 
     fn unexpected(&self, what: String) -> Action {
-        Action::Unexpected(format!("{what} (host check {:?} does not allow it)", self.check))
+        Action::Unexpected(format!(
+            "{what} (host check {:?} does not allow it)",
+            self.check
+        ))
     }
 
     /// Compares what the host saw with what the check requires; called on the final status.
@@ -73,7 +76,8 @@ impl CaseHandler {
                     ));
                 }
                 if self.mmio_reads != 1 {
-                    self.host_failures.push(format!("{} MMIO reads seen, expected 1", self.mmio_reads));
+                    self.host_failures
+                        .push(format!("{} MMIO reads seen, expected 1", self.mmio_reads));
                 }
             }
             HostCheck::HltExit => {
@@ -101,8 +105,12 @@ impl ExitHandler for CaseHandler {
                 Action::Continue
             }
             Some(MessageKind::AssertFail) => {
-                let mut line =
-                    format!("check failed at {}:{}: {}", msg.file_str(), msg.line, msg.text_str());
+                let mut line = format!(
+                    "check failed at {}:{}: {}",
+                    msg.file_str(),
+                    msg.line,
+                    msg.text_str()
+                );
                 if msg.flags & FLAG_HAS_VALUES != 0 {
                     line += &format!(" [left={:#x} right={:#x}]", msg.values[0], msg.values[1]);
                 }
@@ -116,7 +124,9 @@ impl ExitHandler for CaseHandler {
                         self.next_checkpoint += 1;
                         self.hlt_armed = true;
                     }
-                    _ => self.host_failures.push(format!("checkpoint {n} out of order")),
+                    _ => self
+                        .host_failures
+                        .push(format!("checkpoint {n} out of order")),
                 }
                 Action::Continue
             }
@@ -138,7 +148,11 @@ impl ExitHandler for CaseHandler {
                 self.last_out = v;
                 Action::Continue
             }
-            _ => self.unexpected(format!("OUT to port {port:#x} of {} bytes ({:x?})", data.len(), data)),
+            _ => self.unexpected(format!(
+                "OUT to port {port:#x} of {} bytes ({:x?})",
+                data.len(),
+                data
+            )),
         }
     }
 
@@ -158,7 +172,8 @@ impl ExitHandler for CaseHandler {
     fn mmio_write(&mut self, gpa: u64, data: &[u8]) -> Action {
         match self.check {
             HostCheck::Mmio if gpa == MMIO_WINDOW + io::MMIO_WRITE_OFFSET => {
-                self.mmio_writes.push((gpa, data.len() as u8, le_value(data)));
+                self.mmio_writes
+                    .push((gpa, data.len() as u8, le_value(data)));
                 Action::Continue
             }
             _ => self.unexpected(format!("MMIO write at {gpa:#x} of {} bytes", data.len())),
@@ -203,7 +218,10 @@ mod tests {
         let mut h = CaseHandler::new(HostCheck::PortIo);
         for (size, v) in io::PIO_OUT {
             let b = v.to_le_bytes();
-            assert_eq!(h.io_out(io::ECHO_PORT, &b[..usize::from(size)]), Action::Continue);
+            assert_eq!(
+                h.io_out(io::ECHO_PORT, &b[..usize::from(size)]),
+                Action::Continue
+            );
             let mut back = vec![0u8; usize::from(size)];
             assert_eq!(h.io_in(io::ECHO_PORT, &mut back), Action::Continue);
             assert_eq!(le_value(&back) as u32, io::pio_in_answer(v, size));

@@ -23,8 +23,14 @@ pub enum Outcome {
 
 impl Outcome {
     /// Every outcome, least severe first.
-    pub const ALL: [Outcome; 6] =
-        [Outcome::Pass, Outcome::Skip, Outcome::Xfail, Outcome::Fail, Outcome::Error, Outcome::Crash];
+    pub const ALL: [Outcome; 6] = [
+        Outcome::Pass,
+        Outcome::Skip,
+        Outcome::Xfail,
+        Outcome::Fail,
+        Outcome::Error,
+        Outcome::Crash,
+    ];
 
     /// Upper-case name for humans.
     pub const fn label(self) -> &'static str {

@@ -74,7 +74,11 @@ pub struct Summary {
 impl Summary {
     /// Counts `results`.
     pub fn of(results: &[CaseResult], wall_ms: u64) -> Self {
-        let mut s = Summary { total: results.len(), wall_ms, ..Summary::default() };
+        let mut s = Summary {
+            total: results.len(),
+            wall_ms,
+            ..Summary::default()
+        };
         for r in results {
             *s.count_mut(r.outcome) += 1;
         }
@@ -130,7 +134,10 @@ pub struct Report {
 impl Report {
     /// Writes the report as pretty JSON, creating parent directories.
     pub fn write(&self, path: &Path) -> Result<(), Error> {
-        let io = |source| Error::Io { path: path.display().to_string(), source };
+        let io = |source| Error::Io {
+            path: path.display().to_string(),
+            source,
+        };
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir).map_err(io)?;
         }
@@ -150,18 +157,29 @@ pub struct ProgressLog {
 impl ProgressLog {
     /// Creates (truncates) the log.
     pub fn create(path: &Path) -> Result<Self, Error> {
-        let io = |source| Error::Io { path: path.display().to_string(), source };
+        let io = |source| Error::Io {
+            path: path.display().to_string(),
+            source,
+        };
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir).map_err(io)?;
         }
-        Ok(Self { file: File::create(path).map_err(io)?, path: path.to_path_buf() })
+        Ok(Self {
+            file: File::create(path).map_err(io)?,
+            path: path.to_path_buf(),
+        })
     }
 
     /// Appends a result.
     pub fn append(&mut self, r: &CaseResult) -> Result<(), Error> {
-        let io = |source| Error::Io { path: self.path.display().to_string(), source };
+        let io = |source| Error::Io {
+            path: self.path.display().to_string(),
+            source,
+        };
         let line = serde_json::to_string(r).map_err(|e| io(e.into()))?;
-        writeln!(self.file, "{line}").and_then(|()| self.file.sync_data()).map_err(io)
+        writeln!(self.file, "{line}")
+            .and_then(|()| self.file.sync_data())
+            .map_err(io)
     }
 }
 
@@ -202,7 +220,11 @@ pub fn summary_line(s: &Summary) -> String {
         .map(|&o| format!("{} {}", s.count(o), o.name()))
         .collect::<Vec<_>>()
         .join(", ");
-    format!("{} instances: {counts}; wall time {:.2} s", s.total, s.wall_ms as f64 / 1e3)
+    format!(
+        "{} instances: {counts}; wall time {:.2} s",
+        s.total,
+        s.wall_ms as f64 / 1e3
+    )
 }
 
 #[cfg(test)]
@@ -243,7 +265,10 @@ mod tests {
 
     #[test]
     fn summary_counts_every_outcome() {
-        let rs: Vec<_> = Outcome::ALL.iter().map(|&o| result("x~hvm64", o, "")).collect();
+        let rs: Vec<_> = Outcome::ALL
+            .iter()
+            .map(|&o| result("x~hvm64", o, ""))
+            .collect();
         let s = Summary::of(&rs, 1500);
         for o in Outcome::ALL {
             assert_eq!(s.count(o), 1);

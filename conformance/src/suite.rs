@@ -40,7 +40,11 @@ pub struct SuiteOptions {
 
 impl Default for SuiteOptions {
     fn default() -> Self {
-        Self { timeout: DEFAULT_TIMEOUT, jobs: 1, expectations: Expectations::default() }
+        Self {
+            timeout: DEFAULT_TIMEOUT,
+            jobs: 1,
+            expectations: Expectations::default(),
+        }
     }
 }
 
@@ -135,23 +139,37 @@ fn run_one(
 }
 
 /// Why an instance cannot run here, if it cannot.
-fn applicability<'k>(kvm: Result<&'k Kvm, &String>, host: &HostInfo, env: Env) -> Result<&'k Kvm, String> {
+fn applicability<'k>(
+    kvm: Result<&'k Kvm, &String>,
+    host: &HostInfo,
+    env: Env,
+) -> Result<&'k Kvm, String> {
     let kvm = kvm.map_err(|why| format!("no usable /dev/kvm: {why}"))?;
     if let Some(need) = env.required_dialect()
         && host.dialect != Some(need)
     {
         let has = host.dialect.map_or("no PVM dialect", |d| d.name());
-        return Err(format!("environment {} needs the {} dialect; the host speaks {has}", env.name(), need.name()));
+        return Err(format!(
+            "environment {} needs the {} dialect; the host speaks {has}",
+            env.name(),
+            need.name()
+        ));
     }
     if !matches!(env, Env::Hvm64 | Env::PvLocal) {
-        return Err(format!("guest-lib does not implement environment {} yet", env.name()));
+        return Err(format!(
+            "guest-lib does not implement environment {} yet",
+            env.name()
+        ));
     }
     Ok(kvm)
 }
 
 fn prepare(kvm: &Kvm, image: &GuestImage, inst: &Instance) -> runner::Result<Machine> {
     let irqchip = inst.case.flags & FLAG_IRQCHIP != 0;
-    let m = kvm.create_machine(MachineOptions { irqchip, ..MachineOptions::default() })?;
+    let m = kvm.create_machine(MachineOptions {
+        irqchip,
+        ..MachineOptions::default()
+    })?;
     setup::write_page_tables(m.memory())?;
     image.load_into(m.memory())?;
     setup::write_boot_info(m.memory(), inst.env, inst.case.entry, 0)?;
@@ -159,7 +177,12 @@ fn prepare(kvm: &Kvm, image: &GuestImage, inst: &Instance) -> runner::Result<Mac
     Ok(m)
 }
 
-fn execute(kvm: &Kvm, image: &GuestImage, inst: &Instance, opts: &SuiteOptions) -> (Outcome, String) {
+fn execute(
+    kvm: &Kvm,
+    image: &GuestImage,
+    inst: &Instance,
+    opts: &SuiteOptions,
+) -> (Outcome, String) {
     let mut machine = match prepare(kvm, image, inst) {
         Ok(m) => m,
         Err(e) => return (Outcome::Error, format!("VM setup failed: {e}")),
@@ -181,26 +204,42 @@ fn execute(kvm: &Kvm, image: &GuestImage, inst: &Instance, opts: &SuiteOptions) 
                 if !reason.is_empty() {
                     parts.push(reason);
                 }
-                parts.extend(handler.host_failures.iter().map(|f| format!("host check: {f}")));
+                parts.extend(
+                    handler
+                        .host_failures
+                        .iter()
+                        .map(|f| format!("host check: {f}")),
+                );
                 let guest = match status {
                     GuestStatus::Pass => Outcome::Pass,
                     GuestStatus::Fail => Outcome::Fail,
                     GuestStatus::Skip => Outcome::Skip,
                     GuestStatus::Error => Outcome::Error,
                 };
-                if handler.host_failures.is_empty() { guest } else { guest.merge(Outcome::Fail) }
+                if handler.host_failures.is_empty() {
+                    guest
+                } else {
+                    guest.merge(Outcome::Fail)
+                }
             }
             None => crash("run stopped without a final status".into(), &mut parts),
         },
-        Ok(RunEnd::Timeout(after)) => {
-            crash(format!("timeout: no final status after {} ms", after.as_millis()), &mut parts)
-        }
-        Ok(RunEnd::Shutdown) => crash("triple fault (KVM_EXIT_SHUTDOWN)".into(), &mut parts),
-        Ok(RunEnd::InternalError(sub)) => crash(
-            format!("KVM_EXIT_INTERNAL_ERROR, suberror {sub}{}", if sub == 1 { " (emulation failure)" } else { "" }),
+        Ok(RunEnd::Timeout(after)) => crash(
+            format!("timeout: no final status after {} ms", after.as_millis()),
             &mut parts,
         ),
-        Ok(RunEnd::FailEntry(reason)) => crash(format!("KVM_EXIT_FAIL_ENTRY, reason {reason:#x}"), &mut parts),
+        Ok(RunEnd::Shutdown) => crash("triple fault (KVM_EXIT_SHUTDOWN)".into(), &mut parts),
+        Ok(RunEnd::InternalError(sub)) => crash(
+            format!(
+                "KVM_EXIT_INTERNAL_ERROR, suberror {sub}{}",
+                if sub == 1 { " (emulation failure)" } else { "" }
+            ),
+            &mut parts,
+        ),
+        Ok(RunEnd::FailEntry(reason)) => crash(
+            format!("KVM_EXIT_FAIL_ENTRY, reason {reason:#x}"),
+            &mut parts,
+        ),
         Ok(RunEnd::Unexpected(what)) => crash(format!("unexpected exit: {what}"), &mut parts),
         Err(e) => {
             parts.push(format!("runner error: {e}"));

@@ -1,6 +1,6 @@
 //! Declaring cases: [`Spec`] (a `const` builder) and the [`case!`](crate::case!) macro.
 //!
-//! ```ignore
+//! ```text
 //! fn port_out_in() { /* ... */ }
 //! case!(port_out_in, Spec::new("io.port_out_in", Area::Io, "OUT/IN of 1, 2, 4 bytes")
 //!     .host(HostCheck::PortIo)
@@ -97,8 +97,7 @@ macro_rules! case {
         const _: () = {
             #[used]
             #[unsafe(link_section = "pvmc_cases")]
-            static DESC: $crate::abi::case::CaseDesc<fn()> =
-                $crate::case::describe($spec, $f);
+            static DESC: $crate::abi::case::CaseDesc<fn()> = $crate::case::describe($spec, $f);
         };
     };
 }

@@ -119,17 +119,29 @@ pub struct Exception {
 impl Exception {
     /// An exception without error code or CR2.
     pub const fn new(vector: u8) -> Self {
-        Self { vector, error_code: 0, cr2: 0 }
+        Self {
+            vector,
+            error_code: 0,
+            cr2: 0,
+        }
     }
 
     /// `#GP(error_code)`.
     pub const fn gp(error_code: u32) -> Self {
-        Self { vector: vector::GP, error_code, cr2: 0 }
+        Self {
+            vector: vector::GP,
+            error_code,
+            cr2: 0,
+        }
     }
 
     /// `#PF(error_code)` at `cr2`.
     pub const fn pf(error_code: u32, cr2: u64) -> Self {
-        Self { vector: vector::PF, error_code, cr2 }
+        Self {
+            vector: vector::PF,
+            error_code,
+            cr2,
+        }
     }
 
     /// Short mnemonic of the vector.
@@ -139,13 +151,22 @@ impl Exception {
             "#SS", "#GP", "#PF", "#15", "#MF", "#AC", "#MC", "#XM", "#VE", "#CP", "#22", "#23",
             "#24", "#25", "#26", "#27", "#HV", "#VC", "#SX", "#31",
         ];
-        NAMES.get(usize::from(self.vector)).copied().unwrap_or("IRQ")
+        NAMES
+            .get(usize::from(self.vector))
+            .copied()
+            .unwrap_or("IRQ")
     }
 }
 
 impl fmt::Debug for Exception {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}(vec={}, ec={:#x}", self.mnemonic(), self.vector, self.error_code)?;
+        write!(
+            f,
+            "{}(vec={}, ec={:#x}",
+            self.mnemonic(),
+            self.vector,
+            self.error_code
+        )?;
         if self.vector == vector::PF {
             write!(f, ", cr2={:#x}", self.cr2)?;
         }
@@ -197,8 +218,16 @@ pub fn set_hook(hook: Option<Hook>) {
 /// Decides what happens to an event; called by the entry stubs.
 pub fn dispatch(frame: &mut Frame) {
     let vector = (frame.vector & 0xff) as u8;
-    let cr2 = if vector == vector::PF { arch::instr::read_cr2() } else { 0 };
-    let ex = Exception { vector, error_code: frame.error_code as u32, cr2 };
+    let cr2 = if vector == vector::PF {
+        arch::instr::read_cr2()
+    } else {
+        0
+    };
+    let ex = Exception {
+        vector,
+        error_code: frame.error_code as u32,
+        cr2,
+    };
     if frame.cs & 3 == 0
         && let Some(fixup) = arch::fixup_for(frame.rip)
     {

@@ -10,16 +10,14 @@
 //! event entry is the library's common IDT path (`crate::exception`).
 
 use abi::layout::VIF_GPA;
-use abi::local::{MSR_SIGNATURE, MSR_VIF, VIF_ENABLE};
+use abi::local::{MSR_SIGNATURE, VIF_ENABLE};
 
 use crate::arch::instr;
 use crate::exception::Exception;
 
 /// Registers the VIF page (enable bit set).
 pub fn enable() {
-    // SAFETY: the VIF MSR changes how CPL0 code is executed, not the memory model; the page it
-    // names is reserved for it in the guest layout.
-    unsafe { instr::wrmsr(MSR_VIF, VIF_GPA | VIF_ENABLE) }
+    instr::write_local_vif_msr(VIF_GPA | VIF_ENABLE);
 }
 
 /// Issues hypercall `nr`; returns RAX, or the exception if the instruction faulted.

@@ -72,7 +72,10 @@ pub fn run_raw(entry: u64, arg: u64) -> UserExit {
 
 fn leave(exit: UserExit) -> ! {
     if !ACTIVE.get() {
-        crate::report::finish(GuestStatus::Error, "user-mode event with no user run active");
+        crate::report::finish(
+            GuestStatus::Error,
+            "user-mode event with no user run active",
+        );
     }
     EXIT.set(Some(exit));
     arch::user_resume()
@@ -95,7 +98,10 @@ pub(crate) fn on_user_event(frame: &mut Frame, ex: Exception) {
 }
 
 /// Called by the SYSCALL entry.
-#[cfg_attr(not(target_os = "none"), allow(dead_code, reason = "called from the guest's asm entry"))]
+#[cfg_attr(
+    not(target_os = "none"),
+    allow(dead_code, reason = "called from the guest's asm entry")
+)]
 pub(crate) fn on_syscall(frame: &mut SyscallFrame) {
     if let Some(hook) = SYSCALL_HOOK.get()
         && hook(frame)

@@ -40,7 +40,9 @@ pub struct HostInfo {
 }
 
 fn read_trimmed(path: &str) -> Option<String> {
-    std::fs::read_to_string(path).ok().map(|s| s.trim().to_string())
+    std::fs::read_to_string(path)
+        .ok()
+        .map(|s| s.trim().to_string())
 }
 
 fn cpu_model() -> String {
@@ -56,7 +58,11 @@ fn cpu_model() -> String {
 }
 
 fn backend() -> String {
-    for (module, name) in [("kvm_pvm", "kvm-pvm"), ("kvm_intel", "kvm-intel"), ("kvm_amd", "kvm-amd")] {
+    for (module, name) in [
+        ("kvm_pvm", "kvm-pvm"),
+        ("kvm_intel", "kvm-intel"),
+        ("kvm_amd", "kvm-amd"),
+    ] {
         if std::path::Path::new("/sys/module").join(module).exists() {
             return name.into();
         }
@@ -91,18 +97,34 @@ pub fn detect() -> HostInfo {
 /// Decides the dialect of an open KVM (see the module documentation).
 pub fn dialect_of(kvm: &Kvm) -> (Option<Dialect>, String) {
     let local = kvm
-        .create_machine(MachineOptions { ram: 2 * abi::layout::PAGE_SIZE, irqchip: false })
+        .create_machine(MachineOptions {
+            ram: 2 * abi::layout::PAGE_SIZE,
+            irqchip: false,
+        })
         .and_then(|m| m.get_msr(abi::local::MSR_SIGNATURE));
     if let Ok(Some(v)) = local
         && v == abi::local::SIGNATURE
     {
-        return (Some(Dialect::Local), format!("MSR {:#x} = {v:#x}", abi::local::MSR_SIGNATURE));
+        return (
+            Some(Dialect::Local),
+            format!("MSR {:#x} = {v:#x}", abi::local::MSR_SIGNATURE),
+        );
     }
-    let leaf = |f: u32| kvm.supported_cpuid().as_slice().iter().find(|e| e.function == f).copied();
+    let leaf = |f: u32| {
+        kvm.supported_cpuid()
+            .as_slice()
+            .iter()
+            .find(|e| e.function == f)
+            .copied()
+    };
     let upstream_sig = leaf(0x4000_0000).is_some_and(|e| e.eax >= upstream::CPUID_VENDOR_FEATURES)
-        && leaf(upstream::CPUID_VENDOR_FEATURES).is_some_and(|e| e.ebx == upstream::CPUID_SIGNATURE);
+        && leaf(upstream::CPUID_VENDOR_FEATURES)
+            .is_some_and(|e| e.ebx == upstream::CPUID_SIGNATURE);
     if !upstream_sig {
-        return (None, "no local signature MSR, no upstream CPUID 0x40000002 signature".into());
+        return (
+            None,
+            "no local signature MSR, no upstream CPUID 0x40000002 signature".into(),
+        );
     }
     let msrs = kvm.msr_index_list().unwrap_or_default();
     let has = |m: u32| msrs.contains(&m);
@@ -113,5 +135,8 @@ pub fn dialect_of(kvm: &Kvm) -> (Option<Dialect>, String) {
     } else {
         Dialect::UpstreamV2
     };
-    (Some(generation), "CPUID 0x40000002.EBX = \"PVM\"; generation from the MSR index list".into())
+    (
+        Some(generation),
+        "CPUID 0x40000002.EBX = \"PVM\"; generation from the MSR index list".into(),
+    )
 }

@@ -88,7 +88,10 @@ impl GuestImage {
             let data = bytes
                 .get(ph.p_offset as usize..(ph.p_offset + ph.p_filesz) as usize)
                 .ok_or("segment data beyond the end of the file")?;
-            segments.push(Segment { gpa: start, data: data.to_vec() });
+            segments.push(Segment {
+                gpa: start,
+                data: data.to_vec(),
+            });
         }
         if segments.is_empty() {
             return Err("no loadable segments".into());
@@ -102,18 +105,27 @@ impl GuestImage {
             .get(section.sh_offset as usize..(section.sh_offset + section.sh_size) as usize)
             .ok_or("case section beyond the end of the file")?;
         if raw.len() % CASE_DESC_SIZE != 0 {
-            return Err(format!("case section size {} is not a multiple of {CASE_DESC_SIZE}", raw.len()));
+            return Err(format!(
+                "case section size {} is not a multiple of {CASE_DESC_SIZE}",
+                raw.len()
+            ));
         }
         let cases = raw
             .chunks_exact(CASE_DESC_SIZE)
             .map(decode_case)
             .collect::<std::result::Result<Vec<_>, _>>()?;
-        Ok(Self { segments, entry: elf.entry, cases })
+        Ok(Self {
+            segments,
+            entry: elf.entry,
+            cases,
+        })
     }
 
     /// Copies the segments into guest memory.
     pub fn load_into(&self, mem: &GuestMemory) -> Result<()> {
-        self.segments.iter().try_for_each(|s| mem.write(s.gpa, &s.data))
+        self.segments
+            .iter()
+            .try_for_each(|s| mem.write(s.gpa, &s.data))
     }
 }
 
@@ -121,9 +133,13 @@ fn decode_case(raw: &[u8]) -> std::result::Result<GuestCase, String> {
     let d = CaseDesc::parse(raw).ok_or("case descriptor with bad magic or version")?;
     let name = fixed_str_read(&d.name).to_string();
     let area = Area::from_raw(d.area).ok_or(format!("case {name}: unknown area {}", d.area))?;
-    let host = HostCheck::from_raw(d.host).ok_or(format!("case {name}: unknown host check {}", d.host))?;
+    let host =
+        HostCheck::from_raw(d.host).ok_or(format!("case {name}: unknown host check {}", d.host))?;
     if !(IMAGE_BASE..IMAGE_END).contains(&d.entry) {
-        return Err(format!("case {name}: entry {:#x} outside the image", d.entry));
+        return Err(format!(
+            "case {name}: entry {:#x} outside the image",
+            d.entry
+        ));
     }
     Ok(GuestCase {
         area,

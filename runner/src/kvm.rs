@@ -12,7 +12,9 @@ use std::sync::Once;
 use std::time::{Duration, Instant};
 
 use abi::report::{MESSAGE_MAGIC, MESSAGE_SIZE, Message, REPORT_PORT};
-use kvm_bindings::{CpuId, KVM_MAX_CPUID_ENTRIES, Msrs, kvm_msr_entry, kvm_userspace_memory_region};
+use kvm_bindings::{
+    CpuId, KVM_MAX_CPUID_ENTRIES, Msrs, kvm_msr_entry, kvm_userspace_memory_region,
+};
 use kvm_ioctls::{VcpuExit, VcpuFd, VmFd};
 
 use crate::memory::GuestMemory;
@@ -36,7 +38,10 @@ pub struct MachineOptions {
 
 impl Default for MachineOptions {
     fn default() -> Self {
-        Self { ram: abi::layout::RAM_SIZE, irqchip: false }
+        Self {
+            ram: abi::layout::RAM_SIZE,
+            irqchip: false,
+        }
     }
 }
 
@@ -62,7 +67,10 @@ impl Kvm {
 
     /// `KVM_GET_MSR_INDEX_LIST`.
     pub fn msr_index_list(&self) -> Result<Vec<u32>> {
-        let l = self.kvm.get_msr_index_list().map_err(kvm_err("KVM_GET_MSR_INDEX_LIST"))?;
+        let l = self
+            .kvm
+            .get_msr_index_list()
+            .map_err(kvm_err("KVM_GET_MSR_INDEX_LIST"))?;
         Ok(l.as_slice().to_vec())
     }
 
@@ -79,12 +87,15 @@ impl Kvm {
         };
         // SAFETY: the region is backed by `mem`, which `Machine` owns together with the VM and
         // drops after it (field order), so the mapping outlives the memslot; it is the only slot.
-        unsafe { vm.set_user_memory_region(region) }.map_err(kvm_err("KVM_SET_USER_MEMORY_REGION"))?;
+        unsafe { vm.set_user_memory_region(region) }
+            .map_err(kvm_err("KVM_SET_USER_MEMORY_REGION"))?;
         if opts.irqchip {
-            vm.create_irq_chip().map_err(kvm_err("KVM_CREATE_IRQCHIP"))?;
+            vm.create_irq_chip()
+                .map_err(kvm_err("KVM_CREATE_IRQCHIP"))?;
         }
         let vcpu = vm.create_vcpu(0).map_err(kvm_err("KVM_CREATE_VCPU"))?;
-        vcpu.set_cpuid2(&self.cpuid).map_err(kvm_err("KVM_SET_CPUID2"))?;
+        vcpu.set_cpuid2(&self.cpuid)
+            .map_err(kvm_err("KVM_SET_CPUID2"))?;
         Ok(Machine { vcpu, _vm: vm, mem })
     }
 }
@@ -153,14 +164,25 @@ impl Machine {
         self.vcpu
             .set_sregs(&setup::long_mode_sregs(sregs))
             .map_err(kvm_err("KVM_SET_SREGS"))?;
-        self.vcpu.set_regs(&setup::entry_regs(entry)).map_err(kvm_err("KVM_SET_REGS"))
+        self.vcpu
+            .set_regs(&setup::entry_regs(entry))
+            .map_err(kvm_err("KVM_SET_REGS"))
     }
 
     /// Reads an MSR with `KVM_GET_MSRS`; `None` if KVM does not return it.
     pub fn get_msr(&self, index: u32) -> Result<Option<u64>> {
-        let mut msrs = Msrs::from_entries(&[kvm_msr_entry { index, ..Default::default() }])
-            .map_err(|_| RunnerError::Kvm { what: "Msrs", source: kvm_ioctls::Error::new(libc::E2BIG) })?;
-        let n = self.vcpu.get_msrs(&mut msrs).map_err(kvm_err("KVM_GET_MSRS"))?;
+        let mut msrs = Msrs::from_entries(&[kvm_msr_entry {
+            index,
+            ..Default::default()
+        }])
+        .map_err(|_| RunnerError::Kvm {
+            what: "Msrs",
+            source: kvm_ioctls::Error::new(libc::E2BIG),
+        })?;
+        let n = self
+            .vcpu
+            .get_msrs(&mut msrs)
+            .map_err(kvm_err("KVM_GET_MSRS"))?;
         Ok((n == 1).then(|| msrs.as_slice()[0].data))
     }
 
@@ -171,8 +193,22 @@ impl Machine {
                 "rip={:#x} rsp={:#x} rflags={:#x} rax={:#x} rbx={:#x} rcx={:#x} rdx={:#x} \
                  rsi={:#x} rdi={:#x} cs={:#x} ss={:#x} cr0={:#x} cr2={:#x} cr3={:#x} cr4={:#x} \
                  efer={:#x}",
-                r.rip, r.rsp, r.rflags, r.rax, r.rbx, r.rcx, r.rdx, r.rsi, r.rdi, s.cs.selector,
-                s.ss.selector, s.cr0, s.cr2, s.cr3, s.cr4, s.efer
+                r.rip,
+                r.rsp,
+                r.rflags,
+                r.rax,
+                r.rbx,
+                r.rcx,
+                r.rdx,
+                r.rsi,
+                r.rdi,
+                s.cs.selector,
+                s.ss.selector,
+                s.cr0,
+                s.cr2,
+                s.cr3,
+                s.cr4,
+                s.efer
             ),
             (Err(e), _) | (_, Err(e)) => format!("registers unavailable: {e}"),
         }
@@ -204,11 +240,14 @@ impl Machine {
         loop {
             let action = match self.vcpu.run() {
                 Ok(VcpuExit::IoOut(port, data)) if port == REPORT_PORT => {
-                    let gpa = match <[u8; 4]>::try_from(&*data) {
+                    let gpa = match <[u8; 4]>::try_from(data) {
                         Ok(b) => u64::from(u32::from_le_bytes(b)),
-                        Err(_) => return Ok(RunEnd::Unexpected(format!(
-                            "report port written with {} bytes (want a 4-byte GPA)", data.len()
-                        ))),
+                        Err(_) => {
+                            return Ok(RunEnd::Unexpected(format!(
+                                "report port written with {} bytes (want a 4-byte GPA)",
+                                data.len()
+                            )));
+                        }
                     };
                     let mut raw = [0u8; MESSAGE_SIZE];
                     match self.mem.read(gpa, &mut raw) {
@@ -217,10 +256,14 @@ impl Machine {
                             if msg.magic == MESSAGE_MAGIC {
                                 handler.report(&msg)
                             } else {
-                                Action::Unexpected(format!("report message at {gpa:#x} has bad magic"))
+                                Action::Unexpected(format!(
+                                    "report message at {gpa:#x} has bad magic"
+                                ))
                             }
                         }
-                        Err(_) => Action::Unexpected(format!("report message at {gpa:#x} outside RAM")),
+                        Err(_) => {
+                            Action::Unexpected(format!("report message at {gpa:#x} outside RAM"))
+                        }
                     }
                 }
                 Ok(VcpuExit::IoOut(port, data)) => handler.io_out(port, data),
@@ -245,7 +288,12 @@ impl Machine {
                     self.vcpu.set_kvm_immediate_exit(0);
                     Action::Continue
                 }
-                Err(e) => return Err(RunnerError::Kvm { what: "KVM_RUN", source: e }),
+                Err(e) => {
+                    return Err(RunnerError::Kvm {
+                        what: "KVM_RUN",
+                        source: e,
+                    });
+                }
             };
             match action {
                 Action::Continue => {}
@@ -301,7 +349,10 @@ impl RunTimer {
         }
         let timer = RunTimer(id);
         let spec = libc::itimerspec {
-            it_interval: libc::timespec { tv_sec: 0, tv_nsec: 0 },
+            it_interval: libc::timespec {
+                tv_sec: 0,
+                tv_nsec: 0,
+            },
             it_value: libc::timespec {
                 tv_sec: after.as_secs() as libc::time_t,
                 tv_nsec: libc::c_long::from(after.subsec_nanos()).max(1),

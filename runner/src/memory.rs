@@ -31,10 +31,15 @@ impl GuestMemory {
             )
         };
         if p == libc::MAP_FAILED {
-            return Err(RunnerError::Mmap { size, source: std::io::Error::last_os_error() });
+            return Err(RunnerError::Mmap {
+                size,
+                source: std::io::Error::last_os_error(),
+            });
         }
-        let ptr = NonNull::new(p.cast::<u8>())
-            .ok_or(RunnerError::Mmap { size, source: std::io::Error::other("null mapping") })?;
+        let ptr = NonNull::new(p.cast::<u8>()).ok_or(RunnerError::Mmap {
+            size,
+            source: std::io::Error::other("null mapping"),
+        })?;
         Ok(Self { ptr, size })
     }
 
@@ -51,7 +56,10 @@ impl GuestMemory {
     fn check(&self, gpa: u64, len: usize) -> Result<usize> {
         match gpa.checked_add(len as u64) {
             Some(end) if end <= self.size => Ok(gpa as usize),
-            _ => Err(RunnerError::OutOfRange { addr: gpa, len: len as u64 }),
+            _ => Err(RunnerError::OutOfRange {
+                addr: gpa,
+                len: len as u64,
+            }),
         }
     }
 
@@ -61,7 +69,9 @@ impl GuestMemory {
         // SAFETY: the range is inside the mapping (checked); the source is a distinct host
         // buffer. The guest may run concurrently only on this thread's vCPU, which is not
         // running while the host executes this code.
-        unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), self.ptr.as_ptr().add(off), data.len()) }
+        unsafe {
+            std::ptr::copy_nonoverlapping(data.as_ptr(), self.ptr.as_ptr().add(off), data.len())
+        }
         Ok(())
     }
 
@@ -69,7 +79,9 @@ impl GuestMemory {
     pub fn read(&self, gpa: u64, out: &mut [u8]) -> Result<()> {
         let off = self.check(gpa, out.len())?;
         // SAFETY: as in `write`, with the copy in the other direction.
-        unsafe { std::ptr::copy_nonoverlapping(self.ptr.as_ptr().add(off), out.as_mut_ptr(), out.len()) }
+        unsafe {
+            std::ptr::copy_nonoverlapping(self.ptr.as_ptr().add(off), out.as_mut_ptr(), out.len())
+        }
         Ok(())
     }
 

@@ -9,8 +9,8 @@
 use abi::env::Env;
 use abi::layout::{
     BOOT_INFO_GPA, BOOT_MAGIC, BootInfo, FREE_END, FREE_START, LARGE_PAGE_SIZE, MMIO_WINDOW,
-    PAGE_SIZE, PD_GPA, PDPT_GPA, PML4_GPA, PT0_GPA, RAM_SIZE, SUPERVISOR_STACK_TOP,
-    USER_PML4_GPA, pte,
+    PAGE_SIZE, PD_GPA, PDPT_GPA, PML4_GPA, PT0_GPA, RAM_SIZE, SUPERVISOR_STACK_TOP, USER_PML4_GPA,
+    pte,
 };
 use kvm_bindings::{kvm_regs, kvm_segment, kvm_sregs};
 
@@ -106,11 +106,17 @@ mod tests {
     fn page_tables_identity_map_ram_and_leave_page_zero_out() {
         let m = GuestMemory::new(RAM_SIZE).expect("mmap");
         write_page_tables(&m).expect("fits");
-        assert_eq!(m.read_u64(PML4_GPA).expect("r"), m.read_u64(USER_PML4_GPA).expect("r"));
+        assert_eq!(
+            m.read_u64(PML4_GPA).expect("r"),
+            m.read_u64(USER_PML4_GPA).expect("r")
+        );
         assert_eq!(m.read_u64(PT0_GPA).expect("r"), 0, "page 0 must be absent");
         assert_eq!(m.read_u64(PT0_GPA + 8).expect("r"), 0x1000 | TABLE);
         let pde = m.read_u64(PD_GPA + 8 * 2).expect("r");
         assert_eq!(pde, 0x40_0000 | TABLE | pte::PS);
-        assert_eq!(m.read_u64(PD_GPA + 8 * 511).expect("r"), MMIO_WINDOW | TABLE | pte::PS);
+        assert_eq!(
+            m.read_u64(PD_GPA + 8 * 511).expect("r"),
+            MMIO_WINDOW | TABLE | pte::PS
+        );
     }
 }

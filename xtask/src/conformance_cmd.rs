@@ -80,7 +80,10 @@ fn parse_envs(names: &[String]) -> anyhow::Result<Vec<Env>> {
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     if args.target != Target::Local {
-        bail!("target {:?} is not implemented yet; only --target local is", args.target);
+        bail!(
+            "target {:?} is not implemented yet; only --target local is",
+            args.target
+        );
     }
     if args.jobs == 0 {
         bail!("--jobs must be at least 1");
@@ -93,10 +96,17 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     };
     let image = GuestImage::load(&image_path)?;
     let catalog = Catalog::new(image);
-    let sel = Selection { envs, filters: args.filter.clone(), selftest: args.selftest };
+    let sel = Selection {
+        envs,
+        filters: args.filter.clone(),
+        selftest: args.selftest,
+    };
     let instances = catalog.instances(&sel);
     if instances.is_empty() {
-        bail!("the selection matches no case instance (filters {:?})", args.filter);
+        bail!(
+            "the selection matches no case instance (filters {:?})",
+            args.filter
+        );
     }
     if args.list {
         for i in &instances {
@@ -125,7 +135,11 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         host.dialect_evidence,
         host.cpu
     );
-    let opts = SuiteOptions { timeout: Duration::from_millis(args.timeout_ms), jobs: args.jobs, expectations };
+    let opts = SuiteOptions {
+        timeout: Duration::from_millis(args.timeout_ms),
+        jobs: args.jobs,
+        expectations,
+    };
     let progress_path = args.report.with_extension("jsonl");
     let mut log = ProgressLog::create(&progress_path)?;
     let bar = if std::io::stderr().is_terminal() {
@@ -135,18 +149,29 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     };
     let started = Instant::now();
     let mut log_err = None;
-    let results = suite::run(&catalog.image, &host, &instances, &opts, &mut |done, total, r| {
-        bar.suspend(|| {
-            eprintln!("[{done:>3}/{total}] {:<5} {} ({:.1} ms)", r.outcome.label(), r.id, r.duration_ms);
-            if r.outcome != Outcome::Pass {
-                eprintln!("          {}", r.detail);
+    let results = suite::run(
+        &catalog.image,
+        &host,
+        &instances,
+        &opts,
+        &mut |done, total, r| {
+            bar.suspend(|| {
+                eprintln!(
+                    "[{done:>3}/{total}] {:<5} {} ({:.1} ms)",
+                    r.outcome.label(),
+                    r.id,
+                    r.duration_ms
+                );
+                if r.outcome != Outcome::Pass {
+                    eprintln!("          {}", r.detail);
+                }
+            });
+            bar.inc(1);
+            if let Err(e) = log.append(r) {
+                log_err.get_or_insert(e);
             }
-        });
-        bar.inc(1);
-        if let Err(e) = log.append(r) {
-            log_err.get_or_insert(e);
-        }
-    });
+        },
+    );
     bar.finish_and_clear();
     let summary = Summary::of(&results, started.elapsed().as_millis() as u64);
     let report = Report {
@@ -163,9 +188,14 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     }
     if args.tap {
         print!("{}", report::tap(&report.cases));
+        eprintln!("{}", report::summary_line(&summary));
     } else {
         println!("{}", report::summary_line(&summary));
     }
     eprintln!("report: {}", args.report.display());
-    Ok(if summary.is_bad() { ExitCode::from(1) } else { ExitCode::SUCCESS })
+    Ok(if summary.is_bad() {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    })
 }

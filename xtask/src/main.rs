@@ -7,6 +7,7 @@
 //! 2 for usage or setup errors.
 
 mod conformance_cmd;
+mod tidy;
 
 use std::process::ExitCode;
 
@@ -31,12 +32,14 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.cmd {
         Cmd::Conformance(args) => conformance_cmd::run(args),
-        Cmd::BuildGuests => conformance::guest_build::build(&conformance::guest_build::workspace_root())
-            .map(|p| {
-                println!("{}", p.display());
-                ExitCode::SUCCESS
-            })
-            .map_err(Into::into),
+        Cmd::BuildGuests => {
+            conformance::guest_build::build(&conformance::guest_build::workspace_root())
+                .map(|p| {
+                    println!("{}", p.display());
+                    ExitCode::SUCCESS
+                })
+                .map_err(Into::into)
+        }
     };
     match result {
         Ok(code) => code,

@@ -11,33 +11,60 @@ use guest_lib::{case, check, check_eq};
 fn ud2() {
     check_eq!(instr::ud2_safe(), Err(Exception::new(vector::UD)));
 }
-case!(ud2, Spec::new("interrupts.ud2", Area::Interrupts, "ud2 raises #UD").reqs("X86-EXC-UD"));
+case!(
+    ud2,
+    Spec::new("interrupts.ud2", Area::Interrupts, "ud2 raises #UD").reqs("X86-EXC-UD")
+);
 
 fn int3() {
     check_eq!(instr::int3_safe(), Err(Exception::new(vector::BP)));
 }
 case!(
     int3,
-    Spec::new("interrupts.int3", Area::Interrupts, "int3 at CPL0 raises #BP (trap, RIP after it)")
-        .reqs("X86-EXC-BP")
+    Spec::new(
+        "interrupts.int3",
+        Area::Interrupts,
+        "int3 at CPL0 raises #BP (trap, RIP after it)"
+    )
+    .reqs("X86-EXC-BP")
 );
 
 fn divide_error() {
-    check_eq!(instr::divide_by_zero_safe(), Err(Exception::new(vector::DE)));
+    check_eq!(
+        instr::divide_by_zero_safe(),
+        Err(Exception::new(vector::DE))
+    );
 }
 case!(
     divide_error,
-    Spec::new("interrupts.divide_error", Area::Interrupts, "div by zero raises #DE").reqs("X86-EXC-DE")
+    Spec::new(
+        "interrupts.divide_error",
+        Area::Interrupts,
+        "div by zero raises #DE"
+    )
+    .reqs("X86-EXC-DE")
 );
 
 fn gp_unknown_msr() {
-    check_eq!(instr::rdmsr_safe(0x0000_3fff), Err(Exception::gp(0)), "rdmsr");
-    check_eq!(instr::wrmsr_safe(0x0000_3fff, 1), Err(Exception::gp(0)), "wrmsr");
+    check_eq!(
+        instr::rdmsr_safe(0x0000_3fff),
+        Err(Exception::gp(0)),
+        "rdmsr"
+    );
+    check_eq!(
+        instr::wrmsr_safe(0x0000_3fff, 1),
+        Err(Exception::gp(0)),
+        "wrmsr"
+    );
 }
 case!(
     gp_unknown_msr,
-    Spec::new("interrupts.gp_unknown_msr", Area::Interrupts, "rdmsr/wrmsr of an unknown MSR raise #GP(0)")
-        .reqs("X86-EXC-GP,X86-MSR-1")
+    Spec::new(
+        "interrupts.gp_unknown_msr",
+        Area::Interrupts,
+        "rdmsr/wrmsr of an unknown MSR raise #GP(0)"
+    )
+    .reqs("X86-EXC-GP,X86-MSR-1")
 );
 
 static FRAME: Global<Option<Frame>> = Global::new(None);
@@ -65,10 +92,18 @@ fn exception_frame() {
     check_eq!(f.error_code, 0u64, "no error code for #UD");
     check_eq!(f.rflags & 0x2, 0x2u64, "frame RFLAGS bit 1");
     let stack = guest_lib::abi::layout::IMAGE_END..guest_lib::abi::layout::SUPERVISOR_STACK_TOP;
-    check!(stack.contains(&f.rsp), "frame RSP {:#x} is on the interrupted stack", f.rsp);
+    check!(
+        stack.contains(&f.rsp),
+        "frame RSP {:#x} is on the interrupted stack",
+        f.rsp
+    );
 }
 case!(
     exception_frame,
-    Spec::new("interrupts.exception_frame", Area::Interrupts, "the 64-bit exception frame: CS, SS, RFLAGS, RSP")
-        .reqs("X86-EVT-1")
+    Spec::new(
+        "interrupts.exception_frame",
+        Area::Interrupts,
+        "the 64-bit exception frame: CS, SS, RFLAGS, RSP"
+    )
+    .reqs("X86-EVT-1")
 );

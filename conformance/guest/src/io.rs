@@ -30,21 +30,33 @@ fn port_out_in() {
 }
 case!(
     port_out_in,
-    Spec::new("io.port_out_in", Area::Io, "OUT/IN of 1, 2 and 4 bytes reach the VMM with their values")
-        .host(HostCheck::PortIo)
-        .reqs("X86-IO-1,PVM-IO-1")
+    Spec::new(
+        "io.port_out_in",
+        Area::Io,
+        "OUT/IN of 1, 2 and 4 bytes reach the VMM with their values"
+    )
+    .host(HostCheck::PortIo)
+    .reqs("X86-IO-1,PVM-IO-1")
 );
 
 fn mmio_write_read() {
     let (_, v) = io::MMIO_WRITE;
     instr::mmio_write_u32(MMIO_WINDOW + io::MMIO_WRITE_OFFSET, v as u32);
-    check_eq!(instr::mmio_read_u32(MMIO_WINDOW + io::MMIO_READ_OFFSET), io::MMIO_READ_VALUE, "MMIO read");
+    check_eq!(
+        instr::mmio_read_u32(MMIO_WINDOW + io::MMIO_READ_OFFSET),
+        io::MMIO_READ_VALUE,
+        "MMIO read"
+    );
 }
 case!(
     mmio_write_read,
-    Spec::new("io.mmio_write_read", Area::Io, "MMIO write and read at an unbacked GPA exit to the VMM")
-        .host(HostCheck::Mmio)
-        .reqs("X86-MMIO-1,PVM-IO-2")
+    Spec::new(
+        "io.mmio_write_read",
+        Area::Io,
+        "MMIO write and read at an unbacked GPA exit to the VMM"
+    )
+    .host(HostCheck::Mmio)
+    .reqs("X86-MMIO-1,PVM-IO-2")
 );
 
 fn hlt_exit() {
@@ -55,7 +67,11 @@ fn hlt_exit() {
 }
 case!(
     hlt_exit,
-    Spec::new("io.hlt_exit", Area::Io, "HLT without an irqchip exits to the VMM, and execution resumes after it")
-        .host(HostCheck::HltExit)
-        .reqs("X86-HLT-1")
+    Spec::new(
+        "io.hlt_exit",
+        Area::Io,
+        "HLT without an irqchip exits to the VMM, and execution resumes after it"
+    )
+    .host(HostCheck::HltExit)
+    .reqs("X86-HLT-1")
 );

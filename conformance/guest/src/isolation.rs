@@ -18,7 +18,11 @@ fn user_hypercall_denied() {
     match rt::env() {
         guest_lib::abi::env::Env::Hvm64 => {
             // A DPL0 gate used by `int n` at CPL3: #GP with the IDT vector in the error code.
-            check_eq!(exit, UserExit::Exception(Exception::gp((0x1b << 3) | 2)), "int $0x1b at CPL3");
+            check_eq!(
+                exit,
+                UserExit::Exception(Exception::gp((0x1b << 3) | 2)),
+                "int $0x1b at CPL3"
+            );
         }
         _ => check!(
             matches!(exit, UserExit::Exception(_)),
@@ -29,6 +33,10 @@ fn user_hypercall_denied() {
 }
 case!(
     user_hypercall_denied,
-    Spec::new("isolation.user_hypercall_denied", Area::Isolation, "int $0x1b from CPL3 is refused with an exception")
-        .reqs("PVM-ISO-1,X86-EXC-GP")
+    Spec::new(
+        "isolation.user_hypercall_denied",
+        Area::Isolation,
+        "int $0x1b from CPL3 is refused with an exception"
+    )
+    .reqs("PVM-ISO-1,X86-EXC-GP")
 );

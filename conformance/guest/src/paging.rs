@@ -18,21 +18,41 @@ const UNMAPPED: u64 = 0x7fff_0000_0000;
 const HIGH_VA: u64 = 0x80_0000_0000;
 
 fn pf_not_present() {
-    check_eq!(instr::read_u64_safe(UNMAPPED), Err(Exception::pf(0, UNMAPPED)), "read");
-    check_eq!(instr::write_u64_safe(UNMAPPED, 1), Err(Exception::pf(pfec::W, UNMAPPED)), "write");
-    check_eq!(instr::read_u64_safe(0), Err(Exception::pf(0, 0)), "NULL read");
+    check_eq!(
+        instr::read_u64_safe(UNMAPPED),
+        Err(Exception::pf(0, UNMAPPED)),
+        "read"
+    );
+    check_eq!(
+        instr::write_u64_safe(UNMAPPED, 1),
+        Err(Exception::pf(pfec::W, UNMAPPED)),
+        "write"
+    );
+    check_eq!(
+        instr::read_u64_safe(0),
+        Err(Exception::pf(0, 0)),
+        "NULL read"
+    );
 }
 case!(
     pf_not_present,
-    Spec::new("paging.pf_not_present", Area::Paging, "#PF with CR2 and error code for absent pages")
-        .reqs("X86-PF-1,X86-PF-2")
+    Spec::new(
+        "paging.pf_not_present",
+        Area::Paging,
+        "#PF with CR2 and error code for absent pages"
+    )
+    .reqs("X86-PF-1,X86-PF-2")
 );
 
 fn pf_write_readonly() {
     let f = alloc_frame();
     map(TEST_VA, f, pte::US);
     instr::invlpg(TEST_VA);
-    check_eq!(instr::read_u64_safe(TEST_VA), Ok(0), "read of a read-only page");
+    check_eq!(
+        instr::read_u64_safe(TEST_VA),
+        Ok(0),
+        "read of a read-only page"
+    );
     check_eq!(
         instr::write_u64_safe(TEST_VA, 5),
         Err(Exception::pf(pfec::P | pfec::W, TEST_VA)),
@@ -41,8 +61,12 @@ fn pf_write_readonly() {
 }
 case!(
     pf_write_readonly,
-    Spec::new("paging.pf_write_readonly", Area::Paging, "write to a read-only page faults with P|W")
-        .reqs("X86-PF-3")
+    Spec::new(
+        "paging.pf_write_readonly",
+        Area::Paging,
+        "write to a read-only page faults with P|W"
+    )
+    .reqs("X86-PF-3")
 );
 
 fn remap_invlpg() {
@@ -54,22 +78,38 @@ fn remap_invlpg() {
     check_eq!(instr::read_u64_safe(TEST_VA), Ok(0xaaaa), "first mapping");
     set_pte(TEST_VA, b | pte::P | pte::RW | pte::US);
     instr::invlpg(TEST_VA);
-    check_eq!(instr::read_u64_safe(TEST_VA), Ok(0xbbbb), "after remap + invlpg");
+    check_eq!(
+        instr::read_u64_safe(TEST_VA),
+        Ok(0xbbbb),
+        "after remap + invlpg"
+    );
     set_pte(TEST_VA, 0);
     instr::invlpg(TEST_VA);
-    check_eq!(instr::read_u64_safe(TEST_VA), Err(Exception::pf(0, TEST_VA)), "after unmap + invlpg");
+    check_eq!(
+        instr::read_u64_safe(TEST_VA),
+        Err(Exception::pf(0, TEST_VA)),
+        "after unmap + invlpg"
+    );
 }
 case!(
     remap_invlpg,
-    Spec::new("paging.remap_invlpg", Area::Paging, "PTE changes take effect after INVLPG (shadow invalidation)")
-        .reqs("X86-TLB-1,PVM-SPT-1")
+    Spec::new(
+        "paging.remap_invlpg",
+        Area::Paging,
+        "PTE changes take effect after INVLPG (shadow invalidation)"
+    )
+    .reqs("X86-TLB-1,PVM-SPT-1")
 );
 
 fn accessed_dirty() {
     let f = alloc_frame();
     map(TEST_VA, f, pte::RW | pte::US);
     instr::invlpg(TEST_VA);
-    let ad = |what| read_pte(TEST_VA).map(|e| e & (pte::A | pte::D)).unwrap_or_else(|| guest_lib::error!("{what}: no PTE"));
+    let ad = |what| {
+        read_pte(TEST_VA)
+            .map(|e| e & (pte::A | pte::D))
+            .unwrap_or_else(|| guest_lib::error!("{what}: no PTE"))
+    };
     check_eq!(ad("fresh"), 0u64, "A/D of a fresh PTE");
     let _ = instr::read_u64_safe(TEST_VA);
     check_eq!(ad("read"), pte::A, "A set, D clear after a read");
@@ -78,8 +118,12 @@ fn accessed_dirty() {
 }
 case!(
     accessed_dirty,
-    Spec::new("paging.accessed_dirty", Area::Paging, "the CPU sets PTE.A on access and PTE.D on write")
-        .reqs("X86-PTE-AD-1,PVM-SPT-2")
+    Spec::new(
+        "paging.accessed_dirty",
+        Area::Paging,
+        "the CPU sets PTE.A on access and PTE.D on write"
+    )
+    .reqs("X86-PTE-AD-1,PVM-SPT-2")
 );
 
 fn nx_fetch() {
@@ -94,12 +138,20 @@ fn nx_fetch() {
     );
     set_pte(TEST_VA, f | pte::P | pte::RW | pte::US);
     instr::invlpg(TEST_VA);
-    check_eq!(instr::exec_ret_safe(TEST_VA), Ok(()), "fetch once NX is cleared");
+    check_eq!(
+        instr::exec_ret_safe(TEST_VA),
+        Ok(()),
+        "fetch once NX is cleared"
+    );
 }
 case!(
     nx_fetch,
-    Spec::new("paging.nx_fetch", Area::Paging, "instruction fetch from an NX page faults with P|I")
-        .reqs("X86-NX-1")
+    Spec::new(
+        "paging.nx_fetch",
+        Area::Paging,
+        "instruction fetch from an NX page faults with P|I"
+    )
+    .reqs("X86-NX-1")
 );
 
 extern "C" fn u_read(va: u64) -> u64 {
@@ -112,13 +164,21 @@ fn user_cr3_is_cr3() {
     map(HIGH_VA, f, pte::RW | pte::US);
     instr::invlpg(HIGH_VA);
     check_eq!(instr::read_u64_safe(HIGH_VA), Ok(0x1234_5678), "CPL0 read");
-    check_eq!(user::run(u_read, HIGH_VA), UserExit::Returned(0x1234_5678), "CPL3 read of a U/S=1 page");
+    check_eq!(
+        user::run(u_read, HIGH_VA),
+        UserExit::Returned(0x1234_5678),
+        "CPL3 read of a U/S=1 page"
+    );
 }
 case!(
     user_cr3_is_cr3,
-    Spec::new("paging.user_cr3_is_cr3", Area::Paging, "CPL3 code translates through the page table in CR3")
-        .envs(Env::Hvm64.bit())
-        .reqs("X86-PG-1")
+    Spec::new(
+        "paging.user_cr3_is_cr3",
+        Area::Paging,
+        "CPL3 code translates through the page table in CR3"
+    )
+    .envs(Env::Hvm64.bit())
+    .reqs("X86-PG-1")
 );
 
 fn wp0_supervisor_write() {
@@ -130,11 +190,18 @@ fn wp0_supervisor_write() {
     instr::set_cr0_wp(true);
     check_eq!(r, Ok(()), "CPL0 write to a read-only page with CR0.WP=0");
     check_eq!(mem::read_u64(f), 0x77u64, "the write landed");
-    check!(read_pte(TEST_VA).is_some_and(|e| e & pte::RW == 0), "the PTE stays read-only");
+    check!(
+        read_pte(TEST_VA).is_some_and(|e| e & pte::RW == 0),
+        "the PTE stays read-only"
+    );
 }
 case!(
     wp0_supervisor_write,
-    Spec::new("paging.wp0_supervisor_write", Area::Paging, "CR0.WP=0 lets CPL0 write read-only pages")
-        .reqs("X86-WP-1,PVM-SPT-3")
-        .timeout_ms(2000)
+    Spec::new(
+        "paging.wp0_supervisor_write",
+        Area::Paging,
+        "CR0.WP=0 lets CPL0 write read-only pages"
+    )
+    .reqs("X86-WP-1,PVM-SPT-3")
+    .timeout_ms(2000)
 );

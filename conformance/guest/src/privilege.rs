@@ -3,12 +3,12 @@
 
 use guest_lib::abi::case::HostCheck;
 use guest_lib::abi::env::Area;
+use guest_lib::arch::Global;
 use guest_lib::arch::instr;
 use guest_lib::arch::tables::KERNEL_CS;
 use guest_lib::case::Spec;
 use guest_lib::exception::{Exception, Frame, SyscallFrame, vector};
 use guest_lib::user::{self, UserExit};
-use guest_lib::arch::Global;
 use guest_lib::{case, check, check_eq, log};
 
 extern "C" fn u_hlt(_: u64) -> u64 {
@@ -41,13 +41,22 @@ fn cpl3_privileged_gp() {
     ];
     for (what, f) in table {
         let exit = user::run(f, 0);
-        check_eq!(exit, UserExit::Exception(Exception::gp(0)), "({} at CPL3)", what);
+        check_eq!(
+            exit,
+            UserExit::Exception(Exception::gp(0)),
+            "({} at CPL3)",
+            what
+        );
     }
 }
 case!(
     cpl3_privileged_gp,
-    Spec::new("priv.cpl3_privileged_gp", Area::Priv, "hlt/cli/out/rdmsr/mov-cr at CPL3 raise #GP(0)")
-        .reqs("X86-PRIV-1,PVM-RING-1")
+    Spec::new(
+        "priv.cpl3_privileged_gp",
+        Area::Priv,
+        "hlt/cli/out/rdmsr/mov-cr at CPL3 raise #GP(0)"
+    )
+    .reqs("X86-PRIV-1,PVM-RING-1")
 );
 
 static SNAPSHOT: Global<Option<Frame>> = Global::new(None);
@@ -70,18 +79,34 @@ fn user_roundtrip_gprs() {
     let exit = user::run_raw(probe, 0);
     user::set_fault_hook(None);
     let Some(frame) = SNAPSHOT.get() else {
-        check!(false, "the probe's #UD never reached the supervisor (exit {:?})", exit);
+        check!(
+            false,
+            "the probe's #UD never reached the supervisor (exit {:?})",
+            exit
+        );
         return;
     };
     let seen = user::gpr_mismatch_mask(&user::frame_gprs(&frame));
-    check_eq!(seen, 0u64, "registers changed on the way to CPL0 (bit i = register i)");
+    check_eq!(
+        seen,
+        0u64,
+        "registers changed on the way to CPL0 (bit i = register i)"
+    );
     check_eq!(frame.cs & 3, 3u64, "frame CS RPL");
-    check_eq!(exit, UserExit::Returned(0), "registers changed on the way back to CPL3 (mask)");
+    check_eq!(
+        exit,
+        UserExit::Returned(0),
+        "registers changed on the way back to CPL3 (mask)"
+    );
 }
 case!(
     user_roundtrip_gprs,
-    Spec::new("priv.user_roundtrip_gprs", Area::Priv, "CPL3->CPL0->CPL3 via #UD/iretq keeps every GPR")
-        .reqs("X86-EVT-2,PVM-SWITCH-1")
+    Spec::new(
+        "priv.user_roundtrip_gprs",
+        Area::Priv,
+        "CPL3->CPL0->CPL3 via #UD/iretq keeps every GPR"
+    )
+    .reqs("X86-EVT-2,PVM-SWITCH-1")
 );
 
 static SYSCALL_SEEN: Global<Option<SyscallFrame>> = Global::new(None);
@@ -101,17 +126,29 @@ fn syscall_to_cpl0() {
     user::set_syscall_hook(Some(record_syscall));
     let exit = user::run(u_syscall, 0);
     user::set_syscall_hook(None);
-    check_eq!(exit, UserExit::Syscall(0x77), "syscall must reach the CPL0 handler");
+    check_eq!(
+        exit,
+        UserExit::Syscall(0x77),
+        "syscall must reach the CPL0 handler"
+    );
     if let Some(f) = SYSCALL_SEEN.get() {
         let entry = u_syscall as *const () as u64;
-        check!(f.rcx > entry && f.rcx < entry + 64, "RCX {:#x} is not a return address in the caller", f.rcx);
+        check!(
+            f.rcx > entry && f.rcx < entry + 64,
+            "RCX {:#x} is not a return address in the caller",
+            f.rcx
+        );
         check_eq!(f.r11 & 0x2, 0x2u64, "R11 holds RFLAGS (bit 1 set)");
     }
 }
 case!(
     syscall_to_cpl0,
-    Spec::new("priv.syscall_to_cpl0", Area::Priv, "SYSCALL from CPL3 enters LSTAR at CPL0 with RCX/R11 set")
-        .reqs("X86-SYSCALL-1")
+    Spec::new(
+        "priv.syscall_to_cpl0",
+        Area::Priv,
+        "SYSCALL from CPL3 enters LSTAR at CPL0 with RCX/R11 set"
+    )
+    .reqs("X86-SYSCALL-1")
 );
 
 /// Code running as the guest kernel sees CS with RPL 0 (the selector it loaded).
@@ -122,7 +159,11 @@ fn cs_rpl_at_cpl0() {
 }
 case!(
     cs_rpl_at_cpl0,
-    Spec::new("priv.cs_rpl_at_cpl0", Area::Priv, "`mov %cs` at CPL0 reads the kernel selector (RPL 0)")
-        .reqs("X86-PRIV-2,PVM-RING-2")
-        .host(HostCheck::None)
+    Spec::new(
+        "priv.cs_rpl_at_cpl0",
+        Area::Priv,
+        "`mov %cs` at CPL0 reads the kernel selector (RPL 0)"
+    )
+    .reqs("X86-PRIV-2,PVM-RING-2")
+    .host(HostCheck::None)
 );

@@ -12,8 +12,12 @@ fn check_fails() {
 }
 case!(
     check_fails,
-    Spec::new("selftest.check_fails", Area::Selftest, "a failed check_eq! is reported as FAIL with both values")
-        .flags(FLAG_SELFTEST)
+    Spec::new(
+        "selftest.check_fails",
+        Area::Selftest,
+        "a failed check_eq! is reported as FAIL with both values"
+    )
+    .flags(FLAG_SELFTEST)
 );
 
 fn never_reports() {
@@ -23,17 +27,37 @@ fn never_reports() {
 }
 case!(
     never_reports,
-    Spec::new("selftest.never_reports", Area::Selftest, "a guest that never reports ends as CRASH (timeout)")
-        .flags(FLAG_SELFTEST)
-        .timeout_ms(300)
+    Spec::new(
+        "selftest.never_reports",
+        Area::Selftest,
+        "a guest that never reports ends as CRASH (timeout)"
+    )
+    .flags(FLAG_SELFTEST)
+    .timeout_ms(300)
 );
 
 fn skips() {
     skip!("deliberate skip");
 }
-case!(skips, Spec::new("selftest.skips", Area::Selftest, "skip! ends the case as SKIP").flags(FLAG_SELFTEST));
+case!(
+    skips,
+    Spec::new(
+        "selftest.skips",
+        Area::Selftest,
+        "skip! ends the case as SKIP"
+    )
+    .flags(FLAG_SELFTEST)
+);
 
 fn errors() {
     error!("deliberate error");
 }
-case!(errors, Spec::new("selftest.errors", Area::Selftest, "error! ends the case as ERROR").flags(FLAG_SELFTEST));
+case!(
+    errors,
+    Spec::new(
+        "selftest.errors",
+        Area::Selftest,
+        "error! ends the case as ERROR"
+    )
+    .flags(FLAG_SELFTEST)
+);

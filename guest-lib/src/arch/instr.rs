@@ -276,9 +276,7 @@ pub fn read_rflags() -> u64 {
 /// native from emulated execution apart.
 pub fn spin(n: u64) {
     // SAFETY: only decrements a register.
-    unsafe {
-        asm!("2: dec {n}", "jnz 2b", n = inout(reg) n => _, options(att_syntax, nostack))
-    }
+    unsafe { asm!("2: dec {n}", "jnz 2b", n = inout(reg) n => _, options(att_syntax, nostack)) }
 }
 
 /// Executes `ud2` without a fixup entry: the #UD goes to the normal dispatch (a case's hook,
@@ -325,7 +323,7 @@ pub fn exec_ret_safe(va: u64) -> Result<(), Exception> {
 
 fn check_mmio(gpa: u64) {
     use abi::layout::{MMIO_WINDOW, MMIO_WINDOW_SIZE};
-    if gpa % 4 != 0 || !(MMIO_WINDOW..MMIO_WINDOW + MMIO_WINDOW_SIZE - 3).contains(&gpa) {
+    if !gpa.is_multiple_of(4) || !(MMIO_WINDOW..MMIO_WINDOW + MMIO_WINDOW_SIZE - 3).contains(&gpa) {
         panic!("MMIO access at {gpa:#x} outside the MMIO window");
     }
 }
@@ -343,4 +341,11 @@ pub fn mmio_read_u32(gpa: u64) -> u32 {
     check_mmio(gpa);
     // SAFETY: as in `mmio_write_u32`.
     unsafe { core::ptr::read_volatile(gpa as *const u32) }
+}
+
+/// Writes the local dialect's VIF/PV-control MSR (page GPA | enable bits).
+pub fn write_local_vif_msr(value: u64) {
+    // SAFETY: this MSR changes how CPL0 code is executed (emulated or native), not the memory
+    // model; the page it names is reserved for it in the guest layout (`abi::layout::VIF_GPA`).
+    unsafe { wrmsr(abi::local::MSR_VIF, value) }
 }

@@ -4,7 +4,10 @@
 use abi::layout::{PAGE_SIZE, RAM_SIZE};
 
 fn check(pa: u64, len: u64) {
-    if pa % 8 != 0 || pa.checked_add(len).is_none_or(|end| end > RAM_SIZE) || pa < PAGE_SIZE {
+    if !pa.is_multiple_of(8)
+        || pa.checked_add(len).is_none_or(|end| end > RAM_SIZE)
+        || pa < PAGE_SIZE
+    {
         panic!("guest-physical access outside RAM or misaligned: {pa:#x}");
     }
 }

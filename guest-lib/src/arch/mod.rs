@@ -55,7 +55,10 @@ impl<T: Copy> Global<T> {
 pub fn call_case(entry: u64) {
     let valid = (abi::layout::IMAGE_BASE..abi::layout::IMAGE_END).contains(&entry);
     if !valid {
-        crate::report::finish(abi::report::GuestStatus::Error, "case entry outside the image");
+        crate::report::finish(
+            abi::report::GuestStatus::Error,
+            "case entry outside the image",
+        );
     }
     // SAFETY: the host took `entry` from a `CaseDesc<fn()>` of this image (checked to lie
     // inside the image above), and `case!` only accepts `fn()` items there.

@@ -114,17 +114,19 @@ pub fn init() {
 
     let mut gdt = GDT.get();
     let limit = 103u64;
-    gdt[8] = limit
-        | ((tss_base & 0xff_ffff) << 16)
-        | (0x89 << 40)
-        | (((tss_base >> 24) & 0xff) << 56);
+    gdt[8] =
+        limit | ((tss_base & 0xff_ffff) << 16) | (0x89 << 40) | (((tss_base >> 24) & 0xff) << 56);
     gdt[9] = tss_base >> 32;
     GDT.set(gdt);
 
     let mut idt = IDT.get();
     let base = stubs_base();
     for v in 0..256usize {
-        let dpl = if USER_GATES.contains(&(v as u8)) { 3 } else { 0 };
+        let dpl = if USER_GATES.contains(&(v as u8)) {
+            3
+        } else {
+            0
+        };
         let (lo, hi) = gate(base + 16 * v as u64, dpl);
         idt[2 * v] = lo;
         idt[2 * v + 1] = hi;
