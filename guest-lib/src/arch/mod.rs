@@ -50,6 +50,16 @@ impl<T: Copy> Global<T> {
     }
 }
 
+impl<T: Copy, const N: usize> Global<[T; N]> {
+    /// Writes element `i` in place (no copy of the whole array).
+    pub fn set_at(&self, i: usize, v: T) {
+        assert!(i < N, "Global array index {i} out of bounds {N}");
+        // SAFETY: `i < N` (checked), so the element lies inside the cell; single vCPU and no
+        // outstanding references, as for `set`.
+        unsafe { self.0.get().cast::<T>().add(i).write_volatile(v) }
+    }
+}
+
 /// Calls the case function at guest VA `entry` (taken from the case descriptor the host read
 /// out of this very image).
 pub fn call_case(entry: u64) {
