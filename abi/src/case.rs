@@ -41,6 +41,9 @@ pub enum HostCheck {
     /// The guest executes `hlt` [`io::HLT_COUNT`] times; the host must see exactly that many
     /// `KVM_EXIT_HLT`s, each after a checkpoint.
     HltExit = 3,
+    /// Benchmark: the host answers OUTs to [`io::BENCH_PORT`] and MMIO at
+    /// [`io::BENCH_MMIO_OFFSET`] as fast as it can and collects `Sample` reports.
+    Bench = 4,
 }
 
 impl HostCheck {
@@ -51,6 +54,7 @@ impl HostCheck {
             1 => Self::PortIo,
             2 => Self::Mmio,
             3 => Self::HltExit,
+            4 => Self::Bench,
             _ => return None,
         })
     }
@@ -82,6 +86,10 @@ pub mod io {
     pub const MMIO_READ_VALUE: u32 = 0x1234_5678;
     /// Number of `hlt` the guest of [`super::HostCheck::HltExit`] executes.
     pub const HLT_COUNT: u64 = 3;
+    /// Port the exit benchmarks write to.
+    pub const BENCH_PORT: u16 = 0x0cf6;
+    /// Offset into the MMIO window of the MMIO exit benchmark.
+    pub const BENCH_MMIO_OFFSET: u64 = 0x100;
 }
 
 /// A case descriptor as stored in [`CASE_SECTION`]. `E` is the entry-point type: the guest

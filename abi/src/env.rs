@@ -113,11 +113,13 @@ pub enum Area {
     Isolation = 5,
     /// The suite checking itself.
     Selftest = 6,
+    /// Benchmarks (run by `cargo xtask bench`, not by the conformance run).
+    Bench = 7,
 }
 
 impl Area {
     /// Every area, in report order.
-    pub const ALL: [Area; 7] = [
+    pub const ALL: [Area; 8] = [
         Area::Priv,
         Area::Paging,
         Area::Interrupts,
@@ -125,6 +127,7 @@ impl Area {
         Area::Abi,
         Area::Isolation,
         Area::Selftest,
+        Area::Bench,
     ];
 
     /// Stable name used in reports.
@@ -137,6 +140,7 @@ impl Area {
             Area::Abi => "abi",
             Area::Isolation => "isolation",
             Area::Selftest => "selftest",
+            Area::Bench => "bench",
         }
     }
 

@@ -29,6 +29,9 @@ pub enum MessageKind {
     /// A named checkpoint the host-side expectation of the case inspects: `values[0]` = the
     /// checkpoint number, `values[1..]` = data.
     Checkpoint = 4,
+    /// A benchmark sample: `text` = metric, `values[0]` = operations, `values[1]` = TSC cycles
+    /// they took.
+    Sample = 5,
 }
 
 impl MessageKind {
@@ -39,6 +42,7 @@ impl MessageKind {
             2 => Self::AssertFail,
             3 => Self::Result,
             4 => Self::Checkpoint,
+            5 => Self::Sample,
             _ => return None,
         })
     }

@@ -7,7 +7,7 @@
 use std::sync::Arc;
 
 use abi::case::FLAG_SELFTEST;
-use abi::env::Env;
+use abi::env::{Area, Env};
 use runner::image::{GuestCase, GuestImage};
 
 /// A case instance.
@@ -35,6 +35,8 @@ pub struct Selection {
     pub filters: Vec<String>,
     /// Include self-test cases (and only those are flagged so).
     pub selftest: bool,
+    /// Select the benchmarks (area `bench`) instead of the conformance cases.
+    pub bench: bool,
 }
 
 impl Default for Selection {
@@ -43,6 +45,7 @@ impl Default for Selection {
             envs: vec![Env::Hvm64, Env::PvLocal],
             filters: Vec::new(),
             selftest: false,
+            bench: false,
         }
     }
 }
@@ -73,7 +76,7 @@ impl Catalog {
         let mut out = Vec::new();
         for case in &self.cases {
             let is_selftest = case.flags & FLAG_SELFTEST != 0;
-            if is_selftest && !sel.selftest {
+            if (is_selftest && !sel.selftest) || (case.area == Area::Bench) != sel.bench {
                 continue;
             }
             for &env in &sel.envs {

@@ -25,6 +25,8 @@ pub struct CaseHandler {
     next_checkpoint: u64,
     hlt_armed: bool,
     hlts: u64,
+    /// Benchmark samples: (metric, operations, TSC cycles).
+    pub samples: Vec<(String, u64, u64)>,
 }
 
 impl CaseHandler {
@@ -42,6 +44,7 @@ impl CaseHandler {
             next_checkpoint: 0,
             hlt_armed: false,
             hlts: 0,
+            samples: Vec::new(),
         }
     }
 
@@ -55,7 +58,7 @@ impl CaseHandler {
     /// Compares what the host saw with what the check requires; called on the final status.
     fn finish(&mut self) {
         match self.check {
-            HostCheck::None => {}
+            HostCheck::None | HostCheck::Bench => {}
             HostCheck::PortIo => {
                 if self.outs != io::PIO_OUT {
                     self.host_failures.push(format!(
@@ -130,6 +133,10 @@ impl ExitHandler for CaseHandler {
                 }
                 Action::Continue
             }
+            Some(MessageKind::Sample) => {
+                self.samples.push((msg.text_str().to_string(), msg.values[0], msg.values[1]));
+                Action::Continue
+            }
             Some(MessageKind::Result) => {
                 let status = GuestStatus::from_raw(msg.values[0]).unwrap_or(GuestStatus::Error);
                 self.result = Some((status, msg.text_str().to_string()));
@@ -142,6 +149,7 @@ impl ExitHandler for CaseHandler {
 
     fn io_out(&mut self, port: u16, data: &[u8]) -> Action {
         match self.check {
+            HostCheck::Bench if port == io::BENCH_PORT => Action::Continue,
             HostCheck::PortIo if port == io::ECHO_PORT => {
                 let v = le_value(data) as u32;
                 self.outs.push((data.len() as u8, v));
@@ -171,6 +179,7 @@ impl ExitHandler for CaseHandler {
 
     fn mmio_write(&mut self, gpa: u64, data: &[u8]) -> Action {
         match self.check {
+            HostCheck::Bench if gpa == MMIO_WINDOW + io::BENCH_MMIO_OFFSET => Action::Continue,
             HostCheck::Mmio if gpa == MMIO_WINDOW + io::MMIO_WRITE_OFFSET => {
                 self.mmio_writes
                     .push((gpa, data.len() as u8, le_value(data)));

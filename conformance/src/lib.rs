@@ -1,6 +1,7 @@
 //! The pvm-conformance host harness.
 //!
 //! - [`guest_build`]: builds the guest image (the cases' guest side) for `x86_64-unknown-none`.
+//! - [`bench`]: benchmarks, native baselines, runner overhead, the bench report.
 //! - [`catalog`]: the case table, read from the guest image, and its expansion into case
 //!   instances (`<case>~<env>`).
 //! - [`host_check`]: the host side of a case: collects the guest's reports and implements
@@ -10,6 +11,7 @@
 //! - [`suite`]: runs instances (in parallel) and classifies what happened.
 //! - [`report`]: JSON report, JSON-lines progress log, TAP13 and the text summary.
 
+pub mod bench;
 pub mod catalog;
 pub mod expect;
 pub mod guest_build;

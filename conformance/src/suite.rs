@@ -139,7 +139,7 @@ fn run_one(
 }
 
 /// Why an instance cannot run here, if it cannot.
-fn applicability<'k>(
+pub(crate) fn applicability<'k>(
     kvm: Result<&'k Kvm, &String>,
     host: &HostInfo,
     env: Env,
@@ -164,7 +164,8 @@ fn applicability<'k>(
     Ok(kvm)
 }
 
-fn prepare(kvm: &Kvm, image: &GuestImage, inst: &Instance) -> runner::Result<Machine> {
+/// A fresh VM with the image loaded and the vCPU at `_start` for `inst`.
+pub(crate) fn prepare(kvm: &Kvm, image: &GuestImage, inst: &Instance) -> runner::Result<Machine> {
     let irqchip = inst.case.flags & FLAG_IRQCHIP != 0;
     let m = kvm.create_machine(MachineOptions {
         irqchip,

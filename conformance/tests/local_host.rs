@@ -30,6 +30,7 @@ fn run_all(catalog: &Catalog) -> (runner::detect::HostInfo, Vec<CaseResult>) {
         envs: Env::ALL.to_vec(),
         filters: Vec::new(),
         selftest: true,
+        bench: false,
     };
     let instances = catalog.instances(&sel);
     let opts = SuiteOptions {
@@ -192,6 +193,7 @@ fn case_table_is_well_formed() {
         envs: Env::ALL.to_vec(),
         filters: vec![],
         selftest: true,
+        bench: false,
     });
     let ids: std::collections::HashSet<String> = all.iter().map(|i| i.id()).collect();
     let local = Expectations::builtin(Some(abi::env::Dialect::Local)).expect("parses");

@@ -78,6 +78,16 @@ pub fn checkpoint(number: u64, data: [u64; 3]) {
     send(&m);
 }
 
+/// Reports a benchmark sample: `ops` operations of `metric` took `cycles` TSC cycles.
+pub fn sample(metric: &str, ops: u64, cycles: u64) {
+    let mut m = Message::new(MessageKind::Sample);
+    m.values[0] = ops;
+    m.values[1] = cycles;
+    let n = metric.len().min(TEXT_LEN - 1);
+    m.text[..n].copy_from_slice(&metric.as_bytes()[..n]);
+    send(&m);
+}
+
 /// Reports a failed check and records FAIL.
 pub fn check_failed(file: &str, line: u32, expr: fmt::Arguments<'_>, values: Option<(u64, u64)>) {
     let mut m = Message::new(MessageKind::AssertFail);

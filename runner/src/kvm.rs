@@ -169,6 +169,11 @@ impl Machine {
             .map_err(kvm_err("KVM_SET_REGS"))
     }
 
+    /// The guest TSC frequency in kHz (`KVM_GET_TSC_KHZ`).
+    pub fn tsc_khz(&self) -> Result<u32> {
+        self.vcpu.get_tsc_khz().map_err(kvm_err("KVM_GET_TSC_KHZ"))
+    }
+
     /// Reads an MSR with `KVM_GET_MSRS`; `None` if KVM does not return it.
     pub fn get_msr(&self, index: u32) -> Result<Option<u64>> {
         let mut msrs = Msrs::from_entries(&[kvm_msr_entry {

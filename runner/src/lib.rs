@@ -1,5 +1,6 @@
 //! Host side of pvm-conformance: runs tiny test guests in fresh KVM VMs.
 //!
+//! - [`baseline`]: the raw `KVM_RUN` exit loop that bounds the runner's own overhead.
 //! - [`detect`]: which KVM backend the host has and which PVM dialect it speaks.
 //! - [`image`]: the guest ELF (loadable segments, entry point, case descriptors).
 //! - [`memory`]: guest RAM (an anonymous mapping registered as memslot 0).
@@ -8,9 +9,10 @@
 //!   `KVM_RUN` (signal + `immediate_exit`), and the [`kvm::ExitHandler`] through which the
 //!   caller sees the exits that matter to a case.
 //!
-//! Architecture invariant: only `kvm` and `memory` contain `unsafe` code; only `kvm` issues
-//! ioctls.
+//! Architecture invariant: only `kvm`, `memory` and `baseline` contain `unsafe` code; only
+//! `kvm` and `baseline` (which must not share the run loop it is the baseline for) issue ioctls.
 
+pub mod baseline;
 pub mod detect;
 pub mod image;
 pub mod kvm;

@@ -66,7 +66,7 @@ pub struct Args {
     image: Option<PathBuf>,
 }
 
-fn parse_envs(names: &[String]) -> anyhow::Result<Vec<Env>> {
+pub fn parse_envs(names: &[String]) -> anyhow::Result<Vec<Env>> {
     names
         .iter()
         .map(|n| {
@@ -100,6 +100,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         envs,
         filters: args.filter.clone(),
         selftest: args.selftest,
+        bench: false,
     };
     let instances = catalog.instances(&sel);
     if instances.is_empty() {

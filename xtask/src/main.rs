@@ -1,12 +1,15 @@
 //! `cargo xtask`: the project's automation entry point.
 //!
 //! - `cargo xtask conformance [...]`: build the guest image, run the suite, report.
+//! - `cargo xtask bench [...]`: benchmarks, baselines, plot; `--compare a.json b.json`.
 //! - `cargo xtask build-guests`: only build the guest image.
 //!
 //! Exit status of `conformance`: 0 when nothing failed, crashed or errored; 1 otherwise;
 //! 2 for usage or setup errors.
 
+mod bench_cmd;
 mod conformance_cmd;
+mod plot;
 mod tidy;
 
 use std::process::ExitCode;
@@ -24,6 +27,8 @@ struct Cli {
 enum Cmd {
     /// Build the guest image and run conformance cases against a PVM host.
     Conformance(conformance_cmd::Args),
+    /// Run the benchmark guests and native baselines; print the table, write JSON and a plot.
+    Bench(bench_cmd::Args),
     /// Build the guest image (x86_64-unknown-none) and print its path.
     BuildGuests,
 }
@@ -32,6 +37,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.cmd {
         Cmd::Conformance(args) => conformance_cmd::run(args),
+        Cmd::Bench(args) => bench_cmd::run(args),
         Cmd::BuildGuests => {
             conformance::guest_build::build(&conformance::guest_build::workspace_root())
                 .map(|p| {

@@ -10,6 +10,7 @@
 #![cfg_attr(target_os = "none", no_std, no_main)]
 
 mod abi_local;
+mod bench;
 mod interrupts;
 mod io;
 mod isolation;

@@ -349,3 +349,41 @@ pub fn write_local_vif_msr(value: u64) {
     // model; the page it names is reserved for it in the guest layout (`abi::layout::VIF_GPA`).
     unsafe { wrmsr(abi::local::MSR_VIF, value) }
 }
+
+/// Reads a u64 at `va` with a plain load (no fixup): for benchmark loops. A fault is an
+/// unexpected exception and ends the case.
+pub fn touch_read(va: u64) -> u64 {
+    let v: u64;
+    // SAFETY: a load through inline asm does not create a Rust reference; if `va` is not
+    // mapped the fault goes to the exception dispatcher, which ends the case.
+    unsafe { asm!("movq ({a}), {v}", a = in(reg) va, v = out(reg) v, options(att_syntax, nostack)) }
+    v
+}
+
+/// Writes a u64 at `va` with a plain store (no fixup). Only for test mappings that hold no
+/// Rust objects.
+pub fn touch_write(va: u64, v: u64) {
+    // SAFETY: as in `touch_read`; callers pass test mappings whose frames they own.
+    unsafe { asm!("movq {v}, ({a})", a = in(reg) va, v = in(reg) v, options(att_syntax, nostack)) }
+}
+
+/// Reloads CR3 with its current value (flushes non-global TLB entries).
+pub fn reload_cr3() {
+    let cr3 = read_cr3();
+    // SAFETY: the same page tables stay in force; only the TLB is flushed.
+    unsafe { asm!("movq {}, %cr3", in(reg) cr3, options(att_syntax, nostack)) }
+}
+
+/// Reloads CR3 with its current value and bit 63 set (no flush; needs CR4.PCIDE).
+pub fn reload_cr3_noflush() {
+    let cr3 = read_cr3() | (1 << 63);
+    // SAFETY: as in `reload_cr3`; with CR4.PCIDE=1 bit 63 only suppresses the flush.
+    unsafe { asm!("movq {}, %cr3", in(reg) cr3, options(att_syntax, nostack)) }
+}
+
+/// Sets CR4.PCIDE (CR3[11:0] must be 0, which the layout guarantees); returns the exception
+/// if the CPU refuses.
+pub fn enable_pcid() -> Result<(), Exception> {
+    let cr4 = read_cr4() | (1 << 17);
+    with_fixup!("movq {v}, %cr4", v = in(reg) cr4)
+}
