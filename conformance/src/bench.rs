@@ -116,6 +116,9 @@ pub struct Overhead {
     /// Median wall time of an empty case instance: VM create, load, boot, report, teardown
     /// (absent when `bench.empty` was not selected).
     pub case_overhead_ms: Option<f64>,
+    /// The empty-case lifecycles, in ns (for the `vm_lifecycle` row).
+    #[serde(skip)]
+    pub lifecycle_ns: Vec<f64>,
 }
 
 /// The benchmark report (`pvm-conformance/bench/v1`).
@@ -308,6 +311,7 @@ fn overhead(
         runner_exit_ns: run,
         runner_to_raw: run / raw,
         case_overhead_ms: (!lifecycle.is_empty()).then(|| median(&lifecycle)),
+        lifecycle_ns: lifecycle.iter().map(|ms| ms * 1e6).collect(),
     })
 }
 
@@ -354,8 +358,20 @@ pub fn run(
                 (RunEnd::Stopped, Some((s, reason))) => Some(format!("{s:?}: {reason} {}", h.lines.join("; "))),
                 (other, _) => Some(format!("{other:?}")),
             };
+            let logs: Vec<&String> = h.lines.iter().filter(|l| l.starts_with("log:")).collect();
+            let status = match (status, logs.is_empty()) {
+                (s, true) => s,
+                (Some(s), false) => Some(format!("{s}; {}", logs.iter().map(|l| l.as_str()).collect::<Vec<_>>().join("; "))),
+                (None, false) => Some(logs.iter().map(|l| l.as_str()).collect::<Vec<_>>().join("; ")),
+            };
             if let Some(s) = status {
-                notes.insert((inst.case.name.clone(), key_env.clone()), s);
+                let e = notes.entry((inst.case.name.clone(), key_env.clone())).or_default();
+                if !e.contains(&s) {
+                    if !e.is_empty() {
+                        e.push_str(" | ");
+                    }
+                    e.push_str(&s);
+                }
             }
             if rep == 0 {
                 progress(&format!("{} ({} samples per repetition)", inst.id(), h.samples.len()));
@@ -371,6 +387,12 @@ pub fn run(
         let empty = instances.iter().find(|i| i.case.name == "bench.empty" && i.env == env);
         by_env.push(overhead(&kvm, image, empty, env, opts)?);
         progress(&format!("runner overhead measured for {}", env.name()));
+    }
+    for o in by_env.iter().filter(|o| !o.lifecycle_ns.is_empty()) {
+        // One repetition per chunk, so the CV is over groups of VMs like the other rows.
+        let chunk = o.lifecycle_ns.len().div_ceil(opts.repetitions).max(1);
+        let reps: Vec<Vec<f64>> = o.lifecycle_ns.chunks(chunk).map(<[f64]>::to_vec).collect();
+        rows.insert(("vm_lifecycle".into(), o.env.clone()), reps);
     }
     let mut benchmarks = Vec::new();
     for ((name, env), reps) in rows {

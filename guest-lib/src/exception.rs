@@ -1,8 +1,8 @@
 //! Exceptions: the frame the entry stubs build, the [`Exception`] value `_safe` primitives
 //! return, and the dispatcher that decides what happens to each event.
 //!
-//! Dispatch order: (1) a fixup-table entry for the faulting RIP (a `_safe` primitive) records
-//! the exception and resumes after the instruction; (2) an event from CPL3 goes to the
+//! Dispatch order: (1) for a synchronous exception, a fixup-table entry for the faulting RIP
+//! (a `_safe` primitive) records the exception and resumes after the instruction; (2) an event from CPL3 goes to the
 //! [`crate::user`] module; (3) a hook installed by the case; (4) anything else is unexpected
 //! and ends the case as FAIL with the exception and RIP in the detail.
 
@@ -228,14 +228,18 @@ pub fn dispatch(frame: &mut Frame) {
         error_code: frame.error_code as u32,
         cr2,
     };
-    if frame.cs & 3 == 0
+    // Only synchronous exceptions belong to the instruction at RIP; an interrupt (or NMI/#MC)
+    // that happens to arrive there must not be taken for that instruction's fault.
+    let synchronous = vector < 32 && vector != 2 && vector != 18;
+    if synchronous
+        && frame.cs & 3 == 0
         && let Some(fixup) = arch::fixup_for(frame.rip)
     {
         LAST_FIXUP.set(Some(ex));
         frame.rip = fixup;
         return;
     }
-    if frame.cs & 3 == 0 && EXEC_TARGET.get() == Some(frame.rip) {
+    if synchronous && frame.cs & 3 == 0 && EXEC_TARGET.get() == Some(frame.rip) {
         // A fetch fault on the target of `exec_ret_safe`: return to its caller.
         EXEC_TARGET.set(None);
         LAST_FIXUP.set(Some(ex));

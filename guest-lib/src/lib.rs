@@ -8,6 +8,7 @@
 //! - [`user`]: running code at CPL3 and coming back (by `syscall` or by an exception);
 //! - [`paging`]: a small page-table builder on the identity-mapped RAM;
 //! - [`pv_local`]: the local host's PVM dialect (VIF registration, `int $0x1b` hypercalls);
+//! - [`apic`]: x2APIC and the TSC-deadline timer;
 //! - [`bench`]: timing batches of operations for `cargo xtask bench`;
 //! - [`arch`]: the only module with `unsafe` code (instructions, descriptor tables, entry
 //!   stubs).
@@ -18,6 +19,7 @@
 
 pub use abi;
 
+pub mod apic;
 pub mod arch;
 pub mod bench;
 pub mod case;

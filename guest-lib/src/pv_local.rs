@@ -4,7 +4,8 @@
 //!   path to native execution in hardware ring 3;
 //! - [`hypercall`]: `int $0x1b` with RAX = number and RBX, RCX, RDX as arguments;
 //! - [`signature`]: the signature MSR;
-//! - [`pv_cpuid`]: `int $0x1a`.
+//! - [`pv_cpuid`]: `int $0x1a`;
+//! - [`set_virtual_if`]: the interrupt flag of native mode (byte 0 of the VIF page).
 //!
 //! Events (exceptions, interrupts) reach the guest through its own IDT in this dialect, so the
 //! event entry is the library's common IDT path (`crate::exception`).
@@ -33,4 +34,10 @@ pub fn signature() -> Result<u64, Exception> {
 /// Paravirtual CPUID.
 pub fn pv_cpuid(leaf: u32, sub: u32) -> Result<[u32; 4], Exception> {
     instr::int1a_safe(leaf, sub)
+}
+
+/// Sets the virtual interrupt flag (byte 0 of the VIF page): maskable interrupts are delivered
+/// through the IDT only while it is set. The host notices a change at the next exit.
+pub fn set_virtual_if(on: bool) {
+    crate::arch::mem::write_u8(VIF_GPA, u8::from(on));
 }

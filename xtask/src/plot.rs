@@ -51,7 +51,10 @@ where
     let min = bars.iter().map(|b| b.2).fold(f64::INFINITY, f64::min).max(0.1) / 2.0;
     root.fill(&WHITE).map_err(|e| anyhow::anyhow!("{e:?}"))?;
     let n = bars.len() as i32;
-    let title = format!("pvm-conformance benchmarks: median ns/op ({} repetitions)", r.repetitions);
+    let title = format!(
+        "median ns/op, {} repetitions - blue: hvm64, red: pv-local, grey: native host",
+        r.repetitions
+    );
     let mut chart = ChartBuilder::on(&root)
         .caption(title, ("sans-serif", 22))
         .margin(12)
@@ -71,7 +74,9 @@ where
     chart
         .draw_series(bars.iter().enumerate().map(|(i, (_, env, v))| {
             let i = i as i32;
-            Rectangle::new([(min, i), (*v, i + 1)], env_color(env).filled())
+            let mut bar = Rectangle::new([(min, i), (*v, i + 1)], env_color(env).filled());
+            bar.set_margin(3, 3, 0, 0);
+            bar
         }))
         .map_err(|e| anyhow::anyhow!("{e:?}"))?;
     root.present().map_err(|e| anyhow::anyhow!("{e:?}"))?;

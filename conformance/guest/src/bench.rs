@@ -12,7 +12,7 @@ use guest_lib::case::Spec;
 use guest_lib::exception::SyscallFrame;
 use guest_lib::paging::{alloc_frame, map, set_pte};
 use guest_lib::user::{self, UserExit};
-use guest_lib::{case, log, pv_local, report, rt, skip};
+use guest_lib::{apic, case, log, pv_local, report, rt, skip};
 
 const MSR_KERNEL_GS_BASE: u32 = 0xc000_0102;
 const UNMAPPED: u64 = 0x7fff_0000_0000;
@@ -159,3 +159,41 @@ case!(tlb, bench("bench.tlb", "INVLPG and the TLB-flush hypercalls").reqs("PERF-
 fn empty() {}
 case!(empty, bench("bench.empty", "an empty guest: VM create + boot + teardown, measured by the host")
     .reqs("PERF-VM"));
+
+const TIMER_VEC: u8 = 0x2e;
+const SPURIOUS_VEC: u8 = 0x2f;
+
+static ARRIVED: guest_lib::arch::Global<u64> = guest_lib::arch::Global::new(0);
+
+fn on_timer(_: &mut guest_lib::exception::Frame, ex: guest_lib::exception::Exception) -> bool {
+    if ex.vector != TIMER_VEC {
+        return false;
+    }
+    ARRIVED.set(instr::rdtsc());
+    let _ = apic::eoi();
+    true
+}
+
+fn timer_latency() {
+    const DELAY: u64 = 100_000; // TSC cycles from arming to the deadline
+    const GIVE_UP: u64 = 2_000_000_000; // cycles after the deadline
+    if let Err(e) = apic::enable_tsc_deadline_timer(TIMER_VEC, SPURIOUS_VEC) {
+        skip!("no usable x2APIC TSC-deadline timer: {:?}", e);
+    }
+    guest_lib::exception::set_hook(Some(on_timer));
+    for _ in 0..SAMPLES {
+        ARRIVED.set(0);
+        apic::set_interrupts(true);
+        let deadline = instr::rdtsc() + DELAY;
+        let _ = apic::arm(deadline);
+        while ARRIVED.get() == 0 && instr::rdtsc() < deadline + GIVE_UP {}
+        apic::set_interrupts(false);
+        match ARRIVED.get() {
+            0 => guest_lib::error!("the TSC-deadline timer interrupt never arrived (see interrupts.timer_delivery)"),
+            at => report::sample("timer_latency", 1, at.saturating_sub(deadline)),
+        }
+    }
+    guest_lib::exception::set_hook(None);
+}
+case!(timer_latency, bench("bench.timer_latency", "LAPIC TSC-deadline timer: deadline to guest handler entry")
+    .flags(guest_lib::abi::case::FLAG_IRQCHIP).reqs("PERF-TIMER"));

@@ -387,3 +387,16 @@ pub fn enable_pcid() -> Result<(), Exception> {
     let cr4 = read_cr4() | (1 << 17);
     with_fixup!("movq {v}, %cr4", v = in(reg) cr4)
 }
+
+/// `sti`: lets maskable interrupts in (the library's IDT has gates for vectors below 48).
+pub fn sti() {
+    // SAFETY: interrupts are delivered through the library's IDT, whose dispatcher handles
+    // them (a case hook, or an unexpected-event FAIL); no memory is touched.
+    unsafe { asm!("sti", options(att_syntax, nostack)) }
+}
+
+/// `cli`.
+pub fn cli() {
+    // SAFETY: masking interrupts has no memory-safety effect.
+    unsafe { asm!("cli", options(att_syntax, nostack)) }
+}

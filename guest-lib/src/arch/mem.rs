@@ -36,3 +36,13 @@ pub fn zero_page(pa: u64) {
         write_u64(pa + off, 0);
     }
 }
+
+/// Writes one byte at guest-physical `pa` (no alignment needed).
+pub fn write_u8(pa: u64, v: u8) {
+    if pa < PAGE_SIZE || pa >= RAM_SIZE {
+        panic!("guest-physical access outside RAM: {pa:#x}");
+    }
+    // SAFETY: inside RAM and not page 0 (checked), identity mapped; callers pass pages that
+    // hold no Rust objects (the VIF page).
+    unsafe { core::ptr::write_volatile(pa as *mut u8, v) }
+}
