@@ -62,7 +62,11 @@ fn median(v: &[f64]) -> f64 {
 pub fn stats(reps: &[Vec<f64>]) -> Stats {
     let mut all: Vec<f64> = reps.iter().flatten().copied().collect();
     all.sort_by(f64::total_cmp);
-    let meds: Vec<f64> = reps.iter().filter(|r| !r.is_empty()).map(|r| median(r)).collect();
+    let meds: Vec<f64> = reps
+        .iter()
+        .filter(|r| !r.is_empty())
+        .map(|r| median(r))
+        .collect();
     let cv = if meds.len() < 2 {
         0.0
     } else {
@@ -70,7 +74,12 @@ pub fn stats(reps: &[Vec<f64>]) -> Stats {
         let var = meds.iter().map(|m| (m - mean).powi(2)).sum::<f64>() / (meds.len() - 1) as f64;
         if mean > 0.0 { var.sqrt() / mean } else { 0.0 }
     };
-    Stats { median_ns: percentile(&all, 0.5), p99_ns: percentile(&all, 0.99), cv, samples: all.len() }
+    Stats {
+        median_ns: percentile(&all, 0.5),
+        p99_ns: percentile(&all, 0.99),
+        cv,
+        samples: all.len(),
+    }
 }
 
 /// One row of the benchmark table.
@@ -185,13 +194,17 @@ pub fn native_baselines(reps: usize) -> Result<Vec<NativeRow>, Error> {
         }
         Ok(stats(&all))
     };
-    let getpid = series(&mut || Ok(batch(2000, &mut || {
-        std::hint::black_box(std::process::id());
-    })))?;
+    let getpid = series(&mut || {
+        Ok(batch(2000, &mut || {
+            std::hint::black_box(std::process::id());
+        }))
+    })?;
     let page_fault = series(&mut || {
         const PAGES: usize = 64;
-        let mut m = memmap2::MmapMut::map_anon(PAGES * 4096)
-            .map_err(|source| Error::Io { path: "anonymous mapping".into(), source })?;
+        let mut m = memmap2::MmapMut::map_anon(PAGES * 4096).map_err(|source| Error::Io {
+            path: "anonymous mapping".into(),
+            source,
+        })?;
         let t = Instant::now();
         for p in 0..PAGES {
             m[p * 4096] = 1;
@@ -202,8 +215,10 @@ pub fn native_baselines(reps: usize) -> Result<Vec<NativeRow>, Error> {
     })?;
     let flag = Arc::new(AtomicBool::new(false));
     let sig = signal_hook::consts::SIGUSR2;
-    let id = signal_hook::flag::register(sig, Arc::clone(&flag))
-        .map_err(|source| Error::Io { path: "SIGUSR2 handler".into(), source })?;
+    let id = signal_hook::flag::register(sig, Arc::clone(&flag)).map_err(|source| Error::Io {
+        path: "SIGUSR2 handler".into(),
+        source,
+    })?;
     let signal = series(&mut || {
         Ok(batch(500, &mut || {
             let _ = signal_hook::low_level::raise(sig);
@@ -212,14 +227,28 @@ pub fn native_baselines(reps: usize) -> Result<Vec<NativeRow>, Error> {
     });
     signal_hook::low_level::unregister(id);
     let signal = signal?;
-    let cpuid = series(&mut || Ok(batch(200, &mut || {
-        std::hint::black_box(core::arch::x86_64::__cpuid(0));
-    })))?;
+    let cpuid = series(&mut || {
+        Ok(batch(200, &mut || {
+            std::hint::black_box(core::arch::x86_64::__cpuid(0));
+        }))
+    })?;
     Ok(vec![
-        NativeRow { name: "native_getpid".into(), stats: getpid },
-        NativeRow { name: "native_page_fault".into(), stats: page_fault },
-        NativeRow { name: "native_signal".into(), stats: signal },
-        NativeRow { name: "native_cpuid".into(), stats: cpuid },
+        NativeRow {
+            name: "native_getpid".into(),
+            stats: getpid,
+        },
+        NativeRow {
+            name: "native_page_fault".into(),
+            stats: page_fault,
+        },
+        NativeRow {
+            name: "native_signal".into(),
+            stats: signal,
+        },
+        NativeRow {
+            name: "native_cpuid".into(),
+            stats: cpuid,
+        },
     ])
 }
 
@@ -246,7 +275,11 @@ impl ExitHandler for ExitTimer {
             self.gaps.push((now - prev).as_secs_f64() * 1e9);
         }
         self.last = Some(now);
-        if self.gaps.len() >= self.want { Action::Stop } else { Action::Continue }
+        if self.gaps.len() >= self.want {
+            Action::Stop
+        } else {
+            Action::Continue
+        }
     }
     fn io_in(&mut self, port: u16, _: &mut [u8]) -> Action {
         Action::Unexpected(format!("IN from {port:#x}"))
@@ -263,15 +296,30 @@ impl ExitHandler for ExitTimer {
 }
 
 /// Per-exit cost of the runner's loop on the raw-loop guest code, in ns (median gap).
-fn runner_exit_gaps(kvm: &Kvm, env: Env, exits: usize, timeout: Duration) -> Result<Vec<f64>, Error> {
+fn runner_exit_gaps(
+    kvm: &Kvm,
+    env: Env,
+    exits: usize,
+    timeout: Duration,
+) -> Result<Vec<f64>, Error> {
     let mut m = kvm.create_machine(MachineOptions::default())?;
     runner::setup::write_page_tables(m.memory())?;
-    m.memory().write(IMAGE_BASE, &runner::baseline::exit_blob(env, io::BENCH_PORT))?;
+    m.memory().write(
+        IMAGE_BASE,
+        &runner::baseline::exit_blob(env, io::BENCH_PORT),
+    )?;
     m.set_long_mode_entry(IMAGE_BASE)?;
-    let mut t = ExitTimer { want: exits, last: None, gaps: Vec::with_capacity(exits), warmup: 50 };
+    let mut t = ExitTimer {
+        want: exits,
+        last: None,
+        gaps: Vec::with_capacity(exits),
+        warmup: 50,
+    };
     match m.run(&mut t, timeout)? {
         RunEnd::Stopped => Ok(t.gaps),
-        other => Err(Error::Usage(format!("runner exit loop ended with {other:?}"))),
+        other => Err(Error::Usage(format!(
+            "runner exit loop ended with {other:?}"
+        ))),
     }
 }
 
@@ -287,7 +335,12 @@ fn overhead(
     const EXITS: usize = 2000;
     let (mut raw, mut run) = (Vec::new(), Vec::new());
     for _ in 0..opts.repetitions {
-        raw.push(median(&runner::baseline::raw_exit_gaps(env, io::BENCH_PORT, EXITS, 50)?));
+        raw.push(median(&runner::baseline::raw_exit_gaps(
+            env,
+            io::BENCH_PORT,
+            EXITS,
+            50,
+        )?));
         run.push(median(&runner_exit_gaps(kvm, env, EXITS, opts.timeout)?));
     }
     let (raw, run) = (median(&raw), median(&run));
@@ -355,17 +408,32 @@ pub fn run(
             }
             let status = match (&end, &h.result) {
                 (RunEnd::Stopped, Some((abi::report::GuestStatus::Pass, _))) => None,
-                (RunEnd::Stopped, Some((s, reason))) => Some(format!("{s:?}: {reason} {}", h.lines.join("; "))),
+                (RunEnd::Stopped, Some((s, reason))) => {
+                    Some(format!("{s:?}: {reason} {}", h.lines.join("; ")))
+                }
                 (other, _) => Some(format!("{other:?}")),
             };
             let logs: Vec<&String> = h.lines.iter().filter(|l| l.starts_with("log:")).collect();
             let status = match (status, logs.is_empty()) {
                 (s, true) => s,
-                (Some(s), false) => Some(format!("{s}; {}", logs.iter().map(|l| l.as_str()).collect::<Vec<_>>().join("; "))),
-                (None, false) => Some(logs.iter().map(|l| l.as_str()).collect::<Vec<_>>().join("; ")),
+                (Some(s), false) => Some(format!(
+                    "{s}; {}",
+                    logs.iter()
+                        .map(|l| l.as_str())
+                        .collect::<Vec<_>>()
+                        .join("; ")
+                )),
+                (None, false) => Some(
+                    logs.iter()
+                        .map(|l| l.as_str())
+                        .collect::<Vec<_>>()
+                        .join("; "),
+                ),
             };
             if let Some(s) = status {
-                let e = notes.entry((inst.case.name.clone(), key_env.clone())).or_default();
+                let e = notes
+                    .entry((inst.case.name.clone(), key_env.clone()))
+                    .or_default();
                 if !e.contains(&s) {
                     if !e.is_empty() {
                         e.push_str(" | ");
@@ -374,17 +442,28 @@ pub fn run(
                 }
             }
             if rep == 0 {
-                progress(&format!("{} ({} samples per repetition)", inst.id(), h.samples.len()));
+                progress(&format!(
+                    "{} ({} samples per repetition)",
+                    inst.id(),
+                    h.samples.len()
+                ));
             }
         }
     }
-    let native_median = |name: &str| native.iter().find(|n| n.name == name).map(|n| n.stats.median_ns);
+    let native_median = |name: &str| {
+        native
+            .iter()
+            .find(|n| n.name == name)
+            .map(|n| n.stats.median_ns)
+    };
     let mut by_env = Vec::new();
     for &env in envs {
         if suite::applicability(Ok(&kvm), host, env).is_err() {
             continue;
         }
-        let empty = instances.iter().find(|i| i.case.name == "bench.empty" && i.env == env);
+        let empty = instances
+            .iter()
+            .find(|i| i.case.name == "bench.empty" && i.env == env);
         by_env.push(overhead(&kvm, image, empty, env, opts)?);
         progress(&format!("runner overhead measured for {}", env.name()));
     }
@@ -444,7 +523,10 @@ pub fn table(r: &BenchReport) -> String {
     );
     for b in &r.benchmarks {
         if b.stats.samples == 0 {
-            out += &format!("{:<22} {:<9} {:>12} {:>12} {:>7} {:>9}  {}\n", b.name, b.env, "-", "-", "-", "-", b.note);
+            out += &format!(
+                "{:<22} {:<9} {:>12} {:>12} {:>7} {:>9}  {}\n",
+                b.name, b.env, "-", "-", "-", "-", b.note
+            );
             continue;
         }
         out += &format!(
@@ -461,7 +543,12 @@ pub fn table(r: &BenchReport) -> String {
     for n in &r.native {
         out += &format!(
             "{:<22} {:<9} {:>12.1} {:>12.1} {:>7.2} {:>9}\n",
-            n.name, "host", n.stats.median_ns, n.stats.p99_ns, n.stats.cv * 100.0, "1.00x"
+            n.name,
+            "host",
+            n.stats.median_ns,
+            n.stats.p99_ns,
+            n.stats.cv * 100.0,
+            "1.00x"
         );
     }
     for o in &r.runner_overhead_by_env {
@@ -471,7 +558,8 @@ pub fn table(r: &BenchReport) -> String {
             o.raw_exit_ns,
             o.runner_exit_ns,
             o.runner_to_raw,
-            o.case_overhead_ms.map_or("not measured".into(), |ms| format!("{ms:.2} ms (median)"))
+            o.case_overhead_ms
+                .map_or("not measured".into(), |ms| format!("{ms:.2} ms (median)"))
         );
     }
     out
@@ -479,12 +567,23 @@ pub fn table(r: &BenchReport) -> String {
 
 /// `b / a` per (benchmark, env) present in both reports, as text.
 pub fn compare(a: &BenchReport, b: &BenchReport) -> String {
-    let mut out = format!("{:<22} {:<9} {:>12} {:>12} {:>8}\n", "benchmark", "env", "a median", "b median", "b/a");
+    let mut out = format!(
+        "{:<22} {:<9} {:>12} {:>12} {:>8}\n",
+        "benchmark", "env", "a median", "b median", "b/a"
+    );
     for x in a.benchmarks.iter().filter(|x| x.stats.samples > 0) {
-        if let Some(y) = b.benchmarks.iter().find(|y| y.name == x.name && y.env == x.env && y.stats.samples > 0) {
+        if let Some(y) = b
+            .benchmarks
+            .iter()
+            .find(|y| y.name == x.name && y.env == x.env && y.stats.samples > 0)
+        {
             out += &format!(
                 "{:<22} {:<9} {:>12.1} {:>12.1} {:>7.3}x\n",
-                x.name, x.env, x.stats.median_ns, y.stats.median_ns, y.stats.median_ns / x.stats.median_ns
+                x.name,
+                x.env,
+                x.stats.median_ns,
+                y.stats.median_ns,
+                y.stats.median_ns / x.stats.median_ns
             );
         }
     }
@@ -497,7 +596,11 @@ mod tests {
 
     #[test]
     fn stats_of_known_series() {
-        let s = stats(&[vec![1.0, 2.0, 3.0], vec![2.0, 2.0, 2.0], vec![3.0, 4.0, 5.0]]);
+        let s = stats(&[
+            vec![1.0, 2.0, 3.0],
+            vec![2.0, 2.0, 2.0],
+            vec![3.0, 4.0, 5.0],
+        ]);
         assert_eq!(s.samples, 9);
         assert_eq!(s.median_ns, 2.0);
         assert_eq!(s.p99_ns, 5.0);
@@ -511,7 +614,12 @@ mod tests {
         let row = |name: &str, env: &str, m: f64| BenchRow {
             name: name.into(),
             env: env.into(),
-            stats: Stats { median_ns: m, p99_ns: m, cv: 0.0, samples: 1 },
+            stats: Stats {
+                median_ns: m,
+                p99_ns: m,
+                cv: 0.0,
+                samples: 1,
+            },
             baseline: None,
             ratio_to_native: None,
             note: String::new(),
@@ -539,6 +647,10 @@ mod tests {
     fn native_baselines_are_positive() {
         let n = native_baselines(2).expect("baselines");
         assert_eq!(n.len(), 4);
-        assert!(n.iter().all(|r| r.stats.median_ns > 0.0 && r.stats.samples == 80), "{n:?}");
+        assert!(
+            n.iter()
+                .all(|r| r.stats.median_ns > 0.0 && r.stats.samples == 80),
+            "{n:?}"
+        );
     }
 }

@@ -134,7 +134,8 @@ impl ExitHandler for CaseHandler {
                 Action::Continue
             }
             Some(MessageKind::Sample) => {
-                self.samples.push((msg.text_str().to_string(), msg.values[0], msg.values[1]));
+                self.samples
+                    .push((msg.text_str().to_string(), msg.values[0], msg.values[1]));
                 Action::Continue
             }
             Some(MessageKind::Result) => {

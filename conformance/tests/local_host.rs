@@ -204,3 +204,47 @@ fn case_table_is_well_formed() {
         );
     }
 }
+
+#[test]
+fn bench_path_produces_rows_and_runner_overhead() {
+    let catalog = build_catalog();
+    let host = runner::detect::detect();
+    if let KvmStatus::Unusable(why) = &host.kvm {
+        eprintln!("no usable /dev/kvm ({why}): nothing to benchmark");
+        return;
+    }
+    let envs = vec![Env::Hvm64];
+    let sel = Selection {
+        envs: envs.clone(),
+        filters: vec!["bench.pio_exit".into(), "bench.empty".into()],
+        selftest: false,
+        bench: true,
+    };
+    let instances = catalog.instances(&sel);
+    assert_eq!(
+        instances.len(),
+        2,
+        "bench.pio_exit and bench.empty in hvm64"
+    );
+    let opts = conformance::bench::BenchOptions {
+        repetitions: 2,
+        timeout: Duration::from_secs(30),
+    };
+    let r = conformance::bench::run(&catalog.image, &host, &instances, &envs, &opts, &mut |_| {})
+        .expect("bench run");
+    let pio = r
+        .benchmarks
+        .iter()
+        .find(|b| b.name == "pio_exit")
+        .expect("pio_exit row");
+    assert_eq!(pio.stats.samples, 80, "40 samples x 2 repetitions");
+    assert!(
+        pio.stats.median_ns > 100.0 && pio.ratio_to_native.is_some(),
+        "{pio:?}"
+    );
+    let o = r.runner_overhead.as_ref().expect("runner overhead");
+    assert!(o.raw_exit_ns > 0.0 && o.runner_exit_ns > 0.0, "{o:?}");
+    assert!(o.case_overhead_ms.is_some_and(|ms| ms > 0.0), "{o:?}");
+    assert!(r.benchmarks.iter().any(|b| b.name == "vm_lifecycle"));
+    assert!(conformance::bench::table(&r).contains("pio_exit"));
+}

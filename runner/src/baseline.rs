@@ -78,7 +78,9 @@ pub fn raw_exit_gaps(env: Env, port: u16, exits: usize, warmup: usize) -> Result
     }
     mem.write(CODE, &exit_blob(env, port))?;
     let mut vcpu = vm.create_vcpu(0).map_err(kvm_err("KVM_CREATE_VCPU"))?;
-    let cpuid = kvm.get_supported_cpuid(KVM_MAX_CPUID_ENTRIES).map_err(kvm_err("KVM_GET_SUPPORTED_CPUID"))?;
+    let cpuid = kvm
+        .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
+        .map_err(kvm_err("KVM_GET_SUPPORTED_CPUID"))?;
     vcpu.set_cpuid2(&cpuid).map_err(kvm_err("KVM_SET_CPUID2"))?;
     let mut s = vcpu.get_sregs().map_err(kvm_err("KVM_GET_SREGS"))?;
     s.cr0 = 0x8005_0033;
@@ -86,9 +88,20 @@ pub fn raw_exit_gaps(env: Env, port: u16, exits: usize, warmup: usize) -> Result
     s.cr4 = 0x20;
     s.efer = 0xd01;
     s.cs = seg(0x10, true);
-    (s.ds, s.es, s.fs, s.gs, s.ss) = (seg(0x18, false), seg(0x18, false), seg(0x18, false), seg(0x18, false), seg(0x18, false));
+    (s.ds, s.es, s.fs, s.gs, s.ss) = (
+        seg(0x18, false),
+        seg(0x18, false),
+        seg(0x18, false),
+        seg(0x18, false),
+        seg(0x18, false),
+    );
     vcpu.set_sregs(&s).map_err(kvm_err("KVM_SET_SREGS"))?;
-    let regs = kvm_bindings::kvm_regs { rip: CODE, rsp: 0x8_0000, rflags: 2, ..Default::default() };
+    let regs = kvm_bindings::kvm_regs {
+        rip: CODE,
+        rsp: 0x8_0000,
+        rflags: 2,
+        ..Default::default()
+    };
     vcpu.set_regs(&regs).map_err(kvm_err("KVM_SET_REGS"))?;
     let mut gaps = Vec::with_capacity(exits);
     let mut last: Option<Instant> = None;

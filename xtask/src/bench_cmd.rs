@@ -42,9 +42,15 @@ pub struct Args {
 
 fn load(p: &PathBuf) -> anyhow::Result<BenchReport> {
     let text = std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?;
-    let r: BenchReport = serde_json::from_str(&text).with_context(|| format!("parsing {}", p.display()))?;
+    let r: BenchReport =
+        serde_json::from_str(&text).with_context(|| format!("parsing {}", p.display()))?;
     if r.schema != bench::SCHEMA {
-        bail!("{}: schema {:?}, expected {:?}", p.display(), r.schema, bench::SCHEMA);
+        bail!(
+            "{}: schema {:?}, expected {:?}",
+            p.display(),
+            r.schema,
+            bench::SCHEMA
+        );
     }
     Ok(r)
 }
@@ -56,7 +62,10 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     if args.target != Target::Local {
-        bail!("target {} is not implemented yet; only --target local is", format!("{:?}", args.target).to_lowercase());
+        bail!(
+            "target {} is not implemented yet; only --target local is",
+            format!("{:?}", args.target).to_lowercase()
+        );
     }
     if args.repetitions < 2 {
         bail!("--repetitions must be at least 2 (the CV needs two repetitions)");
@@ -64,7 +73,11 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let envs = parse_envs(&args.env)?;
     let cores = core_affinity::get_core_ids().unwrap_or_default();
     let core = match args.cpu {
-        Some(n) => cores.iter().find(|c| c.id == n).copied().with_context(|| format!("no CPU {n} to pin to"))?,
+        Some(n) => cores
+            .iter()
+            .find(|c| c.id == n)
+            .copied()
+            .with_context(|| format!("no CPU {n} to pin to"))?,
         None => *cores.last().context("cannot list the CPUs to pin to")?,
     };
     if !core_affinity::set_for_current(core) {
@@ -73,14 +86,32 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     eprintln!("bench: pinned to CPU {}", core.id);
     let path = conformance::guest_build::build(&conformance::guest_build::workspace_root())?;
     let catalog = Catalog::new(GuestImage::load(&path)?);
-    let sel = Selection { envs: envs.clone(), filters: args.filter.clone(), selftest: false, bench: true };
+    let sel = Selection {
+        envs: envs.clone(),
+        filters: args.filter.clone(),
+        selftest: false,
+        bench: true,
+    };
     let instances = catalog.instances(&sel);
     if instances.is_empty() {
-        bail!("the selection matches no benchmark (filters {:?})", args.filter);
+        bail!(
+            "the selection matches no benchmark (filters {:?})",
+            args.filter
+        );
     }
     let host = runner::detect::detect();
-    let opts = BenchOptions { repetitions: args.repetitions, timeout: Duration::from_millis(args.timeout_ms) };
-    let report = bench::run(&catalog.image, &host, &instances, &envs, &opts, &mut |line| eprintln!("bench: {line}"))?;
+    let opts = BenchOptions {
+        repetitions: args.repetitions,
+        timeout: Duration::from_millis(args.timeout_ms),
+    };
+    let report = bench::run(
+        &catalog.image,
+        &host,
+        &instances,
+        &envs,
+        &opts,
+        &mut |line| eprintln!("bench: {line}"),
+    )?;
     print!("{}", bench::table(&report));
     println!("benchmark run took {:.1} s", report.wall_ms as f64 / 1e3);
     if let Some(dir) = args.report.parent() {
@@ -88,7 +119,10 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     }
     std::fs::write(&args.report, serde_json::to_string_pretty(&report)? + "\n")?;
     eprintln!("report: {}", args.report.display());
-    let (svg, png) = (args.report.with_extension("svg"), args.report.with_extension("png"));
+    let (svg, png) = (
+        args.report.with_extension("svg"),
+        args.report.with_extension("png"),
+    );
     match crate::plot::write(&report, &svg, &png) {
         Ok(()) => eprintln!("plot: {} and {}", svg.display(), png.display()),
         Err(e) => eprintln!("warning: no plot: {e:#}"),

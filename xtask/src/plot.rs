@@ -17,9 +17,14 @@ const FONTS: &[&str] = &[
 ];
 
 fn load_font() -> anyhow::Result<()> {
-    let path = FONTS.iter().find(|p| Path::new(p).exists()).with_context(|| {
-        format!("no DejaVu Sans font for the plot (looked in {FONTS:?}; install fonts-dejavu-core)")
-    })?;
+    let path = FONTS
+        .iter()
+        .find(|p| Path::new(p).exists())
+        .with_context(|| {
+            format!(
+                "no DejaVu Sans font for the plot (looked in {FONTS:?}; install fonts-dejavu-core)"
+            )
+        })?;
     let bytes: &'static [u8] = Box::leak(std::fs::read(path)?.into_boxed_slice());
     plotters::style::register_font("sans-serif", FontStyle::Normal, bytes)
         .map_err(|_| anyhow::anyhow!("{path} is not a usable font"))
@@ -33,7 +38,10 @@ fn env_color(env: &str) -> RGBColor {
     }
 }
 
-fn draw<DB: DrawingBackend>(root: DrawingArea<DB, plotters::coord::Shift>, r: &BenchReport) -> anyhow::Result<()>
+fn draw<DB: DrawingBackend>(
+    root: DrawingArea<DB, plotters::coord::Shift>,
+    r: &BenchReport,
+) -> anyhow::Result<()>
 where
     DB::ErrorType: 'static,
 {
@@ -41,14 +49,29 @@ where
         .benchmarks
         .iter()
         .filter(|b| b.stats.samples > 0)
-        .map(|b| (format!("{} ({})", b.name, b.env), b.env.clone(), b.stats.median_ns))
+        .map(|b| {
+            (
+                format!("{} ({})", b.name, b.env),
+                b.env.clone(),
+                b.stats.median_ns,
+            )
+        })
         .collect();
-    bars.extend(r.native.iter().map(|n| (n.name.clone(), "host".into(), n.stats.median_ns)));
+    bars.extend(
+        r.native
+            .iter()
+            .map(|n| (n.name.clone(), "host".into(), n.stats.median_ns)),
+    );
     if bars.is_empty() {
         bail!("nothing to plot");
     }
     let max = bars.iter().map(|b| b.2).fold(1.0, f64::max) * 2.0;
-    let min = bars.iter().map(|b| b.2).fold(f64::INFINITY, f64::min).max(0.1) / 2.0;
+    let min = bars
+        .iter()
+        .map(|b| b.2)
+        .fold(f64::INFINITY, f64::min)
+        .max(0.1)
+        / 2.0;
     root.fill(&WHITE).map_err(|e| anyhow::anyhow!("{e:?}"))?;
     let n = bars.len() as i32;
     let title = format!(

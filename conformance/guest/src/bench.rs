@@ -19,7 +19,9 @@ const UNMAPPED: u64 = 0x7fff_0000_0000;
 const BENCH_VA: u64 = 0x4000_0000;
 
 const fn bench(name: &'static str, summary: &'static str) -> Spec {
-    Spec::new(name, Area::Bench, summary).host(HostCheck::Bench).timeout_ms(60_000)
+    Spec::new(name, Area::Bench, summary)
+        .host(HostCheck::Bench)
+        .timeout_ms(60_000)
 }
 
 fn hypercall() {
@@ -27,8 +29,15 @@ fn hypercall() {
         let _ = pv_local::hypercall(0x100f, 0, 0, 0);
     });
 }
-case!(hypercall, bench("bench.hypercall", "in-kernel hypercall round trip (unknown nr, -ENOSYS)")
-    .envs(Env::PvLocal.bit()).reqs("PERF-HC"));
+case!(
+    hypercall,
+    bench(
+        "bench.hypercall",
+        "in-kernel hypercall round trip (unknown nr, -ENOSYS)"
+    )
+    .envs(Env::PvLocal.bit())
+    .reqs("PERF-HC")
+);
 
 fn ack_syscall(_: &mut SyscallFrame) -> bool {
     true
@@ -49,13 +58,22 @@ fn syscall_roundtrip() {
     for _ in 0..SAMPLES {
         match user::run(u_syscall_loop, ITERS) {
             UserExit::Returned(cycles) => report::sample("syscall_roundtrip", ITERS, cycles),
-            other => skip!("the user->supervisor->user SYSCALL path does not work here: {:?}", other),
+            other => skip!(
+                "the user->supervisor->user SYSCALL path does not work here: {:?}",
+                other
+            ),
         }
     }
     user::set_syscall_hook(None);
 }
-case!(syscall_roundtrip, bench("bench.syscall_roundtrip", "event round trip user->supervisor->user via SYSCALL")
-    .reqs("PERF-SYSCALL"));
+case!(
+    syscall_roundtrip,
+    bench(
+        "bench.syscall_roundtrip",
+        "event round trip user->supervisor->user via SYSCALL"
+    )
+    .reqs("PERF-SYSCALL")
+);
 
 fn exceptions() {
     measure("exception_ud", SAMPLES, 100, || {
@@ -65,7 +83,14 @@ fn exceptions() {
         let _ = instr::read_u64_safe(UNMAPPED);
     });
 }
-case!(exceptions, bench("bench.exceptions", "#UD and #PF to the guest handler and back").reqs("PERF-EXC"));
+case!(
+    exceptions,
+    bench(
+        "bench.exceptions",
+        "#UD and #PF to the guest handler and back"
+    )
+    .reqs("PERF-EXC")
+);
 
 fn msr() {
     measure("rdmsr", SAMPLES, 200, || {
@@ -75,7 +100,10 @@ fn msr() {
         let _ = instr::wrmsr_safe(MSR_KERNEL_GS_BASE, 0x1000);
     });
 }
-case!(msr, bench("bench.msr", "privileged instruction emulation: RDMSR/WRMSR").reqs("PERF-MSR"));
+case!(
+    msr,
+    bench("bench.msr", "privileged instruction emulation: RDMSR/WRMSR").reqs("PERF-MSR")
+);
 
 fn cpuid() {
     measure("cpuid", SAMPLES, 200, || {
@@ -87,17 +115,28 @@ fn cpuid() {
         });
     }
 }
-case!(cpuid, bench("bench.cpuid", "CPUID (and the local dialect's PV CPUID)").reqs("PERF-CPUID"));
+case!(
+    cpuid,
+    bench("bench.cpuid", "CPUID (and the local dialect's PV CPUID)").reqs("PERF-CPUID")
+);
 
 fn pio_exit() {
     measure("pio_exit", SAMPLES, 200, || instr::outb(io::BENCH_PORT, 0));
 }
-case!(pio_exit, bench("bench.pio_exit", "port I/O exit to the VMM and back").reqs("PERF-PIO"));
+case!(
+    pio_exit,
+    bench("bench.pio_exit", "port I/O exit to the VMM and back").reqs("PERF-PIO")
+);
 
 fn mmio_exit() {
-    measure("mmio_exit", SAMPLES, 200, || instr::mmio_write_u32(MMIO_WINDOW + io::BENCH_MMIO_OFFSET, 0));
+    measure("mmio_exit", SAMPLES, 200, || {
+        instr::mmio_write_u32(MMIO_WINDOW + io::BENCH_MMIO_OFFSET, 0)
+    });
 }
-case!(mmio_exit, bench("bench.mmio_exit", "MMIO exit to the VMM and back").reqs("PERF-MMIO"));
+case!(
+    mmio_exit,
+    bench("bench.mmio_exit", "MMIO exit to the VMM and back").reqs("PERF-MMIO")
+);
 
 fn shadow_fill() {
     const PAGES: usize = 64;
@@ -129,8 +168,14 @@ fn shadow_fill() {
         }
     }
 }
-case!(shadow_fill, bench("bench.shadow_fill", "shadow page-table fill on first touch, and access after fill")
-    .reqs("PERF-SPT"));
+case!(
+    shadow_fill,
+    bench(
+        "bench.shadow_fill",
+        "shadow page-table fill on first touch, and access after fill"
+    )
+    .reqs("PERF-SPT")
+);
 
 fn cr3_switch() {
     measure("cr3_flush", SAMPLES, 100, instr::reload_cr3);
@@ -139,7 +184,14 @@ fn cr3_switch() {
         Err(e) => log!("CR4.PCIDE refused ({:?}): no cr3_noflush", e),
     }
 }
-case!(cr3_switch, bench("bench.cr3_switch", "CR3 load with and without (PCID NOFLUSH) TLB flush").reqs("PERF-CR3"));
+case!(
+    cr3_switch,
+    bench(
+        "bench.cr3_switch",
+        "CR3 load with and without (PCID NOFLUSH) TLB flush"
+    )
+    .reqs("PERF-CR3")
+);
 
 fn tlb() {
     let f = alloc_frame();
@@ -154,11 +206,20 @@ fn tlb() {
         });
     }
 }
-case!(tlb, bench("bench.tlb", "INVLPG and the TLB-flush hypercalls").reqs("PERF-TLB"));
+case!(
+    tlb,
+    bench("bench.tlb", "INVLPG and the TLB-flush hypercalls").reqs("PERF-TLB")
+);
 
 fn empty() {}
-case!(empty, bench("bench.empty", "an empty guest: VM create + boot + teardown, measured by the host")
-    .reqs("PERF-VM"));
+case!(
+    empty,
+    bench(
+        "bench.empty",
+        "an empty guest: VM create + boot + teardown, measured by the host"
+    )
+    .reqs("PERF-VM")
+);
 
 const TIMER_VEC: u8 = 0x2e;
 const SPURIOUS_VEC: u8 = 0x2f;
@@ -189,11 +250,20 @@ fn timer_latency() {
         while ARRIVED.get() == 0 && instr::rdtsc() < deadline + GIVE_UP {}
         apic::set_interrupts(false);
         match ARRIVED.get() {
-            0 => guest_lib::error!("the TSC-deadline timer interrupt never arrived (see interrupts.timer_delivery)"),
+            0 => guest_lib::error!(
+                "the TSC-deadline timer interrupt never arrived (see interrupts.timer_delivery)"
+            ),
             at => report::sample("timer_latency", 1, at.saturating_sub(deadline)),
         }
     }
     guest_lib::exception::set_hook(None);
 }
-case!(timer_latency, bench("bench.timer_latency", "LAPIC TSC-deadline timer: deadline to guest handler entry")
-    .flags(guest_lib::abi::case::FLAG_IRQCHIP).reqs("PERF-TIMER"));
+case!(
+    timer_latency,
+    bench(
+        "bench.timer_latency",
+        "LAPIC TSC-deadline timer: deadline to guest handler entry"
+    )
+    .flags(guest_lib::abi::case::FLAG_IRQCHIP)
+    .reqs("PERF-TIMER")
+);

@@ -146,7 +146,11 @@ fn timer_delivery() {
         apic::set_interrupts(true);
         // Odd rounds write a deadline that has already passed: the interrupt is then pending
         // when the arming WRMSR retires and must still arrive once.
-        let deadline = if round % 2 == 0 { instr::rdtsc() + DELAY } else { instr::rdtsc() - 1 };
+        let deadline = if round % 2 == 0 {
+            instr::rdtsc() + DELAY
+        } else {
+            instr::rdtsc() - 1
+        };
         check_eq!(apic::arm(deadline), Ok(()), "arming the TSC deadline");
         while EXPECTING.get() && instr::rdtsc() < deadline + BOUND {}
         // One more exit with interrupts enabled (disarming the timer), where a duplicate of
@@ -163,12 +167,28 @@ fn timer_delivery() {
         }
     }
     exception::set_hook(None);
-    check_eq!(lost, 0u32, "interrupts not delivered within the bound (of {}); first in round {:?}", ROUNDS, first_lost);
-    check_eq!(DUPLICATES.get(), 0u32, "interrupts delivered twice (of {}); first in round {:?}", ROUNDS, first_dup);
+    check_eq!(
+        lost,
+        0u32,
+        "interrupts not delivered within the bound (of {}); first in round {:?}",
+        ROUNDS,
+        first_lost
+    );
+    check_eq!(
+        DUPLICATES.get(),
+        0u32,
+        "interrupts delivered twice (of {}); first in round {:?}",
+        ROUNDS,
+        first_dup
+    );
 }
 case!(
     timer_delivery,
-    Spec::new("interrupts.timer_delivery", Area::Interrupts, "each TSC-deadline timer interrupt is delivered exactly once (200 rounds)")
-        .flags(guest_lib::abi::case::FLAG_IRQCHIP)
-        .reqs("X86-APIC-TIMER-1,PVM-IRQ-1")
+    Spec::new(
+        "interrupts.timer_delivery",
+        Area::Interrupts,
+        "each TSC-deadline timer interrupt is delivered exactly once (200 rounds)"
+    )
+    .flags(guest_lib::abi::case::FLAG_IRQCHIP)
+    .reqs("X86-APIC-TIMER-1,PVM-IRQ-1")
 );

@@ -39,7 +39,7 @@ pub fn zero_page(pa: u64) {
 
 /// Writes one byte at guest-physical `pa` (no alignment needed).
 pub fn write_u8(pa: u64, v: u8) {
-    if pa < PAGE_SIZE || pa >= RAM_SIZE {
+    if !(PAGE_SIZE..RAM_SIZE).contains(&pa) {
         panic!("guest-physical access outside RAM: {pa:#x}");
     }
     // SAFETY: inside RAM and not page 0 (checked), identity mapped; callers pass pages that
