@@ -8,10 +8,11 @@
 //! 0x0000_2000  PML4     0x3000 user PML4 (see below)
 //! 0x0000_4000  PDPT     0x5000 PD     0x6000 PT for the first 2 MiB
 //! 0x0000_7000  BootInfo (host -> guest)
-//! 0x0000_8000  VIF page of the local dialect (registered by the pv-local environment)
+//! 0x0000_8000  VIF pages of the local dialect, one per vCPU (`vif_gpa`)
 //! 0x0020_0000  guest image (ELF, loaded at its link addresses)    .. IMAGE_END
 //! 0x0040_0000  supervisor stack (grows down from SUPERVISOR_STACK_TOP)
 //! 0x0041_0000  user stack (grows down from USER_STACK_TOP)
+//! 0x0042_0000  stacks of vCPUs 1.. (`ap_stack_top`), 64 KiB each
 //! 0x0060_0000  free pages for guest page-table experiments          .. RAM_SIZE
 //! 0x3fe0_0000  MMIO window: mapped by a 2 MiB PDE, no memslot behind it
 //! ```
@@ -42,8 +43,27 @@ pub const PD_GPA: u64 = 0x5000;
 pub const PT0_GPA: u64 = 0x6000;
 /// GPA of the [`BootInfo`] page.
 pub const BOOT_INFO_GPA: u64 = 0x7000;
-/// GPA of the local dialect's VIF page.
+/// GPA of the local dialect's VIF page of vCPU 0.
 pub const VIF_GPA: u64 = 0x8000;
+/// Most vCPUs a case may ask for.
+pub const MAX_VCPUS: u32 = 8;
+/// Stack size of each application processor (vCPU 1 and up).
+pub const AP_STACK_SIZE: u64 = 0x1_0000;
+
+/// VIF page of vCPU `cpu` (one page each, from [`VIF_GPA`]).
+pub const fn vif_gpa(cpu: u32) -> u64 {
+    VIF_GPA + 0x1000 * cpu as u64
+}
+
+/// Initial RSP of vCPU `cpu`: [`SUPERVISOR_STACK_TOP`] for vCPU 0, then 64 KiB stacks from
+/// [`USER_STACK_TOP`] up.
+pub const fn stack_top(cpu: u32) -> u64 {
+    if cpu == 0 {
+        SUPERVISOR_STACK_TOP
+    } else {
+        USER_STACK_TOP + AP_STACK_SIZE * cpu as u64
+    }
+}
 /// Start of the guest image: the guest's linker script links it here.
 pub const IMAGE_BASE: u64 = 0x20_0000;
 /// End (exclusive) of the area reserved for the guest image.
@@ -115,6 +135,7 @@ const _: () = {
     assert!(core::mem::offset_of!(BootInfo, param) == 40);
     assert!(IMAGE_BASE.is_multiple_of(LARGE_PAGE_SIZE) && FREE_START.is_multiple_of(PAGE_SIZE));
     assert!(PML4_GPA.is_multiple_of(0x2000));
+    assert!(vif_gpa(MAX_VCPUS - 1) < 0x1_0000 && stack_top(MAX_VCPUS - 1) <= FREE_START);
     assert!(SUPERVISOR_STACK_TOP > IMAGE_END && USER_STACK_TOP <= FREE_START);
 };
 

@@ -167,13 +167,15 @@ pub(crate) fn applicability<'k>(
 /// A fresh VM with the image loaded and the vCPU at `_start` for `inst`.
 pub(crate) fn prepare(kvm: &Kvm, image: &GuestImage, inst: &Instance) -> runner::Result<Machine> {
     let irqchip = inst.case.flags & FLAG_IRQCHIP != 0;
+    let vcpus = inst.case.vcpus.max(1);
     let m = kvm.create_machine(MachineOptions {
         irqchip,
+        vcpus,
         ..MachineOptions::default()
     })?;
     setup::write_page_tables(m.memory())?;
     image.load_into(m.memory())?;
-    setup::write_boot_info(m.memory(), inst.env, inst.case.entry, 0)?;
+    setup::write_boot_info(m.memory(), inst.env, inst.case.entry, 0, vcpus)?;
     m.set_long_mode_entry(image.entry)?;
     Ok(m)
 }

@@ -50,7 +50,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let t1 = Instant::now();
         runner::setup::write_page_tables(m.memory())?;
         img.load_into(m.memory())?;
-        runner::setup::write_boot_info(m.memory(), env, case.entry, 0)?;
+        runner::setup::write_boot_info(m.memory(), env, case.entry, 0, 1)?;
         m.set_long_mode_entry(img.entry)?;
         let t2 = Instant::now();
         let end = m.run(&mut H, std::time::Duration::from_secs(5))?;

@@ -99,7 +99,7 @@ pub fn dialect_of(kvm: &Kvm) -> (Option<Dialect>, String) {
     let local = kvm
         .create_machine(MachineOptions {
             ram: 2 * abi::layout::PAGE_SIZE,
-            irqchip: false,
+            ..MachineOptions::default()
         })
         .and_then(|m| m.get_msr(abi::local::MSR_SIGNATURE));
     if let Ok(Some(v)) = local

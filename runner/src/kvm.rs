@@ -1,14 +1,20 @@
 //! KVM VMs for test guests: creation, the run loop and its timeout.
 //!
-//! Every `KVM_RUN` is bounded: before running, [`Machine::run`] arms a per-thread POSIX timer
-//! that delivers a real-time signal to this thread when the case's time is up. The signal
-//! handler sets `kvm_run.immediate_exit`, so a vCPU stuck inside the kernel (some guest
-//! actions livelock the local host's `KVM_RUN`) returns `EINTR`, and a signal that lands
-//! between two `KVM_RUN`s makes the next one return at once. The loop then ends the run as
+//! Every `KVM_RUN` is bounded: before running, each vCPU thread arms a per-thread POSIX timer
+//! that delivers a real-time signal to it when the case's time is up. The signal handler sets
+//! `kvm_run.immediate_exit`, so a vCPU stuck inside the kernel (some guest actions livelock
+//! the local host's `KVM_RUN`) returns `EINTR`, and a signal that lands between two
+//! `KVM_RUN`s makes the next one return at once. The loop then ends the run as
 //! [`RunEnd::Timeout`].
+//!
+//! With several vCPUs, vCPU 0 runs on the calling thread and each other vCPU on a thread of
+//! its own, all sharing the exit handler (behind a mutex). The first vCPU whose run ends
+//! (normal stop, crash, timeout) decides the [`RunEnd`] and kicks the others out of `KVM_RUN`
+//! with the same signal.
 
 use std::cell::Cell;
-use std::sync::Once;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Mutex, Once};
 use std::time::{Duration, Instant};
 
 use abi::report::{MESSAGE_MAGIC, MESSAGE_SIZE, Message, REPORT_PORT};
@@ -34,6 +40,8 @@ pub struct MachineOptions {
     pub ram: u64,
     /// Create the in-kernel irqchip (LAPIC, IOAPIC, PIC).
     pub irqchip: bool,
+    /// Number of vCPUs (1 to `abi::layout::MAX_VCPUS`).
+    pub vcpus: u32,
 }
 
 impl Default for MachineOptions {
@@ -41,6 +49,7 @@ impl Default for MachineOptions {
         Self {
             ram: abi::layout::RAM_SIZE,
             irqchip: false,
+            vcpus: 1,
         }
     }
 }
@@ -74,7 +83,8 @@ impl Kvm {
         Ok(l.as_slice().to_vec())
     }
 
-    /// A fresh VM with one vCPU (CPUID set to the supported set) and zeroed RAM as memslot 0.
+    /// A fresh VM with `opts.vcpus` vCPUs (CPUID set to the supported set) and zeroed RAM as
+    /// memslot 0.
     pub fn create_machine(&self, opts: MachineOptions) -> Result<Machine> {
         let vm = self.kvm.create_vm().map_err(kvm_err("KVM_CREATE_VM"))?;
         let mem = GuestMemory::new(opts.ram)?;
@@ -93,10 +103,21 @@ impl Kvm {
             vm.create_irq_chip()
                 .map_err(kvm_err("KVM_CREATE_IRQCHIP"))?;
         }
-        let vcpu = vm.create_vcpu(0).map_err(kvm_err("KVM_CREATE_VCPU"))?;
-        vcpu.set_cpuid2(&self.cpuid)
-            .map_err(kvm_err("KVM_SET_CPUID2"))?;
-        Ok(Machine { vcpu, _vm: vm, mem })
+        let n = opts.vcpus.clamp(1, abi::layout::MAX_VCPUS);
+        let mut vcpus = Vec::with_capacity(n as usize);
+        for id in 0..n {
+            let vcpu = vm
+                .create_vcpu(u64::from(id))
+                .map_err(kvm_err("KVM_CREATE_VCPU"))?;
+            vcpu.set_cpuid2(&self.cpuid)
+                .map_err(kvm_err("KVM_SET_CPUID2"))?;
+            vcpus.push(vcpu);
+        }
+        Ok(Machine {
+            vcpus,
+            _vm: vm,
+            mem,
+        })
     }
 }
 
@@ -144,10 +165,10 @@ pub enum RunEnd {
     Unexpected(String),
 }
 
-/// One VM with one vCPU and its RAM. Dropping it destroys the VM.
+/// One VM with its vCPUs and RAM. Dropping it destroys the VM.
 #[derive(Debug)]
 pub struct Machine {
-    vcpu: VcpuFd,
+    vcpus: Vec<VcpuFd>,
     _vm: VmFd,
     mem: GuestMemory,
 }
@@ -158,23 +179,27 @@ impl Machine {
         &self.mem
     }
 
-    /// Sets the direct 64-bit start state with RIP = `entry` (see [`setup`]).
+    /// Sets the direct 64-bit start state of every vCPU with RIP = `entry` (see [`setup`]);
+    /// vCPU `i` gets its own stack and RSI = `i`.
     pub fn set_long_mode_entry(&self, entry: u64) -> Result<()> {
-        let sregs = self.vcpu.get_sregs().map_err(kvm_err("KVM_GET_SREGS"))?;
-        self.vcpu
-            .set_sregs(&setup::long_mode_sregs(sregs))
-            .map_err(kvm_err("KVM_SET_SREGS"))?;
-        self.vcpu
-            .set_regs(&setup::entry_regs(entry))
-            .map_err(kvm_err("KVM_SET_REGS"))
+        for (i, vcpu) in self.vcpus.iter().enumerate() {
+            let sregs = vcpu.get_sregs().map_err(kvm_err("KVM_GET_SREGS"))?;
+            vcpu.set_sregs(&setup::long_mode_sregs(sregs))
+                .map_err(kvm_err("KVM_SET_SREGS"))?;
+            vcpu.set_regs(&setup::entry_regs(entry, i as u32))
+                .map_err(kvm_err("KVM_SET_REGS"))?;
+        }
+        Ok(())
     }
 
     /// The guest TSC frequency in kHz (`KVM_GET_TSC_KHZ`).
     pub fn tsc_khz(&self) -> Result<u32> {
-        self.vcpu.get_tsc_khz().map_err(kvm_err("KVM_GET_TSC_KHZ"))
+        self.vcpus[0]
+            .get_tsc_khz()
+            .map_err(kvm_err("KVM_GET_TSC_KHZ"))
     }
 
-    /// Reads an MSR with `KVM_GET_MSRS`; `None` if KVM does not return it.
+    /// Reads an MSR of vCPU 0 with `KVM_GET_MSRS`; `None` if KVM does not return it.
     pub fn get_msr(&self, index: u32) -> Result<Option<u64>> {
         let mut msrs = Msrs::from_entries(&[kvm_msr_entry {
             index,
@@ -184,127 +209,216 @@ impl Machine {
             what: "Msrs",
             source: kvm_ioctls::Error::new(libc::E2BIG),
         })?;
-        let n = self
-            .vcpu
+        let n = self.vcpus[0]
             .get_msrs(&mut msrs)
             .map_err(kvm_err("KVM_GET_MSRS"))?;
         Ok((n == 1).then(|| msrs.as_slice()[0].data))
     }
 
-    /// A one-line dump of the architectural registers, for CRASH details.
+    /// A one-line dump of the architectural registers of every vCPU, for CRASH details.
     pub fn register_dump(&self) -> String {
-        match (self.vcpu.get_regs(), self.vcpu.get_sregs()) {
-            (Ok(r), Ok(s)) => format!(
-                "rip={:#x} rsp={:#x} rflags={:#x} rax={:#x} rbx={:#x} rcx={:#x} rdx={:#x} \
-                 rsi={:#x} rdi={:#x} cs={:#x} ss={:#x} cr0={:#x} cr2={:#x} cr3={:#x} cr4={:#x} \
-                 efer={:#x}",
-                r.rip,
-                r.rsp,
-                r.rflags,
-                r.rax,
-                r.rbx,
-                r.rcx,
-                r.rdx,
-                r.rsi,
-                r.rdi,
-                s.cs.selector,
-                s.ss.selector,
-                s.cr0,
-                s.cr2,
-                s.cr3,
-                s.cr4,
-                s.efer
-            ),
-            (Err(e), _) | (_, Err(e)) => format!("registers unavailable: {e}"),
+        let dumps: Vec<String> = self.vcpus.iter().map(dump).collect();
+        if dumps.len() == 1 {
+            return dumps.concat();
         }
+        dumps
+            .iter()
+            .enumerate()
+            .map(|(i, d)| format!("vcpu{i}: {d}"))
+            .collect::<Vec<_>>()
+            .join(" | ")
     }
 
-    /// Runs the vCPU until the handler stops it, the guest crashes, or `timeout` expires.
-    pub fn run(&mut self, handler: &mut dyn ExitHandler, timeout: Duration) -> Result<RunEnd> {
+    /// Runs the vCPUs until the handler stops the run, a vCPU crashes, or `timeout` expires.
+    pub fn run(
+        &mut self,
+        handler: &mut (dyn ExitHandler + Send),
+        timeout: Duration,
+    ) -> Result<RunEnd> {
         install_timer_handler();
         let start = Instant::now();
-        let deadline = start + timeout;
-        self.vcpu.set_kvm_immediate_exit(0);
-        let run_ptr = std::ptr::addr_of_mut!(self.vcpu.get_kvm_run().immediate_exit);
-        RUN_FLAG.with(|c| c.set(run_ptr));
-        let timer = RunTimer::arm(timeout);
-        let end = match timer {
-            Ok(_t) => self.run_loop(handler, deadline, start),
-            Err(e) => Err(e),
+        let shared = Shared {
+            handler: Mutex::new(handler),
+            stop: AtomicBool::new(false),
+            threads: Mutex::new(Vec::new()),
+            end: Mutex::new(None),
+            deadline: start + timeout,
+            start,
+            timeout,
         };
-        RUN_FLAG.with(|c| c.set(std::ptr::null_mut()));
-        end
-    }
-
-    fn run_loop(
-        &mut self,
-        handler: &mut dyn ExitHandler,
-        deadline: Instant,
-        start: Instant,
-    ) -> Result<RunEnd> {
-        loop {
-            let action = match self.vcpu.run() {
-                Ok(VcpuExit::IoOut(port, data)) if port == REPORT_PORT => {
-                    let gpa = match <[u8; 4]>::try_from(data) {
-                        Ok(b) => u64::from(u32::from_le_bytes(b)),
-                        Err(_) => {
-                            return Ok(RunEnd::Unexpected(format!(
-                                "report port written with {} bytes (want a 4-byte GPA)",
-                                data.len()
-                            )));
-                        }
-                    };
-                    let mut raw = [0u8; MESSAGE_SIZE];
-                    match self.mem.read(gpa, &mut raw) {
-                        Ok(()) => {
-                            let msg = Message::from_bytes(&raw);
-                            if msg.magic == MESSAGE_MAGIC {
-                                handler.report(&msg)
-                            } else {
-                                Action::Unexpected(format!(
-                                    "report message at {gpa:#x} has bad magic"
-                                ))
-                            }
-                        }
-                        Err(_) => {
-                            Action::Unexpected(format!("report message at {gpa:#x} outside RAM"))
-                        }
-                    }
-                }
-                Ok(VcpuExit::IoOut(port, data)) => handler.io_out(port, data),
-                Ok(VcpuExit::IoIn(port, data)) => handler.io_in(port, data),
-                Ok(VcpuExit::MmioWrite(gpa, data)) => handler.mmio_write(gpa, data),
-                Ok(VcpuExit::MmioRead(gpa, data)) => handler.mmio_read(gpa, data),
-                Ok(VcpuExit::Hlt) => handler.hlt(),
-                Ok(VcpuExit::Shutdown) => return Ok(RunEnd::Shutdown),
-                Ok(VcpuExit::InternalError) => {
-                    // SAFETY: the exit reason is KVM_EXIT_INTERNAL_ERROR, so the kernel filled
-                    // the `internal` member of the union.
-                    let sub = unsafe { self.vcpu.get_kvm_run().__bindgen_anon_1.internal.suberror };
-                    return Ok(RunEnd::InternalError(sub));
-                }
-                Ok(VcpuExit::FailEntry(reason, _cpu)) => return Ok(RunEnd::FailEntry(reason)),
-                Ok(VcpuExit::Intr) => Action::Continue,
-                Ok(other) => return Ok(RunEnd::Unexpected(format!("unhandled exit {other:?}"))),
-                Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {
-                    if Instant::now() >= deadline {
-                        return Ok(RunEnd::Timeout(start.elapsed()));
-                    }
-                    self.vcpu.set_kvm_immediate_exit(0);
-                    Action::Continue
-                }
-                Err(e) => {
-                    return Err(RunnerError::Kvm {
-                        what: "KVM_RUN",
-                        source: e,
-                    });
-                }
-            };
-            match action {
-                Action::Continue => {}
-                Action::Stop => return Ok(RunEnd::Stopped),
-                Action::Unexpected(why) => return Ok(RunEnd::Unexpected(why)),
+        let mem = &self.mem;
+        let (first, rest) = self.vcpus.split_at_mut(1);
+        std::thread::scope(|s| {
+            for vcpu in rest.iter_mut() {
+                let shared = &shared;
+                s.spawn(move || run_vcpu(vcpu, mem, shared));
             }
+            run_vcpu(&mut first[0], mem, &shared);
+        });
+        match shared.end.into_inner() {
+            Ok(Some(end)) => end,
+            _ => Ok(RunEnd::Unexpected(
+                "no vCPU recorded how the run ended".into(),
+            )),
+        }
+    }
+}
+
+fn dump(vcpu: &VcpuFd) -> String {
+    match (vcpu.get_regs(), vcpu.get_sregs()) {
+        (Ok(r), Ok(s)) => format!(
+            "rip={:#x} rsp={:#x} rflags={:#x} rax={:#x} rbx={:#x} rcx={:#x} rdx={:#x} \
+             rsi={:#x} rdi={:#x} cs={:#x} ss={:#x} cr0={:#x} cr2={:#x} cr3={:#x} cr4={:#x} \
+             efer={:#x}",
+            r.rip,
+            r.rsp,
+            r.rflags,
+            r.rax,
+            r.rbx,
+            r.rcx,
+            r.rdx,
+            r.rsi,
+            r.rdi,
+            s.cs.selector,
+            s.ss.selector,
+            s.cr0,
+            s.cr2,
+            s.cr3,
+            s.cr4,
+            s.efer
+        ),
+        (Err(e), _) | (_, Err(e)) => format!("registers unavailable: {e}"),
+    }
+}
+
+/// What the vCPU threads of one run share.
+struct Shared<'h> {
+    handler: Mutex<&'h mut (dyn ExitHandler + Send)>,
+    stop: AtomicBool,
+    threads: Mutex<Vec<libc::pthread_t>>,
+    end: Mutex<Option<Result<RunEnd>>>,
+    deadline: Instant,
+    start: Instant,
+    timeout: Duration,
+}
+
+impl Shared<'_> {
+    /// Records the first end and kicks every other vCPU thread out of `KVM_RUN`.
+    fn finish(&self, end: Result<RunEnd>) {
+        if let Ok(mut slot) = self.end.lock()
+            && slot.is_none()
+        {
+            *slot = Some(end);
+        }
+        self.stop.store(true, Ordering::SeqCst);
+        if let Ok(threads) = self.threads.lock() {
+            for &t in threads.iter() {
+                // SAFETY: `t` is a thread of this run that is still registered, so it has not
+                // returned from `run_vcpu` (it deregisters first, under the same lock); the
+                // signal's handler only sets that thread's `immediate_exit`.
+                unsafe {
+                    libc::pthread_kill(t, timer_signal());
+                }
+            }
+        }
+    }
+}
+
+/// Runs one vCPU on the current thread until the run ends for it (see [`Machine::run`]).
+fn run_vcpu(vcpu: &mut VcpuFd, mem: &GuestMemory, shared: &Shared<'_>) {
+    vcpu.set_kvm_immediate_exit(0);
+    let run_ptr = std::ptr::addr_of_mut!(vcpu.get_kvm_run().immediate_exit);
+    RUN_FLAG.with(|c| c.set(run_ptr));
+    // SAFETY: pthread_self has no preconditions.
+    let me = unsafe { libc::pthread_self() };
+    if let Ok(mut t) = shared.threads.lock() {
+        t.push(me);
+    }
+    let end = match RunTimer::arm(shared.timeout) {
+        Ok(_timer) => vcpu_loop(vcpu, mem, shared),
+        Err(e) => Err(e),
+    };
+    if let Ok(mut t) = shared.threads.lock() {
+        t.retain(|&x| x != me);
+    }
+    RUN_FLAG.with(|c| c.set(std::ptr::null_mut()));
+    if !shared.stop.load(Ordering::SeqCst) {
+        shared.finish(end);
+    }
+}
+
+fn vcpu_loop(vcpu: &mut VcpuFd, mem: &GuestMemory, shared: &Shared<'_>) -> Result<RunEnd> {
+    loop {
+        if shared.stop.load(Ordering::SeqCst) {
+            return Ok(RunEnd::Stopped);
+        }
+        let exit = vcpu.run();
+        let Ok(mut guard) = shared.handler.lock() else {
+            return Ok(RunEnd::Unexpected("exit handler poisoned".into()));
+        };
+        let handler: &mut (dyn ExitHandler + Send) = &mut **guard;
+        let action = match exit {
+            Ok(VcpuExit::IoOut(port, data)) if port == REPORT_PORT => {
+                let gpa = match <[u8; 4]>::try_from(data) {
+                    Ok(b) => u64::from(u32::from_le_bytes(b)),
+                    Err(_) => {
+                        return Ok(RunEnd::Unexpected(format!(
+                            "report port written with {} bytes (want a 4-byte GPA)",
+                            data.len()
+                        )));
+                    }
+                };
+                let mut raw = [0u8; MESSAGE_SIZE];
+                match mem.read(gpa, &mut raw) {
+                    Ok(()) => {
+                        let msg = Message::from_bytes(&raw);
+                        if msg.magic == MESSAGE_MAGIC {
+                            handler.report(&msg)
+                        } else {
+                            Action::Unexpected(format!("report message at {gpa:#x} has bad magic"))
+                        }
+                    }
+                    Err(_) => Action::Unexpected(format!("report message at {gpa:#x} outside RAM")),
+                }
+            }
+            Ok(VcpuExit::IoOut(port, data)) => handler.io_out(port, data),
+            Ok(VcpuExit::IoIn(port, data)) => handler.io_in(port, data),
+            Ok(VcpuExit::MmioWrite(gpa, data)) => handler.mmio_write(gpa, data),
+            Ok(VcpuExit::MmioRead(gpa, data)) => handler.mmio_read(gpa, data),
+            Ok(VcpuExit::Hlt) => handler.hlt(),
+            Ok(VcpuExit::Shutdown) => return Ok(RunEnd::Shutdown),
+            Ok(VcpuExit::InternalError) => {
+                drop(guard);
+                // SAFETY: the exit reason is KVM_EXIT_INTERNAL_ERROR, so the kernel filled the
+                // `internal` member of the union.
+                let sub = unsafe { vcpu.get_kvm_run().__bindgen_anon_1.internal.suberror };
+                return Ok(RunEnd::InternalError(sub));
+            }
+            Ok(VcpuExit::FailEntry(reason, _cpu)) => return Ok(RunEnd::FailEntry(reason)),
+            Ok(VcpuExit::Intr) => Action::Continue,
+            Ok(other) => return Ok(RunEnd::Unexpected(format!("unhandled exit {other:?}"))),
+            Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {
+                drop(guard);
+                if shared.stop.load(Ordering::SeqCst) {
+                    return Ok(RunEnd::Stopped);
+                }
+                if Instant::now() >= shared.deadline {
+                    return Ok(RunEnd::Timeout(shared.start.elapsed()));
+                }
+                vcpu.set_kvm_immediate_exit(0);
+                Action::Continue
+            }
+            Err(e) => {
+                return Err(RunnerError::Kvm {
+                    what: "KVM_RUN",
+                    source: e,
+                });
+            }
+        };
+        match action {
+            Action::Continue => {}
+            Action::Stop => return Ok(RunEnd::Stopped),
+            Action::Unexpected(why) => return Ok(RunEnd::Unexpected(why)),
         }
     }
 }

@@ -12,8 +12,13 @@ pub struct GuestMemory {
 }
 
 // SAFETY: the mapping is owned exclusively by this value; moving it to another thread moves
-// that ownership (the guest accesses it concurrently only while a vCPU of the same thread runs).
+// that ownership.
 unsafe impl Send for GuestMemory {}
+
+// SAFETY: the memory is shared with the guest's vCPUs anyway, so every access is a volatile
+// byte copy through a raw pointer (never a Rust reference into the mapping); concurrent
+// accesses from host threads are as well defined as the guest's own.
+unsafe impl Sync for GuestMemory {}
 
 impl GuestMemory {
     /// Maps `size` bytes of zeroed anonymous memory.

@@ -9,8 +9,7 @@
 use abi::env::Env;
 use abi::layout::{
     BOOT_INFO_GPA, BOOT_MAGIC, BootInfo, FREE_END, FREE_START, LARGE_PAGE_SIZE, MMIO_WINDOW,
-    PAGE_SIZE, PD_GPA, PDPT_GPA, PML4_GPA, PT0_GPA, RAM_SIZE, SUPERVISOR_STACK_TOP, USER_PML4_GPA,
-    pte,
+    PAGE_SIZE, PD_GPA, PDPT_GPA, PML4_GPA, PT0_GPA, RAM_SIZE, USER_PML4_GPA, pte,
 };
 use kvm_bindings::{kvm_regs, kvm_segment, kvm_sregs};
 
@@ -39,13 +38,19 @@ pub fn write_page_tables(mem: &GuestMemory) -> Result<()> {
     mem.write_u64(PD_GPA + 8 * window, MMIO_WINDOW | TABLE | pte::PS)
 }
 
-/// Writes the boot info for a case.
-pub fn write_boot_info(mem: &GuestMemory, env: Env, case_entry: u64, param: u64) -> Result<()> {
+/// Writes the boot info for a case with `vcpus` vCPUs.
+pub fn write_boot_info(
+    mem: &GuestMemory,
+    env: Env,
+    case_entry: u64,
+    param: u64,
+    vcpus: u32,
+) -> Result<()> {
     let info = BootInfo {
         magic: BOOT_MAGIC,
         case_entry,
         env: env as u32,
-        vcpus: 1,
+        vcpus,
         free_start: FREE_START,
         free_end: FREE_END,
         param,
@@ -87,12 +92,13 @@ pub fn long_mode_sregs(mut s: kvm_sregs) -> kvm_sregs {
     s
 }
 
-/// General registers at entry.
-pub fn entry_regs(entry: u64) -> kvm_regs {
+/// General registers of vCPU `cpu` at entry: RDI = the boot info, RSI = `cpu`, its own stack.
+pub fn entry_regs(entry: u64, cpu: u32) -> kvm_regs {
     kvm_regs {
         rip: entry,
-        rsp: SUPERVISOR_STACK_TOP,
+        rsp: abi::layout::stack_top(cpu),
         rdi: BOOT_INFO_GPA,
+        rsi: u64::from(cpu),
         rflags: 0x2,
         ..Default::default()
     }

@@ -18,7 +18,9 @@ _start:
     jmp 2b
 
     .text
-    .balign 16
+    # One 4 KiB-aligned block of 256 16-byte stubs: gate v differs from gate 0 only by 16*v
+    # in its low 16 bits (see tables::init).
+    .balign 4096
     .global pvmc_vector_stubs
 pvmc_vector_stubs:
     .set vec, 0

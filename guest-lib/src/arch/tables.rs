@@ -99,12 +99,11 @@ fn gate(handler: u64, dpl: u8) -> (u64, u64) {
     (low, handler >> 32)
 }
 
-/// Vectors that get a gate: exceptions, 16 interrupt vectors and `int $0x80`. The others stay
-/// not present (an event there arrives as #NP with the vector in the error code), which keeps
-/// the work done before the first case instruction small on hosts that emulate CPL0.
-fn has_gate(v: usize) -> bool {
-    v < 48 || v == 0x80
-}
+/// Vectors that get a gate: exceptions (0-31), 16 interrupt vectors (32-47) and `int $0x80`.
+/// The others stay not present (an event there arrives as #NP with the vector in the error
+/// code). Few gates, filled without a filter loop, keep the work before the first case
+/// instruction small on hosts that emulate CPL0 (~0.5 us per instruction there).
+const GATED: core::ops::Range<usize> = 0..48;
 
 /// Fills and loads the GDT (reloading every segment register), the TSS and the IDT, and
 /// enables SYSCALL with LSTAR at the library's entry.
@@ -124,16 +123,20 @@ pub fn init() {
     );
     GDT.set_at(9, tss_base >> 32);
 
+    // The stubs are one 4 KiB-aligned block below 4 GiB, so gate v is gate 0 plus 16 * v
+    // (no carry out of the low 16 offset bits, high word 0): one add and one store per gate.
     let base = stubs_base();
-    for v in (0..256usize).filter(|&v| has_gate(v)) {
-        let dpl = if USER_GATES.contains(&(v as u8)) {
-            3
-        } else {
-            0
-        };
-        let (lo, hi) = gate(base + 16 * v as u64, dpl);
-        IDT.set_at(2 * v, lo);
-        IDT.set_at(2 * v + 1, hi);
+    let (gate0, high) = gate(base, 0);
+    if base % 4096 != 0 || high != 0 {
+        crate::error!("IDT stubs at {base:#x} are not one 4 KiB block below 4 GiB");
+    }
+    for v in GATED {
+        IDT.set_at(2 * v, gate0 + 16 * v as u64);
+    }
+    for v in USER_GATES {
+        let (lo, hi) = gate(base + 16 * u64::from(v), 3);
+        IDT.set_at(2 * usize::from(v), lo);
+        IDT.set_at(2 * usize::from(v) + 1, hi);
     }
 
     load_gdt(GDT.addr(), 10 * 8 - 1);
