@@ -127,7 +127,7 @@ pub fn init() {
     // (no carry out of the low 16 offset bits, high word 0): one add and one store per gate.
     let base = stubs_base();
     let (gate0, high) = gate(base, 0);
-    if base % 4096 != 0 || high != 0 {
+    if !base.is_multiple_of(4096) || high != 0 {
         crate::error!("IDT stubs at {base:#x} are not one 4 KiB block below 4 GiB");
     }
     for v in GATED {
