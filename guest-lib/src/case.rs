@@ -24,6 +24,7 @@ pub struct Spec {
     flags: u32,
     timeout_ms: u32,
     reqs: &'static str,
+    vcpus: u32,
 }
 
 impl Spec {
@@ -38,6 +39,7 @@ impl Spec {
             flags: 0,
             timeout_ms: 0,
             reqs: "",
+            vcpus: 1,
         }
     }
 
@@ -65,6 +67,12 @@ impl Spec {
         self
     }
 
+    /// Number of vCPUs (vCPU 0 runs the case; the others idle, see `crate::smp`).
+    pub const fn vcpus(mut self, n: u32) -> Self {
+        self.vcpus = n;
+        self
+    }
+
     /// Requirement ids (comma separated) the case checks.
     pub const fn reqs(mut self, reqs: &'static str) -> Self {
         self.reqs = reqs;
@@ -82,7 +90,7 @@ pub const fn describe(s: Spec, entry: fn()) -> CaseDesc<fn()> {
         envs: s.envs,
         flags: s.flags,
         timeout_ms: s.timeout_ms,
-        vcpus: 1,
+        vcpus: s.vcpus,
         name: fixed_str(s.name),
         requirements: fixed_str(s.reqs),
         summary: fixed_str(s.summary),

@@ -178,20 +178,27 @@ impl fmt::Debug for Exception {
 /// event (the frame is then resumed, possibly modified).
 pub type Hook = fn(&mut Frame, Exception) -> bool;
 
-static LAST_FIXUP: Global<Option<Exception>> = Global::new(None);
+/// The exception recorded for a `_safe` instruction, one slot per vCPU.
+static LAST_FIXUP: [Global<Option<Exception>>; abi::layout::MAX_VCPUS as usize] =
+    [const { Global::new(None) }; abi::layout::MAX_VCPUS as usize];
+
+fn fixup_slot() -> &'static Global<Option<Exception>> {
+    &LAST_FIXUP[crate::smp::current_cpu() as usize]
+}
 static EXEC_TARGET: Global<Option<u64>> = Global::new(None);
 static HOOK: Global<Option<Hook>> = Global::new(None);
 
 /// Clears the recorded exception before a `_safe` instruction.
 pub fn arm_fixup() {
-    LAST_FIXUP.set(None);
+    fixup_slot().set(None);
 }
 
 /// The exception recorded since [`arm_fixup`], if any.
 pub fn take_fixup() -> Result<(), Exception> {
-    match LAST_FIXUP.get() {
+    let slot = fixup_slot();
+    match slot.get() {
         Some(e) => {
-            LAST_FIXUP.set(None);
+            slot.set(None);
             Err(e)
         }
         None => Ok(()),
@@ -200,7 +207,7 @@ pub fn take_fixup() -> Result<(), Exception> {
 
 /// Arms a fetch check of `target` (see `arch::instr::exec_ret_safe`).
 pub fn arm_exec(target: u64) {
-    LAST_FIXUP.set(None);
+    fixup_slot().set(None);
     EXEC_TARGET.set(Some(target));
 }
 
@@ -235,14 +242,14 @@ pub fn dispatch(frame: &mut Frame) {
         && frame.cs & 3 == 0
         && let Some(fixup) = arch::fixup_for(frame.rip)
     {
-        LAST_FIXUP.set(Some(ex));
+        fixup_slot().set(Some(ex));
         frame.rip = fixup;
         return;
     }
     if synchronous && frame.cs & 3 == 0 && EXEC_TARGET.get() == Some(frame.rip) {
         // A fetch fault on the target of `exec_ret_safe`: return to its caller.
         EXEC_TARGET.set(None);
-        LAST_FIXUP.set(Some(ex));
+        fixup_slot().set(Some(ex));
         frame.rip = arch::mem::read_u64(frame.rsp);
         frame.rsp += 8;
         return;

@@ -5,6 +5,7 @@
 //!   asked for, and the final status;
 //! - [`report`]: the report channel to the host and the check/skip/error macros;
 //! - [`exception`]: exception frames, the fault-tolerant `_safe` primitives' result type;
+//! - [`smp`]: several vCPUs (application processors idle and serve interrupts);
 //! - [`user`]: running code at CPL3 and coming back (by `syscall` or by an exception);
 //! - [`paging`]: a small page-table builder on the identity-mapped RAM;
 //! - [`pv_local`]: the local host's PVM dialect (VIF registration, `int $0x1b` hypercalls);
@@ -28,6 +29,7 @@ pub mod paging;
 pub mod pv_local;
 pub mod report;
 pub mod rt;
+pub mod smp;
 pub mod user;
 
 pub use exception::Exception;

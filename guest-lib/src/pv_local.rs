@@ -10,15 +10,20 @@
 //! Events (exceptions, interrupts) reach the guest through its own IDT in this dialect, so the
 //! event entry is the library's common IDT path (`crate::exception`).
 
-use abi::layout::VIF_GPA;
+use abi::layout::vif_gpa;
 use abi::local::{MSR_SIGNATURE, VIF_ENABLE};
 
 use crate::arch::instr;
 use crate::exception::Exception;
 
-/// Registers the VIF page (enable bit set).
+/// Registers vCPU 0's VIF page (enable bit set).
 pub fn enable() {
-    instr::write_local_vif_msr(VIF_GPA | VIF_ENABLE);
+    enable_on(0);
+}
+
+/// Registers the VIF page of vCPU `cpu`; call on that vCPU.
+pub fn enable_on(cpu: u32) {
+    instr::write_local_vif_msr(vif_gpa(cpu) | VIF_ENABLE);
 }
 
 /// Issues hypercall `nr`; returns RAX, or the exception if the instruction faulted.
@@ -39,5 +44,5 @@ pub fn pv_cpuid(leaf: u32, sub: u32) -> Result<[u32; 4], Exception> {
 /// Sets the virtual interrupt flag (byte 0 of the VIF page): maskable interrupts are delivered
 /// through the IDT only while it is set. The host notices a change at the next exit.
 pub fn set_virtual_if(on: bool) {
-    crate::arch::mem::write_u8(VIF_GPA, u8::from(on));
+    crate::arch::mem::write_u8(vif_gpa(crate::smp::current_cpu()), u8::from(on));
 }

@@ -1,8 +1,8 @@
 //! The guest runtime: what happens between `_start` and the final status.
 //!
-//! `start` checks the boot info, loads the descriptor tables, sets up the environment the
-//! host asked for (for pv-local: registers the VIF page), runs the case function named in
-//! the boot info and reports PASS unless a check failed. A panic ends the case as FAIL with
+//! `start` checks the boot info, sets up the environment the host asked for (for pv-local:
+//! registers the VIF page), loads the descriptor tables, runs the case function named in the
+//! boot info and reports PASS unless a check failed. Other vCPUs go to `smp::ap_start`. A panic ends the case as FAIL with
 //! the panic message and location.
 
 use abi::env::Env;
@@ -26,10 +26,13 @@ pub fn env() -> Env {
     Env::from_raw(boot_info().env).unwrap_or(Env::Hvm64)
 }
 
-/// Guest entry after `_start`.
-pub fn start(info: &BootInfo) -> ! {
+/// Guest entry after `_start` on vCPU `cpu`.
+pub fn start(info: &BootInfo, cpu: u32) -> ! {
     if info.magic != BOOT_MAGIC {
         crate::report::finish(GuestStatus::Error, "bad boot info magic");
+    }
+    if cpu != 0 {
+        crate::smp::ap_start(cpu);
     }
     BOOT.set(Some(*info));
     // The environment first: in pv-local the VIF registration switches CPL0 code from the
@@ -45,6 +48,7 @@ pub fn start(info: &BootInfo) -> ! {
     }
     arch::tables::init();
     crate::paging::init(info.free_start, info.free_end);
+    crate::smp::bsp_ready();
     arch::call_case(info.case_entry);
     crate::report::finish(GuestStatus::Pass, "")
 }

@@ -1,5 +1,6 @@
 //! Measures the phases of one case instance (create, load, run, drop) for a guest image:
 //! `cargo run --release -p runner --example overhead -- IMAGE CASE_NAME ENV`.
+//! With `DUMP=1`: runs the case once and prints how it ended and every vCPU's registers.
 
 use std::time::Instant;
 
@@ -43,14 +44,29 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .ok_or("no such case")?;
     let env = Env::from_name(&a[3]).ok_or("env")?;
     let kvm = Kvm::open()?;
+    let opts = MachineOptions {
+        vcpus: case.vcpus.max(1),
+        irqchip: case.flags & abi::case::FLAG_IRQCHIP != 0,
+        ..MachineOptions::default()
+    };
+    if std::env::var_os("DUMP").is_some() {
+        let mut m = kvm.create_machine(opts)?;
+        runner::setup::write_page_tables(m.memory())?;
+        img.load_into(m.memory())?;
+        runner::setup::write_boot_info(m.memory(), env, case.entry, 0, opts.vcpus)?;
+        m.set_long_mode_entry(img.entry)?;
+        let end = m.run(&mut H, std::time::Duration::from_secs(2))?;
+        println!("{end:?}\n{}", m.register_dump());
+        return Ok(());
+    }
     let mut t = [[0f64; 4]; 20];
     for row in t.iter_mut() {
         let t0 = Instant::now();
-        let mut m = kvm.create_machine(MachineOptions::default())?;
+        let mut m = kvm.create_machine(opts)?;
         let t1 = Instant::now();
         runner::setup::write_page_tables(m.memory())?;
         img.load_into(m.memory())?;
-        runner::setup::write_boot_info(m.memory(), env, case.entry, 0, 1)?;
+        runner::setup::write_boot_info(m.memory(), env, case.entry, 0, opts.vcpus)?;
         m.set_long_mode_entry(img.entry)?;
         let t2 = Instant::now();
         let end = m.run(&mut H, std::time::Duration::from_secs(5))?;

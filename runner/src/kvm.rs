@@ -180,7 +180,7 @@ impl Machine {
     }
 
     /// Sets the direct 64-bit start state of every vCPU with RIP = `entry` (see [`setup`]);
-    /// vCPU `i` gets its own stack and RSI = `i`.
+    /// vCPU `i` gets its own stack and RSI = `i`, and vCPUs other than 0 are made runnable.
     pub fn set_long_mode_entry(&self, entry: u64) -> Result<()> {
         for (i, vcpu) in self.vcpus.iter().enumerate() {
             let sregs = vcpu.get_sregs().map_err(kvm_err("KVM_GET_SREGS"))?;
@@ -188,6 +188,14 @@ impl Machine {
                 .map_err(kvm_err("KVM_SET_SREGS"))?;
             vcpu.set_regs(&setup::entry_regs(entry, i as u32))
                 .map_err(kvm_err("KVM_SET_REGS"))?;
+            if i > 0 {
+                // With an in-kernel irqchip KVM keeps vCPUs other than 0 waiting for INIT/SIPI.
+                let runnable = kvm_bindings::kvm_mp_state {
+                    mp_state: kvm_bindings::KVM_MP_STATE_RUNNABLE,
+                };
+                vcpu.set_mp_state(runnable)
+                    .map_err(kvm_err("KVM_SET_MP_STATE"))?;
+            }
         }
         Ok(())
     }

@@ -231,7 +231,7 @@ fn on_timer(_: &mut guest_lib::exception::Frame, ex: guest_lib::exception::Excep
         return false;
     }
     ARRIVED.set(instr::rdtsc());
-    let _ = apic::eoi();
+    apic::eoi();
     true
 }
 
@@ -266,4 +266,51 @@ case!(
     )
     .flags(guest_lib::abi::case::FLAG_IRQCHIP)
     .reqs("PERF-TIMER")
+);
+
+const PING: u8 = 0x2c;
+const PONG: u8 = 0x2d;
+
+fn ping_pong(_: &mut guest_lib::exception::Frame, ex: guest_lib::exception::Exception) -> bool {
+    match ex.vector {
+        PING => apic::send_ipi(0, PONG),
+        PONG => ARRIVED.set(instr::rdtsc()),
+        _ => return false,
+    }
+    apic::eoi();
+    true
+}
+
+fn ipi_roundtrip() {
+    const GIVE_UP: u64 = 2_000_000_000;
+    if let Err(e) = apic::enable_x2apic(apic::SPURIOUS_VECTOR) {
+        skip!("no usable x2APIC: {:?}", e);
+    }
+    if !guest_lib::smp::wait_for_aps(GIVE_UP) {
+        guest_lib::error!("vCPU 1 did not come online");
+    }
+    guest_lib::exception::set_hook(Some(ping_pong));
+    for _ in 0..SAMPLES {
+        ARRIVED.set(0);
+        apic::set_interrupts(true);
+        let t0 = instr::rdtsc();
+        apic::send_ipi(1, PING);
+        while ARRIVED.get() == 0 && instr::rdtsc() < t0 + GIVE_UP {}
+        apic::set_interrupts(false);
+        match ARRIVED.get() {
+            0 => guest_lib::error!("no answer to the IPI (see interrupts.ipi_delivery)"),
+            at => report::sample("ipi_roundtrip", 1, at - t0),
+        }
+    }
+    guest_lib::exception::set_hook(None);
+}
+case!(
+    ipi_roundtrip,
+    bench(
+        "bench.ipi_roundtrip",
+        "IPI from vCPU 0 to a halted vCPU 1 and its answer back"
+    )
+    .vcpus(2)
+    .flags(guest_lib::abi::case::FLAG_IRQCHIP)
+    .reqs("PERF-IPI")
 );

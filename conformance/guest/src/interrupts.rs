@@ -122,7 +122,7 @@ fn on_timer(_: &mut Frame, ex: Exception) -> bool {
     } else {
         DUPLICATES.set(DUPLICATES.get() + 1);
     }
-    let _ = guest_lib::apic::eoi();
+    guest_lib::apic::eoi();
     true
 }
 
@@ -191,4 +191,69 @@ case!(
     )
     .flags(guest_lib::abi::case::FLAG_IRQCHIP)
     .reqs("X86-APIC-TIMER-1,PVM-IRQ-1")
+);
+
+const PING: u8 = 0x2c;
+const PONG: u8 = 0x2d;
+static PONGS: Global<u32> = Global::new(0);
+
+fn ping_pong(_: &mut Frame, ex: Exception) -> bool {
+    match ex.vector {
+        PING => guest_lib::apic::send_ipi(0, PONG),
+        PONG => PONGS.set(PONGS.get() + 1),
+        _ => return false,
+    }
+    guest_lib::apic::eoi();
+    true
+}
+
+/// IPIs between two vCPUs: each of 100 pings from vCPU 0 reaches vCPU 1 (halted with
+/// interrupts enabled) and its answer comes back, exactly once.
+fn ipi_delivery() {
+    use guest_lib::{apic, smp};
+    const ROUNDS: u32 = 100;
+    const BOUND: u64 = 50_000_000; // ~20 ms at 2.5 GHz
+    if let Err(e) = apic::enable_x2apic(apic::SPURIOUS_VECTOR) {
+        guest_lib::skip!("no usable x2APIC: {:?}", e);
+    }
+    if !smp::wait_for_aps(2_000_000_000) {
+        guest_lib::error!("vCPU 1 did not come online");
+    }
+    exception::set_hook(Some(ping_pong));
+    PONGS.set(0);
+    let mut missing = 0u32;
+    for round in 0..ROUNDS {
+        apic::set_interrupts(true);
+        apic::send_ipi(1, PING);
+        let t0 = instr::rdtsc();
+        while PONGS.get() == round && instr::rdtsc() < t0 + BOUND {}
+        apic::set_interrupts(false);
+        if PONGS.get() == round {
+            missing += 1;
+            PONGS.set(round + 1);
+        }
+    }
+    exception::set_hook(None);
+    check_eq!(
+        missing,
+        0u32,
+        "pings without an answer within 20 ms (of {})",
+        ROUNDS
+    );
+    check_eq!(
+        PONGS.get(),
+        ROUNDS,
+        "answers counted (a larger count means duplicates)"
+    );
+}
+case!(
+    ipi_delivery,
+    Spec::new(
+        "interrupts.ipi_delivery",
+        Area::Interrupts,
+        "IPIs between two vCPUs are delivered, and answered, once each"
+    )
+    .vcpus(2)
+    .flags(guest_lib::abi::case::FLAG_IRQCHIP)
+    .reqs("X86-APIC-IPI-1,PVM-IRQ-2")
 );

@@ -354,16 +354,17 @@ pub fn user_resume() -> ! {
     unsafe { pvmc_user_resume() }
 }
 
-/// Called by `_start` with RDI = the boot info the host placed in guest memory.
+/// Called by `_start` with RDI = the boot info the host placed in guest memory and RSI = the
+/// index of this vCPU.
 #[unsafe(no_mangle)]
-extern "C" fn pvmc_rust_start(boot: u64) -> ! {
+extern "C" fn pvmc_rust_start(boot: u64, cpu: u64) -> ! {
     if boot != abi::layout::BOOT_INFO_GPA {
         crate::report::finish(abi::report::GuestStatus::Error, "RDI is not the boot info");
     }
     // SAFETY: the host loader wrote a `BootInfo` at BOOT_INFO_GPA (checked above), which is
     // identity mapped, aligned, and never written again.
     let info = unsafe { &*(boot as *const abi::layout::BootInfo) };
-    crate::rt::start(info)
+    crate::rt::start(info, cpu as u32)
 }
 
 /// Called by the common exception stub with a pointer to the frame on the stack.

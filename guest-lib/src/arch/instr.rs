@@ -400,3 +400,19 @@ pub fn cli() {
     // SAFETY: masking interrupts has no memory-safety effect.
     unsafe { asm!("cli", options(att_syntax, nostack)) }
 }
+
+/// RSP.
+pub fn read_rsp() -> u64 {
+    let v: u64;
+    // SAFETY: copies the stack pointer into a register.
+    unsafe { asm!("movq %rsp, {}", out(reg) v, options(att_syntax, nomem, nostack)) }
+    v
+}
+
+/// Writes an x2APIC register (MSRs 0x800-0x8ff) without a fixup entry, so it may be used on
+/// any vCPU at any time (a fault is an unexpected exception).
+pub fn write_x2apic(msr: u32, v: u64) {
+    assert!((0x800..0x900).contains(&msr), "not an x2APIC MSR: {msr:#x}");
+    // SAFETY: x2APIC registers control interrupt delivery, not the memory model.
+    unsafe { wrmsr(msr, v) }
+}

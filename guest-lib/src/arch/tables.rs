@@ -155,6 +155,13 @@ pub fn init() {
     }
 }
 
+/// On a vCPU other than 0: loads the GDT and IDT that vCPU 0 built. No TSS (the TSS descriptor
+/// is vCPU 0's and busy; other vCPUs never run at CPL3) and no SYSCALL MSRs.
+pub fn load_ap() {
+    load_gdt(GDT.addr(), 10 * 8 - 1);
+    load_idt(IDT.addr(), 16 * 256 - 1);
+}
+
 /// Loads GDTR and reloads CS (far return) and the data segment registers.
 fn load_gdt(base: u64, limit: u16) {
     let desc: [u64; 2] = [u64::from(limit) | (base << 16), base >> 48];
