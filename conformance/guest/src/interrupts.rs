@@ -257,3 +257,52 @@ case!(
     .flags(guest_lib::abi::case::FLAG_IRQCHIP)
     .reqs("X86-APIC-IPI-1,PVM-IRQ-2")
 );
+
+static USER_TICK: Global<u64> = Global::new(0);
+
+fn tick_in_user(frame: &mut Frame, ex: Exception) -> bool {
+    if ex.vector != TIMER_VEC {
+        return false;
+    }
+    USER_TICK.set(frame.cs);
+    guest_lib::apic::eoi();
+    true
+}
+
+extern "C" fn u_wait_tick(max_cycles: u64) -> u64 {
+    let t0 = instr::rdtsc();
+    while USER_TICK.get() == 0 && instr::rdtsc() - t0 < max_cycles {}
+    USER_TICK.get()
+}
+
+/// A timer interrupt that arrives while the guest runs at CPL3 is delivered to the kernel
+/// (frame CS with RPL 3) and the user code resumes where it was.
+fn timer_in_user_mode() {
+    use guest_lib::apic;
+    if let Err(e) = apic::enable_tsc_deadline_timer(TIMER_VEC, SPURIOUS_VEC) {
+        guest_lib::skip!("no usable x2APIC TSC-deadline timer: {:?}", e);
+    }
+    USER_TICK.set(0);
+    guest_lib::user::set_fault_hook(Some(tick_in_user));
+    apic::set_interrupts(true);
+    check_eq!(apic::arm(instr::rdtsc() + 1_000_000), Ok(()), "arming");
+    let exit = guest_lib::user::run(u_wait_tick, 2_000_000_000);
+    apic::set_interrupts(false);
+    guest_lib::user::set_fault_hook(None);
+    match exit {
+        guest_lib::user::UserExit::Returned(cs) => {
+            check_eq!(cs & 3, 3u64, "interrupted CS RPL (0: no interrupt seen)")
+        }
+        other => check!(false, "user run ended with {:?}", other),
+    }
+}
+case!(
+    timer_in_user_mode,
+    Spec::new(
+        "interrupts.timer_in_user_mode",
+        Area::Interrupts,
+        "a timer interrupt at CPL3 goes to the kernel and user code resumes"
+    )
+    .flags(guest_lib::abi::case::FLAG_IRQCHIP)
+    .reqs("X86-EVT-3,PVM-IRQ-3")
+);

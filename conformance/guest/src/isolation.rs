@@ -40,3 +40,38 @@ case!(
     )
     .reqs("PVM-ISO-1,X86-EXC-GP")
 );
+
+extern "C" fn u_read(va: u64) -> u64 {
+    instr::read_u64_safe(va).unwrap_or(u64::MAX)
+}
+
+/// Guest user code cannot read a supervisor-only (U/S=0) page of its kernel: #PF with P|U.
+fn user_reads_supervisor_page() {
+    use guest_lib::abi::layout::pte;
+    use guest_lib::exception::pfec;
+    const VA: u64 = 0x4000_0000;
+    let f = guest_lib::paging::alloc_frame();
+    guest_lib::arch::mem::write_u64(f, 0x5ec2e7);
+    guest_lib::paging::map(VA, f, pte::RW);
+    instr::invlpg(VA);
+    check_eq!(
+        instr::read_u64_safe(VA),
+        Ok(0x5ec2e7),
+        "CPL0 read of its own page"
+    );
+    check_eq!(
+        user::run(u_read, VA),
+        UserExit::Exception(Exception::pf(pfec::P | pfec::U, VA)),
+        "CPL3 read of a U/S=0 page"
+    );
+}
+case!(
+    user_reads_supervisor_page,
+    Spec::new(
+        "isolation.user_reads_supervisor_page",
+        Area::Isolation,
+        "CPL3 read of a supervisor-only page faults with P|U"
+    )
+    .reqs("X86-PG-US-1,PVM-ISO-2")
+    .timeout_ms(2000)
+);

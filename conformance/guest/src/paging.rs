@@ -205,3 +205,37 @@ case!(
     .reqs("X86-WP-1,PVM-SPT-3")
     .timeout_ms(2000)
 );
+
+extern "C" fn u_write(va: u64) -> u64 {
+    match instr::write_u64_safe(va, 1) {
+        Ok(()) => 0,
+        Err(_) => u64::MAX,
+    }
+}
+
+/// #PF raised at CPL3 carries the U bit: a read of an absent page (U), a write to a
+/// read-only page (P|W|U).
+fn user_pf_error_code() {
+    check_eq!(
+        user::run(u_read, UNMAPPED),
+        UserExit::Exception(Exception::pf(pfec::U, UNMAPPED)),
+        "CPL3 read of an absent page"
+    );
+    let f = alloc_frame();
+    map(TEST_VA, f, pte::US);
+    instr::invlpg(TEST_VA);
+    check_eq!(
+        user::run(u_write, TEST_VA),
+        UserExit::Exception(Exception::pf(pfec::P | pfec::W | pfec::U, TEST_VA)),
+        "CPL3 write to a read-only page"
+    );
+}
+case!(
+    user_pf_error_code,
+    Spec::new(
+        "paging.user_pf_error_code",
+        Area::Paging,
+        "#PF from CPL3 has the U bit (absent: U; read-only write: P|W|U)"
+    )
+    .reqs("X86-PF-4,PVM-SWITCH-2")
+);

@@ -160,6 +160,7 @@ pvmc_syscall_cr3:
 
     .global pvmc_user_enter
     # (rdi = arg, rsi = entry, rdx = user rsp, rcx = 0: iretq / 1: local IRET_FRAME hypercall)
+    # User code runs with IF=1 (RFLAGS 0x202), as under any OS.
 pvmc_user_enter:
     pushq %rbx
     pushq %rbp
@@ -174,14 +175,14 @@ pvmc_user_enter:
     jnz 4f
     pushq ${user_ds}
     pushq %rdx
-    pushq $2
+    pushq $0x202
     pushq ${user_cs}
     pushq %rax
     iretq
 4:  # IRET_FRAME takes RBX = &{{rax, rbx, rdi, rip, cs, rflags, rsp, ss}}
     pushq ${user_ds}
     pushq %rdx
-    pushq $2
+    pushq $0x202
     pushq ${user_cs}
     pushq %rax
     pushq %rdi
