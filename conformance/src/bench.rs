@@ -42,6 +42,10 @@ pub struct Stats {
     pub cv: f64,
     /// Samples.
     pub samples: usize,
+    /// Median of each repetition (one VM each), in run order: shows whether a high CV comes
+    /// from one disturbed VM or from a general spread.
+    #[serde(default)]
+    pub rep_medians_ns: Vec<f64>,
 }
 
 fn percentile(sorted: &[f64], p: f64) -> f64 {
@@ -79,6 +83,7 @@ pub fn stats(reps: &[Vec<f64>]) -> Stats {
         p99_ns: percentile(&all, 0.99),
         cv,
         samples: all.len(),
+        rep_medians_ns: meds,
     }
 }
 
@@ -619,6 +624,7 @@ mod tests {
                 p99_ns: m,
                 cv: 0.0,
                 samples: 1,
+                rep_medians_ns: vec![m],
             },
             baseline: None,
             ratio_to_native: None,
