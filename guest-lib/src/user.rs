@@ -137,3 +137,16 @@ pub fn frame_gprs(f: &Frame) -> [u64; 15] {
 pub fn gpr_probe() -> (u64, u64) {
     arch::gpr_probe()
 }
+
+/// User-mode probe for [`run`]: returns the u64 at virtual address `va`. A fault ends the run
+/// with [`UserExit::Exception`].
+pub extern "C" fn read_probe(va: u64) -> u64 {
+    arch::instr::touch_read(va)
+}
+
+/// User-mode probe for [`run`]: writes 1 to the u64 at virtual address `va` (a test mapping)
+/// and returns 0. A fault ends the run with [`UserExit::Exception`].
+pub extern "C" fn write_probe(va: u64) -> u64 {
+    arch::instr::touch_write(va, 1);
+    0
+}

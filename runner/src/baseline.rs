@@ -1,24 +1,20 @@
 //! The raw `KVM_RUN` exit loop: the lower bound for the runner's own per-exit overhead.
 //!
-//! Written directly against kvm-ioctls, sharing no code with [`crate::kvm`]'s run loop, exit
-//! handler or timers: it builds a one-page identity map, starts a tiny long-mode guest that
-//! does `out %al, (%dx)` in a loop (after registering the local VIF page for pv-local), and
-//! times the gaps between consecutive exits. [`exit_blob`] is the same guest code for the
-//! runner-side measurement, so the two numbers differ only by the host loop.
+//! Written directly against kvm-ioctls, sharing no code with [`crate::kvm`]'s VM object, run
+//! loop, exit handler or timers (only the initial state from [`crate::setup`], so the guest
+//! sees the same memory map): it starts a tiny long-mode guest that does `out %al, (%dx)` in a
+//! loop (after registering the local VIF page for pv-local) and times the gaps between
+//! consecutive exits. [`exit_blob`] is the same guest code for the runner-side measurement,
+//! so the two numbers differ only by the host loop.
 
 use std::time::Instant;
 
 use abi::env::Env;
-use kvm_bindings::{KVM_MAX_CPUID_ENTRIES, kvm_segment, kvm_userspace_memory_region};
+use kvm_bindings::{KVM_MAX_CPUID_ENTRIES, kvm_userspace_memory_region};
 use kvm_ioctls::{Kvm, VcpuExit};
 
 use crate::memory::GuestMemory;
 use crate::{Result, RunnerError, kvm_err};
-
-const CODE: u64 = 0x1000;
-const PML4: u64 = 0x2000;
-const PDPT: u64 = 0x3000;
-const PD: u64 = 0x4000;
 
 /// Guest code: (pv-local: register the VIF page at `abi::layout::VIF_GPA`), then loop on
 /// `out %al, (%dx)` with DX = `port`.
@@ -38,22 +34,6 @@ pub fn exit_blob(env: Env, port: u16) -> Vec<u8> {
     code
 }
 
-fn seg(selector: u16, code: bool) -> kvm_segment {
-    kvm_segment {
-        base: 0,
-        limit: 0xffff_ffff,
-        selector,
-        type_: if code { 0xb } else { 0x3 },
-        present: 1,
-        dpl: 0,
-        db: u8::from(!code),
-        s: 1,
-        l: u8::from(code),
-        g: 1,
-        ..Default::default()
-    }
-}
-
 /// Runs the exit blob for `exits` port-I/O exits and returns the gaps between consecutive
 /// exits in nanoseconds (the first `warmup` exits are not timed).
 pub fn raw_exit_gaps(env: Env, port: u16, exits: usize, warmup: usize) -> Result<Vec<f64>> {
@@ -69,39 +49,17 @@ pub fn raw_exit_gaps(env: Env, port: u16, exits: usize, warmup: usize) -> Result
     };
     // SAFETY: `mem` outlives `vm` (declared before it, so dropped after it) and is the only slot.
     unsafe { vm.set_user_memory_region(region) }.map_err(kvm_err("KVM_SET_USER_MEMORY_REGION"))?;
-    let bits = abi::layout::pte::P | abi::layout::pte::RW | abi::layout::pte::US;
-    mem.write_u64(PML4, PDPT | bits)?;
-    mem.write_u64(PML4 | 0x1000, PDPT | bits)?;
-    mem.write_u64(PDPT, PD | bits)?;
-    for i in 0..4 {
-        mem.write_u64(PD + 8 * i, (i << 21) | bits | abi::layout::pte::PS)?;
-    }
-    mem.write(CODE, &exit_blob(env, port))?;
+    crate::setup::write_page_tables(&mem)?;
+    mem.write(abi::layout::IMAGE_BASE, &exit_blob(env, port))?;
     let mut vcpu = vm.create_vcpu(0).map_err(kvm_err("KVM_CREATE_VCPU"))?;
     let cpuid = kvm
         .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
         .map_err(kvm_err("KVM_GET_SUPPORTED_CPUID"))?;
     vcpu.set_cpuid2(&cpuid).map_err(kvm_err("KVM_SET_CPUID2"))?;
-    let mut s = vcpu.get_sregs().map_err(kvm_err("KVM_GET_SREGS"))?;
-    s.cr0 = 0x8005_0033;
-    s.cr3 = PML4;
-    s.cr4 = 0x20;
-    s.efer = 0xd01;
-    s.cs = seg(0x10, true);
-    (s.ds, s.es, s.fs, s.gs, s.ss) = (
-        seg(0x18, false),
-        seg(0x18, false),
-        seg(0x18, false),
-        seg(0x18, false),
-        seg(0x18, false),
-    );
-    vcpu.set_sregs(&s).map_err(kvm_err("KVM_SET_SREGS"))?;
-    let regs = kvm_bindings::kvm_regs {
-        rip: CODE,
-        rsp: 0x8_0000,
-        rflags: 2,
-        ..Default::default()
-    };
+    let sregs = vcpu.get_sregs().map_err(kvm_err("KVM_GET_SREGS"))?;
+    vcpu.set_sregs(&crate::setup::long_mode_sregs(sregs))
+        .map_err(kvm_err("KVM_SET_SREGS"))?;
+    let regs = crate::setup::entry_regs(abi::layout::IMAGE_BASE, 0);
     vcpu.set_regs(&regs).map_err(kvm_err("KVM_SET_REGS"))?;
     let mut gaps = Vec::with_capacity(exits);
     let mut last: Option<Instant> = None;

@@ -9,19 +9,12 @@ use conformance::bench::{self, BenchOptions, BenchReport};
 use conformance::catalog::{Catalog, Selection};
 use runner::image::GuestImage;
 
-use crate::conformance_cmd::{Target, parse_envs};
+use crate::conformance_cmd::Where;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// Where to run.
-    #[arg(long, value_enum, default_value = "local")]
-    target: Target,
-    /// Environments, comma separated.
-    #[arg(long, value_delimiter = ',', default_value = "hvm64,pv-local")]
-    env: Vec<String>,
-    /// Only benchmarks whose id contains this; repeatable.
-    #[arg(long)]
-    filter: Vec<String>,
+    #[command(flatten)]
+    on: Where,
     /// VMs per benchmark instance (and repetitions of each baseline).
     #[arg(long, default_value_t = 5)]
     repetitions: usize,
@@ -61,16 +54,10 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         print!("{}", bench::compare(&a, &b));
         return Ok(ExitCode::SUCCESS);
     }
-    if args.target != Target::Local {
-        bail!(
-            "target {} is not implemented yet; only --target local is",
-            format!("{:?}", args.target).to_lowercase()
-        );
-    }
+    let envs = args.on.envs()?;
     if args.repetitions < 2 {
         bail!("--repetitions must be at least 2 (the CV needs two repetitions)");
     }
-    let envs = parse_envs(&args.env)?;
     let cores = core_affinity::get_core_ids().unwrap_or_default();
     let core = match args.cpu {
         Some(n) => cores
@@ -88,7 +75,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let catalog = Catalog::new(GuestImage::load(&path)?);
     let sel = Selection {
         envs: envs.clone(),
-        filters: args.filter.clone(),
+        filters: args.on.filter.clone(),
         selftest: false,
         bench: true,
     };
@@ -96,7 +83,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     if instances.is_empty() {
         bail!(
             "the selection matches no benchmark (filters {:?})",
-            args.filter
+            args.on.filter
         );
     }
     let host = runner::detect::detect();

@@ -29,17 +29,35 @@ pub enum Target {
     Model,
 }
 
+/// Where and what to run: shared by `conformance` and `bench`.
 #[derive(Debug, clap::Args)]
-pub struct Args {
+pub struct Where {
     /// Where to run.
     #[arg(long, value_enum, default_value = "local")]
-    target: Target,
+    pub target: Target,
     /// Environments, comma separated (hvm64, pv-local, pv-v1, pv-mid, pv-v2).
     #[arg(long, value_delimiter = ',', default_value = "hvm64,pv-local")]
-    env: Vec<String>,
+    pub env: Vec<String>,
     /// Only instances whose id (`<case>~<env>`) contains this; repeatable.
     #[arg(long)]
-    filter: Vec<String>,
+    pub filter: Vec<String>,
+}
+
+impl Where {
+    /// The environments, once the target is known to be supported.
+    pub fn envs(&self) -> anyhow::Result<Vec<Env>> {
+        if self.target != Target::Local {
+            let name = format!("{:?}", self.target).to_lowercase();
+            bail!("target {name} is not implemented yet; only --target local is");
+        }
+        parse_envs(&self.env)
+    }
+}
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    #[command(flatten)]
+    on: Where,
     /// List the selected instances instead of running them.
     #[arg(long)]
     list: bool,
@@ -66,7 +84,7 @@ pub struct Args {
     image: Option<PathBuf>,
 }
 
-pub fn parse_envs(names: &[String]) -> anyhow::Result<Vec<Env>> {
+fn parse_envs(names: &[String]) -> anyhow::Result<Vec<Env>> {
     names
         .iter()
         .map(|n| {
@@ -79,16 +97,10 @@ pub fn parse_envs(names: &[String]) -> anyhow::Result<Vec<Env>> {
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
-    if args.target != Target::Local {
-        bail!(
-            "target {:?} is not implemented yet; only --target local is",
-            args.target
-        );
-    }
+    let envs = args.on.envs()?;
     if args.jobs == 0 {
         bail!("--jobs must be at least 1");
     }
-    let envs = parse_envs(&args.env)?;
     let root = conformance::guest_build::workspace_root();
     let image_path = match args.image {
         Some(p) => p,
@@ -98,7 +110,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let catalog = Catalog::new(image);
     let sel = Selection {
         envs,
-        filters: args.filter.clone(),
+        filters: args.on.filter.clone(),
         selftest: args.selftest,
         bench: false,
     };
@@ -106,7 +118,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     if instances.is_empty() {
         bail!(
             "the selection matches no case instance (filters {:?})",
-            args.filter
+            args.on.filter
         );
     }
     if args.list {

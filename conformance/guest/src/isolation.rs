@@ -41,10 +41,6 @@ case!(
     .reqs("PVM-ISO-1,X86-EXC-GP")
 );
 
-extern "C" fn u_read(va: u64) -> u64 {
-    instr::read_u64_safe(va).unwrap_or(u64::MAX)
-}
-
 /// Guest user code cannot read a supervisor-only (U/S=0) page of its kernel: #PF with P|U.
 fn user_reads_supervisor_page() {
     use guest_lib::abi::layout::pte;
@@ -60,7 +56,7 @@ fn user_reads_supervisor_page() {
         "CPL0 read of its own page"
     );
     check_eq!(
-        user::run(u_read, VA),
+        user::run(user::read_probe, VA),
         UserExit::Exception(Exception::pf(pfec::P | pfec::U, VA)),
         "CPL3 read of a U/S=0 page"
     );

@@ -154,10 +154,6 @@ case!(
     .reqs("X86-NX-1")
 );
 
-extern "C" fn u_read(va: u64) -> u64 {
-    instr::read_u64_safe(va).unwrap_or(u64::MAX)
-}
-
 fn user_cr3_is_cr3() {
     let f = alloc_frame();
     mem::write_u64(f, 0x1234_5678);
@@ -165,7 +161,7 @@ fn user_cr3_is_cr3() {
     instr::invlpg(HIGH_VA);
     check_eq!(instr::read_u64_safe(HIGH_VA), Ok(0x1234_5678), "CPL0 read");
     check_eq!(
-        user::run(u_read, HIGH_VA),
+        user::run(user::read_probe, HIGH_VA),
         UserExit::Returned(0x1234_5678),
         "CPL3 read of a U/S=1 page"
     );
@@ -206,18 +202,11 @@ case!(
     .timeout_ms(2000)
 );
 
-extern "C" fn u_write(va: u64) -> u64 {
-    match instr::write_u64_safe(va, 1) {
-        Ok(()) => 0,
-        Err(_) => u64::MAX,
-    }
-}
-
 /// #PF raised at CPL3 carries the U bit: a read of an absent page (U), a write to a
 /// read-only page (P|W|U).
 fn user_pf_error_code() {
     check_eq!(
-        user::run(u_read, UNMAPPED),
+        user::run(user::read_probe, UNMAPPED),
         UserExit::Exception(Exception::pf(pfec::U, UNMAPPED)),
         "CPL3 read of an absent page"
     );
@@ -225,7 +214,7 @@ fn user_pf_error_code() {
     map(TEST_VA, f, pte::US);
     instr::invlpg(TEST_VA);
     check_eq!(
-        user::run(u_write, TEST_VA),
+        user::run(user::write_probe, TEST_VA),
         UserExit::Exception(Exception::pf(pfec::P | pfec::W | pfec::U, TEST_VA)),
         "CPL3 write to a read-only page"
     );
