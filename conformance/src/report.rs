@@ -1,6 +1,6 @@
 //! Report formats: the JSON report (`pvm-conformance/report/v1`), a JSON-lines progress log
 //! written as each instance completes (so a crash of the harness or the host loses nothing
-//! already run), TAP13, and the text summary.
+//! already run), TAP13, JUnit XML, and the text summary.
 
 use std::fs::File;
 use std::io::{BufWriter, Write};
@@ -278,5 +278,95 @@ mod tests {
             summary_line(&s),
             "6 instances: 1 pass, 1 skip, 1 xfail, 1 fail, 1 error, 1 crash; wall time 1.50 s"
         );
+    }
+}
+
+/// JUnit XML (one `<testsuite>` per environment): FAIL is a `<failure>`, ERROR and CRASH are
+/// `<error>` (type `error` / `crash`), SKIP is `<skipped>`, and XFAIL is `<skipped>` with the
+/// known deviation as its message, so CI systems that read JUnit keep it visible but green.
+pub fn junit(results: &[CaseResult], wall_ms: u64) -> Result<String, Error> {
+    use std::time::Duration;
+
+    use quick_junit::{NonSuccessKind, Report as JunitReport, TestCase, TestCaseStatus, TestSuite};
+
+    let mut report = JunitReport::new("pvm-conformance");
+    report.set_time(Duration::from_millis(wall_ms));
+    // Environments in first-seen order.
+    let mut envs: Vec<&str> = results.iter().map(|r| r.env).collect();
+    let mut seen = std::collections::HashSet::new();
+    envs.retain(|e| seen.insert(*e));
+    for env in envs {
+        let mut suite = TestSuite::new(env);
+        for r in results.iter().filter(|r| r.env == env) {
+            let status = match r.outcome {
+                Outcome::Pass => TestCaseStatus::success(),
+                Outcome::Skip | Outcome::Xfail => {
+                    let mut s = TestCaseStatus::skipped();
+                    s.set_message(format!("{}: {}", r.outcome.name(), r.detail));
+                    s
+                }
+                Outcome::Fail | Outcome::Error | Outcome::Crash => {
+                    let kind = if r.outcome == Outcome::Fail {
+                        NonSuccessKind::Failure
+                    } else {
+                        NonSuccessKind::Error
+                    };
+                    let mut s = TestCaseStatus::non_success(kind);
+                    s.set_type(r.outcome.name());
+                    s.set_message(r.detail.clone());
+                    s
+                }
+            };
+            let mut case = TestCase::new(r.id.clone(), status);
+            case.set_classname(format!("pvm-conformance.{}.{}", env, r.area));
+            case.set_time(Duration::from_secs_f64(r.duration_ms / 1e3));
+            suite.add_test_case(case);
+        }
+        report.add_test_suite(suite);
+    }
+    report.to_string().map_err(|e| Error::Io {
+        path: "JUnit report".into(),
+        source: std::io::Error::other(e.to_string()),
+    })
+}
+
+#[cfg(test)]
+mod junit_tests {
+    use super::*;
+
+    fn result(id: &str, env: &'static str, outcome: Outcome, detail: &str) -> CaseResult {
+        CaseResult {
+            id: id.into(),
+            case: id.into(),
+            area: "io",
+            env,
+            outcome,
+            duration_ms: 2.0,
+            detail: detail.into(),
+            requirements: vec![],
+            summary: String::new(),
+        }
+    }
+
+    #[test]
+    fn junit_has_one_suite_per_env_and_maps_outcomes() {
+        let x = junit(
+            &[
+                result("a~hvm64", "hvm64", Outcome::Pass, ""),
+                result("b~hvm64", "hvm64", Outcome::Fail, "x < y & z"),
+                result("c~pv-local", "pv-local", Outcome::Crash, "triple fault"),
+                result("d~pv-local", "pv-local", Outcome::Xfail, "known"),
+            ],
+            10,
+        )
+        .expect("serialises");
+        assert_eq!(x.matches("<testsuite ").count(), 2, "{x}");
+        assert!(x.contains(r#"<testsuite name="hvm64" tests="2""#), "{x}");
+        assert!(
+            x.contains("<failure") && x.contains("x &lt; y &amp; z"),
+            "{x}"
+        );
+        assert!(x.contains(r#"type="crash""#), "{x}");
+        assert!(x.contains("<skipped") && x.contains("xfail: known"), "{x}");
     }
 }

@@ -70,6 +70,9 @@ pub struct Args {
     /// Print TAP13 on stdout instead of the text summary.
     #[arg(long)]
     tap: bool,
+    /// Also write JUnit XML (one test suite per environment) to this path.
+    #[arg(long)]
+    junit: Option<PathBuf>,
     /// Default per-instance timeout in milliseconds.
     #[arg(long, default_value_t = 10_000)]
     timeout_ms: u64,
@@ -196,6 +199,14 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         summary: summary.clone(),
     };
     report.write(&args.report)?;
+    if let Some(path) = &args.junit {
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        std::fs::write(path, report::junit(&report.cases, summary.wall_ms)?)
+            .with_context(|| format!("writing {}", path.display()))?;
+        eprintln!("junit: {}", path.display());
+    }
     if let Some(e) = log_err {
         eprintln!("warning: progress log {}: {e}", progress_path.display());
     }
