@@ -322,7 +322,7 @@ fn runner_exit_gaps(
     };
     match m.run(&mut t, timeout)? {
         RunEnd::Stopped => Ok(t.gaps),
-        other => Err(Error::Usage(format!(
+        other => Err(Error::Bench(format!(
             "runner exit loop ended with {other:?}"
         ))),
     }
@@ -358,7 +358,7 @@ fn overhead(
             let end = m.run(&mut h, opts.timeout)?;
             drop(m);
             if end != RunEnd::Stopped {
-                return Err(Error::Usage(format!("bench.empty ended with {end:?}")));
+                return Err(Error::Bench(format!("bench.empty ended with {end:?}")));
             }
             lifecycle.push(t.elapsed().as_secs_f64() * 1e3);
         }

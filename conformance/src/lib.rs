@@ -37,6 +37,9 @@ pub enum Error {
         /// What is wrong.
         reason: String,
     },
+    /// A benchmark could not be measured (its guest or loop ended unexpectedly).
+    #[error("benchmark: {0}")]
+    Bench(String),
     /// Bad user input (filter matches nothing, unknown environment, ...).
     #[error("{0}")]
     Usage(String),

@@ -77,10 +77,7 @@ pub fn raw_exit_gaps(env: Env, port: u16, exits: usize, warmup: usize) -> Result
                 last = Some(now);
             }
             other => {
-                return Err(RunnerError::Image {
-                    path: "raw exit loop".into(),
-                    reason: format!("unexpected exit {other:?}"),
-                });
+                return Err(RunnerError::Baseline(format!("unexpected exit {other:?}")));
             }
         }
     }

@@ -60,6 +60,9 @@ pub enum RunnerError {
         /// What is wrong.
         reason: String,
     },
+    /// The raw `KVM_RUN` baseline saw an exit its guest code cannot cause.
+    #[error("raw KVM_RUN baseline: {0}")]
+    Baseline(String),
     /// Arming the per-run timer failed.
     #[error("cannot arm the run timeout: {0}")]
     Timer(#[source] std::io::Error),
