@@ -32,12 +32,13 @@ pub fn image_path(root: &Path) -> PathBuf {
         .join(GUEST_PACKAGE)
 }
 
-/// Builds (or confirms up to date) the guest image; returns its path.
-pub fn build(root: &Path) -> Result<PathBuf, Error> {
+/// `cargo <subcommand> --release -p conformance-guest --target x86_64-unknown-none` in the
+/// guest's own target directory, with the outer cargo's per-invocation environment removed.
+fn guest_cargo(root: &Path, subcommand: &str) -> Command {
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let mut cmd = Command::new(cargo);
     cmd.current_dir(root).args([
-        "build",
+        subcommand,
         "--release",
         "--quiet",
         "--package",
@@ -58,7 +59,12 @@ pub fn build(root: &Path) -> Result<PathBuf, Error> {
             cmd.env_remove(&*k);
         }
     }
-    let out = cmd
+    cmd
+}
+
+/// Builds (or confirms up to date) the guest image; returns its path.
+pub fn build(root: &Path) -> Result<PathBuf, Error> {
+    let out = guest_cargo(root, "build")
         .output()
         .map_err(|e| Error::Build(format!("cannot run cargo: {e}")))?;
     if !out.status.success() {
@@ -76,4 +82,19 @@ pub fn build(root: &Path) -> Result<PathBuf, Error> {
         )));
     }
     Ok(path)
+}
+
+/// Runs clippy with `-D warnings` on the guest crates (`conformance-guest` and `guest-lib`)
+/// for the bare-metal target, which the host build never compiles them for.
+pub fn clippy(root: &Path) -> Result<(), Error> {
+    let out = guest_cargo(root, "clippy")
+        .args(["--package", "guest-lib", "--", "-D", "warnings"])
+        .output()
+        .map_err(|e| Error::Lint(format!("cannot run cargo clippy: {e}")))?;
+    if !out.status.success() {
+        return Err(Error::Lint(
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        ));
+    }
+    Ok(())
 }

@@ -26,6 +26,9 @@ pub enum Error {
     /// Building the guest image failed.
     #[error("building the guest image failed: {0}")]
     Build(String),
+    /// Clippy found problems in the guest crates.
+    #[error("clippy on the guest crates (x86_64-unknown-none) failed:\n{0}")]
+    Lint(String),
     /// The runner failed outside any case.
     #[error(transparent)]
     Runner(#[from] runner::RunnerError),

@@ -2,7 +2,9 @@
 //! - every Rust source file starts with a `//!` module doc;
 //! - `unsafe` blocks, functions and impls appear only in the modules allowed to hold them;
 //! - every workspace member inherits the workspace lints;
-//! - guest-side crates (`abi`, `guest-lib`, `conformance-guest`) depend on no host crate.
+//! - guest-side crates (`abi`, `guest-lib`, `conformance-guest`) depend on no host crate;
+//! - the guest crates pass clippy (`-D warnings`) for `x86_64-unknown-none`, which the host
+//!   build never compiles them for.
 
 #[cfg(test)]
 mod tests {
@@ -127,6 +129,13 @@ mod tests {
                 toml.contains("[lints]\nworkspace = true"),
                 "{m}/Cargo.toml must have [lints] workspace = true"
             );
+        }
+    }
+
+    #[test]
+    fn guest_crates_pass_clippy_for_the_bare_metal_target() {
+        if let Err(e) = conformance::guest_build::clippy(&root()) {
+            panic!("{e}");
         }
     }
 
