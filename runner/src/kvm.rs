@@ -250,7 +250,6 @@ impl Machine {
             stop: AtomicBool::new(false),
             threads: Mutex::new(Vec::new()),
             end: Mutex::new(None),
-            deadline: start + timeout,
             start,
             timeout,
         };
@@ -305,7 +304,6 @@ struct Shared<'h> {
     stop: AtomicBool,
     threads: Mutex<Vec<libc::pthread_t>>,
     end: Mutex<Option<Result<RunEnd>>>,
-    deadline: Instant,
     start: Instant,
     timeout: Duration,
 }
@@ -410,7 +408,7 @@ fn vcpu_loop(vcpu: &mut VcpuFd, mem: &GuestMemory, shared: &Shared<'_>) -> Resul
                 if shared.stop.load(Ordering::SeqCst) {
                     return Ok(RunEnd::Stopped);
                 }
-                if Instant::now() >= shared.deadline {
+                if shared.start.elapsed() >= shared.timeout {
                     return Ok(RunEnd::Timeout(shared.start.elapsed()));
                 }
                 vcpu.set_kvm_immediate_exit(0);

@@ -12,9 +12,9 @@ use guest_lib::paging::{alloc_frame, map, set_pte};
 use guest_lib::pv_local;
 use guest_lib::{case, check, check_eq, log};
 
+use crate::common::{MSR_KERNEL_GS_BASE, TEST_VA};
+
 const PV: u32 = Env::PvLocal.bit();
-const TEST_VA: u64 = 0x4000_0000;
-const MSR_KERNEL_GS_BASE: u32 = 0xc000_0102;
 
 fn signature_msr() {
     check_eq!(

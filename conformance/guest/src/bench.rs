@@ -14,9 +14,9 @@ use guest_lib::paging::{alloc_frame, map, set_pte};
 use guest_lib::user::{self, UserExit};
 use guest_lib::{apic, case, log, pv_local, report, rt, skip};
 
-const MSR_KERNEL_GS_BASE: u32 = 0xc000_0102;
-const UNMAPPED: u64 = 0x7fff_0000_0000;
-const BENCH_VA: u64 = 0x4000_0000;
+use crate::common::{
+    MSR_KERNEL_GS_BASE, PING_VECTOR, PONG_VECTOR, TEST_VA, TIMER_VECTOR, UNMAPPED,
+};
 
 const fn bench(name: &'static str, summary: &'static str) -> Spec {
     Spec::new(name, Area::Bench, summary)
@@ -144,7 +144,7 @@ fn shadow_fill() {
     for f in frames.iter_mut() {
         *f = alloc_frame();
     }
-    let va = |i: usize| BENCH_VA + (i as u64) * 4096;
+    let va = |i: usize| TEST_VA + (i as u64) * 4096;
     for _ in 0..SAMPLES {
         for (i, f) in frames.iter().enumerate() {
             map(va(i), *f, pte::RW | pte::US);
@@ -195,11 +195,11 @@ case!(
 
 fn tlb() {
     let f = alloc_frame();
-    map(BENCH_VA, f, pte::RW | pte::US);
-    measure("invlpg", SAMPLES, 200, || instr::invlpg(BENCH_VA));
+    map(TEST_VA, f, pte::RW | pte::US);
+    measure("invlpg", SAMPLES, 200, || instr::invlpg(TEST_VA));
     if rt::env() == Env::PvLocal {
         measure("hc_flush_tlb_one", SAMPLES, 200, || {
-            let _ = pv_local::hypercall(hc::FLUSH_TLB_ONE, BENCH_VA, 0, 0);
+            let _ = pv_local::hypercall(hc::FLUSH_TLB_ONE, TEST_VA, 0, 0);
         });
         measure("hc_flush_tlb", SAMPLES, 100, || {
             let _ = pv_local::hypercall(hc::FLUSH_TLB, 0, 0, 0);
@@ -221,13 +221,10 @@ case!(
     .reqs("PERF-VM")
 );
 
-const TIMER_VEC: u8 = 0x2e;
-const SPURIOUS_VEC: u8 = 0x2f;
-
 static ARRIVED: guest_lib::arch::Global<u64> = guest_lib::arch::Global::new(0);
 
 fn on_timer(_: &mut guest_lib::exception::Frame, ex: guest_lib::exception::Exception) -> bool {
-    if ex.vector != TIMER_VEC {
+    if ex.vector != TIMER_VECTOR {
         return false;
     }
     ARRIVED.set(instr::rdtsc());
@@ -238,7 +235,7 @@ fn on_timer(_: &mut guest_lib::exception::Frame, ex: guest_lib::exception::Excep
 fn timer_latency() {
     const DELAY: u64 = 100_000; // TSC cycles from arming to the deadline
     const GIVE_UP: u64 = 2_000_000_000; // cycles after the deadline
-    if let Err(e) = apic::enable_tsc_deadline_timer(TIMER_VEC, SPURIOUS_VEC) {
+    if let Err(e) = apic::enable_tsc_deadline_timer(TIMER_VECTOR, apic::SPURIOUS_VECTOR) {
         skip!("no usable x2APIC TSC-deadline timer: {:?}", e);
     }
     guest_lib::exception::set_hook(Some(on_timer));
@@ -268,13 +265,10 @@ case!(
     .reqs("PERF-TIMER")
 );
 
-const PING: u8 = 0x2c;
-const PONG: u8 = 0x2d;
-
 fn ping_pong(_: &mut guest_lib::exception::Frame, ex: guest_lib::exception::Exception) -> bool {
     match ex.vector {
-        PING => apic::send_ipi(0, PONG),
-        PONG => ARRIVED.set(instr::rdtsc()),
+        PING_VECTOR => apic::send_ipi(0, PONG_VECTOR),
+        PONG_VECTOR => ARRIVED.set(instr::rdtsc()),
         _ => return false,
     }
     apic::eoi();
@@ -294,7 +288,7 @@ fn ipi_roundtrip() {
         ARRIVED.set(0);
         apic::set_interrupts(true);
         let t0 = instr::rdtsc();
-        apic::send_ipi(1, PING);
+        apic::send_ipi(1, PING_VECTOR);
         while ARRIVED.get() == 0 && instr::rdtsc() < t0 + GIVE_UP {}
         apic::set_interrupts(false);
         match ARRIVED.get() {

@@ -8,6 +8,8 @@ use guest_lib::case::Spec;
 use guest_lib::exception::{self, Exception, Frame, vector};
 use guest_lib::{case, check, check_eq};
 
+use crate::common::{PING_VECTOR, PONG_VECTOR, TIMER_VECTOR};
+
 fn ud2() {
     check_eq!(instr::ud2_safe(), Err(Exception::new(vector::UD)));
 }
@@ -108,13 +110,11 @@ case!(
     .reqs("X86-EVT-1")
 );
 
-const TIMER_VEC: u8 = 0x2e;
-const SPURIOUS_VEC: u8 = 0x2f;
 static EXPECTING: Global<bool> = Global::new(false);
 static DUPLICATES: Global<u32> = Global::new(0);
 
 fn on_timer(_: &mut Frame, ex: Exception) -> bool {
-    if ex.vector != TIMER_VEC {
+    if ex.vector != TIMER_VECTOR {
         return false;
     }
     if EXPECTING.get() {
@@ -135,7 +135,8 @@ fn timer_delivery() {
     const ROUNDS: u32 = 200;
     const DELAY: u64 = 100_000;
     const BOUND: u64 = 50_000_000; // ~20 ms at 2.5 GHz
-    if let Err(e) = apic::enable_tsc_deadline_timer(TIMER_VEC, SPURIOUS_VEC) {
+    if let Err(e) = apic::enable_tsc_deadline_timer(TIMER_VECTOR, guest_lib::apic::SPURIOUS_VECTOR)
+    {
         guest_lib::skip!("no usable x2APIC TSC-deadline timer: {:?}", e);
     }
     exception::set_hook(Some(on_timer));
@@ -193,14 +194,12 @@ case!(
     .reqs("X86-APIC-TIMER-1,PVM-IRQ-1")
 );
 
-const PING: u8 = 0x2c;
-const PONG: u8 = 0x2d;
 static PONGS: Global<u32> = Global::new(0);
 
 fn ping_pong(_: &mut Frame, ex: Exception) -> bool {
     match ex.vector {
-        PING => guest_lib::apic::send_ipi(0, PONG),
-        PONG => PONGS.set(PONGS.get() + 1),
+        PING_VECTOR => guest_lib::apic::send_ipi(0, PONG_VECTOR),
+        PONG_VECTOR => PONGS.set(PONGS.get() + 1),
         _ => return false,
     }
     guest_lib::apic::eoi();
@@ -224,7 +223,7 @@ fn ipi_delivery() {
     let mut missing = 0u32;
     for round in 0..ROUNDS {
         apic::set_interrupts(true);
-        apic::send_ipi(1, PING);
+        apic::send_ipi(1, PING_VECTOR);
         let t0 = instr::rdtsc();
         while PONGS.get() == round && instr::rdtsc() < t0 + BOUND {}
         apic::set_interrupts(false);
@@ -261,7 +260,7 @@ case!(
 static USER_TICK: Global<u64> = Global::new(0);
 
 fn tick_in_user(frame: &mut Frame, ex: Exception) -> bool {
-    if ex.vector != TIMER_VEC {
+    if ex.vector != TIMER_VECTOR {
         return false;
     }
     USER_TICK.set(frame.cs);
@@ -279,7 +278,8 @@ extern "C" fn u_wait_tick(max_cycles: u64) -> u64 {
 /// (frame CS with RPL 3) and the user code resumes where it was.
 fn timer_in_user_mode() {
     use guest_lib::apic;
-    if let Err(e) = apic::enable_tsc_deadline_timer(TIMER_VEC, SPURIOUS_VEC) {
+    if let Err(e) = apic::enable_tsc_deadline_timer(TIMER_VECTOR, guest_lib::apic::SPURIOUS_VECTOR)
+    {
         guest_lib::skip!("no usable x2APIC TSC-deadline timer: {:?}", e);
     }
     USER_TICK.set(0);

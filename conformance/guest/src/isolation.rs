@@ -45,7 +45,7 @@ case!(
 fn user_reads_supervisor_page() {
     use guest_lib::abi::layout::pte;
     use guest_lib::exception::pfec;
-    const VA: u64 = 0x4000_0000;
+    const VA: u64 = crate::common::TEST_VA;
     let f = guest_lib::paging::alloc_frame();
     guest_lib::arch::mem::write_u64(f, 0x5ec2e7);
     guest_lib::paging::map(VA, f, pte::RW);

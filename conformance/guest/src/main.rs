@@ -11,6 +11,7 @@
 
 mod abi_local;
 mod bench;
+mod common;
 mod interrupts;
 mod io;
 mod isolation;

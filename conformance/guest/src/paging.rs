@@ -10,10 +10,8 @@ use guest_lib::paging::{alloc_frame, map, pte as read_pte, set_pte};
 use guest_lib::user::{self, UserExit};
 use guest_lib::{case, check, check_eq};
 
-/// A VA in PML4 slot 0 (shared by the kernel and the user PML4) with no mapping yet.
-const TEST_VA: u64 = 0x4000_0000;
-/// A canonical VA that is never mapped.
-const UNMAPPED: u64 = 0x7fff_0000_0000;
+use crate::common::{TEST_VA, UNMAPPED};
+
 /// A VA in PML4 slot 1: mapped only in the table CR3 points at.
 const HIGH_VA: u64 = 0x80_0000_0000;
 
