@@ -397,8 +397,8 @@ pub fn run(
         }
         for rep in 0..opts.repetitions {
             let mut m = suite::prepare(&kvm, image, inst)?;
-            let khz = u64::from(m.tsc_khz()?);
-            tsc_khz = khz;
+            tsc_khz = u64::from(m.tsc_khz()?);
+            let khz = tsc_khz;
             let mut h = CaseHandler::new(inst.case.host);
             let end = m.run(&mut h, opts.timeout)?;
             let mut per_metric: BTreeMap<String, Vec<f64>> = BTreeMap::new();
@@ -411,39 +411,32 @@ pub fn run(
             for (metric, v) in per_metric {
                 rows.entry((metric, key_env.clone())).or_default().push(v);
             }
-            let status = match (&end, &h.result) {
-                (RunEnd::Stopped, Some((abi::report::GuestStatus::Pass, _))) => None,
-                (RunEnd::Stopped, Some((s, reason))) => {
-                    Some(format!("{s:?}: {reason} {}", h.lines.join("; ")))
+            // Why a repetition is not a plain pass (with everything the guest said), or else
+            // the guest's log lines (e.g. a metric it could not measure).
+            let note = match (&end, &h.result) {
+                (RunEnd::Stopped, Some((abi::report::GuestStatus::Pass, _))) => {
+                    let logs: Vec<&str> = h
+                        .lines
+                        .iter()
+                        .filter(|l| l.starts_with("log:"))
+                        .map(String::as_str)
+                        .collect();
+                    logs.join("; ")
                 }
-                (other, _) => Some(format!("{other:?}")),
+                (RunEnd::Stopped, Some((s, reason))) => {
+                    format!("{s:?}: {reason} {}", h.lines.join("; "))
+                }
+                (other, _) => format!("{other:?}"),
             };
-            let logs: Vec<&String> = h.lines.iter().filter(|l| l.starts_with("log:")).collect();
-            let status = match (status, logs.is_empty()) {
-                (s, true) => s,
-                (Some(s), false) => Some(format!(
-                    "{s}; {}",
-                    logs.iter()
-                        .map(|l| l.as_str())
-                        .collect::<Vec<_>>()
-                        .join("; ")
-                )),
-                (None, false) => Some(
-                    logs.iter()
-                        .map(|l| l.as_str())
-                        .collect::<Vec<_>>()
-                        .join("; "),
-                ),
-            };
-            if let Some(s) = status {
+            if !note.is_empty() {
                 let e = notes
                     .entry((inst.case.name.clone(), key_env.clone()))
                     .or_default();
-                if !e.contains(&s) {
+                if !e.contains(&note) {
                     if !e.is_empty() {
                         e.push_str(" | ");
                     }
-                    e.push_str(&s);
+                    e.push_str(&note);
                 }
             }
             if rep == 0 {
