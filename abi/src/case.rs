@@ -12,7 +12,7 @@ pub const CASE_SECTION: &str = "pvmc_cases";
 /// [`CaseDesc::magic`] ("CASE").
 pub const CASE_MAGIC: u32 = u32::from_le_bytes(*b"CASE");
 /// [`CaseDesc::version`] of this layout.
-pub const CASE_DESC_VERSION: u16 = 1;
+pub const CASE_DESC_VERSION: u16 = 2;
 /// Bytes of [`CaseDesc::name`].
 pub const NAME_LEN: usize = 48;
 /// Bytes of [`CaseDesc::requirements`].
@@ -44,6 +44,12 @@ pub enum HostCheck {
     /// Benchmark: the host answers OUTs to [`io::BENCH_PORT`] and MMIO at
     /// [`io::BENCH_MMIO_OFFSET`] as fast as it can and collects `Sample` reports.
     Bench = 4,
+    /// The guest loops on `out` to [`io::BENCH_PORT`] forever once it is set up: the host
+    /// times the exits (the runner's own per-exit cost against a raw `KVM_RUN` loop).
+    ExitLoop = 5,
+    /// The guest does nothing: the host measures the VM lifecycle (create, boot, report,
+    /// teardown). Its check is the host's: the guest must reach its case and report PASS.
+    Lifecycle = 6,
 }
 
 impl HostCheck {
@@ -55,6 +61,8 @@ impl HostCheck {
             2 => Self::Mmio,
             3 => Self::HltExit,
             4 => Self::Bench,
+            5 => Self::ExitLoop,
+            6 => Self::Lifecycle,
             _ => return None,
         })
     }
@@ -92,6 +100,37 @@ pub mod io {
     pub const BENCH_MMIO_OFFSET: u64 = 0x100;
 }
 
+/// The outcome a self-test is designed to produce ([`CaseDesc::designed`]); the suite's own
+/// tests check that it does.
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Designed {
+    /// Not a self-test: the case must pass (or be a documented deviation).
+    Pass = 0,
+    /// A failed check.
+    Fail = 1,
+    /// No final status (timeout).
+    Crash = 2,
+    /// `skip!`.
+    Skip = 3,
+    /// `error!`.
+    Error = 4,
+}
+
+impl Designed {
+    /// Decodes the raw value.
+    pub fn from_raw(raw: u8) -> Option<Self> {
+        Some(match raw {
+            0 => Self::Pass,
+            1 => Self::Fail,
+            2 => Self::Crash,
+            3 => Self::Skip,
+            4 => Self::Error,
+            _ => return None,
+        })
+    }
+}
+
 /// A case descriptor as stored in [`CASE_SECTION`]. `E` is the entry-point type: the guest
 /// stores a function pointer, the host reads it back as `u64` (same size and offset).
 #[repr(C)]
@@ -111,8 +150,12 @@ pub struct CaseDesc<E> {
     pub flags: u32,
     /// Per-case timeout in milliseconds; 0 = the runner's default.
     pub timeout_ms: u32,
-    /// Number of vCPUs (1 today).
-    pub vcpus: u32,
+    /// Number of vCPUs (1 to `layout::MAX_VCPUS`).
+    pub vcpus: u16,
+    /// [`Designed`] outcome (self-tests), else [`Designed::Pass`].
+    pub designed: u8,
+    /// Zero.
+    pub reserved: u8,
     /// Case name (`area.what`), NUL padded.
     pub name: [u8; NAME_LEN],
     /// Requirement ids, comma separated, NUL padded.
@@ -136,6 +179,7 @@ const _: () = {
     assert!(core::mem::offset_of!(CaseDesc<u64>, flags) == 12);
     assert!(core::mem::offset_of!(CaseDesc<u64>, timeout_ms) == 16);
     assert!(core::mem::offset_of!(CaseDesc<u64>, vcpus) == 20);
+    assert!(core::mem::offset_of!(CaseDesc<u64>, designed) == 22);
     assert!(core::mem::offset_of!(CaseDesc<u64>, name) == 24);
     assert!(core::mem::offset_of!(CaseDesc<u64>, requirements) == 24 + NAME_LEN);
     assert!(core::mem::offset_of!(CaseDesc<u64>, summary) == 24 + NAME_LEN + REQS_LEN);
@@ -167,7 +211,9 @@ impl CaseDesc<u64> {
             envs: u32_at(8),
             flags: u32_at(12),
             timeout_ms: u32_at(16),
-            vcpus: u32_at(20),
+            vcpus: u16_at(20),
+            designed: b[22],
+            reserved: b[23],
             name,
             requirements,
             summary,

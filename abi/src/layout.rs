@@ -20,7 +20,7 @@
 //! The local host runs CPL3 code on CR3 | 0x1000 (a PTI-style user PML4, in both of its
 //! modes), so the loader builds the PML4 8 KiB aligned and mirrors it at [`USER_PML4_GPA`].
 //! The case `paging.user_cr3_is_cr3` checks the architectural rule (CPL3 uses CR3) directly.
-//! PML4[511] aliases PML4[0] ([`HIGH_ALIAS`]) for the stack events from CPL3 switch to.
+//! PML4 slot 511 aliases PML4 slot 0 ([`HIGH_ALIAS`]) for the stack events from CPL3 switch to.
 
 /// Size of the guest's RAM, starting at GPA 0.
 pub const RAM_SIZE: u64 = 8 << 20;
@@ -80,7 +80,7 @@ pub const FREE_END: u64 = RAM_SIZE;
 pub const MMIO_WINDOW: u64 = 0x3fe0_0000;
 /// Size of the MMIO window.
 pub const MMIO_WINDOW_SIZE: u64 = LARGE_PAGE_SIZE;
-/// Upper-half alias of low memory: PML4[511] points at the same PDPT as PML4[0], so
+/// Upper-half alias of low memory: PML4 slot 511 points at the same PDPT as PML4 slot 0, so
 /// `HIGH_ALIAS + gpa` maps `gpa` too. The local host needs TSS.RSP0 in the upper half.
 pub const HIGH_ALIAS: u64 = 0xffff_ff80_0000_0000;
 
@@ -104,6 +104,39 @@ pub mod pte {
     pub const ADDR_MASK: u64 = 0x000f_ffff_ffff_f000;
 }
 
+/// The guest's GDT layout (x86-64 Linux order, which SYSCALL/SYSRET need and which the local
+/// host forces for user mode). The host starts the vCPU with [`sel::KERNEL_CS`] and
+/// [`sel::KERNEL_DS`] loaded; the guest library's GDT gives them the same meaning.
+pub mod sel {
+    /// Kernel code, 64-bit.
+    pub const KERNEL_CS: u16 = 0x10;
+    /// Kernel data.
+    pub const KERNEL_DS: u16 = 0x18;
+    /// User code, 32-bit (RPL 3); STAR's SYSRET base.
+    pub const USER32_CS: u16 = 0x20 | 3;
+    /// User data (RPL 3).
+    pub const USER_DS: u16 = 0x28 | 3;
+    /// User code, 64-bit (RPL 3).
+    pub const USER_CS: u16 = 0x30 | 3;
+    /// The TSS descriptor (16 bytes).
+    pub const TSS: u16 = 0x40;
+}
+
+/// CR0 at entry: PE, MP, ET, NE, WP, AM, PG.
+pub const BOOT_CR0: u64 = {
+    use crate::x86::cr0::*;
+    PE | MP | ET | NE | WP | AM | PG
+};
+/// CR4 at entry: PAE only.
+pub const BOOT_CR4: u64 = crate::x86::cr4::PAE;
+/// EFER at entry: SCE, LME, LMA, NXE.
+pub const BOOT_EFER: u64 = {
+    use crate::x86::efer::*;
+    SCE | LME | LMA | NXE
+};
+/// RFLAGS at entry (interrupts off).
+pub const BOOT_RFLAGS: u64 = crate::x86::rflags::FIXED;
+
 /// Magic value of [`BootInfo::magic`] ("PVMCBOOT").
 pub const BOOT_MAGIC: u64 = u64::from_le_bytes(*b"PVMCBOOT");
 
@@ -123,8 +156,9 @@ pub struct BootInfo {
     pub free_start: u64,
     /// End (exclusive) of that range.
     pub free_end: u64,
-    /// Case parameter (for table-driven cases run as several instances); 0 by default.
-    pub param: u64,
+    /// The guest TSC frequency in kHz as the host knows it (`KVM_GET_TSC_KHZ`), for turning
+    /// time bounds into TSC cycles; 0 if the host does not know it.
+    pub tsc_khz: u64,
 }
 
 const _: () = {
@@ -132,11 +166,12 @@ const _: () = {
     assert!(core::mem::offset_of!(BootInfo, case_entry) == 8);
     assert!(core::mem::offset_of!(BootInfo, env) == 16);
     assert!(core::mem::offset_of!(BootInfo, free_start) == 24);
-    assert!(core::mem::offset_of!(BootInfo, param) == 40);
+    assert!(core::mem::offset_of!(BootInfo, tsc_khz) == 40);
     assert!(IMAGE_BASE.is_multiple_of(LARGE_PAGE_SIZE) && FREE_START.is_multiple_of(PAGE_SIZE));
     assert!(PML4_GPA.is_multiple_of(0x2000));
     assert!(vif_gpa(MAX_VCPUS - 1) < 0x1_0000 && stack_top(MAX_VCPUS - 1) <= FREE_START);
     assert!(SUPERVISOR_STACK_TOP > IMAGE_END && USER_STACK_TOP <= FREE_START);
+    assert!(BOOT_CR0 == 0x8005_0033 && BOOT_EFER == 0xd01);
 };
 
 impl BootInfo {
@@ -149,7 +184,7 @@ impl BootInfo {
         b[20..24].copy_from_slice(&self.vcpus.to_le_bytes());
         b[24..32].copy_from_slice(&self.free_start.to_le_bytes());
         b[32..40].copy_from_slice(&self.free_end.to_le_bytes());
-        b[40..48].copy_from_slice(&self.param.to_le_bytes());
+        b[40..48].copy_from_slice(&self.tsc_khz.to_le_bytes());
         b
     }
 }

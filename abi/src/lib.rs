@@ -5,20 +5,24 @@
 //! definitions. Every `#[repr(C)]` layout that crosses the guest/host boundary carries
 //! compile-time `size_of`/`offset_of!` assertions next to its definition.
 //!
+//! - [`mod@bench`]: sample counts and the native baselines benchmarks are compared with.
 //! - [`layout`]: guest-physical memory map the host loader builds and the guest relies on.
 //! - [`report`]: the guest->host report channel (one port, one message format).
 //! - [`case`]: case descriptors that the guest binary carries in an ELF section.
-//! - [`env`]: execution environments (hvm64, pv-local, upstream generations) and areas.
+//! - [`mod@env`]: execution environments (hvm64, pv-local, upstream generations) and areas.
 //! - [`local`]: the local host's PVM dialect (MSRs, `int $0x1b` hypercalls).
 //! - [`upstream`]: the three upstream virt-pvm ABI generations (constants only).
+//! - [`x86`]: architectural constants (MSRs, control-register bits, vectors, error codes).
 #![cfg_attr(not(test), no_std)]
 
+pub mod bench;
 pub mod case;
 pub mod env;
 pub mod layout;
 pub mod local;
 pub mod report;
 pub mod upstream;
+pub mod x86;
 
 /// Copies `s` into a NUL-padded fixed array at compile time; fails the build if it does not
 /// fit (at least one NUL byte is always left so the host can find the end).

@@ -26,6 +26,8 @@ pub const PV_CPUID_VECTOR: u8 = 0x1a;
 
 /// `-ENOSYS` as returned in RAX for an unknown hypercall number.
 pub const ENOSYS: i64 = -38;
+/// What the WRMSR hypercall returns for an unknown or read-only MSR (observed; 0 = written).
+pub const WRMSR_REFUSED: i64 = 2;
 
 /// Hypercall numbers, read from the host kernel's type information.
 pub mod hc {
@@ -59,6 +61,9 @@ pub mod hc {
     pub const IRET_FRAME: u64 = 0x100d;
     /// Flush several pages.
     pub const FLUSH_TLB_MULTI: u64 = 0x100e;
+    /// A number in the dialect's range that it does not define (one past the last): the
+    /// cheapest in-kernel hypercall round trip, for benchmarks.
+    pub const UNDEFINED: u64 = FLUSH_TLB_MULTI + 1;
     /// Every known number, with its name, for table-driven cases.
     pub const ALL: [(u64, &str); 15] = [
         (SET_CR0, "SET_CR0"),

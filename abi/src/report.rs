@@ -24,13 +24,15 @@ pub enum MessageKind {
     /// A failed assertion: `text` = expression, `file`/`line`, `values[0]`/`values[1]` = left
     /// and right operands when `flags & FLAG_HAS_VALUES`.
     AssertFail = 2,
-    /// Final status: `values[0]` = [`GuestStatus`], `text` = reason.
+    /// Final status: `values[0]` = [`GuestStatus`] (the most severe one recorded),
+    /// `values[1]` = how many checks the guest made, `values[2]` = the status the case
+    /// finished with (which a failed check recorded earlier may outrank), `text` = its reason.
     Result = 3,
     /// A named checkpoint the host-side expectation of the case inspects: `values[0]` = the
     /// checkpoint number, `values[1..]` = data.
     Checkpoint = 4,
     /// A benchmark sample: `text` = metric, `values[0]` = operations, `values[1]` = TSC cycles
-    /// they took.
+    /// they took, `values[2]` = the `bench::Baseline` it is compared with.
     Sample = 5,
 }
 
@@ -49,7 +51,9 @@ impl MessageKind {
 }
 
 /// Status a guest can report itself. The host adds XFAIL (from expectations) and CRASH (no
-/// status at all).
+/// status at all). Severity, least first: Pass < Skip < Error < Fail ([`GuestStatus::severity`]):
+/// a failed check outranks an error in the same run, as XTF ranks FAILURE above ERROR, so a
+/// hypervisor bug is not hidden behind a test problem that followed it.
 #[repr(u64)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum GuestStatus {
@@ -64,6 +68,16 @@ pub enum GuestStatus {
 }
 
 impl GuestStatus {
+    /// Rank for merging (higher wins).
+    pub const fn severity(self) -> u8 {
+        match self {
+            GuestStatus::Pass => 0,
+            GuestStatus::Skip => 1,
+            GuestStatus::Error => 2,
+            GuestStatus::Fail => 3,
+        }
+    }
+
     /// Decodes the raw value.
     pub fn from_raw(raw: u64) -> Option<Self> {
         Some(match raw {

@@ -52,6 +52,21 @@ pub struct Expectations {
     pub source: String,
 }
 
+/// A TOML error in one line: where (line, column) and what (toml's own message spans several
+/// lines with a source excerpt).
+fn one_line(text: &str, e: &toml::de::Error) -> String {
+    let msg = e.message().trim().replace('\n', " ");
+    match e.span() {
+        Some(span) => {
+            let before = &text[..span.start.min(text.len())];
+            let line = before.matches('\n').count() + 1;
+            let col = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+            format!("line {line}, column {col}: {msg}")
+        }
+        None => msg,
+    }
+}
+
 /// The built-in expectations of the local dialect.
 pub const LOCAL: &str = include_str!("../expectations/local.toml");
 
@@ -62,7 +77,7 @@ impl Expectations {
             path: source.into(),
             reason,
         };
-        let file: File = toml::from_str(text).map_err(|e| bad(e.to_string()))?;
+        let file: File = toml::from_str(text).map_err(|e| bad(one_line(text, &e)))?;
         let mut by_id = HashMap::new();
         for d in file.deviation {
             let o = Outcome::from_name(&d.outcome)
@@ -109,6 +124,46 @@ impl Expectations {
     /// Every listed instance id.
     pub fn ids(&self) -> impl Iterator<Item = &str> {
         self.by_id.keys().map(String::as_str)
+    }
+
+    /// Every built-in expectations file (for checking them all against a case table).
+    pub fn all_builtin() -> Result<Vec<Self>, Error> {
+        Ok(vec![Self::parse(
+            LOCAL,
+            "built-in expectations/local.toml",
+        )?])
+    }
+
+    /// Refuses an expectation naming an instance that `known` (every id the guest image
+    /// declares) does not contain: a stale or misspelt entry would otherwise be ignored.
+    pub fn validate(&self, known: &std::collections::HashSet<String>) -> Result<(), Error> {
+        let mut unknown: Vec<&str> = self.ids().filter(|id| !known.contains(*id)).collect();
+        unknown.sort_unstable();
+        match unknown.first() {
+            None => Ok(()),
+            Some(first) => Err(Error::Expectations {
+                path: self.source.clone(),
+                reason: format!(
+                    "names {first}, which is not a case instance of this guest image{}",
+                    match unknown.len() {
+                        1 => String::new(),
+                        n => format!(" ({} more unknown)", n - 1),
+                    }
+                ),
+            }),
+        }
+    }
+
+    /// A stable digest of the deviations in force (sorted id and outcome pairs), for the run's
+    /// selection fingerprint.
+    pub fn fingerprint(&self) -> String {
+        let mut entries: Vec<String> = self
+            .by_id
+            .iter()
+            .map(|(id, (o, _))| format!("{id}={}", o.name()))
+            .collect();
+        entries.sort();
+        entries.join(",")
     }
 
     /// Applies the expectations to an instance's raw outcome and detail.

@@ -1,32 +1,288 @@
-//! The host side of a case: decodes the guest's reports and implements every
-//! [`HostCheck`] (an exhaustive `match`, so a new variant cannot be forgotten). Any exit the
-//! case's check does not allow (an OUT to another port, MMIO elsewhere, a HLT out of turn)
-//! ends the run as unexpected, which the suite classifies as CRASH.
+//! The host side of a case: [`CaseHandler`] decodes the guest's reports, and a [`Device`] per
+//! [`HostCheck`] implements what the host must answer and verify while the case runs.
+//! [`device_for`] is the one exhaustive `match` over `HostCheck` (no catch-all arm), so a new
+//! variant does not compile until it has a device. Any exit the case's device does not claim
+//! (an OUT to another port, MMIO elsewhere, a HLT out of turn) ends the run as unexpected,
+//! which the suite classifies as CRASH.
 
 use abi::case::{HostCheck, io};
 use abi::layout::MMIO_WINDOW;
 use abi::report::{FLAG_HAS_VALUES, GuestStatus, Message, MessageKind};
-use runner::kvm::{Action, ExitHandler};
+use runner::vm::{Action, ExitHandler};
+
+/// Whether a device took an exit.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Handled {
+    /// The device handled it; the vCPU resumes.
+    Yes,
+    /// Not an exit this device allows.
+    NotMine,
+}
+
+/// The host side of one [`HostCheck`]: the exits it answers (everything else is unexpected,
+/// which is what the provided methods say) and what it verifies at the end.
+pub trait Device: Send + std::fmt::Debug {
+    /// `OUT` to a port other than the report port.
+    fn io_out(&mut self, _port: u16, _data: &[u8]) -> Handled {
+        Handled::NotMine
+    }
+    /// `IN`; fill `data`.
+    fn io_in(&mut self, _port: u16, _data: &mut [u8]) -> Handled {
+        Handled::NotMine
+    }
+    /// MMIO write.
+    fn mmio_write(&mut self, _gpa: u64, _data: &[u8]) -> Handled {
+        Handled::NotMine
+    }
+    /// MMIO read; fill `data`.
+    fn mmio_read(&mut self, _gpa: u64, _data: &mut [u8]) -> Handled {
+        Handled::NotMine
+    }
+    /// `KVM_EXIT_HLT`.
+    fn hlt(&mut self) -> Handled {
+        Handled::NotMine
+    }
+    /// A guest checkpoint; `Err` describes why it is out of place.
+    fn checkpoint(&mut self, n: u64) -> Result<(), String> {
+        Err(format!(
+            "checkpoint {n}, but this case's host check takes none"
+        ))
+    }
+    /// Called on the guest's final status: pushes what is wrong to `failures` and returns how
+    /// many checks the host made.
+    fn finish(&mut self, failures: &mut Vec<String>) -> u32;
+}
+
+/// The device of `check` (the exhaustive `match`).
+pub fn device_for(check: HostCheck) -> Box<dyn Device> {
+    match check {
+        HostCheck::None => Box::new(Nothing),
+        HostCheck::PortIo => Box::new(PortIoEcho::default()),
+        HostCheck::Mmio => Box::new(MmioDevice::default()),
+        HostCheck::HltExit => Box::new(HltCounter::default()),
+        HostCheck::Bench | HostCheck::ExitLoop => Box::new(BenchSink),
+        HostCheck::Lifecycle => Box::new(Lifecycle),
+    }
+}
+
+/// [`HostCheck::None`]: nothing beyond the report channel, no host checks.
+#[derive(Debug)]
+struct Nothing;
+
+impl Device for Nothing {
+    fn finish(&mut self, _: &mut Vec<String>) -> u32 {
+        0
+    }
+}
+
+/// [`HostCheck::PortIo`]: records OUTs to the echo port and answers INs.
+#[derive(Debug, Default)]
+struct PortIoEcho {
+    outs: Vec<(u8, u32)>,
+    last_out: u32,
+}
+
+fn le_value(data: &[u8]) -> u64 {
+    data.iter().rev().fold(0, |v, &b| (v << 8) | u64::from(b))
+}
+
+impl Device for PortIoEcho {
+    fn io_out(&mut self, port: u16, data: &[u8]) -> Handled {
+        if port != io::ECHO_PORT {
+            return Handled::NotMine;
+        }
+        let v = le_value(data) as u32;
+        self.outs.push((data.len() as u8, v));
+        self.last_out = v;
+        Handled::Yes
+    }
+
+    fn io_in(&mut self, port: u16, data: &mut [u8]) -> Handled {
+        if port != io::ECHO_PORT {
+            return Handled::NotMine;
+        }
+        let v = io::pio_in_answer(self.last_out, data.len() as u8);
+        let bytes = v.to_le_bytes();
+        let n = data.len().min(4);
+        data[..n].copy_from_slice(&bytes[..n]);
+        Handled::Yes
+    }
+
+    fn finish(&mut self, failures: &mut Vec<String>) -> u32 {
+        if self.outs != io::PIO_OUT {
+            failures.push(format!(
+                "OUTs to port {:#x} seen as (size, value) {:x?}, expected {:x?}",
+                io::ECHO_PORT,
+                self.outs,
+                io::PIO_OUT
+            ));
+        }
+        1
+    }
+}
+
+/// [`HostCheck::Mmio`]: records the write, answers the read.
+#[derive(Debug, Default)]
+struct MmioDevice {
+    writes: Vec<(u64, u8, u64)>,
+    reads: u32,
+}
+
+impl Device for MmioDevice {
+    fn mmio_write(&mut self, gpa: u64, data: &[u8]) -> Handled {
+        if gpa != MMIO_WINDOW + io::MMIO_WRITE_OFFSET {
+            return Handled::NotMine;
+        }
+        self.writes.push((gpa, data.len() as u8, le_value(data)));
+        Handled::Yes
+    }
+
+    fn mmio_read(&mut self, gpa: u64, data: &mut [u8]) -> Handled {
+        if gpa != MMIO_WINDOW + io::MMIO_READ_OFFSET || data.len() != 4 {
+            return Handled::NotMine;
+        }
+        self.reads += 1;
+        data.copy_from_slice(&io::MMIO_READ_VALUE.to_le_bytes());
+        Handled::Yes
+    }
+
+    fn finish(&mut self, failures: &mut Vec<String>) -> u32 {
+        let (size, value) = io::MMIO_WRITE;
+        let want = [(MMIO_WINDOW + io::MMIO_WRITE_OFFSET, size, value)];
+        if self.writes != want {
+            failures.push(format!(
+                "MMIO writes seen as (gpa, size, value) {:x?}, expected {want:x?}",
+                self.writes
+            ));
+        }
+        if self.reads != 1 {
+            failures.push(format!("{} MMIO reads seen, expected 1", self.reads));
+        }
+        2
+    }
+}
+
+/// [`HostCheck::HltExit`]: one `KVM_EXIT_HLT` after each checkpoint, in order.
+#[derive(Debug, Default)]
+struct HltCounter {
+    next_checkpoint: u64,
+    armed: bool,
+    hlts: u64,
+}
+
+impl Device for HltCounter {
+    fn checkpoint(&mut self, n: u64) -> Result<(), String> {
+        if n != self.next_checkpoint {
+            return Err(format!(
+                "checkpoint {n} out of order (expected {})",
+                self.next_checkpoint
+            ));
+        }
+        self.next_checkpoint += 1;
+        self.armed = true;
+        Ok(())
+    }
+
+    fn hlt(&mut self) -> Handled {
+        if !self.armed {
+            return Handled::NotMine;
+        }
+        self.armed = false;
+        self.hlts += 1;
+        Handled::Yes
+    }
+
+    fn finish(&mut self, failures: &mut Vec<String>) -> u32 {
+        if self.hlts != io::HLT_COUNT {
+            failures.push(format!(
+                "{} HLT exits seen after checkpoints, expected {}",
+                self.hlts,
+                io::HLT_COUNT
+            ));
+        }
+        1
+    }
+}
+
+/// [`HostCheck::Bench`] and [`HostCheck::ExitLoop`]: answers the benchmark port and MMIO
+/// offset at once; the measurements are the guest's samples (or the host's own timing).
+#[derive(Debug)]
+struct BenchSink;
+
+impl Device for BenchSink {
+    fn io_out(&mut self, port: u16, _: &[u8]) -> Handled {
+        if port == io::BENCH_PORT {
+            Handled::Yes
+        } else {
+            Handled::NotMine
+        }
+    }
+
+    fn mmio_write(&mut self, gpa: u64, _: &[u8]) -> Handled {
+        if gpa == MMIO_WINDOW + io::BENCH_MMIO_OFFSET {
+            Handled::Yes
+        } else {
+            Handled::NotMine
+        }
+    }
+
+    fn finish(&mut self, _: &mut Vec<String>) -> u32 {
+        0
+    }
+}
+
+/// [`HostCheck::Lifecycle`]: the guest only has to boot, reach its case and report; that is
+/// the host's one check.
+#[derive(Debug)]
+struct Lifecycle;
+
+impl Device for Lifecycle {
+    fn finish(&mut self, _: &mut Vec<String>) -> u32 {
+        1
+    }
+}
+
+/// One benchmark sample as the guest reported it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Sample {
+    /// Metric name.
+    pub metric: String,
+    /// Operations in the batch.
+    pub ops: u64,
+    /// TSC cycles they took.
+    pub cycles: u64,
+    /// The native baseline the metric is compared with (`None` if the guest named an unknown one).
+    pub baseline: Option<abi::bench::Baseline>,
+}
+
+/// The guest's final status.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GuestResult {
+    /// The most severe status the guest recorded.
+    pub status: GuestStatus,
+    /// The status the case finished with (a failed check may outrank it).
+    pub finished_with: GuestStatus,
+    /// The reason given with it.
+    pub reason: String,
+    /// Checks the guest made.
+    pub checks: u32,
+}
 
 /// State of one case instance's run, from the host's point of view.
 #[derive(Debug)]
 pub struct CaseHandler {
     check: HostCheck,
+    device: Box<dyn Device>,
     /// Log lines and failed checks, in order.
     pub lines: Vec<String>,
-    /// The guest's final status and reason.
-    pub result: Option<(GuestStatus, String)>,
+    /// The guest's final status.
+    pub result: Option<GuestResult>,
     /// What the host-side check found wrong.
     pub host_failures: Vec<String>,
-    outs: Vec<(u8, u32)>,
-    last_out: u32,
-    mmio_writes: Vec<(u64, u8, u64)>,
-    mmio_reads: u32,
-    next_checkpoint: u64,
-    hlt_armed: bool,
-    hlts: u64,
-    /// Benchmark samples: (metric, operations, TSC cycles).
-    pub samples: Vec<(String, u64, u64)>,
+    /// Checks the host made.
+    pub host_checks: u32,
+    /// Benchmark samples.
+    pub samples: Vec<Sample>,
 }
 
 impl CaseHandler {
@@ -34,70 +290,44 @@ impl CaseHandler {
     pub fn new(check: HostCheck) -> Self {
         Self {
             check,
+            device: device_for(check),
             lines: Vec::new(),
             result: None,
             host_failures: Vec::new(),
-            outs: Vec::new(),
-            last_out: 0,
-            mmio_writes: Vec::new(),
-            mmio_reads: 0,
-            next_checkpoint: 0,
-            hlt_armed: false,
-            hlts: 0,
+            host_checks: 0,
             samples: Vec::new(),
         }
     }
 
-    fn unexpected(&self, what: String) -> Action {
-        Action::Unexpected(format!(
-            "{what} (host check {:?} does not allow it)",
-            self.check
-        ))
-    }
-
-    /// Compares what the host saw with what the check requires; called on the final status.
-    fn finish(&mut self) {
-        match self.check {
-            HostCheck::None | HostCheck::Bench => {}
-            HostCheck::PortIo => {
-                if self.outs != io::PIO_OUT {
-                    self.host_failures.push(format!(
-                        "OUTs to port {:#x} seen as (size, value) {:x?}, expected {:x?}",
-                        io::ECHO_PORT,
-                        self.outs,
-                        io::PIO_OUT
-                    ));
-                }
-            }
-            HostCheck::Mmio => {
-                let (size, value) = io::MMIO_WRITE;
-                let want = [(MMIO_WINDOW + io::MMIO_WRITE_OFFSET, size, value)];
-                if self.mmio_writes != want {
-                    self.host_failures.push(format!(
-                        "MMIO writes seen as (gpa, size, value) {:x?}, expected {want:x?}",
-                        self.mmio_writes
-                    ));
-                }
-                if self.mmio_reads != 1 {
-                    self.host_failures
-                        .push(format!("{} MMIO reads seen, expected 1", self.mmio_reads));
-                }
-            }
-            HostCheck::HltExit => {
-                if self.hlts != io::HLT_COUNT {
-                    self.host_failures.push(format!(
-                        "{} HLT exits seen after checkpoints, expected {}",
-                        self.hlts,
-                        io::HLT_COUNT
-                    ));
-                }
-            }
+    fn answer(&self, h: Handled, what: impl FnOnce() -> String) -> Action {
+        match h {
+            Handled::Yes => Action::Continue,
+            Handled::NotMine => Action::Unexpected(format!(
+                "{} (host check {:?} does not allow it)",
+                what(),
+                self.check
+            )),
         }
     }
-}
 
-fn le_value(data: &[u8]) -> u64 {
-    data.iter().rev().fold(0, |v, &b| (v << 8) | u64::from(b))
+    fn on_result(&mut self, msg: &Message) -> Action {
+        let status = GuestStatus::from_raw(msg.values[0]);
+        let finished_with = GuestStatus::from_raw(msg.values[2]);
+        let (Some(status), Some(finished_with)) = (status, finished_with) else {
+            return Action::Unexpected(format!(
+                "final status with unknown values {:?}",
+                &msg.values[..3]
+            ));
+        };
+        self.result = Some(GuestResult {
+            status,
+            finished_with,
+            reason: msg.text_str().to_string(),
+            checks: u32::try_from(msg.values[1]).unwrap_or(u32::MAX),
+        });
+        self.host_checks += self.device.finish(&mut self.host_failures);
+        Action::Stop
+    }
 }
 
 impl ExitHandler for CaseHandler {
@@ -121,95 +351,54 @@ impl ExitHandler for CaseHandler {
                 Action::Continue
             }
             Some(MessageKind::Checkpoint) => {
-                let n = msg.values[0];
-                match self.check {
-                    HostCheck::HltExit if n == self.next_checkpoint => {
-                        self.next_checkpoint += 1;
-                        self.hlt_armed = true;
-                    }
-                    _ => self
-                        .host_failures
-                        .push(format!("checkpoint {n} out of order")),
+                if let Err(why) = self.device.checkpoint(msg.values[0]) {
+                    self.host_failures.push(why);
                 }
                 Action::Continue
             }
             Some(MessageKind::Sample) => {
-                self.samples
-                    .push((msg.text_str().to_string(), msg.values[0], msg.values[1]));
+                self.samples.push(Sample {
+                    metric: msg.text_str().to_string(),
+                    ops: msg.values[0],
+                    cycles: msg.values[1],
+                    baseline: abi::bench::Baseline::from_raw(msg.values[2]),
+                });
                 Action::Continue
             }
-            Some(MessageKind::Result) => {
-                let status = GuestStatus::from_raw(msg.values[0]).unwrap_or(GuestStatus::Error);
-                self.result = Some((status, msg.text_str().to_string()));
-                self.finish();
-                Action::Stop
-            }
+            Some(MessageKind::Result) => self.on_result(msg),
             None => Action::Unexpected(format!("report message of unknown kind {}", msg.kind)),
         }
     }
 
     fn io_out(&mut self, port: u16, data: &[u8]) -> Action {
-        match self.check {
-            HostCheck::Bench if port == io::BENCH_PORT => Action::Continue,
-            HostCheck::PortIo if port == io::ECHO_PORT => {
-                let v = le_value(data) as u32;
-                self.outs.push((data.len() as u8, v));
-                self.last_out = v;
-                Action::Continue
-            }
-            _ => self.unexpected(format!(
-                "OUT to port {port:#x} of {} bytes ({:x?})",
-                data.len(),
-                data
-            )),
-        }
+        let h = self.device.io_out(port, data);
+        self.answer(h, || {
+            format!("OUT to port {port:#x} of {} bytes ({data:x?})", data.len())
+        })
     }
 
     fn io_in(&mut self, port: u16, data: &mut [u8]) -> Action {
-        match self.check {
-            HostCheck::PortIo if port == io::ECHO_PORT => {
-                let v = io::pio_in_answer(self.last_out, data.len() as u8);
-                let bytes = v.to_le_bytes();
-                let n = data.len().min(4);
-                data[..n].copy_from_slice(&bytes[..n]);
-                Action::Continue
-            }
-            _ => self.unexpected(format!("IN from port {port:#x} of {} bytes", data.len())),
-        }
+        let n = data.len();
+        let h = self.device.io_in(port, data);
+        self.answer(h, || format!("IN from port {port:#x} of {n} bytes"))
     }
 
     fn mmio_write(&mut self, gpa: u64, data: &[u8]) -> Action {
-        match self.check {
-            HostCheck::Bench if gpa == MMIO_WINDOW + io::BENCH_MMIO_OFFSET => Action::Continue,
-            HostCheck::Mmio if gpa == MMIO_WINDOW + io::MMIO_WRITE_OFFSET => {
-                self.mmio_writes
-                    .push((gpa, data.len() as u8, le_value(data)));
-                Action::Continue
-            }
-            _ => self.unexpected(format!("MMIO write at {gpa:#x} of {} bytes", data.len())),
-        }
+        let h = self.device.mmio_write(gpa, data);
+        self.answer(h, || {
+            format!("MMIO write at {gpa:#x} of {} bytes", data.len())
+        })
     }
 
     fn mmio_read(&mut self, gpa: u64, data: &mut [u8]) -> Action {
-        match self.check {
-            HostCheck::Mmio if gpa == MMIO_WINDOW + io::MMIO_READ_OFFSET && data.len() == 4 => {
-                self.mmio_reads += 1;
-                data.copy_from_slice(&io::MMIO_READ_VALUE.to_le_bytes());
-                Action::Continue
-            }
-            _ => self.unexpected(format!("MMIO read at {gpa:#x} of {} bytes", data.len())),
-        }
+        let n = data.len();
+        let h = self.device.mmio_read(gpa, data);
+        self.answer(h, || format!("MMIO read at {gpa:#x} of {n} bytes"))
     }
 
     fn hlt(&mut self) -> Action {
-        match self.check {
-            HostCheck::HltExit if self.hlt_armed => {
-                self.hlt_armed = false;
-                self.hlts += 1;
-                Action::Continue
-            }
-            _ => self.unexpected("HLT exit".into()),
-        }
+        let h = self.device.hlt();
+        self.answer(h, || "HLT exit".into())
     }
 }
 
@@ -217,9 +406,11 @@ impl ExitHandler for CaseHandler {
 mod tests {
     use super::*;
 
-    fn result_msg(status: GuestStatus) -> Message {
+    fn result_msg(status: GuestStatus, checks: u64) -> Message {
         let mut m = Message::new(MessageKind::Result);
         m.values[0] = status as u64;
+        m.values[1] = checks;
+        m.values[2] = status as u64;
         m
     }
 
@@ -236,19 +427,45 @@ mod tests {
             assert_eq!(h.io_in(io::ECHO_PORT, &mut back), Action::Continue);
             assert_eq!(le_value(&back) as u32, io::pio_in_answer(v, size));
         }
-        assert_eq!(h.report(&result_msg(GuestStatus::Pass)), Action::Stop);
+        assert_eq!(h.report(&result_msg(GuestStatus::Pass, 3)), Action::Stop);
         assert!(h.host_failures.is_empty(), "{:?}", h.host_failures);
+        assert_eq!(h.host_checks, 1);
+        assert_eq!(h.result.as_ref().map(|r| r.checks), Some(3));
     }
 
     #[test]
-    fn port_io_check_catches_a_wrong_value_and_stray_ports() {
+    fn port_io_check_catches_a_wrong_value() {
         let mut h = CaseHandler::new(HostCheck::PortIo);
         h.io_out(io::ECHO_PORT, &[0x5b]);
-        h.report(&result_msg(GuestStatus::Pass));
+        h.report(&result_msg(GuestStatus::Pass, 1));
         assert_eq!(h.host_failures.len(), 1);
         assert!(matches!(h.io_out(0x80, &[0]), Action::Unexpected(_)));
-        let mut none = CaseHandler::new(HostCheck::None);
-        assert!(matches!(none.hlt(), Action::Unexpected(_)));
+    }
+
+    #[test]
+    fn mmio_check_answers_the_read_and_verifies_the_write() {
+        let mut h = CaseHandler::new(HostCheck::Mmio);
+        let (_, v) = io::MMIO_WRITE;
+        let w = (v as u32).to_le_bytes();
+        assert_eq!(
+            h.mmio_write(MMIO_WINDOW + io::MMIO_WRITE_OFFSET, &w),
+            Action::Continue
+        );
+        let mut r = [0u8; 4];
+        assert_eq!(
+            h.mmio_read(MMIO_WINDOW + io::MMIO_READ_OFFSET, &mut r),
+            Action::Continue
+        );
+        assert_eq!(u32::from_le_bytes(r), io::MMIO_READ_VALUE);
+        assert!(matches!(
+            h.mmio_write(MMIO_WINDOW, &w),
+            Action::Unexpected(_)
+        ));
+        h.report(&result_msg(GuestStatus::Pass, 1));
+        assert!(h.host_failures.is_empty(), "{:?}", h.host_failures);
+        let mut missing = CaseHandler::new(HostCheck::Mmio);
+        missing.report(&result_msg(GuestStatus::Pass, 1));
+        assert_eq!(missing.host_failures.len(), 2);
     }
 
     #[test]
@@ -261,7 +478,23 @@ mod tests {
             h.report(&cp);
             assert_eq!(h.hlt(), Action::Continue);
         }
-        h.report(&result_msg(GuestStatus::Pass));
+        h.report(&result_msg(GuestStatus::Pass, 0));
         assert!(h.host_failures.is_empty());
+        assert_eq!(h.host_checks, 1);
+    }
+
+    #[test]
+    fn a_checkpoint_where_none_is_taken_is_a_host_failure() {
+        let mut h = CaseHandler::new(HostCheck::None);
+        h.report(&Message::new(MessageKind::Checkpoint));
+        assert_eq!(h.host_failures.len(), 1);
+    }
+
+    #[test]
+    fn a_result_with_an_unknown_status_is_unexpected() {
+        let mut h = CaseHandler::new(HostCheck::None);
+        let mut m = result_msg(GuestStatus::Pass, 0);
+        m.values[0] = 9;
+        assert!(matches!(h.report(&m), Action::Unexpected(_)));
     }
 }

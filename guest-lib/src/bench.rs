@@ -1,16 +1,16 @@
 //! Benchmark helpers: time batches of operations with the TSC and report each batch as a
-//! `Sample` (metric name, operations, cycles). The host turns cycles into nanoseconds with its
-//! own TSC calibration and computes the statistics. Reporting happens outside the timed region.
+//! `Sample` (metric name, operations, cycles, the native baseline it compares with). The host
+//! turns cycles into nanoseconds with its own TSC calibration and computes the statistics.
+//! Reporting happens outside the timed region.
+
+pub use abi::bench::{Baseline, SAMPLES};
 
 use crate::arch::instr;
 use crate::report;
 
-/// Default samples per metric and repetition.
-pub const SAMPLES: u32 = 40;
-
 /// Runs `op` `iters` times per sample after a short warm-up, `samples` times, reporting each
-/// sample under `metric`.
-pub fn measure(metric: &str, samples: u32, iters: u32, mut op: impl FnMut()) {
+/// sample under `metric`, compared with `baseline`.
+pub fn measure(metric: &str, baseline: Baseline, samples: u32, iters: u32, mut op: impl FnMut()) {
     for _ in 0..iters.min(8) {
         op();
     }
@@ -20,6 +20,6 @@ pub fn measure(metric: &str, samples: u32, iters: u32, mut op: impl FnMut()) {
             op();
         }
         let dt = instr::rdtsc().wrapping_sub(t0);
-        report::sample(metric, u64::from(iters), dt);
+        report::sample(metric, baseline, u64::from(iters), dt);
     }
 }

@@ -9,8 +9,8 @@
 //! The macro places a `CaseDesc` in the `pvmc_cases` ELF section; the host reads that section
 //! to know the cases, so there is no other list to keep in sync.
 
-use abi::case::{CASE_DESC_VERSION, CASE_MAGIC, CaseDesc, HostCheck};
-use abi::env::{Area, LOCAL_ENVS};
+use abi::case::{CASE_DESC_VERSION, CASE_MAGIC, CaseDesc, Designed, FLAG_SELFTEST, HostCheck};
+use abi::env::{ALL_ENVS, Area};
 use abi::fixed_str;
 
 /// A case's metadata, built in `const` context.
@@ -24,22 +24,24 @@ pub struct Spec {
     flags: u32,
     timeout_ms: u32,
     reqs: &'static str,
-    vcpus: u32,
+    vcpus: u16,
+    designed: Designed,
 }
 
 impl Spec {
-    /// A case named `name` (`area.what`), in `area`, for hvm64 and pv-local, no host check.
+    /// A case named `name` (`area.what`), in `area`, for every environment, no host check.
     pub const fn new(name: &'static str, area: Area, summary: &'static str) -> Self {
         Self {
             name,
             area,
             summary,
-            envs: LOCAL_ENVS,
+            envs: ALL_ENVS,
             host: HostCheck::None,
             flags: 0,
             timeout_ms: 0,
             reqs: "",
             vcpus: 1,
+            designed: Designed::Pass,
         }
     }
 
@@ -68,8 +70,19 @@ impl Spec {
     }
 
     /// Number of vCPUs (vCPU 0 runs the case; the others idle, see `crate::smp`).
-    pub const fn vcpus(mut self, n: u32) -> Self {
+    pub const fn vcpus(mut self, n: u16) -> Self {
+        assert!(
+            n >= 1 && n as u32 <= abi::layout::MAX_VCPUS,
+            "vCPU count out of range"
+        );
         self.vcpus = n;
+        self
+    }
+
+    /// A self-test of the suite that must end with `outcome` (only run with `--selftest`).
+    pub const fn selftest(mut self, outcome: Designed) -> Self {
+        self.flags |= FLAG_SELFTEST;
+        self.designed = outcome;
         self
     }
 
@@ -80,8 +93,11 @@ impl Spec {
     }
 }
 
-/// Builds the descriptor the `case!` macro stores.
+/// Builds the descriptor the `case!` macro stores. The name must be `area.what` and not empty
+/// (checked at compile time; the host checks it again, with duplicates, when it loads the
+/// image).
 pub const fn describe(s: Spec, entry: fn()) -> CaseDesc<fn()> {
+    assert!(!s.name.is_empty(), "a case needs a name");
     CaseDesc {
         magic: CASE_MAGIC,
         version: CASE_DESC_VERSION,
@@ -91,21 +107,11 @@ pub const fn describe(s: Spec, entry: fn()) -> CaseDesc<fn()> {
         flags: s.flags,
         timeout_ms: s.timeout_ms,
         vcpus: s.vcpus,
+        designed: s.designed as u8,
+        reserved: 0,
         name: fixed_str(s.name),
         requirements: fixed_str(s.reqs),
         summary: fixed_str(s.summary),
         entry,
     }
-}
-
-/// Declares a case: `case!(function, spec)`. See the module documentation.
-#[macro_export]
-macro_rules! case {
-    ($f:ident, $spec:expr $(,)?) => {
-        const _: () = {
-            #[used]
-            #[unsafe(link_section = "pvmc_cases")]
-            static DESC: $crate::abi::case::CaseDesc<fn()> = $crate::case::describe($spec, $f);
-        };
-    };
 }

@@ -1,22 +1,23 @@
 //! Exceptions: the frame the entry stubs build, the [`Exception`] value `_safe` primitives
 //! return, and the dispatcher that decides what happens to each event.
 //!
-//! Dispatch order: (1) for a synchronous exception, a fixup-table entry for the faulting RIP
-//! (a `_safe` primitive) records the exception and resumes after the instruction; (2) an event from CPL3 goes to the
-//! [`crate::user`] module; (3) a hook installed by the case; (4) anything else is unexpected
-//! and ends the case as FAIL with the exception and RIP in the detail.
+//! Dispatch order: (1) for a synchronous exception in supervisor mode, a fixup-table entry for
+//! the faulting RIP (a `_safe` primitive) records the exception and resumes after the
+//! instruction; (2) an event from CPL3 goes to the [`crate::user`] module; (3) a hook
+//! installed by the case; (4) anything else is unexpected and ends the case as FAIL with the
+//! exception and RIP in the detail.
 
 use core::fmt;
 
 use abi::report::GuestStatus;
 
-use crate::arch::{self, Global};
+use crate::arch::{self, AtomicHook, PerCpu};
 
-/// Saved state of an interrupted context, in the order the entry stubs push it.
+/// The general registers, in the order the entry stubs push them (RAX at the lowest address).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 #[allow(missing_docs, reason = "register names")]
-pub struct Frame {
+pub struct Gprs {
     pub rax: u64,
     pub rbx: u64,
     pub rcx: u64,
@@ -32,6 +33,26 @@ pub struct Frame {
     pub r13: u64,
     pub r14: u64,
     pub r15: u64,
+}
+
+impl Gprs {
+    /// The registers as an array in [`Gprs`] order.
+    pub fn to_array(&self) -> [u64; 15] {
+        [
+            self.rax, self.rbx, self.rcx, self.rdx, self.rsi, self.rdi, self.rbp, self.r8, self.r9,
+            self.r10, self.r11, self.r12, self.r13, self.r14, self.r15,
+        ]
+    }
+}
+
+/// Saved state of an interrupted context: the general registers, the vector and error code,
+/// and an interrupt frame. Every environment's entry stubs build this same layout, whatever
+/// their host delivers, and set `cs` with RPL 3 exactly when the event interrupted user mode.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[allow(missing_docs, reason = "register names")]
+pub struct Frame {
+    pub gprs: Gprs,
     pub vector: u64,
     pub error_code: u64,
     pub rip: u64,
@@ -41,27 +62,20 @@ pub struct Frame {
     pub ss: u64,
 }
 
-/// Saved user state at SYSCALL entry: general registers, then an interrupt-style frame
+impl Frame {
+    /// Whether the event interrupted user mode (CPL3).
+    pub fn from_user(&self) -> bool {
+        self.cs & 3 == 3
+    }
+}
+
+/// Saved user state at SYSCALL entry: the general registers, then an interrupt-style frame
 /// (RIP, CS, RFLAGS, RSP, SS) built from RCX, R11 and the user RSP.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 #[allow(missing_docs, reason = "register names")]
 pub struct SyscallFrame {
-    pub rax: u64,
-    pub rbx: u64,
-    pub rcx: u64,
-    pub rdx: u64,
-    pub rsi: u64,
-    pub rdi: u64,
-    pub rbp: u64,
-    pub r8: u64,
-    pub r9: u64,
-    pub r10: u64,
-    pub r11: u64,
-    pub r12: u64,
-    pub r13: u64,
-    pub r14: u64,
-    pub r15: u64,
+    pub gprs: Gprs,
     pub rip: u64,
     pub cs: u64,
     pub rflags: u64,
@@ -70,39 +84,19 @@ pub struct SyscallFrame {
 }
 
 const _: () = {
+    assert!(core::mem::size_of::<Gprs>() == 15 * 8);
     assert!(core::mem::size_of::<Frame>() == 22 * 8);
     assert!(core::mem::offset_of!(Frame, vector) == 15 * 8);
     assert!(core::mem::offset_of!(Frame, rip) == 17 * 8);
     assert!(core::mem::size_of::<SyscallFrame>() == 20 * 8);
+    assert!(core::mem::offset_of!(SyscallFrame, rip) == 15 * 8);
 };
 
-/// Vector numbers.
-pub mod vector {
-    /// Divide error.
-    pub const DE: u8 = 0;
-    /// Breakpoint.
-    pub const BP: u8 = 3;
-    /// Invalid opcode.
-    pub const UD: u8 = 6;
-    /// General protection.
-    pub const GP: u8 = 13;
-    /// Page fault.
-    pub const PF: u8 = 14;
-}
+/// Vector numbers (defined in `abi::x86`).
+pub use abi::x86::vector;
 
-/// Page-fault error-code bits.
-pub mod pfec {
-    /// The page was present (protection violation).
-    pub const P: u32 = 1 << 0;
-    /// Write access.
-    pub const W: u32 = 1 << 1;
-    /// Access from CPL3.
-    pub const U: u32 = 1 << 2;
-    /// Reserved bit set.
-    pub const RSVD: u32 = 1 << 3;
-    /// Instruction fetch.
-    pub const I: u32 = 1 << 4;
-}
+/// Page-fault error-code bits (defined in `abi::x86`).
+pub use abi::x86::pfec;
 
 /// An exception as delivered to the guest: vector, error code (0 when the vector has none)
 /// and, for #PF, the faulting address from CR2.
@@ -175,39 +169,31 @@ impl fmt::Debug for Exception {
 }
 
 /// A case-installed handler for supervisor-mode events; returns `true` if it handled the
-/// event (the frame is then resumed, possibly modified).
+/// event (the frame is then resumed, possibly modified). One hook serves every vCPU.
 pub type Hook = fn(&mut Frame, Exception) -> bool;
 
 /// The exception recorded for a `_safe` instruction, one slot per vCPU.
-static LAST_FIXUP: [Global<Option<Exception>>; abi::layout::MAX_VCPUS as usize] =
-    [const { Global::new(None) }; abi::layout::MAX_VCPUS as usize];
-
-fn fixup_slot() -> &'static Global<Option<Exception>> {
-    &LAST_FIXUP[crate::smp::current_cpu() as usize]
-}
-static EXEC_TARGET: Global<Option<u64>> = Global::new(None);
-static HOOK: Global<Option<Hook>> = Global::new(None);
+static LAST_FIXUP: PerCpu<Option<Exception>> = PerCpu::new(None);
+/// The target of the `exec_ret_safe` in progress, per vCPU.
+static EXEC_TARGET: PerCpu<Option<u64>> = PerCpu::new(None);
+static HOOK: AtomicHook<Hook> = AtomicHook::new();
 
 /// Clears the recorded exception before a `_safe` instruction.
 pub fn arm_fixup() {
-    fixup_slot().set(None);
+    LAST_FIXUP.set(None);
 }
 
 /// The exception recorded since [`arm_fixup`], if any.
 pub fn take_fixup() -> Result<(), Exception> {
-    let slot = fixup_slot();
-    match slot.get() {
-        Some(e) => {
-            slot.set(None);
-            Err(e)
-        }
+    match LAST_FIXUP.replace(None) {
+        Some(e) => Err(e),
         None => Ok(()),
     }
 }
 
 /// Arms a fetch check of `target` (see `arch::instr::exec_ret_safe`).
 pub fn arm_exec(target: u64) {
-    fixup_slot().set(None);
+    LAST_FIXUP.set(None);
     EXEC_TARGET.set(Some(target));
 }
 
@@ -222,7 +208,7 @@ pub fn set_hook(hook: Option<Hook>) {
     HOOK.set(hook);
 }
 
-/// Decides what happens to an event; called by the entry stubs.
+/// Decides what happens to an event; called by every environment's entry stubs.
 pub fn dispatch(frame: &mut Frame) {
     let vector = (frame.vector & 0xff) as u8;
     let cr2 = if vector == vector::PF {
@@ -237,24 +223,21 @@ pub fn dispatch(frame: &mut Frame) {
     };
     // Only synchronous exceptions belong to the instruction at RIP; an interrupt (or NMI/#MC)
     // that happens to arrive there must not be taken for that instruction's fault.
-    let synchronous = vector < 32 && vector != 2 && vector != 18;
-    if synchronous
-        && frame.cs & 3 == 0
-        && let Some(fixup) = arch::fixup_for(frame.rip)
-    {
-        fixup_slot().set(Some(ex));
+    let own_fault = vector::is_synchronous(vector) && !frame.from_user();
+    if own_fault && let Some(fixup) = arch::fixup_for(frame.rip) {
+        LAST_FIXUP.set(Some(ex));
         frame.rip = fixup;
         return;
     }
-    if synchronous && frame.cs & 3 == 0 && EXEC_TARGET.get() == Some(frame.rip) {
+    if own_fault && EXEC_TARGET.get() == Some(frame.rip) {
         // A fetch fault on the target of `exec_ret_safe`: return to its caller.
         EXEC_TARGET.set(None);
-        fixup_slot().set(Some(ex));
+        LAST_FIXUP.set(Some(ex));
         frame.rip = arch::mem::read_u64(frame.rsp);
         frame.rsp += 8;
         return;
     }
-    if frame.cs & 3 == 3 {
+    if frame.from_user() {
         crate::user::on_user_event(frame, ex);
         return;
     }

@@ -1,22 +1,23 @@
 //! `no_std` library for tiny bare-metal test guests.
 //!
 //! A guest binary links this library, declares its cases with [`case!`], and gets:
-//! - [`rt`]: the entry point (`_start`), per-environment setup, running the case the host
+//! - [`rt`]: the entry point (`_start`), selecting the environment, running the case the host
 //!   asked for, and the final status;
+//! - [`mod@env`]: one module per guest environment (`hvm64`, `pv-local`) behind one interface;
 //! - [`report`]: the report channel to the host and the check/skip/error macros;
 //! - [`exception`]: exception frames, the fault-tolerant `_safe` primitives' result type;
 //! - [`smp`]: several vCPUs (application processors idle and serve interrupts);
 //! - [`user`]: running code at CPL3 and coming back (by `syscall` or by an exception);
-//! - [`paging`]: a small page-table builder on the identity-mapped RAM;
-//! - [`pv_local`]: the local host's PVM dialect (VIF registration, `int $0x1b` hypercalls);
+//! - [`paging`]: typed handles ([`paging::Frame`], [`paging::TestVa`]) and a small page-table
+//!   builder on the identity-mapped RAM;
 //! - [`apic`]: x2APIC and the TSC-deadline timer;
-//! - [`bench`]: timing batches of operations for `cargo xtask bench`;
+//! - [`mod@bench`]: timing batches of operations for `cargo xtask bench`;
 //! - [`arch`]: the only module with `unsafe` code (instructions, descriptor tables, entry
-//!   stubs).
+//!   stubs, SMP-safe global cells).
 //!
 //! The runtime parts only exist when building for `x86_64-unknown-none`; on the host the
 //! crate still compiles (for unit tests and clippy) but has no entry point.
-#![no_std]
+#![cfg_attr(not(test), no_std)]
 
 pub use abi;
 
@@ -24,12 +25,13 @@ pub mod apic;
 pub mod arch;
 pub mod bench;
 pub mod case;
+pub mod env;
 pub mod exception;
 pub mod paging;
-pub mod pv_local;
 pub mod report;
 pub mod rt;
 pub mod smp;
 pub mod user;
 
+pub use arch::{AtomicHook, PerCpu};
 pub use exception::Exception;

@@ -1,80 +1,235 @@
-//! A small 4-level page-table builder on the identity-mapped RAM.
+//! A small 4-level page-table builder on the identity-mapped RAM, with typed handles.
 //!
-//! The host loader maps RAM (with page 0 absent) and the MMIO window; cases build extra 4 KiB
-//! mappings at test addresses with [`map`], inspect and edit their entries with [`pte`] and
-//! [`set_pte`], and take fresh frames from the free range with [`alloc_frame`]. Changing an
-//! entry of a live mapping needs a TLB flush ([`crate::arch::instr::invlpg`]) as on hardware.
+//! The host loader maps RAM (with page 0 absent) and the MMIO window in the first GiB, and
+//! aliases that GiB at `abi::layout::HIGH_ALIAS`. Cases build their own 4 KiB mappings at a
+//! [`TestVa`] (an address outside both), to a [`Frame`] (a page of the free range that holds no
+//! Rust object), with [`map`] and [`set_pte`]; they inspect entries with [`pte()`]. Because a
+//! mapping can only ever point a test address at a scratch frame, none of these functions can
+//! overwrite the image, the stacks or the loader's tables, and they are safe. Changing an entry
+//! of a live mapping needs a TLB flush ([`crate::arch::instr::invlpg`]) as on hardware.
 
-use abi::layout::{PAGE_SIZE, pte};
+use core::sync::atomic::{AtomicU64, Ordering};
 
-use crate::arch::{self, Global, mem};
+use abi::layout::{HIGH_ALIAS, PAGE_SIZE, pte};
 
-static NEXT_FREE: Global<u64> = Global::new(0);
-static FREE_END: Global<u64> = Global::new(0);
+use crate::arch::{self, mem};
+
+static NEXT_FREE: AtomicU64 = AtomicU64::new(0);
+static FREE_END: AtomicU64 = AtomicU64::new(0);
+
+/// Bytes from 0 (and from [`HIGH_ALIAS`]) that the loader maps: the first GiB.
+const LOADER_MAPPED: u64 = 1 << 30;
+
+/// A page of the free range, handed out once by [`alloc_frame`]; it holds no Rust object, so
+/// writing it (or mapping it and writing through the mapping) is harmless to the guest.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Frame {
+    pa: u64,
+}
+
+impl Frame {
+    /// Guest-physical address.
+    pub fn pa(&self) -> u64 {
+        self.pa
+    }
+
+    /// Writes the u64 at byte `offset` (0..4096, 8-aligned).
+    pub fn write_u64(&self, offset: u64, v: u64) {
+        mem::write_frame_u64(self, offset, v);
+    }
+
+    /// Reads the u64 at byte `offset`.
+    pub fn read_u64(&self, offset: u64) -> u64 {
+        mem::read_u64(self.pa + offset.min(PAGE_SIZE - 8))
+    }
+}
+
+/// A virtual address for test mappings: outside the first GiB and its upper-half alias (all
+/// the loader maps), so nothing but a case's own [`map`] puts memory behind it. Any other
+/// address qualifies, canonical or not (a non-canonical one faults, which a case may want).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TestVa(u64);
+
+impl TestVa {
+    /// `va` as a test address, or `None` if the loader maps it.
+    pub const fn new(va: u64) -> Option<Self> {
+        let low = va < LOADER_MAPPED;
+        let alias = va >= HIGH_ALIAS && va - HIGH_ALIAS < LOADER_MAPPED;
+        if low || alias { None } else { Some(Self(va)) }
+    }
+
+    /// `va` as a test address; fails the build when used in a `const` with a mapped address.
+    pub const fn must(va: u64) -> Self {
+        match Self::new(va) {
+            Some(t) => t,
+            None => panic!("not a test address: the loader maps it"),
+        }
+    }
+
+    /// The address.
+    pub const fn get(self) -> u64 {
+        self.0
+    }
+
+    /// The test address `i` pages above this one (ERROR if that leaves the test range).
+    pub fn page(self, i: u64) -> Self {
+        match self.0.checked_add(i * PAGE_SIZE).and_then(Self::new) {
+            Some(t) => t,
+            None => crate::error!("{:#x} + {i} pages is not a test address", self.0),
+        }
+    }
+}
+
+/// Flags of a 4 KiB mapping (P is implied by [`Pte::map`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PteFlags(u64);
+
+impl PteFlags {
+    /// Read-only, supervisor-only, executable.
+    pub const NONE: Self = Self(0);
+    /// Writable.
+    pub const RW: Self = Self(pte::RW);
+    /// User-accessible.
+    pub const US: Self = Self(pte::US);
+    /// Accessed (preset).
+    pub const A: Self = Self(pte::A);
+    /// Dirty (preset).
+    pub const D: Self = Self(pte::D);
+    /// No-execute.
+    pub const NX: Self = Self(pte::NX);
+
+    /// The entry bits.
+    pub const fn bits(self) -> u64 {
+        self.0
+    }
+
+    /// Both sets of flags (`|` in `const` context).
+    pub const fn union(self, other: Self) -> Self {
+        Self(self.0 | other.0)
+    }
+}
+
+impl core::ops::BitOr for PteFlags {
+    type Output = Self;
+    fn bitor(self, rhs: Self) -> Self {
+        self.union(rhs)
+    }
+}
+
+/// A leaf entry a case may install: absent, or a [`Frame`] with flags.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Pte(u64);
+
+impl Pte {
+    /// Not present.
+    pub const ABSENT: Self = Self(0);
+
+    /// Present, mapping `frame` with `flags`.
+    pub fn map(frame: &Frame, flags: PteFlags) -> Self {
+        Self((frame.pa & pte::ADDR_MASK) | flags.bits() | pte::P)
+    }
+
+    /// The raw entry.
+    pub fn bits(self) -> u64 {
+        self.0
+    }
+}
+
+/// A page-table page: the root in CR3 or a table reached from it (loader-built, or a
+/// [`Frame`] this module turned into a table).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct PageTable(u64);
+
+impl PageTable {
+    fn root() -> Self {
+        Self(arch::instr::read_cr3() & pte::ADDR_MASK)
+    }
+
+    /// Guest-physical address.
+    pub(crate) fn pa(self) -> u64 {
+        self.0
+    }
+}
 
 /// Sets the range [`alloc_frame`] hands out.
 pub fn init(free_start: u64, free_end: u64) {
-    NEXT_FREE.set(free_start);
-    FREE_END.set(free_end);
+    NEXT_FREE.store(free_start, Ordering::Relaxed);
+    FREE_END.store(free_end, Ordering::Relaxed);
 }
 
-/// A zeroed 4 KiB frame from the free range.
-pub fn alloc_frame() -> u64 {
-    let pa = NEXT_FREE.get();
-    if pa + PAGE_SIZE > FREE_END.get() {
+/// A zeroed 4 KiB frame from the free range (any vCPU may call this).
+pub fn alloc_frame() -> Frame {
+    let pa = NEXT_FREE.fetch_add(PAGE_SIZE, Ordering::Relaxed);
+    if pa == 0 || pa + PAGE_SIZE > FREE_END.load(Ordering::Relaxed) {
         crate::error!("out of free guest frames");
     }
-    NEXT_FREE.set(pa + PAGE_SIZE);
-    mem::zero_page(pa);
-    pa
+    let f = Frame { pa };
+    mem::zero_frame(&f);
+    f
 }
 
 fn index(va: u64, level: u32) -> u64 {
     (va >> (12 + 9 * level)) & 0x1ff
 }
 
-/// Physical address of the PTE mapping `va` (level 0), creating intermediate tables with
+/// The table holding the leaf entry for `va` and its index, creating intermediate tables with
 /// P|RW|US when `create`; `None` if a level is absent (and not created) or a large page.
-fn walk(va: u64, create: bool) -> Option<u64> {
-    let mut table = arch::instr::read_cr3() & pte::ADDR_MASK;
+fn walk(va: TestVa, create: bool) -> Option<(PageTable, u64)> {
+    let mut table = PageTable::root();
     for level in (1..=3).rev() {
-        let slot = table + 8 * index(va, level);
-        let mut e = mem::read_u64(slot);
+        let i = index(va.get(), level);
+        let mut e = mem::read_u64(table.pa() + 8 * i);
         if e & pte::P == 0 {
             if !create {
                 return None;
             }
-            e = alloc_frame() | pte::P | pte::RW | pte::US;
-            mem::write_u64(slot, e);
+            e = alloc_frame().pa | pte::P | pte::RW | pte::US;
+            mem::write_table_entry(table, i, e);
         } else if e & pte::PS != 0 {
             return None;
         }
-        table = e & pte::ADDR_MASK;
+        table = PageTable(e & pte::ADDR_MASK);
     }
-    Some(table + 8 * index(va, 0))
+    Some((table, index(va.get(), 0)))
 }
 
-/// Maps the 4 KiB page at `va` to frame `pa` with `flags` (P is added). Returns the
-/// physical address of the PTE. Does not flush the TLB.
-pub fn map(va: u64, pa: u64, flags: u64) -> u64 {
+/// Maps the 4 KiB page at `va` to `frame` with `flags` (P is added), creating the tables on
+/// the way. Does not flush the TLB.
+pub fn map(va: TestVa, frame: &Frame, flags: PteFlags) {
     match walk(va, true) {
-        Some(slot) => {
-            mem::write_u64(slot, (pa & pte::ADDR_MASK) | flags | pte::P);
-            slot
-        }
-        None => crate::error!("cannot map {va:#x}: covered by a large page"),
+        Some((table, i)) => mem::write_table_entry(table, i, Pte::map(frame, flags).bits()),
+        None => crate::error!("cannot map {:#x}: covered by a large page", va.get()),
     }
 }
 
-/// The PTE mapping `va`, if its tables exist.
-pub fn pte(va: u64) -> Option<u64> {
-    walk(va, false).map(mem::read_u64)
+/// The raw leaf entry mapping `va`, if its tables exist.
+pub fn pte(va: TestVa) -> Option<u64> {
+    walk(va, false).map(|(table, i)| mem::read_u64(table.pa() + 8 * i))
 }
 
-/// Replaces the PTE mapping `va` (tables must exist). Does not flush the TLB.
-pub fn set_pte(va: u64, value: u64) {
+/// Replaces the leaf entry mapping `va` (its tables must exist). Does not flush the TLB.
+pub fn set_pte(va: TestVa, e: Pte) {
     match walk(va, false) {
-        Some(slot) => mem::write_u64(slot, value),
-        None => crate::error!("no page table for {va:#x}"),
+        Some((table, i)) => mem::write_table_entry(table, i, e.bits()),
+        None => crate::error!("no page table for {:#x}", va.get()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn test_addresses_avoid_what_the_loader_maps() {
+        assert!(TestVa::new(0).is_none());
+        assert!(TestVa::new(abi::layout::MMIO_WINDOW).is_none());
+        assert!(TestVa::new(HIGH_ALIAS + 0x1000).is_none());
+        assert!(TestVa::new(0x4000_0000).is_some());
+        assert!(TestVa::new(0x7fff_0000_0000).is_some());
+        assert!(TestVa::new(u64::MAX).is_some());
+        assert_eq!(
+            Pte::map(&Frame { pa: 0x60_1000 }, PteFlags::RW | PteFlags::NX).bits(),
+            0x60_1000 | pte::P | pte::RW | pte::NX
+        );
     }
 }

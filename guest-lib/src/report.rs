@@ -1,10 +1,14 @@
 //! The report channel to the host, and the macros cases use to check things.
 //!
 //! - `check!(cond)` / `check_eq!(left, right)`: soft checks; a failure is reported with the
-//!   expression, file, line (and both values) and the case goes on, ending as FAIL.
+//!   expression, file, line (and both values) and the case goes on, ending as FAIL. Every
+//!   check is counted, passed or not; the count goes to the host with the final status, and
+//!   the host turns a PASS without a single check into ERROR (a case that checks nothing must
+//!   not pass).
 //! - `log!(...)`: a log line in the case's detail.
 //! - `skip!(...)`, `error!(...)`: end the case now as SKIP / ERROR with a reason.
-//! - [`finish`]: end the case with a status (the most severe of it and earlier failures).
+//! - [`finish`]: end the case with a status (the most severe of it and what was recorded:
+//!   a failed check outranks a later ERROR, see `GuestStatus::severity`).
 
 use core::fmt::{self, Write};
 
@@ -12,29 +16,37 @@ use abi::report::{
     FILE_LEN, FLAG_HAS_VALUES, GuestStatus, Message, MessageKind, REPORT_PORT, TEXT_LEN,
 };
 
-use crate::arch::{self, Global};
+use core::sync::atomic::{AtomicU8, AtomicU32, Ordering};
 
-static WORST: Global<GuestStatus> = Global::new(GuestStatus::Pass);
+use crate::arch;
 
-fn severity(s: GuestStatus) -> u8 {
-    match s {
-        GuestStatus::Pass => 0,
-        GuestStatus::Skip => 1,
-        GuestStatus::Fail => 2,
-        GuestStatus::Error => 3,
-    }
+static WORST: AtomicU8 = AtomicU8::new(GuestStatus::Pass as u8);
+static CHECKS: AtomicU32 = AtomicU32::new(0);
+
+fn status_of(raw: u8) -> GuestStatus {
+    GuestStatus::from_raw(u64::from(raw)).unwrap_or(GuestStatus::Error)
 }
 
-/// Records `s` if it is more severe than what was recorded so far.
+/// Records `s` if it is more severe than what was recorded so far (on any vCPU).
 pub fn record(s: GuestStatus) {
-    if severity(s) > severity(WORST.get()) {
-        WORST.set(s);
-    }
+    let _ = WORST.fetch_update(Ordering::AcqRel, Ordering::Acquire, |w| {
+        (s.severity() > status_of(w).severity()).then_some(s as u8)
+    });
 }
 
 /// The most severe status recorded so far.
 pub fn worst() -> GuestStatus {
-    WORST.get()
+    status_of(WORST.load(Ordering::Acquire))
+}
+
+/// Counts one check (called by `check!`/`check_eq!` whether it held or not).
+pub fn count_check() {
+    CHECKS.fetch_add(1, Ordering::Relaxed);
+}
+
+/// How many checks were made so far.
+pub fn checks() -> u32 {
+    CHECKS.load(Ordering::Relaxed)
 }
 
 fn send(msg: &Message) {
@@ -78,11 +90,13 @@ pub fn checkpoint(number: u64, data: [u64; 3]) {
     send(&m);
 }
 
-/// Reports a benchmark sample: `ops` operations of `metric` took `cycles` TSC cycles.
-pub fn sample(metric: &str, ops: u64, cycles: u64) {
+/// Reports a benchmark sample: `ops` operations of `metric` took `cycles` TSC cycles; the host
+/// compares the metric with `baseline`.
+pub fn sample(metric: &str, baseline: abi::bench::Baseline, ops: u64, cycles: u64) {
     let mut m = Message::new(MessageKind::Sample);
     m.values[0] = ops;
     m.values[1] = cycles;
+    m.values[2] = baseline as u64;
     let n = metric.len().min(TEXT_LEN - 1);
     m.text[..n].copy_from_slice(&metric.as_bytes()[..n]);
     send(&m);
@@ -115,6 +129,8 @@ pub fn finish_fmt(status: GuestStatus, reason: fmt::Arguments<'_>) -> ! {
     record(status);
     let mut m = Message::new(MessageKind::Result);
     m.values[0] = worst() as u64;
+    m.values[1] = u64::from(checks());
+    m.values[2] = status as u64;
     fill(&mut m.text[..TEXT_LEN], reason);
     send(&m);
     loop {
@@ -132,17 +148,19 @@ macro_rules! log {
 /// case ends as FAIL when it finishes.
 #[macro_export]
 macro_rules! check {
-    ($cond:expr $(,)?) => {
+    ($cond:expr $(,)?) => {{
+        $crate::report::count_check();
         if !$cond {
             $crate::report::check_failed(file!(), line!(), format_args!("{}", stringify!($cond)), None);
         }
-    };
-    ($cond:expr, $($arg:tt)+) => {
+    }};
+    ($cond:expr, $($arg:tt)+) => {{
+        $crate::report::count_check();
         if !$cond {
             $crate::report::check_failed(file!(), line!(),
                 format_args!("{}: {}", stringify!($cond), format_args!($($arg)+)), None);
         }
-    };
+    }};
 }
 
 /// Soft equality check of two values convertible to `u64`; reports both values on failure.
@@ -153,6 +171,7 @@ macro_rules! check_eq {
     };
     ($left:expr, $right:expr, $($arg:tt)+) => {{
         let (l, r) = ($left, $right);
+        $crate::report::count_check();
         if l != r {
             $crate::report::check_failed(
                 file!(),

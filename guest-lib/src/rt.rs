@@ -1,17 +1,17 @@
 //! The guest runtime: what happens between `_start` and the final status.
 //!
-//! `start` checks the boot info, sets up the environment the host asked for (for pv-local:
-//! registers the VIF page), loads the descriptor tables, runs the case function named in the
-//! boot info and reports PASS unless a check failed. Other vCPUs go to `smp::ap_start`. A panic ends the case as FAIL with
-//! the panic message and location.
+//! `start` checks the boot info, selects the environment module the host asked for (the only
+//! place that looks at the environment) and lets it set up the CPU, runs the case function
+//! named in the boot info and reports PASS unless a check failed. Other vCPUs go to
+//! `smp::ap_start`. A panic ends the case as FAIL with the panic message and location.
 
 use abi::env::Env;
 use abi::layout::{BOOT_MAGIC, BootInfo};
 use abi::report::GuestStatus;
 
-use crate::arch::{self, Global};
+use crate::arch::{self, BootCell};
 
-static BOOT: Global<Option<BootInfo>> = Global::new(None);
+static BOOT: BootCell<Option<BootInfo>> = BootCell::new(None);
 
 /// The boot info of this run.
 pub fn boot_info() -> BootInfo {
@@ -21,9 +21,13 @@ pub fn boot_info() -> BootInfo {
     }
 }
 
-/// The environment this case instance runs in.
-pub fn env() -> Env {
-    Env::from_raw(boot_info().env).unwrap_or(Env::Hvm64)
+/// TSC cycles per millisecond: from the host's TSC frequency in the boot info, or 2.5 GHz if
+/// the host did not know it (only time *bounds* use this, never a measured result).
+pub fn cycles_per_ms() -> u64 {
+    match boot_info().tsc_khz {
+        0 => 2_500_000,
+        khz => khz,
+    }
 }
 
 /// Guest entry after `_start` on vCPU `cpu`.
@@ -34,19 +38,15 @@ pub fn start(info: &BootInfo, cpu: u32) -> ! {
     if cpu != 0 {
         crate::smp::ap_start(cpu);
     }
-    BOOT.set(Some(*info));
-    // The environment first: in pv-local the VIF registration switches CPL0 code from the
-    // emulated path to native execution, so the rest of the setup runs at native speed.
-    match Env::from_raw(info.env) {
-        Some(Env::Hvm64) => {}
-        Some(Env::PvLocal) => {
-            crate::pv_local::enable();
-            arch::set_pv_local_return(true);
-        }
-        Some(other) => crate::skip!("guest-lib does not implement environment {}", other.name()),
-        None => crate::error!("unknown environment {}", info.env),
-    }
-    arch::tables::init();
+    let Some(env) = Env::from_raw(info.env) else {
+        crate::error!("unknown environment {}", info.env)
+    };
+    let Some(module) = crate::env::select(env) else {
+        crate::skip!("guest-lib does not implement environment {}", env.name())
+    };
+    BOOT.init(|b| *b = Some(*info));
+    crate::env::install(module);
+    module.init_bsp(info);
     crate::paging::init(info.free_start, info.free_end);
     crate::smp::bsp_ready();
     arch::call_case(info.case_entry);

@@ -1,20 +1,20 @@
 //! Running code at CPL3 and coming back.
 //!
-//! [`run`] enters user mode (with `iretq` in hvm64, with the local dialect's IRET_FRAME
-//! hypercall in pv-local) and returns a [`UserExit`]. The user trampoline calls the function
-//! and then executes `ud2` at a known address: that #UD from CPL3 is how a normal return
-//! comes back, so the only transition the library relies on is event delivery from CPL3 (a
-//! `syscall` is a transition under test, not infrastructure: on the local host it does not
-//! switch to CPL0).
+//! [`run`] enters user mode (through the environment's return-to-user stub) and returns a
+//! [`UserExit`]. The user trampoline calls the function and then executes `ud2` at a known
+//! address: that #UD from CPL3 is how a normal return comes back, so the only transition the
+//! library relies on is event delivery from CPL3 (a `syscall` is a transition under test, not
+//! infrastructure: on the local host it does not switch to CPL0).
 //!
 //! Cases that observe transitions install a [`SyscallHook`] or a [`FaultHook`]; those see and
-//! may modify the saved user state and then return to user mode (`sysretq` / `iretq`).
+//! may modify the saved user state and then return to user mode. User mode runs on vCPU 0
+//! only (its TSS and trap stack).
 
-use abi::env::Env;
 use abi::report::GuestStatus;
 
-use crate::arch::{self, Global};
+use crate::arch::{self, AtomicHook, PerCpu};
 use crate::exception::{Exception, Frame, SyscallFrame, vector};
+use crate::paging::TestVa;
 
 /// How a [`run`] ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -29,17 +29,17 @@ pub enum UserExit {
     SyscallStayedAtCpl3(u16),
 }
 
-/// Sees a user `syscall`; returns `true` to resume user mode with `sysretq` from the
-/// (possibly modified) frame, `false` to end the run with [`UserExit::Syscall`].
+/// Sees a user `syscall`; returns `true` to resume user mode from the (possibly modified)
+/// frame, `false` to end the run with [`UserExit::Syscall`].
 pub type SyscallHook = fn(&mut SyscallFrame) -> bool;
-/// Sees an event from CPL3; returns `true` to resume user mode with `iretq` from the
-/// (possibly modified) frame, `false` to end the run with [`UserExit::Exception`].
+/// Sees an event from CPL3; returns `true` to resume user mode from the (possibly modified)
+/// frame, `false` to end the run with [`UserExit::Exception`].
 pub type FaultHook = fn(&mut Frame, Exception) -> bool;
 
-static ACTIVE: Global<bool> = Global::new(false);
-static EXIT: Global<Option<UserExit>> = Global::new(None);
-static SYSCALL_HOOK: Global<Option<SyscallHook>> = Global::new(None);
-static FAULT_HOOK: Global<Option<FaultHook>> = Global::new(None);
+static ACTIVE: PerCpu<bool> = PerCpu::new(false);
+static EXIT: PerCpu<Option<UserExit>> = PerCpu::new(None);
+static SYSCALL_HOOK: AtomicHook<SyscallHook> = AtomicHook::new();
+static FAULT_HOOK: AtomicHook<FaultHook> = AtomicHook::new();
 
 /// Installs (or removes) the syscall hook.
 pub fn set_syscall_hook(h: Option<SyscallHook>) {
@@ -56,13 +56,15 @@ pub fn run(f: extern "C" fn(u64) -> u64, arg: u64) -> UserExit {
     run_raw(f as *const () as u64, arg)
 }
 
-/// Runs the code at `entry` at CPL3 (called with RDI = `arg`); for assembly probes. They
-/// return with `ret` (RAX = result) like a C function.
+/// Runs the code at `entry` at CPL3 (called with RDI = `arg`); for the library's assembly
+/// probes ([`gpr_probe`]), which return with `ret` (RAX = result) like a C function.
 pub fn run_raw(entry: u64, arg: u64) -> UserExit {
+    if crate::smp::current_cpu() != 0 {
+        crate::error!("user mode runs on vCPU 0 only");
+    }
     EXIT.set(None);
     ACTIVE.set(true);
-    let pv = crate::rt::env() == Env::PvLocal;
-    arch::user_enter(arg, entry, abi::layout::USER_STACK_TOP, pv);
+    arch::user_enter(arg, entry, abi::layout::USER_STACK_TOP);
     ACTIVE.set(false);
     match EXIT.get() {
         Some(e) => e,
@@ -83,11 +85,11 @@ fn leave(exit: UserExit) -> ! {
 
 /// Called by the exception dispatcher for events from CPL3.
 pub(crate) fn on_user_event(frame: &mut Frame, ex: Exception) {
-    if ex.vector == vector::GP && frame.rip == arch::syscall_cr3_rip() {
+    if ex.vector == vector::GP && frame.rip == arch::stubs::idt::syscall_cr3_rip() {
         leave(UserExit::SyscallStayedAtCpl3(frame.cs as u16));
     }
     if ex.vector == vector::UD && frame.rip == arch::user_exit_rip() {
-        leave(UserExit::Returned(frame.rax));
+        leave(UserExit::Returned(frame.gprs.rax));
     }
     if let Some(hook) = FAULT_HOOK.get()
         && hook(frame, ex)
@@ -108,16 +110,16 @@ pub(crate) fn on_syscall(frame: &mut SyscallFrame) {
     {
         return;
     }
-    leave(UserExit::Syscall(frame.rax))
+    leave(UserExit::Syscall(frame.gprs.rax))
 }
 
-/// The value the GPR probe loads into register `i` (in [`Frame`] order: RAX, RBX, RCX, RDX,
+/// The value the GPR probe loads into register `i` (in `Gprs` order: RAX, RBX, RCX, RDX,
 /// RSI, RDI, RBP, R8..R15).
 pub const fn gpr_pattern(i: u64) -> u64 {
     0x5a5a_0000_0000_a5a5 | (i << 40) | (i << 24) | ((!i & 0xf) << 16)
 }
 
-/// Bit `i` set for each register `i` (Frame order) that does not hold [`gpr_pattern`]`(i)`.
+/// Bit `i` set for each register `i` (`Gprs` order) that does not hold [`gpr_pattern`]`(i)`.
 pub fn gpr_mismatch_mask(regs: &[u64; 15]) -> u64 {
     regs.iter()
         .enumerate()
@@ -127,10 +129,7 @@ pub fn gpr_mismatch_mask(regs: &[u64; 15]) -> u64 {
 
 /// The general registers of a frame in [`gpr_pattern`] order.
 pub fn frame_gprs(f: &Frame) -> [u64; 15] {
-    [
-        f.rax, f.rbx, f.rcx, f.rdx, f.rsi, f.rdi, f.rbp, f.r8, f.r9, f.r10, f.r11, f.r12, f.r13,
-        f.r14, f.r15,
-    ]
+    f.gprs.to_array()
 }
 
 /// Entry of the GPR probe (for [`run_raw`]) and the address of its trapping `ud2`.
@@ -144,9 +143,54 @@ pub extern "C" fn read_probe(va: u64) -> u64 {
     arch::instr::touch_read(va)
 }
 
-/// User-mode probe for [`run`]: writes 1 to the u64 at virtual address `va` (a test mapping)
-/// and returns 0. A fault ends the run with [`UserExit::Exception`].
-pub extern "C" fn write_probe(va: u64) -> u64 {
-    arch::instr::touch_write(va, 1);
-    0
+extern "C" fn write_probe(va: u64) -> u64 {
+    match TestVa::new(va) {
+        Some(t) => {
+            arch::instr::touch_write(t, 1);
+            0
+        }
+        None => u64::MAX,
+    }
+}
+
+/// Writes 1 to the u64 at test address `va` from CPL3 and reports how that ended
+/// ([`UserExit::Returned`]`(0)` if the write went through).
+pub fn probe_write(va: TestVa) -> UserExit {
+    run(write_probe, va.get())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::exception::Gprs;
+
+    #[test]
+    fn gpr_patterns_are_distinct_and_the_mask_finds_changes() {
+        let mut regs: [u64; 15] = core::array::from_fn(|i| gpr_pattern(i as u64));
+        assert_eq!(gpr_mismatch_mask(&regs), 0);
+        for i in 0..15 {
+            for j in 0..i {
+                assert_ne!(gpr_pattern(i), gpr_pattern(j));
+            }
+        }
+        regs[3] ^= 1;
+        regs[14] = 0;
+        assert_eq!(gpr_mismatch_mask(&regs), (1 << 3) | (1 << 14));
+    }
+
+    #[test]
+    fn frame_registers_come_out_in_probe_order() {
+        let g = Gprs {
+            rax: 1,
+            rdi: 6,
+            r15: 15,
+            ..Gprs::default()
+        };
+        let f = Frame {
+            gprs: g,
+            ..Frame::default()
+        };
+        let a = frame_gprs(&f);
+        assert_eq!((a[0], a[5], a[14]), (1, 6, 15));
+    }
 }

@@ -11,7 +11,8 @@
 use abi::env::Dialect;
 use abi::upstream;
 
-use crate::kvm::{Kvm, MachineOptions};
+use crate::kvm::Kvm;
+use crate::vm::VmOptions;
 
 /// Whether `/dev/kvm` can run guests here.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -97,9 +98,9 @@ pub fn detect() -> HostInfo {
 /// Decides the dialect of an open KVM (see the module documentation).
 pub fn dialect_of(kvm: &Kvm) -> (Option<Dialect>, String) {
     let local = kvm
-        .create_machine(MachineOptions {
+        .create_machine(&VmOptions {
             ram: 2 * abi::layout::PAGE_SIZE,
-            ..MachineOptions::default()
+            ..VmOptions::default()
         })
         .and_then(|m| m.get_msr(abi::local::MSR_SIGNATURE));
     if let Ok(Some(v)) = local
@@ -117,7 +118,8 @@ pub fn dialect_of(kvm: &Kvm) -> (Option<Dialect>, String) {
             .find(|e| e.function == f)
             .copied()
     };
-    let upstream_sig = leaf(0x4000_0000).is_some_and(|e| e.eax >= upstream::CPUID_VENDOR_FEATURES)
+    let upstream_sig = leaf(abi::x86::cpuid::HYPERVISOR_BASE)
+        .is_some_and(|e| e.eax >= upstream::CPUID_VENDOR_FEATURES)
         && leaf(upstream::CPUID_VENDOR_FEATURES)
             .is_some_and(|e| e.ebx == upstream::CPUID_SIGNATURE);
     if !upstream_sig {

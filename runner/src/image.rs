@@ -1,163 +1,248 @@
-//! The guest image: an ELF executable linked at its load addresses, carrying its case
-//! descriptors in the `pvmc_cases` section. Parsed once per run of the suite and shared by
-//! every case instance.
+//! The guest image: an ELF executable linked at its load addresses. Parsed and validated
+//! once per run of the suite and shared by every case instance; a file that is not a loadable
+//! test guest is refused with an [`ImageError`] naming what is wrong.
 
 use std::path::Path;
 
-use abi::case::{CASE_DESC_SIZE, CASE_SECTION, CaseDesc, HostCheck};
-use abi::env::Area;
-use abi::fixed_str_read;
 use abi::layout::{IMAGE_BASE, IMAGE_END};
-use goblin::elf::{Elf, program_header::PT_LOAD};
+use goblin::elf::program_header::{PF_X, PT_LOAD};
+use goblin::elf::{Elf, header};
+use sha2::{Digest, Sha256};
 
-use crate::memory::GuestMemory;
+use crate::vm::GuestRam;
 use crate::{Result, RunnerError};
 
+/// What makes a file unusable as a guest image.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ImageError {
+    /// Not parseable as ELF.
+    #[error("not an ELF file: {0}")]
+    NotElf(String),
+    /// ELF, but not a 64-bit x86-64 executable.
+    #[error("not an x86-64 ELF64 executable")]
+    WrongKind,
+    /// A segment's file size exceeds its memory size.
+    #[error("segment {index} has p_filesz {filesz:#x} > p_memsz {memsz:#x}")]
+    FileSizeExceedsMemSize {
+        /// Program-header index.
+        index: usize,
+        /// `p_filesz`.
+        filesz: u64,
+        /// `p_memsz`.
+        memsz: u64,
+    },
+    /// A segment lies outside the image area of the guest layout.
+    #[error(
+        "segment {index} at {start:#x}..{end:#x} is outside the image area {IMAGE_BASE:#x}..{IMAGE_END:#x}"
+    )]
+    OutsideImageArea {
+        /// Program-header index.
+        index: usize,
+        /// Start GPA.
+        start: u64,
+        /// End GPA.
+        end: u64,
+    },
+    /// A segment is not loaded at its virtual address (the guest is identity mapped).
+    #[error("segment {index} has p_vaddr {vaddr:#x} != p_paddr {paddr:#x}")]
+    NotIdentity {
+        /// Program-header index.
+        index: usize,
+        /// `p_vaddr`.
+        vaddr: u64,
+        /// `p_paddr`.
+        paddr: u64,
+    },
+    /// Two segments overlap.
+    #[error("segments {a} and {b} overlap")]
+    Overlap {
+        /// First index.
+        a: usize,
+        /// Second index.
+        b: usize,
+    },
+    /// A segment's bytes are not in the file (truncated file).
+    #[error(
+        "segment {index} data at file offset {offset:#x}+{len:#x} beyond the end of the file ({file_len:#x} bytes)"
+    )]
+    Truncated {
+        /// Program-header index.
+        index: usize,
+        /// `p_offset`.
+        offset: u64,
+        /// `p_filesz`.
+        len: u64,
+        /// File size.
+        file_len: usize,
+    },
+    /// No loadable segment.
+    #[error("no loadable segments")]
+    NoSegments,
+    /// The entry point is not in an executable segment.
+    #[error("entry point {0:#x} is not inside an executable segment")]
+    EntryNotExecutable(u64),
+    /// A section's bytes are not in the file.
+    #[error("section {0} lies beyond the end of the file")]
+    SectionTruncated(String),
+}
+
 /// One loadable segment.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Segment {
     /// Guest-physical (== virtual) load address.
     pub gpa: u64,
-    /// Bytes from the file (the rest of the segment, up to its memory size, is zero).
+    /// Bytes from the file; the rest of the segment, up to `mem_size`, is zero (a fresh VM's
+    /// RAM is zeroed).
     pub data: Vec<u8>,
+    /// Size in memory.
+    pub mem_size: u64,
+    /// Has the execute permission (PF_X).
+    pub executable: bool,
 }
 
-/// A case as declared in the guest image.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct GuestCase {
-    /// `area.what`.
-    pub name: String,
-    /// Area.
-    pub area: Area,
-    /// Environment mask (`Env::bit`).
-    pub envs: u32,
-    /// `FLAG_*` bits.
-    pub flags: u32,
-    /// Host-side behaviour.
-    pub host: HostCheck,
-    /// Timeout override in ms (0 = default).
-    pub timeout_ms: u32,
-    /// vCPUs.
-    pub vcpus: u32,
-    /// Requirement ids.
-    pub requirements: Vec<String>,
-    /// One-line description.
-    pub summary: String,
-    /// Guest VA of the case function.
-    pub entry: u64,
-}
-
-/// A parsed guest image.
+/// A parsed, validated guest image.
 #[derive(Clone, Debug)]
 pub struct GuestImage {
-    /// Loadable segments.
+    /// Loadable segments, in address order.
     pub segments: Vec<Segment>,
     /// ELF entry point (`_start`).
     pub entry: u64,
-    /// The case table, in section order.
-    pub cases: Vec<GuestCase>,
+    /// Named sections with their bytes, in file order.
+    pub sections: Vec<(String, Vec<u8>)>,
+    /// SHA-256 of the file, lower-case hex.
+    pub sha256: String,
 }
 
 impl GuestImage {
-    /// Reads and parses the ELF at `path`.
+    /// Reads, parses and validates the ELF at `path`.
     pub fn load(path: &Path) -> Result<Self> {
-        let bytes = std::fs::read(path).map_err(|e| RunnerError::Image {
+        let bytes = std::fs::read(path).map_err(|e| RunnerError::ImageFile {
             path: path.display().to_string(),
-            reason: e.to_string(),
+            error: e,
         })?;
-        Self::parse(&bytes).map_err(|reason| RunnerError::Image {
+        Self::parse(&bytes).map_err(|error| RunnerError::Image {
             path: path.display().to_string(),
-            reason,
+            error,
         })
     }
 
-    /// Parses an ELF image from memory.
-    pub fn parse(bytes: &[u8]) -> std::result::Result<Self, String> {
-        let elf = Elf::parse(bytes).map_err(|e| format!("not an ELF file: {e}"))?;
-        if !elf.is_64 || elf.header.e_machine != goblin::elf::header::EM_X86_64 {
-            return Err("not an x86-64 ELF64 image".into());
+    /// Parses and validates an ELF image from memory.
+    pub fn parse(bytes: &[u8]) -> std::result::Result<Self, ImageError> {
+        let elf = Elf::parse(bytes).map_err(|e| ImageError::NotElf(e.to_string()))?;
+        if !elf.is_64
+            || elf.header.e_machine != header::EM_X86_64
+            || elf.header.e_type != header::ET_EXEC
+        {
+            return Err(ImageError::WrongKind);
         }
-        let mut segments = Vec::new();
-        for ph in elf.program_headers.iter().filter(|p| p.p_type == PT_LOAD) {
+        let mut segments: Vec<(usize, Segment)> = Vec::new();
+        for (index, ph) in elf.program_headers.iter().enumerate() {
+            if ph.p_type != PT_LOAD {
+                continue;
+            }
+            if ph.p_filesz > ph.p_memsz {
+                return Err(ImageError::FileSizeExceedsMemSize {
+                    index,
+                    filesz: ph.p_filesz,
+                    memsz: ph.p_memsz,
+                });
+            }
+            if ph.p_vaddr != ph.p_paddr {
+                return Err(ImageError::NotIdentity {
+                    index,
+                    vaddr: ph.p_vaddr,
+                    paddr: ph.p_paddr,
+                });
+            }
             let (start, end) = (ph.p_paddr, ph.p_paddr.saturating_add(ph.p_memsz));
             if start < IMAGE_BASE || end > IMAGE_END {
-                return Err(format!(
-                    "segment {start:#x}..{end:#x} outside the image area {IMAGE_BASE:#x}..{IMAGE_END:#x}"
-                ));
+                return Err(ImageError::OutsideImageArea { index, start, end });
             }
-            let data = bytes
-                .get(ph.p_offset as usize..(ph.p_offset + ph.p_filesz) as usize)
-                .ok_or("segment data beyond the end of the file")?;
-            segments.push(Segment {
-                gpa: start,
-                data: data.to_vec(),
-            });
-        }
-        if segments.is_empty() {
-            return Err("no loadable segments".into());
-        }
-        let section = elf
-            .section_headers
-            .iter()
-            .find(|s| elf.shdr_strtab.get_at(s.sh_name) == Some(CASE_SECTION))
-            .ok_or(format!("no {CASE_SECTION} section: no cases declared"))?;
-        let raw = bytes
-            .get(section.sh_offset as usize..(section.sh_offset + section.sh_size) as usize)
-            .ok_or("case section beyond the end of the file")?;
-        if raw.len() % CASE_DESC_SIZE != 0 {
-            return Err(format!(
-                "case section size {} is not a multiple of {CASE_DESC_SIZE}",
-                raw.len()
+            let data = ph
+                .p_offset
+                .checked_add(ph.p_filesz)
+                .and_then(|e| bytes.get(ph.p_offset as usize..e as usize))
+                .ok_or(ImageError::Truncated {
+                    index,
+                    offset: ph.p_offset,
+                    len: ph.p_filesz,
+                    file_len: bytes.len(),
+                })?;
+            segments.push((
+                index,
+                Segment {
+                    gpa: start,
+                    data: data.to_vec(),
+                    mem_size: ph.p_memsz,
+                    executable: ph.p_flags & PF_X != 0,
+                },
             ));
         }
-        let cases = raw
-            .chunks_exact(CASE_DESC_SIZE)
-            .map(decode_case)
-            .collect::<std::result::Result<Vec<_>, _>>()?;
-        Ok(Self {
+        if segments.is_empty() {
+            return Err(ImageError::NoSegments);
+        }
+        segments.sort_by_key(|(_, s)| s.gpa);
+        for w in segments.windows(2) {
+            if w[0].1.gpa + w[0].1.mem_size > w[1].1.gpa {
+                return Err(ImageError::Overlap {
+                    a: w[0].0,
+                    b: w[1].0,
+                });
+            }
+        }
+        let segments: Vec<Segment> = segments.into_iter().map(|(_, s)| s).collect();
+        let mut sections = Vec::new();
+        for sh in &elf.section_headers {
+            let Some(name) = elf.shdr_strtab.get_at(sh.sh_name) else {
+                continue;
+            };
+            if name.is_empty() || sh.sh_type == goblin::elf::section_header::SHT_NOBITS {
+                continue;
+            }
+            let data = sh
+                .sh_offset
+                .checked_add(sh.sh_size)
+                .and_then(|e| bytes.get(sh.sh_offset as usize..e as usize))
+                .ok_or_else(|| ImageError::SectionTruncated(name.to_string()))?;
+            sections.push((name.to_string(), data.to_vec()));
+        }
+        let image = Self {
             segments,
             entry: elf.entry,
-            cases,
-        })
+            sections,
+            sha256: hex(&Sha256::digest(bytes)),
+        };
+        if !image.is_executable(image.entry) {
+            return Err(ImageError::EntryNotExecutable(image.entry));
+        }
+        Ok(image)
     }
 
-    /// Copies the segments into guest memory.
-    pub fn load_into(&self, mem: &GuestMemory) -> Result<()> {
+    /// Whether `addr` lies inside an executable segment.
+    pub fn is_executable(&self, addr: u64) -> bool {
+        self.segments
+            .iter()
+            .any(|s| s.executable && (s.gpa..s.gpa + s.mem_size).contains(&addr))
+    }
+
+    /// The bytes of section `name`.
+    pub fn section(&self, name: &str) -> Option<&[u8]> {
+        self.sections
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, d)| d.as_slice())
+    }
+
+    /// Copies the segments into (zeroed) guest memory.
+    pub fn load_into(&self, mem: &dyn GuestRam) -> Result<()> {
         self.segments
             .iter()
             .try_for_each(|s| mem.write(s.gpa, &s.data))
     }
 }
 
-fn decode_case(raw: &[u8]) -> std::result::Result<GuestCase, String> {
-    let d = CaseDesc::parse(raw).ok_or("case descriptor with bad magic or version")?;
-    let name = fixed_str_read(&d.name).to_string();
-    let area = Area::from_raw(d.area).ok_or(format!("case {name}: unknown area {}", d.area))?;
-    let host =
-        HostCheck::from_raw(d.host).ok_or(format!("case {name}: unknown host check {}", d.host))?;
-    if !(IMAGE_BASE..IMAGE_END).contains(&d.entry) {
-        return Err(format!(
-            "case {name}: entry {:#x} outside the image",
-            d.entry
-        ));
-    }
-    Ok(GuestCase {
-        area,
-        host,
-        envs: d.envs,
-        flags: d.flags,
-        timeout_ms: d.timeout_ms,
-        vcpus: d.vcpus,
-        requirements: fixed_str_read(&d.requirements)
-            .split(',')
-            .map(str::trim)
-            .filter(|s| !s.is_empty())
-            .map(String::from)
-            .collect(),
-        summary: fixed_str_read(&d.summary).to_string(),
-        entry: d.entry,
-        name,
-    })
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 #[cfg(test)]
@@ -165,9 +250,17 @@ mod tests {
     use super::*;
 
     #[test]
-    fn rejects_garbage() {
-        assert!(GuestImage::parse(b"not an elf").is_err());
+    fn rejects_garbage_and_names_the_file() {
+        assert!(matches!(
+            GuestImage::parse(b"not an elf"),
+            Err(ImageError::NotElf(_))
+        ));
         let e = GuestImage::load(Path::new("/nonexistent/guest")).expect_err("missing file");
-        assert!(e.to_string().contains("/nonexistent/guest"));
+        assert!(e.to_string().contains("/nonexistent/guest"), "{e}");
+    }
+
+    #[test]
+    fn hex_is_lower_case() {
+        assert_eq!(hex(&[0x0a, 0xff]), "0aff");
     }
 }

@@ -1,30 +1,36 @@
-//! KVM VMs for test guests: creation, the run loop and its timeout.
+//! The KVM backend: [`Kvm`] (a [`Backend`]) creates [`Machine`]s (a [`Vm`]), and the run loop
+//! with its timeout.
 //!
 //! Every `KVM_RUN` is bounded: before running, each vCPU thread arms a per-thread POSIX timer
-//! that delivers a real-time signal to it when the case's time is up. The signal handler sets
+//! that delivers a real-time signal to it when the run's time is up. The signal handler sets
 //! `kvm_run.immediate_exit`, so a vCPU stuck inside the kernel (some guest actions livelock
 //! the local host's `KVM_RUN`) returns `EINTR`, and a signal that lands between two
 //! `KVM_RUN`s makes the next one return at once. The loop then ends the run as
-//! [`RunEnd::Timeout`].
+//! [`RunEnd::Timeout`]. The same signal, sent by [`Cancel`] kickers, ends a run early: when
+//! another vCPU of the run ended it, or when the caller cancelled ([`RunEnd::Cancelled`]).
+//! [`Machine::bounded_raw_run`] gives the raw-loop baseline the same bound.
 //!
 //! With several vCPUs, vCPU 0 runs on the calling thread and each other vCPU on a thread of
 //! its own, all sharing the exit handler (behind a mutex). The first vCPU whose run ends
-//! (normal stop, crash, timeout) decides the [`RunEnd`] and kicks the others out of `KVM_RUN`
-//! with the same signal.
+//! (normal stop, crash, timeout) decides the [`RunEnd`] and kicks the others out of `KVM_RUN`.
 
 use std::cell::Cell;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Mutex, Once};
+use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use abi::report::{MESSAGE_MAGIC, MESSAGE_SIZE, Message, REPORT_PORT};
 use kvm_bindings::{
-    CpuId, KVM_MAX_CPUID_ENTRIES, Msrs, kvm_msr_entry, kvm_userspace_memory_region,
+    CpuId, KVM_MAX_CPUID_ENTRIES, Msrs, kvm_msr_entry, kvm_segment, kvm_sregs,
+    kvm_userspace_memory_region,
 };
 use kvm_ioctls::{VcpuExit, VcpuFd, VmFd};
 
-use crate::memory::GuestMemory;
-use crate::{Result, RunnerError, kvm_err, setup};
+use crate::memory::MmapRam;
+use crate::vm::{
+    Action, Backend, Cancel, CancelGuard, ExitHandler, FlatSegment, GuestRam, InitialState, RunEnd,
+    RunLimits, Vm, VmOptions,
+};
+use crate::{Result, RunnerError, kvm_err};
 
 /// An open `/dev/kvm` plus what every VM needs from it (the supported CPUID).
 #[derive(Debug)]
@@ -33,40 +39,36 @@ pub struct Kvm {
     cpuid: CpuId,
 }
 
-/// How to build a [`Machine`].
-#[derive(Clone, Copy, Debug)]
-pub struct MachineOptions {
-    /// Bytes of RAM at GPA 0.
-    pub ram: u64,
-    /// Create the in-kernel irqchip (LAPIC, IOAPIC, PIC).
-    pub irqchip: bool,
-    /// Number of vCPUs (1 to `abi::layout::MAX_VCPUS`).
-    pub vcpus: u32,
-}
-
-impl Default for MachineOptions {
-    fn default() -> Self {
-        Self {
-            ram: abi::layout::RAM_SIZE,
-            irqchip: false,
-            vcpus: 1,
-        }
-    }
-}
+/// Environment variable naming the KVM device to open instead of `/dev/kvm` (a device node
+/// elsewhere in a container; tests point it at a missing file to see a host without KVM).
+pub const KVM_PATH_VAR: &str = "PVMC_KVM_PATH";
 
 impl Kvm {
-    /// Opens `/dev/kvm`.
+    /// Opens `/dev/kvm` (or `$PVMC_KVM_PATH`).
+    ///
+    /// ```no_run
+    /// use runner::vm::Vm;
+    ///
+    /// let kvm = runner::kvm::Kvm::open()?;
+    /// let machine = kvm.create_machine(&runner::vm::VmOptions::default())?;
+    /// println!("guest TSC: {} kHz", machine.tsc_khz()?);
+    /// # Ok::<(), runner::RunnerError>(())
+    /// ```
     pub fn open() -> Result<Self> {
-        let kvm = kvm_ioctls::Kvm::new().map_err(RunnerError::OpenKvm)?;
+        let kvm = match std::env::var_os(KVM_PATH_VAR) {
+            Some(p) => {
+                use std::os::unix::ffi::OsStrExt;
+                let path = std::ffi::CString::new(p.as_bytes())
+                    .map_err(|_| RunnerError::OpenKvm(kvm_ioctls::Error::new(libc::EINVAL)))?;
+                kvm_ioctls::Kvm::new_with_path(path)
+            }
+            None => kvm_ioctls::Kvm::new(),
+        }
+        .map_err(RunnerError::OpenKvm)?;
         let cpuid = kvm
             .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
             .map_err(kvm_err("KVM_GET_SUPPORTED_CPUID"))?;
         Ok(Self { kvm, cpuid })
-    }
-
-    /// `KVM_GET_API_VERSION`.
-    pub fn api_version(&self) -> i32 {
-        self.kvm.get_api_version()
     }
 
     /// The CPUID entries KVM supports (also what every vCPU gets).
@@ -85,9 +87,9 @@ impl Kvm {
 
     /// A fresh VM with `opts.vcpus` vCPUs (CPUID set to the supported set) and zeroed RAM as
     /// memslot 0.
-    pub fn create_machine(&self, opts: MachineOptions) -> Result<Machine> {
+    pub fn create_machine(&self, opts: &VmOptions) -> Result<Machine> {
         let vm = self.kvm.create_vm().map_err(kvm_err("KVM_CREATE_VM"))?;
-        let mem = GuestMemory::new(opts.ram)?;
+        let mem = MmapRam::new(opts.ram)?;
         let region = kvm_userspace_memory_region {
             slot: 0,
             flags: 0,
@@ -95,8 +97,9 @@ impl Kvm {
             memory_size: mem.size(),
             userspace_addr: mem.host_addr(),
         };
-        // SAFETY: the region is backed by `mem`, which `Machine` owns together with the VM and
-        // drops after it (field order), so the mapping outlives the memslot; it is the only slot.
+        // SAFETY: the region is backed by `mem`, which `Machine` owns together with the VM;
+        // `Machine::drop` closes the vCPUs and the VM before `mem` is dropped, so the mapping
+        // outlives the memslot. It is the only slot.
         unsafe { vm.set_user_memory_region(region) }
             .map_err(kvm_err("KVM_SET_USER_MEMORY_REGION"))?;
         if opts.irqchip {
@@ -115,80 +118,133 @@ impl Kvm {
         }
         Ok(Machine {
             vcpus,
-            _vm: vm,
+            vm: Some(vm),
             mem,
         })
     }
 }
 
-/// What the exit handler wants after an exit.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Action {
-    /// Resume the vCPU.
-    Continue,
-    /// End the run normally (e.g. the guest reported its final status).
-    Stop,
-    /// End the run: the exit was not one the case allows (reason).
-    Unexpected(String),
+impl Backend for Kvm {
+    fn name(&self) -> &'static str {
+        "kvm"
+    }
+
+    fn create_vm(&self, opts: &VmOptions) -> Result<Box<dyn Vm>> {
+        Ok(Box::new(self.create_machine(opts)?))
+    }
 }
 
-/// The exits a case sees. The report channel is decoded before it reaches [`ExitHandler::report`].
-pub trait ExitHandler {
-    /// A message on the report channel.
-    fn report(&mut self, msg: &Message) -> Action;
-    /// `OUT` to a port other than the report port.
-    fn io_out(&mut self, port: u16, data: &[u8]) -> Action;
-    /// `IN`; fill `data`.
-    fn io_in(&mut self, port: u16, data: &mut [u8]) -> Action;
-    /// MMIO write.
-    fn mmio_write(&mut self, gpa: u64, data: &[u8]) -> Action;
-    /// MMIO read; fill `data`.
-    fn mmio_read(&mut self, gpa: u64, data: &mut [u8]) -> Action;
-    /// `KVM_EXIT_HLT`.
-    fn hlt(&mut self) -> Action;
-}
-
-/// How a run ended.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum RunEnd {
-    /// The handler stopped the run.
-    Stopped,
-    /// The timeout expired (the vCPU was interrupted).
-    Timeout(Duration),
-    /// `KVM_EXIT_SHUTDOWN` (triple fault).
-    Shutdown,
-    /// `KVM_EXIT_INTERNAL_ERROR` with its suberror.
-    InternalError(u32),
-    /// `KVM_EXIT_FAIL_ENTRY` with the hardware reason.
-    FailEntry(u64),
-    /// An exit the case does not allow, or an unhandled exit reason.
-    Unexpected(String),
-}
-
-/// One VM with its vCPUs and RAM. Dropping it destroys the VM.
+/// One VM with its vCPUs and RAM. Dropping it destroys the VM, then unmaps the RAM.
 #[derive(Debug)]
 pub struct Machine {
     vcpus: Vec<VcpuFd>,
-    _vm: VmFd,
-    mem: GuestMemory,
+    vm: Option<VmFd>,
+    mem: MmapRam,
+}
+
+impl Drop for Machine {
+    fn drop(&mut self) {
+        // The memslot refers to `mem`: close the vCPUs and the VM first (the fields are
+        // dropped after this, `mem` among them).
+        self.vcpus.clear();
+        drop(self.vm.take());
+    }
+}
+
+fn segment(s: FlatSegment) -> kvm_segment {
+    kvm_segment {
+        base: 0,
+        limit: 0xffff_ffff,
+        selector: s.selector,
+        type_: if s.code { 0xb } else { 0x3 },
+        present: 1,
+        dpl: 0,
+        db: u8::from(!s.code),
+        s: 1,
+        l: u8::from(s.code),
+        g: 1,
+        avl: 0,
+        unusable: 0,
+        padding: 0,
+    }
+}
+
+fn long_mode_sregs(mut s: kvm_sregs, v: &crate::vm::VcpuState) -> kvm_sregs {
+    s.cr0 = v.cr0;
+    s.cr3 = v.cr3;
+    s.cr4 = v.cr4;
+    s.efer = v.efer;
+    s.cs = segment(v.cs);
+    let data = segment(v.data);
+    s.ds = data;
+    s.es = data;
+    s.fs = data;
+    s.gs = data;
+    s.ss = data;
+    s
 }
 
 impl Machine {
-    /// Guest RAM.
-    pub fn memory(&self) -> &GuestMemory {
+    /// Reads an MSR of vCPU 0 with `KVM_GET_MSRS`; `None` if KVM does not return it.
+    pub fn get_msr(&self, index: u32) -> Result<Option<u64>> {
+        let mut msrs = Msrs::from_entries(&[kvm_msr_entry {
+            index,
+            ..Default::default()
+        }])
+        .map_err(|_| RunnerError::Kvm {
+            what: "Msrs",
+            error: kvm_ioctls::Error::new(libc::E2BIG),
+        })?;
+        let n = self.vcpus[0]
+            .get_msrs(&mut msrs)
+            .map_err(kvm_err("KVM_GET_MSRS"))?;
+        Ok((n == 1).then(|| msrs.as_slice()[0].data))
+    }
+
+    /// Runs `f` on vCPU 0's fd under the same timer bound as [`Vm::run`]: a `KVM_RUN` inside
+    /// `f` returns `EINTR` once `timeout` has passed. For the raw-loop baseline, which must
+    /// not share the run loop it is the baseline for.
+    pub fn bounded_raw_run<R>(
+        &mut self,
+        timeout: Duration,
+        f: impl FnOnce(&mut VcpuFd) -> R,
+    ) -> Result<R> {
+        install_timer_handler()?;
+        let vcpu = &mut self.vcpus[0];
+        vcpu.set_kvm_immediate_exit(0);
+        let _flag = RunFlag::set(vcpu);
+        let _timer = RunTimer::arm(timeout)?;
+        Ok(f(vcpu))
+    }
+}
+
+impl Vm for Machine {
+    fn memory(&self) -> &dyn GuestRam {
         &self.mem
     }
 
-    /// Sets the direct 64-bit start state of every vCPU with RIP = `entry` (see [`setup`]);
-    /// vCPU `i` gets its own stack and RSI = `i`, and vCPUs other than 0 are made runnable.
-    pub fn set_long_mode_entry(&self, entry: u64) -> Result<()> {
-        for (i, vcpu) in self.vcpus.iter().enumerate() {
+    fn set_initial_state(&mut self, state: &InitialState) -> Result<()> {
+        if state.vcpus.len() != self.vcpus.len() {
+            return Err(RunnerError::Setup(format!(
+                "initial state for {} vCPUs, the VM has {}",
+                state.vcpus.len(),
+                self.vcpus.len()
+            )));
+        }
+        for (vcpu, v) in self.vcpus.iter().zip(&state.vcpus) {
             let sregs = vcpu.get_sregs().map_err(kvm_err("KVM_GET_SREGS"))?;
-            vcpu.set_sregs(&setup::long_mode_sregs(sregs))
+            vcpu.set_sregs(&long_mode_sregs(sregs, v))
                 .map_err(kvm_err("KVM_SET_SREGS"))?;
-            vcpu.set_regs(&setup::entry_regs(entry, i as u32))
-                .map_err(kvm_err("KVM_SET_REGS"))?;
-            if i > 0 {
+            let regs = kvm_bindings::kvm_regs {
+                rip: v.rip,
+                rsp: v.rsp,
+                rdi: v.rdi,
+                rsi: v.rsi,
+                rflags: v.rflags,
+                ..Default::default()
+            };
+            vcpu.set_regs(&regs).map_err(kvm_err("KVM_SET_REGS"))?;
+            if v.runnable {
                 // With an in-kernel irqchip KVM keeps vCPUs other than 0 waiting for INIT/SIPI.
                 let runnable = kvm_bindings::kvm_mp_state {
                     mp_state: kvm_bindings::KVM_MP_STATE_RUNNABLE,
@@ -200,58 +256,24 @@ impl Machine {
         Ok(())
     }
 
-    /// The guest TSC frequency in kHz (`KVM_GET_TSC_KHZ`).
-    pub fn tsc_khz(&self) -> Result<u32> {
+    fn tsc_khz(&self) -> Result<u32> {
         self.vcpus[0]
             .get_tsc_khz()
             .map_err(kvm_err("KVM_GET_TSC_KHZ"))
     }
 
-    /// Reads an MSR of vCPU 0 with `KVM_GET_MSRS`; `None` if KVM does not return it.
-    pub fn get_msr(&self, index: u32) -> Result<Option<u64>> {
-        let mut msrs = Msrs::from_entries(&[kvm_msr_entry {
-            index,
-            ..Default::default()
-        }])
-        .map_err(|_| RunnerError::Kvm {
-            what: "Msrs",
-            source: kvm_ioctls::Error::new(libc::E2BIG),
-        })?;
-        let n = self.vcpus[0]
-            .get_msrs(&mut msrs)
-            .map_err(kvm_err("KVM_GET_MSRS"))?;
-        Ok((n == 1).then(|| msrs.as_slice()[0].data))
-    }
-
-    /// A one-line dump of the architectural registers of every vCPU, for CRASH details.
-    pub fn register_dump(&self) -> String {
-        let dumps: Vec<String> = self.vcpus.iter().map(dump).collect();
-        if dumps.len() == 1 {
-            return dumps.concat();
-        }
-        dumps
-            .iter()
-            .enumerate()
-            .map(|(i, d)| format!("vcpu{i}: {d}"))
-            .collect::<Vec<_>>()
-            .join(" | ")
-    }
-
-    /// Runs the vCPUs until the handler stops the run, a vCPU crashes, or `timeout` expires.
-    pub fn run(
+    fn run(
         &mut self,
         handler: &mut (dyn ExitHandler + Send),
-        timeout: Duration,
+        limits: &RunLimits,
     ) -> Result<RunEnd> {
-        install_timer_handler();
-        let start = Instant::now();
+        install_timer_handler()?;
         let shared = Shared {
             handler: Mutex::new(handler),
-            stop: AtomicBool::new(false),
-            threads: Mutex::new(Vec::new()),
+            stop: Cancel::new(),
             end: Mutex::new(None),
-            start,
-            timeout,
+            start: Instant::now(),
+            limits,
         };
         let mem = &self.mem;
         let (first, rest) = self.vcpus.split_at_mut(1);
@@ -268,6 +290,19 @@ impl Machine {
                 "no vCPU recorded how the run ended".into(),
             )),
         }
+    }
+
+    fn register_dump(&self) -> String {
+        let dumps: Vec<String> = self.vcpus.iter().map(dump).collect();
+        if dumps.len() == 1 {
+            return dumps.concat();
+        }
+        dumps
+            .iter()
+            .enumerate()
+            .map(|(i, d)| format!("vcpu{i}: {d}"))
+            .collect::<Vec<_>>()
+            .join(" | ")
     }
 }
 
@@ -299,16 +334,16 @@ fn dump(vcpu: &VcpuFd) -> String {
 }
 
 /// What the vCPU threads of one run share.
-struct Shared<'h> {
+struct Shared<'h, 'l> {
     handler: Mutex<&'h mut (dyn ExitHandler + Send)>,
-    stop: AtomicBool,
-    threads: Mutex<Vec<libc::pthread_t>>,
+    /// Cancelled by the first vCPU whose run ends, to kick the others.
+    stop: Cancel,
     end: Mutex<Option<Result<RunEnd>>>,
     start: Instant,
-    timeout: Duration,
+    limits: &'l RunLimits,
 }
 
-impl Shared<'_> {
+impl Shared<'_, '_> {
     /// Records the first end and kicks every other vCPU thread out of `KVM_RUN`.
     fn finish(&self, end: Result<RunEnd>) {
         if let Ok(mut slot) = self.end.lock()
@@ -316,47 +351,90 @@ impl Shared<'_> {
         {
             *slot = Some(end);
         }
-        self.stop.store(true, Ordering::SeqCst);
-        if let Ok(threads) = self.threads.lock() {
-            for &t in threads.iter() {
-                // SAFETY: `t` is a thread of this run that is still registered, so it has not
-                // returned from `run_vcpu` (it deregisters first, under the same lock); the
-                // signal's handler only sets that thread's `immediate_exit`.
-                unsafe {
-                    libc::pthread_kill(t, timer_signal());
-                }
-            }
-        }
+        self.stop.cancel();
     }
 }
 
-/// Runs one vCPU on the current thread until the run ends for it (see [`Machine::run`]).
-fn run_vcpu(vcpu: &mut VcpuFd, mem: &GuestMemory, shared: &Shared<'_>) {
-    vcpu.set_kvm_immediate_exit(0);
-    let run_ptr = std::ptr::addr_of_mut!(vcpu.get_kvm_run().immediate_exit);
-    RUN_FLAG.with(|c| c.set(run_ptr));
+/// Registers the calling thread with `token`: cancelling it sends this thread the timer
+/// signal, which kicks its vCPU out of `KVM_RUN`.
+fn kick_me_on(token: &Cancel) -> CancelGuard {
     // SAFETY: pthread_self has no preconditions.
     let me = unsafe { libc::pthread_self() };
-    if let Ok(mut t) = shared.threads.lock() {
-        t.push(me);
-    }
-    let end = match RunTimer::arm(shared.timeout) {
-        Ok(_timer) => vcpu_loop(vcpu, mem, shared),
-        Err(e) => Err(e),
+    token.on_cancel(move || {
+        // SAFETY: the guard returned below deregisters this kicker (under the token's lock,
+        // which `cancel` holds while kicking) before the thread leaves `run_vcpu`, so `me` is a
+        // live thread whenever this runs; the signal's handler only sets that thread's
+        // `immediate_exit`.
+        unsafe {
+            libc::pthread_kill(me, timer_signal());
+        }
+    })
+}
+
+/// Runs one vCPU on the current thread until the run ends for it (see [`Vm::run`]).
+fn run_vcpu(vcpu: &mut VcpuFd, mem: &MmapRam, shared: &Shared<'_, '_>) {
+    vcpu.set_kvm_immediate_exit(0);
+    let flag = RunFlag::set(vcpu);
+    let end = {
+        let _stop = kick_me_on(&shared.stop);
+        let _cancel = kick_me_on(&shared.limits.cancel);
+        let remaining = shared.limits.timeout.saturating_sub(shared.start.elapsed());
+        match RunTimer::arm(remaining) {
+            Ok(_timer) => vcpu_loop(vcpu, mem, shared),
+            Err(e) => Err(e),
+        }
     };
-    if let Ok(mut t) = shared.threads.lock() {
-        t.retain(|&x| x != me);
-    }
-    RUN_FLAG.with(|c| c.set(std::ptr::null_mut()));
-    if !shared.stop.load(Ordering::SeqCst) {
+    drop(flag);
+    if !shared.stop.is_cancelled() {
         shared.finish(end);
     }
 }
 
-fn vcpu_loop(vcpu: &mut VcpuFd, mem: &GuestMemory, shared: &Shared<'_>) -> Result<RunEnd> {
+/// Why the loop must stop now, if it must (checked before each `KVM_RUN` and after `EINTR`).
+fn must_stop(shared: &Shared<'_, '_>) -> Option<RunEnd> {
+    if shared.stop.is_cancelled() {
+        Some(RunEnd::Stopped)
+    } else if shared.limits.cancel.is_cancelled() {
+        Some(RunEnd::Cancelled)
+    } else if shared.start.elapsed() >= shared.limits.timeout {
+        Some(RunEnd::Timeout(shared.start.elapsed()))
+    } else {
+        None
+    }
+}
+
+fn report_exit(
+    mem: &MmapRam,
+    handler: &mut (dyn ExitHandler + Send),
+    data: &[u8],
+) -> std::result::Result<Action, RunEnd> {
+    let gpa = match <[u8; 4]>::try_from(data) {
+        Ok(b) => u64::from(u32::from_le_bytes(b)),
+        Err(_) => {
+            return Err(RunEnd::Unexpected(format!(
+                "report port written with {} bytes (want a 4-byte GPA)",
+                data.len()
+            )));
+        }
+    };
+    let mut raw = [0u8; MESSAGE_SIZE];
+    Ok(match mem.read(gpa, &mut raw) {
+        Ok(()) => {
+            let msg = Message::from_bytes(&raw);
+            if msg.magic == MESSAGE_MAGIC {
+                handler.report(&msg)
+            } else {
+                Action::Unexpected(format!("report message at {gpa:#x} has bad magic"))
+            }
+        }
+        Err(_) => Action::Unexpected(format!("report message at {gpa:#x} outside RAM")),
+    })
+}
+
+fn vcpu_loop(vcpu: &mut VcpuFd, mem: &MmapRam, shared: &Shared<'_, '_>) -> Result<RunEnd> {
     loop {
-        if shared.stop.load(Ordering::SeqCst) {
-            return Ok(RunEnd::Stopped);
+        if let Some(end) = must_stop(shared) {
+            return Ok(end);
         }
         let exit = vcpu.run();
         let Ok(mut guard) = shared.handler.lock() else {
@@ -365,26 +443,9 @@ fn vcpu_loop(vcpu: &mut VcpuFd, mem: &GuestMemory, shared: &Shared<'_>) -> Resul
         let handler: &mut (dyn ExitHandler + Send) = &mut **guard;
         let action = match exit {
             Ok(VcpuExit::IoOut(port, data)) if port == REPORT_PORT => {
-                let gpa = match <[u8; 4]>::try_from(data) {
-                    Ok(b) => u64::from(u32::from_le_bytes(b)),
-                    Err(_) => {
-                        return Ok(RunEnd::Unexpected(format!(
-                            "report port written with {} bytes (want a 4-byte GPA)",
-                            data.len()
-                        )));
-                    }
-                };
-                let mut raw = [0u8; MESSAGE_SIZE];
-                match mem.read(gpa, &mut raw) {
-                    Ok(()) => {
-                        let msg = Message::from_bytes(&raw);
-                        if msg.magic == MESSAGE_MAGIC {
-                            handler.report(&msg)
-                        } else {
-                            Action::Unexpected(format!("report message at {gpa:#x} has bad magic"))
-                        }
-                    }
-                    Err(_) => Action::Unexpected(format!("report message at {gpa:#x} outside RAM")),
+                match report_exit(mem, handler, data) {
+                    Ok(a) => a,
+                    Err(end) => return Ok(end),
                 }
             }
             Ok(VcpuExit::IoOut(port, data)) => handler.io_out(port, data),
@@ -405,11 +466,8 @@ fn vcpu_loop(vcpu: &mut VcpuFd, mem: &GuestMemory, shared: &Shared<'_>) -> Resul
             Ok(other) => return Ok(RunEnd::Unexpected(format!("unhandled exit {other:?}"))),
             Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {
                 drop(guard);
-                if shared.stop.load(Ordering::SeqCst) {
-                    return Ok(RunEnd::Stopped);
-                }
-                if shared.start.elapsed() >= shared.timeout {
-                    return Ok(RunEnd::Timeout(shared.start.elapsed()));
+                if let Some(end) = must_stop(shared) {
+                    return Ok(end);
                 }
                 vcpu.set_kvm_immediate_exit(0);
                 Action::Continue
@@ -417,7 +475,7 @@ fn vcpu_loop(vcpu: &mut VcpuFd, mem: &GuestMemory, shared: &Shared<'_>) -> Resul
             Err(e) => {
                 return Err(RunnerError::Kvm {
                     what: "KVM_RUN",
-                    source: e,
+                    error: e,
                 });
             }
         };
@@ -434,6 +492,23 @@ thread_local! {
     static RUN_FLAG: Cell<*mut u8> = const { Cell::new(std::ptr::null_mut()) };
 }
 
+/// Points this thread's [`RUN_FLAG`] at a vCPU's `immediate_exit` while alive.
+struct RunFlag;
+
+impl RunFlag {
+    fn set(vcpu: &mut VcpuFd) -> Self {
+        let p = std::ptr::addr_of_mut!(vcpu.get_kvm_run().immediate_exit);
+        RUN_FLAG.with(|c| c.set(p));
+        RunFlag
+    }
+}
+
+impl Drop for RunFlag {
+    fn drop(&mut self) {
+        RUN_FLAG.with(|c| c.set(std::ptr::null_mut()));
+    }
+}
+
 fn timer_signal() -> libc::c_int {
     libc::SIGRTMIN() + 2
 }
@@ -442,18 +517,23 @@ extern "C" fn on_timer(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_
     // A const-initialised thread-local is a plain TLS read: async-signal-safe.
     let p = RUN_FLAG.with(Cell::get);
     if !p.is_null() {
-        // SAFETY: the pointer is set only while this thread's `Machine::run` is active and
-        // cleared before the vCPU (and so its kvm_run mapping) can be dropped.
+        // SAFETY: the pointer is set only while a `RunFlag` of this thread is alive, which
+        // ends before the vCPU (and so its kvm_run mapping) can be dropped.
         unsafe { std::ptr::write_volatile(p, 1) }
     }
 }
 
-fn install_timer_handler() {
-    static ONCE: Once = Once::new();
-    ONCE.call_once(|| {
-        // Installed without SA_RESTART, so KVM_RUN returns EINTR.
-        let _ = vmm_sys_util::signal::register_signal_handler(timer_signal(), on_timer);
-    });
+/// Installs the timer signal's handler once; every later call returns the first result.
+fn install_timer_handler() -> Result<()> {
+    static INSTALLED: OnceLock<std::result::Result<(), String>> = OnceLock::new();
+    INSTALLED
+        .get_or_init(|| {
+            // Installed without SA_RESTART, so KVM_RUN returns EINTR.
+            vmm_sys_util::signal::register_signal_handler(timer_signal(), on_timer)
+                .map_err(|e| e.to_string())
+        })
+        .clone()
+        .map_err(|e| RunnerError::Timer(std::io::Error::other(e)))
 }
 
 /// A one-shot POSIX timer that signals the arming thread; deleted on drop.

@@ -1,26 +1,28 @@
-//! Guest RAM: one anonymous private mapping, registered as memslot 0 at GPA 0.
+//! Guest RAM of the KVM backend: one anonymous private mapping, registered as memslot 0 at
+//! GPA 0.
 
 use std::ptr::NonNull;
 
+use crate::vm::GuestRam;
 use crate::{Result, RunnerError};
 
 /// An owned anonymous mapping used as guest RAM. Unmapped on drop.
 #[derive(Debug)]
-pub struct GuestMemory {
+pub struct MmapRam {
     ptr: NonNull<u8>,
     size: u64,
 }
 
 // SAFETY: the mapping is owned exclusively by this value; moving it to another thread moves
 // that ownership.
-unsafe impl Send for GuestMemory {}
+unsafe impl Send for MmapRam {}
 
 // SAFETY: the memory is shared with the guest's vCPUs anyway, so every access is a volatile
 // byte copy through a raw pointer (never a Rust reference into the mapping); concurrent
 // accesses from host threads are as well defined as the guest's own.
-unsafe impl Sync for GuestMemory {}
+unsafe impl Sync for MmapRam {}
 
-impl GuestMemory {
+impl MmapRam {
     /// Maps `size` bytes of zeroed anonymous memory.
     pub fn new(size: u64) -> Result<Self> {
         // SAFETY: an anonymous private mapping with no address hint has no preconditions; the
@@ -38,19 +40,14 @@ impl GuestMemory {
         if p == libc::MAP_FAILED {
             return Err(RunnerError::Mmap {
                 size,
-                source: std::io::Error::last_os_error(),
+                error: std::io::Error::last_os_error(),
             });
         }
         let ptr = NonNull::new(p.cast::<u8>()).ok_or(RunnerError::Mmap {
             size,
-            source: std::io::Error::other("null mapping"),
+            error: std::io::Error::other("null mapping"),
         })?;
         Ok(Self { ptr, size })
-    }
-
-    /// Size in bytes.
-    pub fn size(&self) -> u64 {
-        self.size
     }
 
     /// Host address of GPA 0 (for the memslot).
@@ -67,43 +64,37 @@ impl GuestMemory {
             }),
         }
     }
+}
 
-    /// Copies `data` to guest-physical `gpa`.
-    pub fn write(&self, gpa: u64, data: &[u8]) -> Result<()> {
+impl GuestRam for MmapRam {
+    fn size(&self) -> u64 {
+        self.size
+    }
+
+    fn write(&self, gpa: u64, data: &[u8]) -> Result<()> {
         let off = self.check(gpa, data.len())?;
         // SAFETY: the range is inside the mapping (checked); the source is a distinct host
-        // buffer. The guest may run concurrently only on this thread's vCPU, which is not
-        // running while the host executes this code.
+        // buffer. Host code writes guest RAM only while no vCPU of this VM runs (before the
+        // run), so nothing else accesses the bytes concurrently.
         unsafe {
             std::ptr::copy_nonoverlapping(data.as_ptr(), self.ptr.as_ptr().add(off), data.len())
         }
         Ok(())
     }
 
-    /// Copies from guest-physical `gpa` into `out`.
-    pub fn read(&self, gpa: u64, out: &mut [u8]) -> Result<()> {
+    fn read(&self, gpa: u64, out: &mut [u8]) -> Result<()> {
         let off = self.check(gpa, out.len())?;
-        // SAFETY: as in `write`, with the copy in the other direction.
+        // SAFETY: the range is inside the mapping (checked). vCPUs may run while the host reads
+        // a report message; the guest does not change a message until the exit that hands it
+        // over returns, so the bytes are stable, and a byte copy cannot create invalid values.
         unsafe {
             std::ptr::copy_nonoverlapping(self.ptr.as_ptr().add(off), out.as_mut_ptr(), out.len())
         }
         Ok(())
     }
-
-    /// Writes a little-endian u64.
-    pub fn write_u64(&self, gpa: u64, v: u64) -> Result<()> {
-        self.write(gpa, &v.to_le_bytes())
-    }
-
-    /// Reads a little-endian u64.
-    pub fn read_u64(&self, gpa: u64) -> Result<u64> {
-        let mut b = [0u8; 8];
-        self.read(gpa, &mut b)?;
-        Ok(u64::from_le_bytes(b))
-    }
 }
 
-impl Drop for GuestMemory {
+impl Drop for MmapRam {
     fn drop(&mut self) {
         // SAFETY: ptr/size describe the mapping created in `new`, unmapped exactly once here.
         unsafe {
@@ -118,7 +109,8 @@ mod tests {
 
     #[test]
     fn bounds_are_checked() {
-        let m = GuestMemory::new(0x2000).expect("mmap");
+        let m = MmapRam::new(0x2000).expect("mmap");
+        let m: &dyn GuestRam = &m;
         m.write_u64(0x1ff8, 7).expect("in range");
         assert_eq!(m.read_u64(0x1ff8).expect("in range"), 7);
         assert!(m.write_u64(0x1ffc, 1).is_err());

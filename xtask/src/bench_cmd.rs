@@ -4,12 +4,15 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
+use std::sync::Arc;
+
 use anyhow::{Context, bail};
 use conformance::bench::{self, BenchOptions, BenchReport};
-use conformance::catalog::{Catalog, Selection};
-use runner::image::GuestImage;
+use conformance::catalog::Selection;
+use conformance::target::local::LocalTarget;
 
-use crate::conformance_cmd::Where;
+use crate::conformance_cmd::{MAX_TIMEOUT_MS, MIN_TIMEOUT_MS, Where, guest_catalog};
+use crate::out::{errln, outln};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -34,9 +37,9 @@ pub struct Args {
 }
 
 fn load(p: &PathBuf) -> anyhow::Result<BenchReport> {
-    let text = std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?;
-    let r: BenchReport =
-        serde_json::from_str(&text).with_context(|| format!("parsing {}", p.display()))?;
+    let text = std::fs::read_to_string(p).with_context(|| format!("--compare {}", p.display()))?;
+    let r: BenchReport = serde_json::from_str(&text)
+        .with_context(|| format!("--compare {}: not a bench report", p.display()))?;
     if r.schema != bench::SCHEMA {
         bail!(
             "{}: schema {:?}, expected {:?}",
@@ -51,12 +54,25 @@ fn load(p: &PathBuf) -> anyhow::Result<BenchReport> {
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     if let Some(files) = &args.compare {
         let (a, b) = (load(&files[0])?, load(&files[1])?);
-        print!("{}", bench::compare(&a, &b));
+        crate::out::stdout(&bench::compare(&a, &b))?;
         return Ok(ExitCode::SUCCESS);
     }
+    args.on.check_target()?;
     let envs = args.on.envs()?;
-    if args.repetitions < 2 {
-        bail!("--repetitions must be at least 2 (the CV needs two repetitions)");
+    if !(2..=1000).contains(&args.repetitions) {
+        bail!(
+            "--repetitions {}: must be between 2 (the CV needs two) and 1000",
+            args.repetitions
+        );
+    }
+    if !(MIN_TIMEOUT_MS..=MAX_TIMEOUT_MS).contains(&args.timeout_ms) {
+        bail!(
+            "--timeout-ms {}: must be between {MIN_TIMEOUT_MS} and {MAX_TIMEOUT_MS}",
+            args.timeout_ms
+        );
+    }
+    if args.report.is_dir() {
+        bail!("--report {}: is a directory", args.report.display());
     }
     let cores = core_affinity::get_core_ids().unwrap_or_default();
     let core = match args.cpu {
@@ -64,15 +80,10 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             .iter()
             .find(|c| c.id == n)
             .copied()
-            .with_context(|| format!("no CPU {n} to pin to"))?,
+            .with_context(|| format!("--cpu {n}: no such CPU to pin to"))?,
         None => *cores.last().context("cannot list the CPUs to pin to")?,
     };
-    if !core_affinity::set_for_current(core) {
-        bail!("cannot pin the benchmark thread to CPU {}", core.id);
-    }
-    eprintln!("bench: pinned to CPU {}", core.id);
-    let path = conformance::guest_build::build(&conformance::guest_build::workspace_root())?;
-    let catalog = Catalog::new(GuestImage::load(&path)?);
+    let catalog = guest_catalog(None)?;
     let sel = Selection {
         envs: envs.clone(),
         filters: args.on.filter.clone(),
@@ -86,33 +97,34 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             args.on.filter
         );
     }
-    let host = runner::detect::detect();
+    if !core_affinity::set_for_current(core) {
+        bail!("cannot pin the benchmark thread to CPU {}", core.id);
+    }
+    errln!("bench: pinned to CPU {}", core.id);
+    let target = LocalTarget::new(Arc::clone(&catalog.image));
     let opts = BenchOptions {
         repetitions: args.repetitions,
         timeout: Duration::from_millis(args.timeout_ms),
     };
-    let report = bench::run(
-        &catalog.image,
-        &host,
-        &instances,
-        &envs,
-        &opts,
-        &mut |line| eprintln!("bench: {line}"),
-    )?;
-    print!("{}", bench::table(&report));
-    println!("benchmark run took {:.1} s", report.wall_ms as f64 / 1e3);
-    if let Some(dir) = args.report.parent() {
-        std::fs::create_dir_all(dir)?;
+    let report = bench::run(&target, &catalog, &instances, &envs, &opts, &mut |line| {
+        errln!("bench: {line}")
+    })?;
+    crate::out::stdout(&bench::table(&report))?;
+    outln!("benchmark run took {:.1} s", report.wall_ms as f64 / 1e3)?;
+    if let Some(dir) = args.report.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("--report: cannot create {}", dir.display()))?;
     }
-    std::fs::write(&args.report, serde_json::to_string_pretty(&report)? + "\n")?;
-    eprintln!("report: {}", args.report.display());
+    let text = serde_json::to_string_pretty(&report)? + "\n";
+    conformance::output::write_atomic(&args.report, text.as_bytes())?;
+    errln!("report: {}", args.report.display());
     let (svg, png) = (
         args.report.with_extension("svg"),
         args.report.with_extension("png"),
     );
     match crate::plot::write(&report, &svg, &png) {
-        Ok(()) => eprintln!("plot: {} and {}", svg.display(), png.display()),
-        Err(e) => eprintln!("warning: no plot: {e:#}"),
+        Ok(()) => errln!("plot: {} and {}", svg.display(), png.display()),
+        Err(e) => errln!("warning: no plot: {e:#}"),
     }
     Ok(ExitCode::SUCCESS)
 }

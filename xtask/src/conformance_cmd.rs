@@ -1,22 +1,43 @@
-//! `cargo xtask conformance`: selection, progress, summary and report files.
+//! `cargo xtask conformance`: validate the input, select, list or run on a target, and write
+//! the reports.
+//!
+//! Everything that can be checked before the first instance runs is checked first, and each
+//! problem is one line on stderr with exit status 2: arguments, output paths (and the locks on
+//! them), the expectations file, the guest image and its case table, and the selection. Then
+//! the run: SIGINT/SIGTERM stop starting instances and end the running ones, the reports are
+//! written with what finished (`"interrupted": true`) and the exit status is 130/143;
+//! `--resume` completes such a run.
 
-use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI32, Ordering};
+use std::time::Duration;
 
 use abi::env::Env;
 use anyhow::{Context, bail};
-use conformance::catalog::{Catalog, Selection};
+use conformance::catalog::{Catalog, Instance, Selection};
 use conformance::expect::Expectations;
 use conformance::outcome::Outcome;
-use conformance::report::{self, HostReport, ProgressLog, Report, Summary};
+use conformance::output::Outputs;
+use conformance::report::{self, RunInfo, RunStart, tap};
+use conformance::session::Session;
 use conformance::suite::{self, SuiteOptions};
-use runner::image::GuestImage;
+use conformance::target::local::LocalTarget;
+use conformance::target::{Target, TargetOptions};
+use runner::vm::Cancel;
+
+use crate::out::{errln, outln};
+
+/// Timeouts below this are a usage error: a VM needs a few ms to boot on any host, and the
+/// slowest cases here need several hundred.
+pub const MIN_TIMEOUT_MS: u64 = 100;
+/// Timeouts above this (an hour) are a usage error too.
+pub const MAX_TIMEOUT_MS: u64 = 3_600_000;
 
 /// Where the suite runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
-pub enum Target {
+pub enum TargetName {
     /// This machine's /dev/kvm.
     Local,
     /// A nested KVM host in QEMU (not implemented yet).
@@ -25,7 +46,7 @@ pub enum Target {
     Ssh,
     /// A Google Compute Engine VM (not implemented yet).
     Gce,
-    /// A software model of the ABI (not implemented yet).
+    /// The reference model of the upstream ABI (not implemented yet).
     Model,
 }
 
@@ -34,9 +55,9 @@ pub enum Target {
 pub struct Where {
     /// Where to run.
     #[arg(long, value_enum, default_value = "local")]
-    pub target: Target,
-    /// Environments, comma separated (hvm64, pv-local, pv-v1, pv-mid, pv-v2).
-    #[arg(long, value_delimiter = ',', default_value = "hvm64,pv-local")]
+    pub target: TargetName,
+    /// Environments, comma separated (default: every one the guest implements).
+    #[arg(long, value_delimiter = ',')]
     pub env: Vec<String>,
     /// Only instances whose id (`<case>~<env>`) contains this; repeatable.
     #[arg(long)]
@@ -44,13 +65,34 @@ pub struct Where {
 }
 
 impl Where {
-    /// The environments, once the target is known to be supported.
-    pub fn envs(&self) -> anyhow::Result<Vec<Env>> {
-        if self.target != Target::Local {
+    /// Refuses targets that do not exist yet.
+    pub fn check_target(&self) -> anyhow::Result<()> {
+        if self.target != TargetName::Local {
             let name = format!("{:?}", self.target).to_lowercase();
-            bail!("target {name} is not implemented yet; only --target local is");
+            bail!("--target {name} is not implemented yet; only --target local is");
         }
-        parse_envs(&self.env)
+        Ok(())
+    }
+
+    /// The environments, parsed and with duplicates merged.
+    pub fn envs(&self) -> anyhow::Result<Vec<Env>> {
+        if self.env.is_empty() {
+            return Ok(Selection::default_envs());
+        }
+        let envs = self
+            .env
+            .iter()
+            .map(|n| {
+                Env::from_name(n.trim()).with_context(|| {
+                    let all: Vec<_> = Env::ALL.iter().map(|e| e.name()).collect();
+                    format!(
+                        "--env: unknown environment {n:?} (known: {})",
+                        all.join(", ")
+                    )
+                })
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        Ok(Selection::dedup_envs(envs))
     }
 }
 
@@ -61,10 +103,10 @@ pub struct Args {
     /// List the selected instances instead of running them.
     #[arg(long)]
     list: bool,
-    /// Include the self-test cases (which must FAIL, CRASH, SKIP and ERROR).
+    /// Include the self-test cases (each must produce its designed outcome).
     #[arg(long)]
     selftest: bool,
-    /// JSON report path.
+    /// JSON report path (the progress log goes next to it as .jsonl).
     #[arg(long, default_value = "target/conformance/report.json")]
     report: PathBuf,
     /// Print TAP13 on stdout instead of the text summary.
@@ -73,10 +115,10 @@ pub struct Args {
     /// Also write JUnit XML (one test suite per environment) to this path.
     #[arg(long)]
     junit: Option<PathBuf>,
-    /// Default per-instance timeout in milliseconds.
+    /// Default per-instance timeout in milliseconds (100 to 3600000).
     #[arg(long, default_value_t = 10_000)]
     timeout_ms: u64,
-    /// Parallel instances.
+    /// Parallel instances (1 to 256).
     #[arg(long, default_value_t = 1)]
     jobs: usize,
     /// Expectations file (known deviations) instead of the built-in one for the host dialect.
@@ -85,32 +127,111 @@ pub struct Args {
     /// Use this guest image instead of building it.
     #[arg(long)]
     image: Option<PathBuf>,
+    /// Continue the interrupted run of the same selection whose progress log is next to
+    /// --report, without repeating the instances it finished.
+    #[arg(long)]
+    resume: bool,
+    /// Exit 2 when nothing can run here (no usable /dev/kvm, or every instance SKIPs)
+    /// instead of passing vacuously.
+    #[arg(long)]
+    require_kvm: bool,
 }
 
-fn parse_envs(names: &[String]) -> anyhow::Result<Vec<Env>> {
-    names
-        .iter()
-        .map(|n| {
-            Env::from_name(n.trim()).with_context(|| {
-                let all: Vec<_> = Env::ALL.iter().map(|e| e.name()).collect();
-                format!("unknown environment {n:?} (known: {})", all.join(", "))
-            })
-        })
-        .collect()
+/// Checks the numbers and flags that need no file system.
+fn check_args(args: &Args) -> anyhow::Result<()> {
+    args.on.check_target()?;
+    if !(MIN_TIMEOUT_MS..=MAX_TIMEOUT_MS).contains(&args.timeout_ms) {
+        bail!(
+            "--timeout-ms {}: must be between {MIN_TIMEOUT_MS} and {MAX_TIMEOUT_MS}",
+            args.timeout_ms
+        );
+    }
+    if !(1..=256).contains(&args.jobs) {
+        bail!("--jobs {}: must be between 1 and 256", args.jobs);
+    }
+    if args.list && args.resume {
+        bail!("--list and --resume do not go together");
+    }
+    Ok(())
+}
+
+/// Builds (or loads) and validates the guest image; says so when a cached one was rebuilt.
+pub fn guest_catalog(image: Option<&PathBuf>) -> anyhow::Result<Catalog> {
+    Ok(match image {
+        Some(p) => conformance::guest_build::load(p)?,
+        None => {
+            let built =
+                conformance::guest_build::build(&conformance::guest_build::workspace_root())?;
+            if let Some(why) = &built.rebuilt {
+                errln!("note: rebuilt the guest image: {why}");
+            }
+            built.catalog
+        }
+    })
+}
+
+fn list(instances: &[Instance]) -> anyhow::Result<ExitCode> {
+    for i in instances {
+        outln!(
+            "{:<48} {:<10} {:<28} {}",
+            i.id(),
+            i.case.area.name(),
+            i.case.requirements.join(","),
+            i.case.summary
+        )?;
+    }
+    outln!("{} instances", instances.len())?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// SIGINT/SIGTERM cancel the run; a second one ends the process at once. Returns the signal
+/// seen (0 if none) and the handle that stops listening.
+fn on_signals(cancel: Cancel) -> anyhow::Result<(Arc<AtomicI32>, signal_hook::iterator::Handle)> {
+    use signal_hook::consts::{SIGINT, SIGTERM};
+    let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM])
+        .context("cannot install the SIGINT/SIGTERM handlers")?;
+    let handle = signals.handle();
+    let seen = Arc::new(AtomicI32::new(0));
+    let seen2 = Arc::clone(&seen);
+    std::thread::spawn(move || {
+        for sig in signals.forever() {
+            if seen2.swap(sig, Ordering::SeqCst) != 0 {
+                errln!("second signal: exiting now; the progress log has every finished instance");
+                std::process::exit(128 + sig);
+            }
+            errln!("signal {sig}: ending the running instances and writing the reports");
+            cancel.cancel();
+        }
+    });
+    Ok((seen, handle))
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+    check_args(&args)?;
     let envs = args.on.envs()?;
-    if args.jobs == 0 {
-        bail!("--jobs must be at least 1");
-    }
-    let root = conformance::guest_build::workspace_root();
-    let image_path = match args.image {
-        Some(p) => p,
-        None => conformance::guest_build::build(&root)?,
+    let outputs = if args.list {
+        None
+    } else {
+        Some(Outputs::new(&args.report, args.junit.as_deref())?)
     };
-    let image = GuestImage::load(&image_path)?;
-    let catalog = Catalog::new(image);
+    let start = RunStart::now();
+    let lock = outputs
+        .as_ref()
+        .map(|o| o.lock(&start.run_id))
+        .transpose()?;
+    let user_expectations = args
+        .expectations
+        .as_ref()
+        .map(|p| Expectations::load(p))
+        .transpose()?;
+    let catalog = guest_catalog(args.image.as_ref())?;
+    let known = catalog.all_ids();
+    for e in Expectations::all_builtin()?
+        .iter()
+        .chain(&user_expectations)
+    {
+        e.validate(&known)?;
+    }
     let sel = Selection {
         envs,
         filters: args.on.filter.clone(),
@@ -120,30 +241,30 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let instances = catalog.instances(&sel);
     if instances.is_empty() {
         bail!(
-            "the selection matches no case instance (filters {:?})",
+            "the selection matches no case instance (environments {:?}, filters {:?})",
+            sel.envs.iter().map(|e| e.name()).collect::<Vec<_>>(),
             args.on.filter
         );
     }
     if args.list {
-        for i in &instances {
-            println!(
-                "{:<48} {:<10} {:<28} {}",
-                i.id(),
-                i.case.area.name(),
-                i.case.requirements.join(","),
-                i.case.summary
-            );
-        }
-        println!("{} instances", instances.len());
-        return Ok(ExitCode::SUCCESS);
+        return list(&instances);
     }
+    let (Some(outputs), Some(lock)) = (outputs, lock) else {
+        bail!("internal: outputs not validated");
+    };
 
-    let host = runner::detect::detect();
-    let expectations = match &args.expectations {
-        Some(p) => Expectations::load(p)?,
+    let target = LocalTarget::new(Arc::clone(&catalog.image));
+    if args.require_kvm
+        && let Err(why) = target.usable()
+    {
+        bail!("--require-kvm: {why}");
+    }
+    let host = target.host();
+    let expectations = match user_expectations {
+        Some(e) => e,
         None => Expectations::builtin(host.dialect)?,
     };
-    eprintln!(
+    errln!(
         "host: kernel {}, backend {}, dialect {} ({}), cpu {}",
         host.kernel,
         host.kvm_backend,
@@ -151,73 +272,91 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         host.dialect_evidence,
         host.cpu
     );
+    let run = RunInfo::new(
+        start,
+        target.name(),
+        host,
+        &catalog.image.sha256,
+        &instances,
+        &expectations,
+    );
+    let mut session = Session::start(outputs, lock, run, args.resume, &expectations.source)?;
+    if args.resume {
+        errln!(
+            "resuming run {}: {} of {} instances already finished{}",
+            session.run.run_id,
+            session.prior_results(),
+            instances.len(),
+            if session.dropped_torn_line {
+                " (a torn last line of the progress log was dropped)"
+            } else {
+                ""
+            }
+        );
+    }
+    let pending = session.pending(&instances);
+    let cancel = Cancel::new();
+    let (signal, signal_handle) = on_signals(cancel.clone())?;
     let opts = SuiteOptions {
-        timeout: Duration::from_millis(args.timeout_ms),
-        jobs: args.jobs,
+        target: TargetOptions {
+            timeout: Duration::from_millis(args.timeout_ms),
+            jobs: args.jobs,
+            cancel,
+        },
         expectations,
     };
-    let progress_path = args.report.with_extension("jsonl");
-    let mut log = ProgressLog::create(&progress_path)?;
-    let bar = if std::io::stderr().is_terminal() {
-        indicatif::ProgressBar::new(instances.len() as u64)
+    let bar = if std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+        indicatif::ProgressBar::new(pending.len() as u64)
     } else {
         indicatif::ProgressBar::hidden()
     };
-    let started = Instant::now();
     let mut log_err = None;
-    let results = suite::run(
-        &catalog.image,
-        &host,
-        &instances,
-        &opts,
-        &mut |done, total, r| {
-            bar.suspend(|| {
-                eprintln!(
-                    "[{done:>3}/{total}] {:<5} {} ({:.1} ms)",
-                    r.outcome.label(),
-                    r.id,
-                    r.duration_ms
-                );
-                if r.outcome != Outcome::Pass {
-                    eprintln!("          {}", r.detail);
-                }
-            });
-            bar.inc(1);
-            if let Err(e) = log.append(r) {
-                log_err.get_or_insert(e);
+    let ran = suite::run(&target, &pending, &opts, &mut |done, total, r| {
+        bar.suspend(|| {
+            errln!(
+                "[{done:>3}/{total}] {:<5} {} ({:.1} ms)",
+                r.outcome.label(),
+                r.id,
+                r.duration_ms
+            );
+            if r.outcome != Outcome::Pass {
+                errln!("          {}", r.detail);
             }
-        },
-    );
-    bar.finish_and_clear();
-    let summary = Summary::of(&results, started.elapsed().as_millis() as u64);
-    let report = Report {
-        schema: report::SCHEMA,
-        target: "local".into(),
-        expectations: opts.expectations.source.clone(),
-        host: HostReport::new(&host),
-        cases: results,
-        summary: summary.clone(),
-    };
-    report.write(&args.report)?;
-    if let Some(path) = &args.junit {
-        if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir)?;
+        });
+        bar.inc(1);
+        if let Err(e) = session.record(r) {
+            log_err.get_or_insert(e);
         }
-        std::fs::write(path, report::junit(&report.cases, summary.wall_ms)?)
-            .with_context(|| format!("writing {}", path.display()))?;
-        eprintln!("junit: {}", path.display());
-    }
+    });
+    bar.finish_and_clear();
+    signal_handle.close();
+    let paths = session.outputs().clone();
+    let report = session.finish(&instances, ran.results, ran.interrupted)?;
     if let Some(e) = log_err {
-        eprintln!("warning: progress log {}: {e}", progress_path.display());
+        errln!("warning: progress log: {e}");
     }
+    let line = report::summary_line(&report.summary);
     if args.tap {
-        print!("{}", report::tap(&report.cases));
-        eprintln!("{}", report::summary_line(&summary));
+        crate::out::stdout(&tap::tap(&report.run, &report.cases, instances.len()))?;
+        errln!("{line}");
     } else {
-        println!("{}", report::summary_line(&summary));
+        outln!("{line}")?;
     }
-    eprintln!("report: {}", args.report.display());
-    Ok(if summary.is_bad() {
+    errln!("report: {}", paths.report.display());
+    if let Some(j) = &paths.junit {
+        errln!("junit: {}", j.display());
+    }
+    let sig = signal.load(Ordering::SeqCst);
+    Ok(if sig != 0 || report.interrupted {
+        errln!(
+            "interrupted: rerun with --resume to complete run {}",
+            report.run.run_id
+        );
+        ExitCode::from(128 + sig.clamp(0, 127) as u8)
+    } else if args.require_kvm && report.summary.nothing_ran() {
+        errln!("--require-kvm: every instance was SKIP; nothing ran");
+        ExitCode::from(2)
+    } else if report.summary.is_bad() {
         ExitCode::from(1)
     } else {
         ExitCode::SUCCESS

@@ -5,10 +5,13 @@
 //! - `cargo xtask build-guests`: only build the guest image.
 //!
 //! Exit status of `conformance`: 0 when nothing failed, crashed or errored; 1 otherwise;
-//! 2 for usage or setup errors.
+//! 2 for usage or setup errors (one line on stderr naming the input and the problem); 130 or
+//! 143 when SIGINT or SIGTERM interrupted the run (the reports hold what finished).
+//! Nothing here panics on bad input or on a closed or full stdout (see `out`).
 
 mod bench_cmd;
 mod conformance_cmd;
+mod out;
 mod plot;
 mod tidy;
 
@@ -40,17 +43,20 @@ fn main() -> ExitCode {
         Cmd::Bench(args) => bench_cmd::run(args),
         Cmd::BuildGuests => {
             conformance::guest_build::build(&conformance::guest_build::workspace_root())
-                .map(|p| {
-                    println!("{}", p.display());
-                    ExitCode::SUCCESS
+                .map_err(anyhow::Error::from)
+                .and_then(|b| {
+                    if let Some(why) = &b.rebuilt {
+                        out::errln!("note: rebuilt the guest image: {why}");
+                    }
+                    out::outln!("{}", b.path.display())
                 })
-                .map_err(Into::into)
+                .map(|()| ExitCode::SUCCESS)
         }
     };
     match result {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            out::errln!("error: {e:#}");
             ExitCode::from(2)
         }
     }

@@ -5,6 +5,7 @@
 
 use std::path::Path;
 
+use abi::env::Env;
 use anyhow::{Context, bail};
 use conformance::bench::BenchReport;
 use plotters::prelude::*;
@@ -30,12 +31,45 @@ fn load_font() -> anyhow::Result<()> {
         .map_err(|_| anyhow::anyhow!("{path} is not a usable font"))
 }
 
+/// One colour per environment, in `Env::ALL` order; native host rows are grey.
+const PALETTE: [RGBColor; 5] = [
+    RGBColor(0x1f, 0x77, 0xb4),
+    RGBColor(0xd6, 0x27, 0x28),
+    RGBColor(0x2c, 0xa0, 0x2c),
+    RGBColor(0xff, 0x7f, 0x0e),
+    RGBColor(0x94, 0x67, 0xbd),
+];
+const HOST_GREY: RGBColor = RGBColor(0x55, 0x55, 0x55);
+const COLOR_NAMES: [&str; 5] = ["blue", "red", "green", "orange", "purple"];
+
+fn env_index(env: &str) -> Option<usize> {
+    Env::ALL.iter().position(|e| e.name() == env)
+}
+
 fn env_color(env: &str) -> RGBColor {
-    match env {
-        "hvm64" => RGBColor(0x1f, 0x77, 0xb4),
-        "pv-local" => RGBColor(0xd6, 0x27, 0x28),
-        _ => RGBColor(0x55, 0x55, 0x55),
-    }
+    env_index(env).map_or(HOST_GREY, |i| PALETTE[i % PALETTE.len()])
+}
+
+/// "blue: hvm64, red: pv-local, ..." for the environments in `r`.
+fn legend(r: &BenchReport) -> String {
+    let mut seen: Vec<usize> = r
+        .benchmarks
+        .iter()
+        .filter_map(|b| env_index(&b.env))
+        .collect();
+    seen.sort_unstable();
+    seen.dedup();
+    seen.iter()
+        .map(|&i| {
+            format!(
+                "{}: {}",
+                COLOR_NAMES[i % COLOR_NAMES.len()],
+                Env::ALL[i].name()
+            )
+        })
+        .chain(std::iter::once("grey: native host".to_string()))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 fn draw<DB: DrawingBackend>(
@@ -75,8 +109,9 @@ where
     root.fill(&WHITE).map_err(|e| anyhow::anyhow!("{e:?}"))?;
     let n = bars.len() as i32;
     let title = format!(
-        "median ns/op, {} repetitions - blue: hvm64, red: pv-local, grey: native host",
-        r.repetitions
+        "median ns/op, {} repetitions - {}",
+        r.repetitions,
+        legend(r)
     );
     let mut chart = ChartBuilder::on(&root)
         .caption(title, ("sans-serif", 22))

@@ -3,16 +3,17 @@
 //! switches CPL0 code to native execution.
 
 use guest_lib::abi::env::{Area, Env};
-use guest_lib::abi::layout::pte;
-use guest_lib::abi::local::{ENOSYS, MSR_SIGNATURE, MSR_TSC_KHZ, SIGNATURE, hc};
-use guest_lib::arch::{instr, mem};
+use guest_lib::abi::local::{
+    ENOSYS, MSR_SIGNATURE, MSR_TSC_KHZ, MSR_UNKNOWN_12, SIGNATURE, WRMSR_REFUSED, hc,
+};
+use guest_lib::arch::instr;
 use guest_lib::case::Spec;
+use guest_lib::env::pv_local;
 use guest_lib::exception::Exception;
-use guest_lib::paging::{alloc_frame, map, set_pte};
-use guest_lib::pv_local;
+use guest_lib::paging::{Pte, PteFlags, set_pte};
 use guest_lib::{case, check, check_eq, log};
 
-use crate::common::{MSR_KERNEL_GS_BASE, TEST_VA};
+use crate::common::{MSR_SCRATCH, TEST_VA, remap_fixture};
 
 const PV: u32 = Env::PvLocal.bit();
 
@@ -27,13 +28,22 @@ fn signature_msr() {
         Err(Exception::gp(0)),
         "wrmsr must #GP"
     );
+    check!(
+        instr::rdmsr_safe(MSR_UNKNOWN_12).is_ok(),
+        "MSR 0x4b564d12 is readable"
+    );
+    check_eq!(
+        instr::wrmsr_safe(MSR_UNKNOWN_12, 0),
+        Err(Exception::gp(0)),
+        "MSR 0x4b564d12 is read-only"
+    );
 }
 case!(
     signature_msr,
     Spec::new(
         "abi.signature_msr",
         Area::Abi,
-        "MSR 0x4b564d11 reads \"PVM\" and rejects writes"
+        "MSR 0x4b564d11 reads \"PVM\"; it and 0x4b564d12 reject writes"
     )
     .envs(PV)
     .reqs("LOCAL-DETECT-1")
@@ -51,6 +61,11 @@ fn unknown_hypercall_enosys() {
         0x1708_8200,
         u64::MAX,
     ] {
+        check!(
+            hc::ALL.iter().all(|&(known, _)| known != nr),
+            "{:#x} is a known hypercall",
+            nr
+        );
         check_eq!(
             pv_local::hypercall(nr, 0, 0, 0),
             Ok(ENOSYS),
@@ -73,23 +88,23 @@ case!(
 fn hypercall_wrmsr() {
     let v = 0x0000_7f00_1234_5000;
     check_eq!(
-        pv_local::hypercall(hc::WRMSR, u64::from(MSR_KERNEL_GS_BASE), v, 0),
+        pv_local::hypercall(hc::WRMSR, u64::from(MSR_SCRATCH), v, 0),
         Ok(0),
         "known MSR"
     );
     check_eq!(
-        instr::rdmsr_safe(MSR_KERNEL_GS_BASE),
+        instr::rdmsr_safe(MSR_SCRATCH),
         Ok(v),
         "value written by the hypercall"
     );
     check_eq!(
         pv_local::hypercall(hc::WRMSR, u64::from(MSR_SIGNATURE), 1, 0),
-        Ok(2),
+        Ok(WRMSR_REFUSED),
         "read-only MSR"
     );
     check_eq!(
         pv_local::hypercall(hc::WRMSR, 0x1234_5678, 1, 0),
-        Ok(2),
+        Ok(WRMSR_REFUSED),
         "unknown MSR"
     );
 }
@@ -134,30 +149,30 @@ case!(
 );
 
 fn hypercall_tlb_flush() {
-    let (a, b) = (alloc_frame(), alloc_frame());
-    mem::write_u64(a, 0xaaaa);
-    mem::write_u64(b, 0xbbbb);
-    map(TEST_VA, a, pte::RW | pte::US);
-    instr::invlpg(TEST_VA);
-    check_eq!(instr::read_u64_safe(TEST_VA), Ok(0xaaaa), "first mapping");
-    set_pte(TEST_VA, b | pte::P | pte::RW | pte::US);
+    let (a, b) = remap_fixture();
+    let rw_us = PteFlags::RW | PteFlags::US;
+    set_pte(TEST_VA, Pte::map(&b, rw_us));
     check_eq!(
-        pv_local::hypercall(hc::FLUSH_TLB_ONE, TEST_VA, 0, 0),
+        pv_local::hypercall(hc::FLUSH_TLB_ONE, TEST_VA.get(), 0, 0),
         Ok(0),
         "FLUSH_TLB_ONE"
     );
     check_eq!(
-        instr::read_u64_safe(TEST_VA),
+        instr::read_u64_safe(TEST_VA.get()),
         Ok(0xbbbb),
         "after FLUSH_TLB_ONE"
     );
-    set_pte(TEST_VA, a | pte::P | pte::RW | pte::US);
+    set_pte(TEST_VA, Pte::map(&a, rw_us));
     check_eq!(
         pv_local::hypercall(hc::FLUSH_TLB, 0, 0, 0),
         Ok(0),
         "FLUSH_TLB"
     );
-    check_eq!(instr::read_u64_safe(TEST_VA), Ok(0xaaaa), "after FLUSH_TLB");
+    check_eq!(
+        instr::read_u64_safe(TEST_VA.get()),
+        Ok(0xaaaa),
+        "after FLUSH_TLB"
+    );
 }
 case!(
     hypercall_tlb_flush,

@@ -2,21 +2,21 @@
 //! guest loops. Each reports per-batch TSC samples under a metric name; the host computes
 //! median, p99 and CV, and the ratio to its native baselines.
 
-use guest_lib::abi::case::{HostCheck, io};
-use guest_lib::abi::env::{Area, Env};
-use guest_lib::abi::layout::{MMIO_WINDOW, pte};
-use guest_lib::abi::local::hc;
-use guest_lib::arch::instr;
-use guest_lib::bench::{SAMPLES, measure};
-use guest_lib::case::Spec;
-use guest_lib::exception::SyscallFrame;
-use guest_lib::paging::{alloc_frame, map, set_pte};
-use guest_lib::user::{self, UserExit};
-use guest_lib::{apic, case, log, pv_local, report, rt, skip};
+use core::sync::atomic::{AtomicU64, Ordering::SeqCst};
 
-use crate::common::{
-    MSR_KERNEL_GS_BASE, PING_VECTOR, PONG_VECTOR, TEST_VA, TIMER_VECTOR, UNMAPPED,
-};
+use guest_lib::abi::case::{FLAG_IRQCHIP, HostCheck, io};
+use guest_lib::abi::env::Area;
+use guest_lib::abi::layout::MMIO_WINDOW;
+use guest_lib::arch::instr;
+use guest_lib::bench::{Baseline, SAMPLES, measure};
+use guest_lib::case::Spec;
+use guest_lib::env::{self, EnvError};
+use guest_lib::exception::{Exception, Frame, SyscallFrame};
+use guest_lib::paging::{Pte, PteFlags, alloc_frame, map, set_pte};
+use guest_lib::user::{self, UserExit};
+use guest_lib::{apic, case, log, report, rt, skip};
+
+use crate::common::{MSR_SCRATCH, PING_VECTOR, PONG_VECTOR, TEST_VA, TIMER_VECTOR, UNMAPPED};
 
 const fn bench(name: &'static str, summary: &'static str) -> Spec {
     Spec::new(name, Area::Bench, summary)
@@ -24,18 +24,28 @@ const fn bench(name: &'static str, summary: &'static str) -> Spec {
         .timeout_ms(60_000)
 }
 
+fn unsupported(e: EnvError) -> ! {
+    match e {
+        EnvError::Unsupported(why) => skip!("{}", why),
+        other => guest_lib::error!("{:?}", other),
+    }
+}
+
 fn hypercall() {
-    measure("hypercall", SAMPLES, 200, || {
-        let _ = pv_local::hypercall(0x100f, 0, 0, 0);
+    let env = env::current();
+    if let Err(e) = env.null_hypercall() {
+        unsupported(e);
+    }
+    measure("hypercall", Baseline::Getpid, SAMPLES, 200, || {
+        let _ = env.null_hypercall();
     });
 }
 case!(
     hypercall,
     bench(
         "bench.hypercall",
-        "in-kernel hypercall round trip (unknown nr, -ENOSYS)"
+        "in-kernel hypercall round trip (an undefined number)"
     )
-    .envs(Env::PvLocal.bit())
     .reqs("PERF-HC")
 );
 
@@ -57,7 +67,9 @@ fn syscall_roundtrip() {
     let _ = user::run(u_syscall_loop, 8);
     for _ in 0..SAMPLES {
         match user::run(u_syscall_loop, ITERS) {
-            UserExit::Returned(cycles) => report::sample("syscall_roundtrip", ITERS, cycles),
+            UserExit::Returned(cycles) => {
+                report::sample("syscall_roundtrip", Baseline::Getpid, ITERS, cycles)
+            }
             other => skip!(
                 "the user->supervisor->user SYSCALL path does not work here: {:?}",
                 other
@@ -76,11 +88,11 @@ case!(
 );
 
 fn exceptions() {
-    measure("exception_ud", SAMPLES, 100, || {
+    measure("exception_ud", Baseline::Signal, SAMPLES, 100, || {
         let _ = instr::ud2_safe();
     });
-    measure("exception_pf", SAMPLES, 100, || {
-        let _ = instr::read_u64_safe(UNMAPPED);
+    measure("exception_pf", Baseline::PageFault, SAMPLES, 100, || {
+        let _ = instr::read_u64_safe(UNMAPPED.get());
     });
 }
 case!(
@@ -93,11 +105,11 @@ case!(
 );
 
 fn msr() {
-    measure("rdmsr", SAMPLES, 200, || {
-        let _ = instr::rdmsr_safe(MSR_KERNEL_GS_BASE);
+    measure("rdmsr", Baseline::None, SAMPLES, 200, || {
+        let _ = instr::rdmsr_safe(MSR_SCRATCH);
     });
-    measure("wrmsr", SAMPLES, 200, || {
-        let _ = instr::wrmsr_safe(MSR_KERNEL_GS_BASE, 0x1000);
+    measure("wrmsr", Baseline::None, SAMPLES, 200, || {
+        let _ = instr::wrmsr_safe(MSR_SCRATCH, 0x1000);
     });
 }
 case!(
@@ -106,22 +118,30 @@ case!(
 );
 
 fn cpuid() {
-    measure("cpuid", SAMPLES, 200, || {
+    measure("cpuid", Baseline::Cpuid, SAMPLES, 200, || {
         let _ = instr::cpuid(0, 0);
     });
-    if rt::env() == Env::PvLocal {
-        measure("pv_cpuid", SAMPLES, 200, || {
-            let _ = pv_local::pv_cpuid(0, 0);
-        });
+}
+case!(cpuid, bench("bench.cpuid", "CPUID").reqs("PERF-CPUID"));
+
+fn pv_cpuid() {
+    let env = env::current();
+    if let Err(e) = env.pv_cpuid(0, 0) {
+        unsupported(e);
     }
+    measure("pv_cpuid", Baseline::Cpuid, SAMPLES, 200, || {
+        let _ = env.pv_cpuid(0, 0);
+    });
 }
 case!(
-    cpuid,
-    bench("bench.cpuid", "CPUID (and the local dialect's PV CPUID)").reqs("PERF-CPUID")
+    pv_cpuid,
+    bench("bench.pv_cpuid", "the environment's paravirtual CPUID").reqs("PERF-CPUID")
 );
 
 fn pio_exit() {
-    measure("pio_exit", SAMPLES, 200, || instr::outb(io::BENCH_PORT, 0));
+    measure("pio_exit", Baseline::RawExit, SAMPLES, 200, || {
+        instr::outb(io::BENCH_PORT, 0)
+    });
 }
 case!(
     pio_exit,
@@ -129,7 +149,7 @@ case!(
 );
 
 fn mmio_exit() {
-    measure("mmio_exit", SAMPLES, 200, || {
+    measure("mmio_exit", Baseline::RawExit, SAMPLES, 200, || {
         instr::mmio_write_u32(MMIO_WINDOW + io::BENCH_MMIO_OFFSET, 0)
     });
 }
@@ -140,15 +160,12 @@ case!(
 
 fn shadow_fill() {
     const PAGES: usize = 64;
-    let mut frames = [0u64; PAGES];
-    for f in frames.iter_mut() {
-        *f = alloc_frame();
-    }
-    let va = |i: usize| TEST_VA + (i as u64) * 4096;
+    let frames: [_; PAGES] = core::array::from_fn(|_| alloc_frame());
+    let va = |i: usize| TEST_VA.page(i as u64);
     for _ in 0..SAMPLES {
         for (i, f) in frames.iter().enumerate() {
-            map(va(i), *f, pte::RW | pte::US);
-            instr::invlpg(va(i));
+            map(va(i), f, PteFlags::RW | PteFlags::US);
+            instr::invlpg(va(i).get());
         }
         let t0 = instr::rdtsc();
         for i in 0..PAGES {
@@ -160,11 +177,16 @@ fn shadow_fill() {
             instr::touch_write(va(i), 2);
         }
         let again = instr::rdtsc().wrapping_sub(t1);
-        report::sample("shadow_first_touch", PAGES as u64, first);
-        report::sample("shadow_after_fill", PAGES as u64, again);
+        report::sample(
+            "shadow_first_touch",
+            Baseline::PageFault,
+            PAGES as u64,
+            first,
+        );
+        report::sample("shadow_after_fill", Baseline::None, PAGES as u64, again);
         for i in 0..PAGES {
-            set_pte(va(i), 0);
-            instr::invlpg(va(i));
+            set_pte(va(i), Pte::ABSENT);
+            instr::invlpg(va(i).get());
         }
     }
 }
@@ -178,9 +200,15 @@ case!(
 );
 
 fn cr3_switch() {
-    measure("cr3_flush", SAMPLES, 100, instr::reload_cr3);
+    measure("cr3_flush", Baseline::None, SAMPLES, 100, instr::reload_cr3);
     match instr::enable_pcid() {
-        Ok(()) => measure("cr3_noflush", SAMPLES, 100, instr::reload_cr3_noflush),
+        Ok(()) => measure(
+            "cr3_noflush",
+            Baseline::None,
+            SAMPLES,
+            100,
+            instr::reload_cr3_noflush,
+        ),
         Err(e) => log!("CR4.PCIDE refused ({:?}): no cr3_noflush", e),
     }
 }
@@ -195,20 +223,37 @@ case!(
 
 fn tlb() {
     let f = alloc_frame();
-    map(TEST_VA, f, pte::RW | pte::US);
-    measure("invlpg", SAMPLES, 200, || instr::invlpg(TEST_VA));
-    if rt::env() == Env::PvLocal {
-        measure("hc_flush_tlb_one", SAMPLES, 200, || {
-            let _ = pv_local::hypercall(hc::FLUSH_TLB_ONE, TEST_VA, 0, 0);
-        });
-        measure("hc_flush_tlb", SAMPLES, 100, || {
-            let _ = pv_local::hypercall(hc::FLUSH_TLB, 0, 0, 0);
-        });
-    }
+    map(TEST_VA, &f, PteFlags::RW | PteFlags::US);
+    measure("invlpg", Baseline::None, SAMPLES, 200, || {
+        instr::invlpg(TEST_VA.get())
+    });
 }
 case!(
     tlb,
-    bench("bench.tlb", "INVLPG and the TLB-flush hypercalls").reqs("PERF-TLB")
+    bench("bench.tlb", "INVLPG of a mapped page").reqs("PERF-TLB")
+);
+
+fn tlb_hypercalls() {
+    let env = env::current();
+    let f = alloc_frame();
+    map(TEST_VA, &f, PteFlags::RW | PteFlags::US);
+    if let Err(e) = env.flush_tlb_one(TEST_VA.get()) {
+        unsupported(e);
+    }
+    measure("hc_flush_tlb_one", Baseline::None, SAMPLES, 200, || {
+        let _ = env.flush_tlb_one(TEST_VA.get());
+    });
+    measure("hc_flush_tlb", Baseline::None, SAMPLES, 100, || {
+        let _ = env.flush_tlb();
+    });
+}
+case!(
+    tlb_hypercalls,
+    bench(
+        "bench.tlb_hypercalls",
+        "the environment's TLB-flush hypercalls (one page, all)"
+    )
+    .reqs("PERF-TLB")
 );
 
 fn empty() {}
@@ -218,39 +263,62 @@ case!(
         "bench.empty",
         "an empty guest: VM create + boot + teardown, measured by the host"
     )
+    .host(HostCheck::Lifecycle)
     .reqs("PERF-VM")
 );
 
-static ARRIVED: guest_lib::arch::Global<u64> = guest_lib::arch::Global::new(0);
+fn exit_loop() {
+    loop {
+        instr::outb(io::BENCH_PORT, 0);
+    }
+}
+case!(
+    exit_loop,
+    bench(
+        "bench.exit_loop",
+        "port-I/O exits in a loop, timed by the host: runner vs raw KVM_RUN loop"
+    )
+    .host(HostCheck::ExitLoop)
+    .reqs("PERF-RUNNER")
+);
 
-fn on_timer(_: &mut guest_lib::exception::Frame, ex: guest_lib::exception::Exception) -> bool {
+static ARRIVED: AtomicU64 = AtomicU64::new(0);
+
+fn on_timer(_: &mut Frame, ex: Exception) -> bool {
     if ex.vector != TIMER_VECTOR {
         return false;
     }
-    ARRIVED.set(instr::rdtsc());
+    ARRIVED.store(instr::rdtsc(), SeqCst);
     apic::eoi();
     true
 }
 
 fn timer_latency() {
     const DELAY: u64 = 100_000; // TSC cycles from arming to the deadline
-    const GIVE_UP: u64 = 2_000_000_000; // cycles after the deadline
+    let give_up = 1000 * rt::cycles_per_ms(); // after the deadline
     if let Err(e) = apic::enable_tsc_deadline_timer(TIMER_VECTOR, apic::SPURIOUS_VECTOR) {
         skip!("no usable x2APIC TSC-deadline timer: {:?}", e);
     }
     guest_lib::exception::set_hook(Some(on_timer));
     for _ in 0..SAMPLES {
-        ARRIVED.set(0);
+        ARRIVED.store(0, SeqCst);
         apic::set_interrupts(true);
         let deadline = instr::rdtsc() + DELAY;
         let _ = apic::arm(deadline);
-        while ARRIVED.get() == 0 && instr::rdtsc() < deadline + GIVE_UP {}
+        while ARRIVED.load(SeqCst) == 0 && instr::rdtsc() < deadline + give_up {
+            core::hint::spin_loop();
+        }
         apic::set_interrupts(false);
-        match ARRIVED.get() {
+        match ARRIVED.load(SeqCst) {
             0 => guest_lib::error!(
                 "the TSC-deadline timer interrupt never arrived (see interrupts.timer_delivery)"
             ),
-            at => report::sample("timer_latency", 1, at.saturating_sub(deadline)),
+            at => report::sample(
+                "timer_latency",
+                Baseline::None,
+                1,
+                at.saturating_sub(deadline),
+            ),
         }
     }
     guest_lib::exception::set_hook(None);
@@ -261,14 +329,14 @@ case!(
         "bench.timer_latency",
         "LAPIC TSC-deadline timer: deadline to guest handler entry"
     )
-    .flags(guest_lib::abi::case::FLAG_IRQCHIP)
+    .flags(FLAG_IRQCHIP)
     .reqs("PERF-TIMER")
 );
 
-fn ping_pong(_: &mut guest_lib::exception::Frame, ex: guest_lib::exception::Exception) -> bool {
+fn ping_pong(_: &mut Frame, ex: Exception) -> bool {
     match ex.vector {
         PING_VECTOR => apic::send_ipi(0, PONG_VECTOR),
-        PONG_VECTOR => ARRIVED.set(instr::rdtsc()),
+        PONG_VECTOR => ARRIVED.store(instr::rdtsc(), SeqCst),
         _ => return false,
     }
     apic::eoi();
@@ -276,24 +344,26 @@ fn ping_pong(_: &mut guest_lib::exception::Frame, ex: guest_lib::exception::Exce
 }
 
 fn ipi_roundtrip() {
-    const GIVE_UP: u64 = 2_000_000_000;
+    let give_up = 1000 * rt::cycles_per_ms();
     if let Err(e) = apic::enable_x2apic(apic::SPURIOUS_VECTOR) {
         skip!("no usable x2APIC: {:?}", e);
     }
-    if !guest_lib::smp::wait_for_aps(GIVE_UP) {
+    if !guest_lib::smp::wait_for_aps(give_up) {
         guest_lib::error!("vCPU 1 did not come online");
     }
     guest_lib::exception::set_hook(Some(ping_pong));
     for _ in 0..SAMPLES {
-        ARRIVED.set(0);
+        ARRIVED.store(0, SeqCst);
         apic::set_interrupts(true);
         let t0 = instr::rdtsc();
         apic::send_ipi(1, PING_VECTOR);
-        while ARRIVED.get() == 0 && instr::rdtsc() < t0 + GIVE_UP {}
+        while ARRIVED.load(SeqCst) == 0 && instr::rdtsc() < t0 + give_up {
+            core::hint::spin_loop();
+        }
         apic::set_interrupts(false);
-        match ARRIVED.get() {
+        match ARRIVED.load(SeqCst) {
             0 => guest_lib::error!("no answer to the IPI (see interrupts.ipi_delivery)"),
-            at => report::sample("ipi_roundtrip", 1, at - t0),
+            at => report::sample("ipi_roundtrip", Baseline::None, 1, at - t0),
         }
     }
     guest_lib::exception::set_hook(None);
@@ -305,6 +375,6 @@ case!(
         "IPI from vCPU 0 to a halted vCPU 1 and its answer back"
     )
     .vcpus(2)
-    .flags(guest_lib::abi::case::FLAG_IRQCHIP)
+    .flags(FLAG_IRQCHIP)
     .reqs("PERF-IPI")
 );

@@ -1,9 +1,12 @@
 //! Exceptions delivered to the guest kernel: vectors, error codes and the interrupt frame.
 
+use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering::SeqCst};
+
+use guest_lib::PerCpu;
 use guest_lib::abi::env::Area;
-use guest_lib::arch::Global;
+use guest_lib::abi::layout::sel::{KERNEL_CS, KERNEL_DS};
+use guest_lib::abi::x86::rflags;
 use guest_lib::arch::instr;
-use guest_lib::arch::tables::{KERNEL_CS, KERNEL_DS};
 use guest_lib::case::Spec;
 use guest_lib::exception::{self, Exception, Frame, vector};
 use guest_lib::{case, check, check_eq};
@@ -69,7 +72,7 @@ case!(
     .reqs("X86-EXC-GP,X86-MSR-1")
 );
 
-static FRAME: Global<Option<Frame>> = Global::new(None);
+static FRAME: PerCpu<Option<Frame>> = PerCpu::new(None);
 
 fn capture(frame: &mut Frame, ex: Exception) -> bool {
     if ex.vector != vector::UD {
@@ -92,7 +95,11 @@ fn exception_frame() {
     check_eq!(f.cs, u64::from(KERNEL_CS), "frame CS");
     check_eq!(f.ss, u64::from(KERNEL_DS), "frame SS");
     check_eq!(f.error_code, 0u64, "no error code for #UD");
-    check_eq!(f.rflags & 0x2, 0x2u64, "frame RFLAGS bit 1");
+    check_eq!(
+        f.rflags & rflags::FIXED,
+        rflags::FIXED,
+        "frame RFLAGS bit 1"
+    );
     let stack = guest_lib::abi::layout::IMAGE_END..guest_lib::abi::layout::SUPERVISOR_STACK_TOP;
     check!(
         stack.contains(&f.rsp),
@@ -110,17 +117,15 @@ case!(
     .reqs("X86-EVT-1")
 );
 
-static EXPECTING: Global<bool> = Global::new(false);
-static DUPLICATES: Global<u32> = Global::new(0);
+static EXPECTING: AtomicBool = AtomicBool::new(false);
+static DUPLICATES: AtomicU32 = AtomicU32::new(0);
 
 fn on_timer(_: &mut Frame, ex: Exception) -> bool {
     if ex.vector != TIMER_VECTOR {
         return false;
     }
-    if EXPECTING.get() {
-        EXPECTING.set(false);
-    } else {
-        DUPLICATES.set(DUPLICATES.get() + 1);
+    if !EXPECTING.swap(false, SeqCst) {
+        DUPLICATES.fetch_add(1, SeqCst);
     }
     guest_lib::apic::eoi();
     true
@@ -134,16 +139,16 @@ fn timer_delivery() {
     use guest_lib::apic;
     const ROUNDS: u32 = 200;
     const DELAY: u64 = 100_000;
-    const BOUND: u64 = 50_000_000; // ~20 ms at 2.5 GHz
+    let bound = 20 * guest_lib::rt::cycles_per_ms();
     if let Err(e) = apic::enable_tsc_deadline_timer(TIMER_VECTOR, guest_lib::apic::SPURIOUS_VECTOR)
     {
         guest_lib::skip!("no usable x2APIC TSC-deadline timer: {:?}", e);
     }
     exception::set_hook(Some(on_timer));
-    DUPLICATES.set(0);
+    DUPLICATES.store(0, SeqCst);
     let (mut lost, mut first_lost, mut first_dup) = (0u32, None, None);
     for round in 0..ROUNDS {
-        EXPECTING.set(true);
+        EXPECTING.store(true, SeqCst);
         apic::set_interrupts(true);
         // Odd rounds write a deadline that has already passed: the interrupt is then pending
         // when the arming WRMSR retires and must still arrive once.
@@ -153,17 +158,18 @@ fn timer_delivery() {
             instr::rdtsc() - 1
         };
         check_eq!(apic::arm(deadline), Ok(()), "arming the TSC deadline");
-        while EXPECTING.get() && instr::rdtsc() < deadline + BOUND {}
+        while EXPECTING.load(SeqCst) && instr::rdtsc() < deadline + bound {
+            core::hint::spin_loop();
+        }
         // One more exit with interrupts enabled (disarming the timer), where a duplicate of
         // the interrupt just handled would be injected.
         check_eq!(apic::arm(0), Ok(()), "disarming");
         apic::set_interrupts(false);
-        if EXPECTING.get() {
-            EXPECTING.set(false);
+        if EXPECTING.swap(false, SeqCst) {
             lost += 1;
             first_lost.get_or_insert(round);
         }
-        if DUPLICATES.get() > 0 {
+        if DUPLICATES.load(SeqCst) > 0 {
             first_dup.get_or_insert(round);
         }
     }
@@ -176,7 +182,7 @@ fn timer_delivery() {
         first_lost
     );
     check_eq!(
-        DUPLICATES.get(),
+        DUPLICATES.load(SeqCst),
         0u32,
         "interrupts delivered twice (of {}); first in round {:?}",
         ROUNDS,
@@ -194,12 +200,14 @@ case!(
     .reqs("X86-APIC-TIMER-1,PVM-IRQ-1")
 );
 
-static PONGS: Global<u32> = Global::new(0);
+static PONGS: AtomicU32 = AtomicU32::new(0);
 
 fn ping_pong(_: &mut Frame, ex: Exception) -> bool {
     match ex.vector {
         PING_VECTOR => guest_lib::apic::send_ipi(0, PONG_VECTOR),
-        PONG_VECTOR => PONGS.set(PONGS.get() + 1),
+        PONG_VECTOR => {
+            PONGS.fetch_add(1, SeqCst);
+        }
         _ => return false,
     }
     guest_lib::apic::eoi();
@@ -211,25 +219,27 @@ fn ping_pong(_: &mut Frame, ex: Exception) -> bool {
 fn ipi_delivery() {
     use guest_lib::{apic, smp};
     const ROUNDS: u32 = 100;
-    const BOUND: u64 = 50_000_000; // ~20 ms at 2.5 GHz
+    let bound = 20 * guest_lib::rt::cycles_per_ms();
     if let Err(e) = apic::enable_x2apic(apic::SPURIOUS_VECTOR) {
         guest_lib::skip!("no usable x2APIC: {:?}", e);
     }
-    if !smp::wait_for_aps(2_000_000_000) {
+    if !smp::wait_for_aps(1000 * guest_lib::rt::cycles_per_ms()) {
         guest_lib::error!("vCPU 1 did not come online");
     }
     exception::set_hook(Some(ping_pong));
-    PONGS.set(0);
+    PONGS.store(0, SeqCst);
     let mut missing = 0u32;
     for round in 0..ROUNDS {
         apic::set_interrupts(true);
         apic::send_ipi(1, PING_VECTOR);
         let t0 = instr::rdtsc();
-        while PONGS.get() == round && instr::rdtsc() < t0 + BOUND {}
+        while PONGS.load(SeqCst) == round && instr::rdtsc() < t0 + bound {
+            core::hint::spin_loop();
+        }
         apic::set_interrupts(false);
-        if PONGS.get() == round {
+        if PONGS.load(SeqCst) == round {
             missing += 1;
-            PONGS.set(round + 1);
+            PONGS.store(round + 1, SeqCst);
         }
     }
     exception::set_hook(None);
@@ -240,7 +250,7 @@ fn ipi_delivery() {
         ROUNDS
     );
     check_eq!(
-        PONGS.get(),
+        PONGS.load(SeqCst),
         ROUNDS,
         "answers counted (a larger count means duplicates)"
     );
@@ -257,21 +267,23 @@ case!(
     .reqs("X86-APIC-IPI-1,PVM-IRQ-2")
 );
 
-static USER_TICK: Global<u64> = Global::new(0);
+static USER_TICK: AtomicU64 = AtomicU64::new(0);
 
 fn tick_in_user(frame: &mut Frame, ex: Exception) -> bool {
     if ex.vector != TIMER_VECTOR {
         return false;
     }
-    USER_TICK.set(frame.cs);
+    USER_TICK.store(frame.cs, SeqCst);
     guest_lib::apic::eoi();
     true
 }
 
 extern "C" fn u_wait_tick(max_cycles: u64) -> u64 {
     let t0 = instr::rdtsc();
-    while USER_TICK.get() == 0 && instr::rdtsc() - t0 < max_cycles {}
-    USER_TICK.get()
+    while USER_TICK.load(SeqCst) == 0 && instr::rdtsc() - t0 < max_cycles {
+        core::hint::spin_loop();
+    }
+    USER_TICK.load(SeqCst)
 }
 
 /// A timer interrupt that arrives while the guest runs at CPL3 is delivered to the kernel
@@ -282,11 +294,15 @@ fn timer_in_user_mode() {
     {
         guest_lib::skip!("no usable x2APIC TSC-deadline timer: {:?}", e);
     }
-    USER_TICK.set(0);
+    USER_TICK.store(0, SeqCst);
     guest_lib::user::set_fault_hook(Some(tick_in_user));
     apic::set_interrupts(true);
-    check_eq!(apic::arm(instr::rdtsc() + 1_000_000), Ok(()), "arming");
-    let exit = guest_lib::user::run(u_wait_tick, 2_000_000_000);
+    check_eq!(
+        apic::arm(instr::rdtsc() + guest_lib::rt::cycles_per_ms() / 2),
+        Ok(()),
+        "arming"
+    );
+    let exit = guest_lib::user::run(u_wait_tick, 1000 * guest_lib::rt::cycles_per_ms());
     apic::set_interrupts(false);
     guest_lib::user::set_fault_hook(None);
     match exit {

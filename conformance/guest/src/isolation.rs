@@ -1,63 +1,80 @@
-//! Isolation: guest user code must not reach hypervisor services meant for the guest kernel.
+//! Isolation: guest user code must not reach hypervisor services meant for the guest kernel,
+//! nor supervisor-only memory.
 
-use guest_lib::abi::env::Area;
-use guest_lib::abi::local::hc;
+use guest_lib::abi::env::{Area, Env};
+use guest_lib::abi::local::{HYPERCALL_VECTOR, hc};
+use guest_lib::abi::x86::{idt_error_code, pfec};
 use guest_lib::arch::instr;
 use guest_lib::case::Spec;
+use guest_lib::env::pv_local;
 use guest_lib::exception::Exception;
-use guest_lib::rt;
+use guest_lib::paging::{PteFlags, alloc_frame, map};
 use guest_lib::user::{self, UserExit};
 use guest_lib::{case, check, check_eq};
 
-extern "C" fn u_hypercall(nr: u64) -> u64 {
-    instr::int1b_safe(nr, 0, 0, 0).unwrap_or(u64::MAX)
+use crate::common::TEST_VA;
+
+extern "C" fn u_local_hypercall(nr: u64) -> u64 {
+    pv_local::hypercall(nr, 0, 0, 0).map_or(u64::MAX, |v| v as u64)
 }
 
+/// In the local dialect, the hypercall instruction from CPL3 must raise an exception in the
+/// guest kernel, not halt the vCPU.
 fn user_hypercall_denied() {
-    let exit = user::run(u_hypercall, hc::HALT);
-    match rt::env() {
-        guest_lib::abi::env::Env::Hvm64 => {
-            // A DPL0 gate used by `int n` at CPL3: #GP with the IDT vector in the error code.
-            check_eq!(
-                exit,
-                UserExit::Exception(Exception::gp((0x1b << 3) | 2)),
-                "int $0x1b at CPL3"
-            );
-        }
-        _ => check!(
-            matches!(exit, UserExit::Exception(_)),
-            "int $0x1b (HALT hypercall) at CPL3 must raise an exception in the kernel, got {:?}",
-            exit
-        ),
-    }
+    let exit = user::run(u_local_hypercall, hc::HALT);
+    check!(
+        matches!(exit, UserExit::Exception(_)),
+        "the HALT hypercall at CPL3 must raise an exception in the kernel, got {:?}",
+        exit
+    );
 }
 case!(
     user_hypercall_denied,
     Spec::new(
         "isolation.user_hypercall_denied",
         Area::Isolation,
-        "int $0x1b from CPL3 is refused with an exception"
+        "the local dialect's hypercall from CPL3 is refused with an exception"
     )
+    .envs(Env::PvLocal.bit())
+    .reqs("PVM-ISO-1")
+);
+
+/// In an architectural guest, `int $0x1b` is an ordinary software interrupt: through the
+/// library's DPL0 gate from CPL3 it raises #GP with the IDT vector in the error code. A PVM
+/// host must not claim the vector for guests that do not speak its dialect.
+fn user_int_0x1b_gp() {
+    let exit = user::run(u_local_hypercall, hc::HALT);
+    check_eq!(
+        exit,
+        UserExit::Exception(Exception::gp(idt_error_code(HYPERCALL_VECTOR))),
+        "int $0x1b at CPL3"
+    );
+}
+case!(
+    user_int_0x1b_gp,
+    Spec::new(
+        "isolation.user_int_0x1b_gp",
+        Area::Isolation,
+        "int $0x1b from CPL3 in an x86 guest is #GP(0xda), not a hypercall"
+    )
+    .envs(Env::Hvm64.bit())
     .reqs("PVM-ISO-1,X86-EXC-GP")
 );
 
 /// Guest user code cannot read a supervisor-only (U/S=0) page of its kernel: #PF with P|U.
 fn user_reads_supervisor_page() {
-    use guest_lib::abi::layout::pte;
-    use guest_lib::exception::pfec;
-    const VA: u64 = crate::common::TEST_VA;
-    let f = guest_lib::paging::alloc_frame();
-    guest_lib::arch::mem::write_u64(f, 0x5ec2e7);
-    guest_lib::paging::map(VA, f, pte::RW);
-    instr::invlpg(VA);
+    let f = alloc_frame();
+    f.write_u64(0, 0x5ec2e7);
+    map(TEST_VA, &f, PteFlags::RW);
+    instr::invlpg(TEST_VA.get());
     check_eq!(
-        instr::read_u64_safe(VA),
+        instr::read_u64_safe(TEST_VA.get()),
         Ok(0x5ec2e7),
         "CPL0 read of its own page"
     );
     check_eq!(
-        user::run(user::read_probe, VA),
-        UserExit::Exception(Exception::pf(pfec::P | pfec::U, VA)),
+        user::run(user::read_probe, TEST_VA.get()),
+        UserExit::Exception(Exception::pf(pfec::P | pfec::U, TEST_VA.get())),
         "CPL3 read of a U/S=0 page"
     );
 }

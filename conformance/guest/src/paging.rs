@@ -3,27 +3,28 @@
 
 use guest_lib::abi::env::{Area, Env};
 use guest_lib::abi::layout::pte;
-use guest_lib::arch::{instr, mem};
+use guest_lib::arch::instr;
 use guest_lib::case::Spec;
 use guest_lib::exception::{Exception, pfec};
-use guest_lib::paging::{alloc_frame, map, pte as read_pte, set_pte};
+use guest_lib::paging::{Pte, PteFlags, TestVa, alloc_frame, map, pte as read_pte, set_pte};
 use guest_lib::user::{self, UserExit};
 use guest_lib::{case, check, check_eq};
 
 use crate::common::{TEST_VA, UNMAPPED};
 
 /// A VA in PML4 slot 1: mapped only in the table CR3 points at.
-const HIGH_VA: u64 = 0x80_0000_0000;
+const HIGH_VA: TestVa = TestVa::must(0x80_0000_0000);
+const RW_US: PteFlags = PteFlags::RW.union(PteFlags::US);
 
 fn pf_not_present() {
     check_eq!(
-        instr::read_u64_safe(UNMAPPED),
-        Err(Exception::pf(0, UNMAPPED)),
+        instr::read_u64_safe(UNMAPPED.get()),
+        Err(Exception::pf(0, UNMAPPED.get())),
         "read"
     );
     check_eq!(
         instr::write_u64_safe(UNMAPPED, 1),
-        Err(Exception::pf(pfec::W, UNMAPPED)),
+        Err(Exception::pf(pfec::W, UNMAPPED.get())),
         "write"
     );
     check_eq!(
@@ -44,16 +45,16 @@ case!(
 
 fn pf_write_readonly() {
     let f = alloc_frame();
-    map(TEST_VA, f, pte::US);
-    instr::invlpg(TEST_VA);
+    map(TEST_VA, &f, PteFlags::US);
+    instr::invlpg(TEST_VA.get());
     check_eq!(
-        instr::read_u64_safe(TEST_VA),
+        instr::read_u64_safe(TEST_VA.get()),
         Ok(0),
         "read of a read-only page"
     );
     check_eq!(
         instr::write_u64_safe(TEST_VA, 5),
-        Err(Exception::pf(pfec::P | pfec::W, TEST_VA)),
+        Err(Exception::pf(pfec::P | pfec::W, TEST_VA.get())),
         "write to a read-only page with CR0.WP=1"
     );
 }
@@ -68,24 +69,19 @@ case!(
 );
 
 fn remap_invlpg() {
-    let (a, b) = (alloc_frame(), alloc_frame());
-    mem::write_u64(a, 0xaaaa);
-    mem::write_u64(b, 0xbbbb);
-    map(TEST_VA, a, pte::RW | pte::US);
-    instr::invlpg(TEST_VA);
-    check_eq!(instr::read_u64_safe(TEST_VA), Ok(0xaaaa), "first mapping");
-    set_pte(TEST_VA, b | pte::P | pte::RW | pte::US);
-    instr::invlpg(TEST_VA);
+    let (_, b) = crate::common::remap_fixture();
+    set_pte(TEST_VA, Pte::map(&b, RW_US));
+    instr::invlpg(TEST_VA.get());
     check_eq!(
-        instr::read_u64_safe(TEST_VA),
+        instr::read_u64_safe(TEST_VA.get()),
         Ok(0xbbbb),
         "after remap + invlpg"
     );
-    set_pte(TEST_VA, 0);
-    instr::invlpg(TEST_VA);
+    set_pte(TEST_VA, Pte::ABSENT);
+    instr::invlpg(TEST_VA.get());
     check_eq!(
-        instr::read_u64_safe(TEST_VA),
-        Err(Exception::pf(0, TEST_VA)),
+        instr::read_u64_safe(TEST_VA.get()),
+        Err(Exception::pf(0, TEST_VA.get())),
         "after unmap + invlpg"
     );
 }
@@ -101,15 +97,15 @@ case!(
 
 fn accessed_dirty() {
     let f = alloc_frame();
-    map(TEST_VA, f, pte::RW | pte::US);
-    instr::invlpg(TEST_VA);
+    map(TEST_VA, &f, RW_US);
+    instr::invlpg(TEST_VA.get());
     let ad = |what| {
         read_pte(TEST_VA)
             .map(|e| e & (pte::A | pte::D))
             .unwrap_or_else(|| guest_lib::error!("{what}: no PTE"))
     };
     check_eq!(ad("fresh"), 0u64, "A/D of a fresh PTE");
-    let _ = instr::read_u64_safe(TEST_VA);
+    let _ = instr::read_u64_safe(TEST_VA.get());
     check_eq!(ad("read"), pte::A, "A set, D clear after a read");
     let _ = instr::write_u64_safe(TEST_VA, 1);
     check_eq!(ad("write"), pte::A | pte::D, "A and D set after a write");
@@ -126,18 +122,18 @@ case!(
 
 fn nx_fetch() {
     let f = alloc_frame();
-    mem::write_u64(f, 0xc3);
-    map(TEST_VA, f, pte::RW | pte::US | pte::NX);
-    instr::invlpg(TEST_VA);
+    f.write_u64(0, 0xc3);
+    map(TEST_VA, &f, RW_US | PteFlags::NX);
+    instr::invlpg(TEST_VA.get());
     check_eq!(
-        instr::exec_ret_safe(TEST_VA),
-        Err(Exception::pf(pfec::P | pfec::I, TEST_VA)),
+        instr::exec_ret_safe(TEST_VA.get()),
+        Err(Exception::pf(pfec::P | pfec::I, TEST_VA.get())),
         "fetch from an NX page"
     );
-    set_pte(TEST_VA, f | pte::P | pte::RW | pte::US);
-    instr::invlpg(TEST_VA);
+    set_pte(TEST_VA, Pte::map(&f, RW_US));
+    instr::invlpg(TEST_VA.get());
     check_eq!(
-        instr::exec_ret_safe(TEST_VA),
+        instr::exec_ret_safe(TEST_VA.get()),
         Ok(()),
         "fetch once NX is cleared"
     );
@@ -154,12 +150,16 @@ case!(
 
 fn user_cr3_is_cr3() {
     let f = alloc_frame();
-    mem::write_u64(f, 0x1234_5678);
-    map(HIGH_VA, f, pte::RW | pte::US);
-    instr::invlpg(HIGH_VA);
-    check_eq!(instr::read_u64_safe(HIGH_VA), Ok(0x1234_5678), "CPL0 read");
+    f.write_u64(0, 0x1234_5678);
+    map(HIGH_VA, &f, RW_US);
+    instr::invlpg(HIGH_VA.get());
     check_eq!(
-        user::run(user::read_probe, HIGH_VA),
+        instr::read_u64_safe(HIGH_VA.get()),
+        Ok(0x1234_5678),
+        "CPL0 read"
+    );
+    check_eq!(
+        user::run(user::read_probe, HIGH_VA.get()),
         UserExit::Returned(0x1234_5678),
         "CPL3 read of a U/S=1 page"
     );
@@ -177,13 +177,13 @@ case!(
 
 fn wp0_supervisor_write() {
     let f = alloc_frame();
-    map(TEST_VA, f, pte::US);
-    instr::invlpg(TEST_VA);
+    map(TEST_VA, &f, PteFlags::US);
+    instr::invlpg(TEST_VA.get());
     instr::set_cr0_wp(false);
     let r = instr::write_u64_safe(TEST_VA, 0x77);
     instr::set_cr0_wp(true);
     check_eq!(r, Ok(()), "CPL0 write to a read-only page with CR0.WP=0");
-    check_eq!(mem::read_u64(f), 0x77u64, "the write landed");
+    check_eq!(f.read_u64(0), 0x77u64, "the write landed");
     check!(
         read_pte(TEST_VA).is_some_and(|e| e & pte::RW == 0),
         "the PTE stays read-only"
@@ -204,16 +204,16 @@ case!(
 /// read-only page (P|W|U).
 fn user_pf_error_code() {
     check_eq!(
-        user::run(user::read_probe, UNMAPPED),
-        UserExit::Exception(Exception::pf(pfec::U, UNMAPPED)),
+        user::run(user::read_probe, UNMAPPED.get()),
+        UserExit::Exception(Exception::pf(pfec::U, UNMAPPED.get())),
         "CPL3 read of an absent page"
     );
     let f = alloc_frame();
-    map(TEST_VA, f, pte::US);
-    instr::invlpg(TEST_VA);
+    map(TEST_VA, &f, PteFlags::US);
+    instr::invlpg(TEST_VA.get());
     check_eq!(
-        user::run(user::write_probe, TEST_VA),
-        UserExit::Exception(Exception::pf(pfec::P | pfec::W | pfec::U, TEST_VA)),
+        user::probe_write(TEST_VA),
+        UserExit::Exception(Exception::pf(pfec::P | pfec::W | pfec::U, TEST_VA.get())),
         "CPL3 write to a read-only page"
     );
 }

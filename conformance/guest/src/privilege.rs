@@ -1,11 +1,12 @@
 //! Privilege transitions: privileged instructions at CPL3, the user/supervisor round trip,
 //! SYSCALL, and what CPL0 code sees of its own privilege.
 
+use guest_lib::PerCpu;
 use guest_lib::abi::case::HostCheck;
 use guest_lib::abi::env::Area;
-use guest_lib::arch::Global;
+use guest_lib::abi::layout::sel::KERNEL_CS;
+use guest_lib::abi::x86::{msr, rflags};
 use guest_lib::arch::instr;
-use guest_lib::arch::tables::KERNEL_CS;
 use guest_lib::case::Spec;
 use guest_lib::exception::{Exception, Frame, SyscallFrame, vector};
 use guest_lib::user::{self, UserExit};
@@ -19,12 +20,15 @@ extern "C" fn u_cli(_: u64) -> u64 {
     let _ = instr::cli_safe();
     0
 }
+/// The POST-code port: harmless to write, and not the report port.
+const POST_PORT: u16 = 0x80;
+
 extern "C" fn u_out(_: u64) -> u64 {
-    instr::outb(0x80, 0);
+    instr::outb(POST_PORT, 0);
     0
 }
 extern "C" fn u_rdmsr(_: u64) -> u64 {
-    instr::rdmsr(0x10)
+    instr::rdmsr(msr::TSC)
 }
 extern "C" fn u_mov_cr3(_: u64) -> u64 {
     instr::read_cr3()
@@ -59,7 +63,7 @@ case!(
     .reqs("X86-PRIV-1,PVM-RING-1")
 );
 
-static SNAPSHOT: Global<Option<Frame>> = Global::new(None);
+static SNAPSHOT: PerCpu<Option<Frame>> = PerCpu::new(None);
 
 fn snapshot_probe_trap(frame: &mut Frame, ex: Exception) -> bool {
     let (_, trap) = user::gpr_probe();
@@ -109,7 +113,7 @@ case!(
     .reqs("X86-EVT-2,PVM-SWITCH-1")
 );
 
-static SYSCALL_SEEN: Global<Option<SyscallFrame>> = Global::new(None);
+static SYSCALL_SEEN: PerCpu<Option<SyscallFrame>> = PerCpu::new(None);
 
 fn record_syscall(f: &mut SyscallFrame) -> bool {
     SYSCALL_SEEN.set(Some(*f));
@@ -134,11 +138,15 @@ fn syscall_to_cpl0() {
     if let Some(f) = SYSCALL_SEEN.get() {
         let entry = u_syscall as *const () as u64;
         check!(
-            f.rcx > entry && f.rcx < entry + 64,
+            f.gprs.rcx > entry && f.gprs.rcx < entry + 64,
             "RCX {:#x} is not a return address in the caller",
-            f.rcx
+            f.gprs.rcx
         );
-        check_eq!(f.r11 & 0x2, 0x2u64, "R11 holds RFLAGS (bit 1 set)");
+        check_eq!(
+            f.gprs.r11 & rflags::FIXED,
+            rflags::FIXED,
+            "R11 holds RFLAGS (bit 1 set)"
+        );
     }
 }
 case!(

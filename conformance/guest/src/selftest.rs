@@ -1,7 +1,8 @@
-//! The suite checking itself: each case must produce one specific outcome (FAIL, CRASH,
-//! SKIP, ERROR). They run only with `--selftest` and in the suite's own tests.
+//! The suite checking itself: each case must produce the one outcome it declares with
+//! `Spec::selftest` (FAIL, CRASH, SKIP, ERROR, and FAIL outranking a later ERROR). They run
+//! only with `--selftest` and in the suite's own tests, which compare each with its design.
 
-use guest_lib::abi::case::FLAG_SELFTEST;
+use guest_lib::abi::case::Designed;
 use guest_lib::abi::env::Area;
 use guest_lib::arch::instr;
 use guest_lib::case::Spec;
@@ -17,7 +18,7 @@ case!(
         Area::Selftest,
         "a failed check_eq! is reported as FAIL with both values"
     )
-    .flags(FLAG_SELFTEST)
+    .selftest(Designed::Fail)
 );
 
 fn never_reports() {
@@ -32,7 +33,7 @@ case!(
         Area::Selftest,
         "a guest that never reports ends as CRASH (timeout)"
     )
-    .flags(FLAG_SELFTEST)
+    .selftest(Designed::Crash)
     .timeout_ms(300)
 );
 
@@ -46,7 +47,7 @@ case!(
         Area::Selftest,
         "skip! ends the case as SKIP"
     )
-    .flags(FLAG_SELFTEST)
+    .selftest(Designed::Skip)
 );
 
 fn errors() {
@@ -59,5 +60,30 @@ case!(
         Area::Selftest,
         "error! ends the case as ERROR"
     )
-    .flags(FLAG_SELFTEST)
+    .selftest(Designed::Error)
+);
+
+fn fail_outranks_error() {
+    check_eq!(2u64, 3u64, "deliberate failure first");
+    error!("deliberate error after it");
+}
+case!(
+    fail_outranks_error,
+    Spec::new(
+        "selftest.fail_outranks_error",
+        Area::Selftest,
+        "a failed check outranks a later error! (FAIL, both messages kept)"
+    )
+    .selftest(Designed::Fail)
+);
+
+fn checks_nothing() {}
+case!(
+    checks_nothing,
+    Spec::new(
+        "selftest.checks_nothing",
+        Area::Selftest,
+        "a case that returns without a single check is ERROR, not PASS"
+    )
+    .selftest(Designed::Error)
 );

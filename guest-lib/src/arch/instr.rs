@@ -7,7 +7,10 @@
 
 use core::arch::asm;
 
+use abi::x86::{apic_base, cr0, cr3, cr4, msr};
+
 use crate::exception::{self, Exception};
+use crate::paging::TestVa;
 
 /// Runs `$insn` with a fixup entry; evaluates to `Result<(), Exception>`. Faults resume at
 /// the label after the instruction; traps (`int3`, `int n`) report that label as RIP, which
@@ -17,12 +20,12 @@ macro_rules! with_fixup {
         with_fixup!(pre "", $insn, post "" $(, $($ops)*)?)
     };
     (pre $pre:literal, $insn:literal, post $post:literal $(, $($ops:tt)*)?) => {{
-        exception::arm_fixup();
+        $crate::exception::arm_fixup();
         // SAFETY: the instruction is named by the calling function, which documents its
         // effect; if it faults, the handler resumes at label 3 with all registers as they
         // were, as if the instruction had been skipped.
         unsafe {
-            asm!(
+            core::arch::asm!(
                 $pre,
                 "2:",
                 $insn,
@@ -37,9 +40,10 @@ macro_rules! with_fixup {
                 options(att_syntax)
             );
         }
-        exception::take_fixup()
+        $crate::exception::take_fixup()
     }};
 }
+pub(crate) use with_fixup;
 
 /// `out %al, (%dx)`.
 pub fn outb(port: u16, v: u8) {
@@ -113,10 +117,34 @@ pub unsafe fn wrmsr(msr: u32, v: u64) {
     }
 }
 
-/// `wrmsr` returning the exception instead of faulting. Only for MSRs without effect on the
-/// memory model (signature, feature and paravirtual MSRs under test).
+/// MSRs that change the guest's memory model or the library's own entry points: [`wrmsr_safe`]
+/// refuses them (use the `unsafe` [`wrmsr`]).
+const UNSAFE_MSRS: [u32; 8] = [
+    msr::EFER,
+    msr::PAT,
+    msr::STAR,
+    msr::LSTAR,
+    msr::SFMASK,
+    msr::FS_BASE,
+    msr::GS_BASE,
+    msr::APIC_BASE,
+];
+
+/// `wrmsr` returning the exception instead of faulting. For MSRs under test, which have no
+/// effect on the memory model; the ones that do (`UNSAFE_MSRS`) end the case as ERROR.
 pub fn wrmsr_safe(msr: u32, v: u64) -> Result<(), Exception> {
+    if UNSAFE_MSRS.contains(&msr) {
+        crate::error!("wrmsr_safe({msr:#x}): this MSR changes the memory model; use wrmsr");
+    }
     with_fixup!("wrmsr", in("ecx") msr, in("eax") v as u32, in("edx") (v >> 32) as u32)
+}
+
+/// Enables the x2APIC through IA32_APIC_BASE (x2APIC mode changes only how the APIC is
+/// addressed, not memory), returning the exception if the write faults.
+pub fn enable_x2apic_mode_safe() -> Result<(), Exception> {
+    let base = rdmsr_safe(msr::APIC_BASE)?;
+    let v = base | apic_base::EN | apic_base::EXTD;
+    with_fixup!("wrmsr", in("ecx") msr::APIC_BASE, in("eax") v as u32, in("edx") (v >> 32) as u32)
 }
 
 /// Reads a u64 at any virtual address, returning the exception on a fault.
@@ -126,10 +154,11 @@ pub fn read_u64_safe(va: u64) -> Result<u64, Exception> {
     Ok(v)
 }
 
-/// Writes a u64 at any virtual address, returning the exception on a fault. Only for test
-/// mappings that hold no Rust objects.
-pub fn write_u64_safe(va: u64, v: u64) -> Result<(), Exception> {
-    with_fixup!("movq {v}, ({a})", a = in(reg) va, v = in(reg) v)
+/// Writes a u64 at a test address, returning the exception on a fault. A [`TestVa`] lies
+/// outside everything the loader maps, so the write reaches either nothing (and faults) or a
+/// frame a case mapped there itself.
+pub fn write_u64_safe(va: TestVa, v: u64) -> Result<(), Exception> {
+    with_fixup!("movq {v}, ({a})", a = in(reg) va.get(), v = in(reg) v)
 }
 
 /// Executes `ud2`; always returns the #UD (or whatever the hypervisor delivered).
@@ -145,6 +174,14 @@ pub fn int3_safe() -> Result<(), Exception> {
 /// Divides by zero (`div` with a zero divisor).
 pub fn divide_by_zero_safe() -> Result<(), Exception> {
     with_fixup!("divq {d}", d = in(reg) 0u64, inout("rax") 1u64 => _, inout("rdx") 0u64 => _)
+}
+
+/// `sti; hlt`: enables interrupts and halts until one arrives (the STI shadow makes the pair
+/// atomic, so an interrupt that is already pending wakes the `hlt`).
+pub fn sti_hlt() {
+    // SAFETY: interrupts are delivered through the library's IDT (see `sti`); halting has no
+    // memory-safety effect.
+    unsafe { asm!("sti", "hlt", options(att_syntax, nostack)) }
 }
 
 /// Executes `hlt` (exits to the VMM when there is no in-kernel irqchip).
@@ -173,24 +210,6 @@ pub fn read_cr3_safe() -> Result<u64, Exception> {
 /// `outb` with a fixup (#GP at CPL3 with IOPL 0).
 pub fn outb_safe(port: u16, v: u8) -> Result<(), Exception> {
     with_fixup!("outb %al, %dx", in("dx") port, in("al") v)
-}
-
-/// `int $0x1b` (the local dialect's hypercall) with a fixup; returns RAX.
-pub fn int1b_safe(nr: u64, a0: u64, a1: u64, a2: u64) -> Result<u64, Exception> {
-    let mut rax = nr;
-    // RBX cannot be an asm operand (LLVM reserves it): swap it in and out around the `int`.
-    with_fixup!(pre "xchgq {b}, %rbx", "int $0x1b", post "xchgq {b}, %rbx",
-        b = inout(reg) a0 => _, inout("rax") rax, in("rcx") a1, in("rdx") a2)?;
-    Ok(rax)
-}
-
-/// `int $0x1a` (the local dialect's PV CPUID) with a fixup; returns EAX..EDX.
-pub fn int1a_safe(leaf: u32, sub: u32) -> Result<[u32; 4], Exception> {
-    let (mut a, mut c) = (leaf, sub);
-    let (mut b, mut d) = (0u64, 0u32);
-    with_fixup!(pre "xchgq {b}, %rbx", "int $0x1a", post "xchgq {b}, %rbx",
-        b = inout(reg) b, inout("eax") a, inout("ecx") c, inout("edx") d)?;
-    Ok([a, b as u32, c, d])
 }
 
 /// CR0.
@@ -297,7 +316,7 @@ pub fn syscall(nr: u64) -> u64 {
 
 /// Sets or clears CR0.WP.
 pub fn set_cr0_wp(on: bool) {
-    const WP: u64 = 1 << 16;
+    const WP: u64 = cr0::WP;
     let cr0 = read_cr0();
     let v = if on { cr0 | WP } else { cr0 & !WP };
     // SAFETY: WP only decides whether CPL0 writes to read-only pages fault; toggling it never
@@ -343,13 +362,6 @@ pub fn mmio_read_u32(gpa: u64) -> u32 {
     unsafe { core::ptr::read_volatile(gpa as *const u32) }
 }
 
-/// Writes the local dialect's VIF/PV-control MSR (page GPA | enable bits).
-pub fn write_local_vif_msr(value: u64) {
-    // SAFETY: this MSR changes how CPL0 code is executed (emulated or native), not the memory
-    // model; the page it names is reserved for it in the guest layout (`abi::layout::VIF_GPA`).
-    unsafe { wrmsr(abi::local::MSR_VIF, value) }
-}
-
 /// Reads a u64 at `va` with a plain load (no fixup): for benchmark loops. A fault is an
 /// unexpected exception and ends the case.
 pub fn touch_read(va: u64) -> u64 {
@@ -360,11 +372,14 @@ pub fn touch_read(va: u64) -> u64 {
     v
 }
 
-/// Writes a u64 at `va` with a plain store (no fixup). Only for test mappings that hold no
-/// Rust objects.
-pub fn touch_write(va: u64, v: u64) {
-    // SAFETY: as in `touch_read`; callers pass test mappings whose frames they own.
-    unsafe { asm!("movq {v}, ({a})", a = in(reg) va, v = in(reg) v, options(att_syntax, nostack)) }
+/// Writes a u64 at a test address with a plain store (no fixup), for benchmark loops and
+/// user-mode probes. A fault is an unexpected exception and ends the case.
+pub fn touch_write(va: TestVa, v: u64) {
+    // SAFETY: a `TestVa` is outside everything the loader maps, so the store reaches only a
+    // frame a case mapped there (holding no Rust object) or faults into the dispatcher.
+    unsafe {
+        asm!("movq {v}, ({a})", a = in(reg) va.get(), v = in(reg) v, options(att_syntax, nostack))
+    }
 }
 
 /// Reloads CR3 with its current value (flushes non-global TLB entries).
@@ -376,15 +391,15 @@ pub fn reload_cr3() {
 
 /// Reloads CR3 with its current value and bit 63 set (no flush; needs CR4.PCIDE).
 pub fn reload_cr3_noflush() {
-    let cr3 = read_cr3() | (1 << 63);
+    let cr3 = read_cr3() | cr3::NOFLUSH;
     // SAFETY: as in `reload_cr3`; with CR4.PCIDE=1 bit 63 only suppresses the flush.
     unsafe { asm!("movq {}, %cr3", in(reg) cr3, options(att_syntax, nostack)) }
 }
 
-/// Sets CR4.PCIDE (CR3[11:0] must be 0, which the layout guarantees); returns the exception
+/// Sets CR4.PCIDE (CR3 bits 11:0 must be 0, which the layout guarantees); returns the exception
 /// if the CPU refuses.
 pub fn enable_pcid() -> Result<(), Exception> {
-    let cr4 = read_cr4() | (1 << 17);
+    let cr4 = read_cr4() | cr4::PCIDE;
     with_fixup!("movq {v}, %cr4", v = in(reg) cr4)
 }
 
@@ -411,8 +426,11 @@ pub fn read_rsp() -> u64 {
 
 /// Writes an x2APIC register (MSRs 0x800-0x8ff) without a fixup entry, so it may be used on
 /// any vCPU at any time (a fault is an unexpected exception).
-pub fn write_x2apic(msr: u32, v: u64) {
-    assert!((0x800..0x900).contains(&msr), "not an x2APIC MSR: {msr:#x}");
+pub fn write_x2apic(index: u32, v: u64) {
+    assert!(
+        (msr::X2APIC_FIRST..msr::X2APIC_END).contains(&index),
+        "not an x2APIC MSR: {index:#x}"
+    );
     // SAFETY: x2APIC registers control interrupt delivery, not the memory model.
-    unsafe { wrmsr(msr, v) }
+    unsafe { wrmsr(index, v) }
 }

@@ -1,63 +1,44 @@
-//! The guest's only `unsafe` code: x86 instructions, descriptor tables, entry stubs, the
-//! exception-fixup table and raw access to guest-physical memory.
+//! The guest's only `unsafe` code: x86 instructions, descriptor tables, the assembly entry
+//! stubs of each environment, the exception-fixup table, SMP-safe global cells and raw access
+//! to guest-physical memory.
 //!
 //! Everything here exports safe functions (or `unsafe fn`s with a `# Safety` section when
-//! the caller must uphold something, e.g. loading CR3). The rest of the library and every
+//! the caller must uphold something, e.g. loading CR0). The rest of the library and every
 //! case are written in safe Rust on top.
 //!
-//! Single-vCPU invariant: the guest runs on one vCPU, so module-level mutable state lives in
-//! [`Global`] cells (volatile reads/writes of `Copy` values) instead of locks.
+//! - [`cell`]: [`PerCpu`], [`BootCell`], [`AtomicHook`]: global state that is sound with
+//!   several vCPUs.
+//! - [`instr`]: single instructions and their `_safe` forms.
+//! - [`tables`]: GDT, TSS and IDT.
+//! - [`stubs`]: the assembly entry points of each environment.
+//! - `entry`: `_start`, the Rust functions the stubs call, user-mode entry and exit.
+//! - `mem`: raw guest-physical access for the library's own page tables and frames.
 
+pub mod cell;
 pub mod instr;
-pub mod mem;
+pub(crate) mod mem;
+pub mod stubs;
 pub mod tables;
 
 #[cfg(target_os = "none")]
 mod entry;
 
-use core::cell::UnsafeCell;
+pub use cell::{AtomicHook, BootCell, FnPtr, PerCpu, aps_released, cpu_index, release_aps};
 
-/// A mutable global for single-vCPU guest code. Reads and writes are volatile copies.
-pub struct Global<T: Copy>(UnsafeCell<T>);
-
-// SAFETY: the guest runs on a single vCPU. Values are only copied in and out (never borrowed),
-// so an exception handler that interrupts an access sees either the old or the new value,
-// never a dangling reference.
-unsafe impl<T: Copy> Sync for Global<T> {}
-
-impl<T: Copy> Global<T> {
-    /// A global holding `v`.
-    pub const fn new(v: T) -> Self {
-        Self(UnsafeCell::new(v))
-    }
-
-    /// Copies the value out.
-    pub fn get(&self) -> T {
-        // SAFETY: the pointer comes from the UnsafeCell and is valid and aligned; no reference
-        // to the inner value ever escapes, so there is no aliasing &mut.
-        unsafe { core::ptr::read_volatile(self.0.get()) }
-    }
-
-    /// Replaces the value.
-    pub fn set(&self, v: T) {
-        // SAFETY: as in `get`; single vCPU, no outstanding references to the inner value.
-        unsafe { core::ptr::write_volatile(self.0.get(), v) }
-    }
-
-    /// Address of the value (for handing to hardware, e.g. a descriptor table base).
-    pub fn addr(&self) -> u64 {
-        self.0.get() as u64
-    }
-}
-
-impl<T: Copy, const N: usize> Global<[T; N]> {
-    /// Writes element `i` in place (no copy of the whole array).
-    pub fn set_at(&self, i: usize, v: T) {
-        assert!(i < N, "Global array index {i} out of bounds {N}");
-        // SAFETY: `i < N` (checked), so the element lies inside the cell; single vCPU and no
-        // outstanding references, as for `set`.
-        unsafe { self.0.get().cast::<T>().add(i).write_volatile(v) }
-    }
+/// Declares a case: `case!(function, spec)`; see `crate::case`. The descriptor goes into the
+/// image's `pvmc_cases` section, where the host reads it.
+#[macro_export]
+macro_rules! case {
+    ($f:ident, $spec:expr $(,)?) => {
+        const _: () = {
+            #[used]
+            // SAFETY: `pvmc_cases` is a data section that holds only `CaseDesc<fn()>` values
+            // (the linker script keeps it apart from code and other data); nothing executes it
+            // and the host only parses it.
+            #[unsafe(link_section = "pvmc_cases")]
+            static DESC: $crate::abi::case::CaseDesc<fn()> = $crate::case::describe($spec, $f);
+        };
+    };
 }
 
 /// Calls the case function at guest VA `entry` (taken from the case descriptor the host read
@@ -70,8 +51,9 @@ pub fn call_case(entry: u64) {
             "case entry outside the image",
         );
     }
-    // SAFETY: the host took `entry` from a `CaseDesc<fn()>` of this image (checked to lie
-    // inside the image above), and `case!` only accepts `fn()` items there.
+    // SAFETY: the host took `entry` from a `CaseDesc<fn()>` of this image and checked that it
+    // lies in an executable segment (the range is re-checked above); `case!` only accepts
+    // `fn()` items there.
     let f: fn() = unsafe { core::mem::transmute::<usize, fn()>(entry as usize) };
     f();
 }
@@ -89,13 +71,15 @@ pub fn fixup_for(rip: u64) -> Option<u64> {
     }
 }
 
-/// Runs `entry(arg)` at CPL3; see [`crate::user`].
-pub fn user_enter(arg: u64, entry: u64, user_rsp: u64, pv_local: bool) {
+/// Runs `entry(arg)` at CPL3 on `user_rsp` and returns once [`user_resume`] is called: builds
+/// an interrupt frame for the user trampoline and leaves through the environment's
+/// return-to-user stub (installed by its `init_bsp`).
+pub fn user_enter(arg: u64, entry: u64, user_rsp: u64) {
     #[cfg(target_os = "none")]
-    entry::user_enter(arg, entry, user_rsp, pv_local);
+    entry::user_enter(arg, entry, user_rsp);
     #[cfg(not(target_os = "none"))]
     {
-        let _ = (arg, entry, user_rsp, pv_local);
+        let _ = (arg, entry, user_rsp);
         panic!("user mode exists only in the guest");
     }
 }
@@ -133,26 +117,4 @@ pub fn gpr_probe() -> (u64, u64) {
     {
         (0, 0)
     }
-}
-
-/// Address of the kernel-CR3 load in the SYSCALL entry: a #GP there from CPL3 means a
-/// `syscall` reached LSTAR without switching to CPL0.
-pub fn syscall_cr3_rip() -> u64 {
-    #[cfg(target_os = "none")]
-    {
-        entry::syscall_cr3_rip()
-    }
-    #[cfg(not(target_os = "none"))]
-    {
-        0
-    }
-}
-
-/// Selects how the entry code returns to CPL3: `iretq`/`sysretq` (false) or the local
-/// dialect's IRET_FRAME hypercall (true).
-pub fn set_pv_local_return(on: bool) {
-    #[cfg(target_os = "none")]
-    entry::set_pv_local_return(on);
-    #[cfg(not(target_os = "none"))]
-    let _ = on;
 }

@@ -1,36 +1,27 @@
 //! GDT, TSS and IDT: built in statics, loaded with `lgdt`/`ltr`/`lidt`, plus the SYSCALL MSRs.
 //!
-//! Selectors follow the x86-64 Linux layout, which SYSCALL/SYSRET need and which the local
-//! host forces for user mode (CS 0x33, SS 0x2b whatever the guest asks for).
+//! Selectors follow `abi::layout::sel` (the x86-64 Linux layout, which SYSCALL/SYSRET need
+//! and which the local host forces for user mode: CS 0x33, SS 0x2b whatever the guest asks
+//! for).
 
 use core::arch::asm;
 
-use super::Global;
+use abi::layout::sel::{KERNEL_CS, KERNEL_DS, TSS as TSS_SEL, USER32_CS};
+use abi::x86::{efer, msr, rflags};
+
+use super::BootCell;
 use super::instr;
-
-/// Kernel code selector.
-pub const KERNEL_CS: u16 = 0x10;
-/// Kernel data selector.
-pub const KERNEL_DS: u16 = 0x18;
-/// User 32-bit code selector (RPL 3); STAR's SYSRET base.
-pub const USER32_CS: u16 = 0x20 | 3;
-/// User data selector (RPL 3).
-pub const USER_DS: u16 = 0x28 | 3;
-/// User 64-bit code selector (RPL 3).
-pub const USER_CS: u16 = 0x30 | 3;
-/// TSS selector.
-pub const TSS_SEL: u16 = 0x40;
-
-const MSR_EFER: u32 = 0xc000_0080;
-const MSR_STAR: u32 = 0xc000_0081;
-const MSR_LSTAR: u32 = 0xc000_0082;
-const MSR_SFMASK: u32 = 0xc000_0084;
-const EFER_SCE: u64 = 1;
+use super::stubs::idt;
 
 /// Vectors whose gate is callable from CPL3 (`int3`, `into`, `int $0x80`).
 const USER_GATES: [u8; 3] = [3, 4, 0x80];
 
-static GDT: Global<[u64; 10]> = Global::new([
+/// RFLAGS bits SYSCALL clears on entry.
+const SFMASK: u64 = rflags::TF | rflags::IF | rflags::DF | rflags::IOPL | rflags::NT | rflags::AC;
+
+const GDT_ENTRIES: usize = 10;
+
+static GDT: BootCell<[u64; GDT_ENTRIES]> = BootCell::new([
     0,
     0x00cf_9a00_0000_ffff, // 0x08 kernel code, 32-bit (unused)
     0x00af_9a00_0000_ffff, // 0x10 kernel code, 64-bit
@@ -43,52 +34,16 @@ static GDT: Global<[u64; 10]> = Global::new([
     0,                     // 0x48 TSS high
 ]);
 
+const _: () = {
+    assert!(KERNEL_CS == 0x10 && KERNEL_DS == 0x18 && USER32_CS == 0x23);
+    assert!(abi::layout::sel::USER_DS == 0x2b && abi::layout::sel::USER_CS == 0x33);
+    assert!(TSS_SEL as usize == 8 * (GDT_ENTRIES - 2));
+};
+
 /// 64-bit TSS as u32 words (it is 4-byte aligned only in hardware's eyes).
-static TSS: Global<[u32; 26]> = Global::new([0; 26]);
+static TSS: BootCell<[u32; 26]> = BootCell::new([0; 26]);
 
-static IDT: Global<[u64; 512]> = Global::new([0; 512]);
-
-#[cfg(target_os = "none")]
-unsafe extern "C" {
-    static pvmc_vector_stubs: u8;
-    static pvmc_trap_stack_top: u8;
-    fn pvmc_syscall_entry();
-}
-
-/// Address of the entry stub of vector 0 (stubs are 16 bytes apart).
-fn stubs_base() -> u64 {
-    #[cfg(target_os = "none")]
-    {
-        core::ptr::addr_of!(pvmc_vector_stubs) as u64
-    }
-    #[cfg(not(target_os = "none"))]
-    {
-        0
-    }
-}
-
-/// Top of the stack used for events from CPL3 and for SYSCALL.
-pub fn trap_stack_top() -> u64 {
-    #[cfg(target_os = "none")]
-    {
-        core::ptr::addr_of!(pvmc_trap_stack_top) as u64
-    }
-    #[cfg(not(target_os = "none"))]
-    {
-        0
-    }
-}
-
-fn syscall_entry() -> u64 {
-    #[cfg(target_os = "none")]
-    {
-        pvmc_syscall_entry as *const () as u64
-    }
-    #[cfg(not(target_os = "none"))]
-    {
-        0
-    }
-}
+static IDT: BootCell<[u64; 512]> = BootCell::new([0; 512]);
 
 /// An interrupt gate descriptor (two u64 words).
 fn gate(handler: u64, dpl: u8) -> (u64, u64) {
@@ -105,60 +60,66 @@ fn gate(handler: u64, dpl: u8) -> (u64, u64) {
 /// instruction small on hosts that emulate CPL0 (~0.5 us per instruction there).
 const GATED: core::ops::Range<usize> = 0..48;
 
-/// Fills and loads the GDT (reloading every segment register), the TSS and the IDT, and
-/// enables SYSCALL with LSTAR at the library's entry.
+/// Fills and loads the GDT (reloading every segment register), the TSS and the IDT (gates to
+/// the [`idt`] stubs), and enables SYSCALL with LSTAR at the library's entry. vCPU 0 only.
 pub fn init() {
     let tss_base = TSS.addr();
     // Upper-half alias of the trap stack: the local host's native mode only switches to an
     // RSP0 in the upper half (a lower-half one ends in #SS -> #DF -> triple fault).
-    let rsp0 = abi::layout::HIGH_ALIAS + trap_stack_top();
-    TSS.set_at(1, rsp0 as u32);
-    TSS.set_at(2, (rsp0 >> 32) as u32);
-    TSS.set_at(25, 104 << 16); // I/O map base beyond the limit: no I/O bitmap
+    let rsp0 = abi::layout::HIGH_ALIAS + idt::trap_stack_top();
+    TSS.init(|t| {
+        t[1] = rsp0 as u32;
+        t[2] = (rsp0 >> 32) as u32;
+        t[25] = 104 << 16; // I/O map base beyond the limit: no I/O bitmap
+    });
 
     let limit = 103u64;
-    GDT.set_at(
-        8,
-        limit | ((tss_base & 0xff_ffff) << 16) | (0x89 << 40) | (((tss_base >> 24) & 0xff) << 56),
-    );
-    GDT.set_at(9, tss_base >> 32);
+    GDT.init(|g| {
+        g[8] = limit
+            | ((tss_base & 0xff_ffff) << 16)
+            | (0x89 << 40)
+            | (((tss_base >> 24) & 0xff) << 56);
+        g[9] = tss_base >> 32;
+    });
 
     // The stubs are one 4 KiB-aligned block below 4 GiB, so gate v is gate 0 plus 16 * v
     // (no carry out of the low 16 offset bits, high word 0): one add and one store per gate.
-    let base = stubs_base();
+    let base = idt::vector_stubs();
     let (gate0, high) = gate(base, 0);
     if !base.is_multiple_of(4096) || high != 0 {
         crate::error!("IDT stubs at {base:#x} are not one 4 KiB block below 4 GiB");
     }
-    for v in GATED {
-        IDT.set_at(2 * v, gate0 + 16 * v as u64);
-    }
-    for v in USER_GATES {
-        let (lo, hi) = gate(base + 16 * u64::from(v), 3);
-        IDT.set_at(2 * usize::from(v), lo);
-        IDT.set_at(2 * usize::from(v) + 1, hi);
-    }
+    IDT.init(|idt_words| {
+        for v in GATED {
+            idt_words[2 * v] = gate0 + idt::STUB_SIZE * v as u64;
+        }
+        for v in USER_GATES {
+            let (lo, hi) = gate(base + idt::STUB_SIZE * u64::from(v), 3);
+            idt_words[2 * usize::from(v)] = lo;
+            idt_words[2 * usize::from(v) + 1] = hi;
+        }
+    });
 
-    load_gdt(GDT.addr(), 10 * 8 - 1);
+    load_gdt(GDT.addr(), (GDT_ENTRIES * 8 - 1) as u16);
     load_idt(IDT.addr(), 16 * 256 - 1);
     load_tr(TSS_SEL);
 
-    let efer = instr::rdmsr(MSR_EFER);
+    let efer_now = instr::rdmsr(msr::EFER);
     let star = (u64::from(USER32_CS) << 48) | (u64::from(KERNEL_CS) << 32);
     // SAFETY: EFER.SCE only enables SYSCALL; STAR/LSTAR/SFMASK only affect SYSCALL, whose
     // entry point is the library's own stub.
     unsafe {
-        instr::wrmsr(MSR_EFER, efer | EFER_SCE);
-        instr::wrmsr(MSR_STAR, star);
-        instr::wrmsr(MSR_LSTAR, syscall_entry());
-        instr::wrmsr(MSR_SFMASK, 0x4_7700); // TF, IF, DF, IOPL, NT, AC cleared on entry
+        instr::wrmsr(msr::EFER, efer_now | efer::SCE);
+        instr::wrmsr(msr::STAR, star);
+        instr::wrmsr(msr::LSTAR, idt::syscall_entry());
+        instr::wrmsr(msr::SFMASK, SFMASK);
     }
 }
 
 /// On a vCPU other than 0: loads the GDT and IDT that vCPU 0 built. No TSS (the TSS descriptor
 /// is vCPU 0's and busy; other vCPUs never run at CPL3) and no SYSCALL MSRs.
 pub fn load_ap() {
-    load_gdt(GDT.addr(), 10 * 8 - 1);
+    load_gdt(GDT.addr(), (GDT_ENTRIES * 8 - 1) as u16);
     load_idt(IDT.addr(), 16 * 256 - 1);
 }
 

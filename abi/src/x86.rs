@@ -1,0 +1,189 @@
+//! Architectural x86-64 constants both sides use: MSR indices, control-register and RFLAGS
+//! bits, exception vectors, page-fault error-code bits and the CPUID feature bits the guest
+//! library tests for. Values are from the Intel SDM vol. 3 (and the AMD APM where they agree);
+//! nothing here is specific to PVM.
+
+/// MSR indices.
+pub mod msr {
+    /// IA32_TIME_STAMP_COUNTER.
+    pub const TSC: u32 = 0x10;
+    /// IA32_APIC_BASE.
+    pub const APIC_BASE: u32 = 0x1b;
+    /// IA32_TSC_DEADLINE.
+    pub const TSC_DEADLINE: u32 = 0x6e0;
+    /// x2APIC end of interrupt.
+    pub const X2APIC_EOI: u32 = 0x80b;
+    /// x2APIC spurious-interrupt vector register.
+    pub const X2APIC_SVR: u32 = 0x80f;
+    /// x2APIC interrupt command register.
+    pub const X2APIC_ICR: u32 = 0x830;
+    /// x2APIC LVT timer.
+    pub const X2APIC_LVT_TIMER: u32 = 0x832;
+    /// First x2APIC MSR.
+    pub const X2APIC_FIRST: u32 = 0x800;
+    /// One past the last x2APIC MSR.
+    pub const X2APIC_END: u32 = 0x900;
+    /// IA32_PAT.
+    pub const PAT: u32 = 0x277;
+    /// IA32_EFER.
+    pub const EFER: u32 = 0xc000_0080;
+    /// IA32_STAR (SYSCALL/SYSRET selectors).
+    pub const STAR: u32 = 0xc000_0081;
+    /// IA32_LSTAR (64-bit SYSCALL entry).
+    pub const LSTAR: u32 = 0xc000_0082;
+    /// IA32_FMASK (RFLAGS bits SYSCALL clears).
+    pub const SFMASK: u32 = 0xc000_0084;
+    /// IA32_FS_BASE.
+    pub const FS_BASE: u32 = 0xc000_0100;
+    /// IA32_GS_BASE.
+    pub const GS_BASE: u32 = 0xc000_0101;
+    /// IA32_KERNEL_GS_BASE (the value SWAPGS exchanges with GS_BASE).
+    pub const KERNEL_GS_BASE: u32 = 0xc000_0102;
+}
+
+/// IA32_APIC_BASE bits.
+pub mod apic_base {
+    /// x2APIC mode enable.
+    pub const EXTD: u64 = 1 << 10;
+    /// APIC global enable.
+    pub const EN: u64 = 1 << 11;
+}
+
+/// x2APIC register fields.
+pub mod x2apic {
+    /// SVR: APIC software enable.
+    pub const SVR_ENABLE: u64 = 1 << 8;
+    /// LVT timer mode field value for TSC-deadline mode (bits 18:17 = 10b).
+    pub const LVT_TSC_DEADLINE: u64 = 2 << 17;
+    /// ICR: level assert (required for fixed IPIs).
+    pub const ICR_ASSERT: u64 = 1 << 14;
+    /// Bit position of the destination field of the ICR in x2APIC mode.
+    pub const ICR_DEST_SHIFT: u32 = 32;
+}
+
+/// CR0 bits.
+pub mod cr0 {
+    /// Protected mode.
+    pub const PE: u64 = 1 << 0;
+    /// Monitor coprocessor.
+    pub const MP: u64 = 1 << 1;
+    /// Extension type.
+    pub const ET: u64 = 1 << 4;
+    /// Numeric error.
+    pub const NE: u64 = 1 << 5;
+    /// Write protect (supervisor writes honour read-only pages).
+    pub const WP: u64 = 1 << 16;
+    /// Alignment mask.
+    pub const AM: u64 = 1 << 18;
+    /// Paging.
+    pub const PG: u64 = 1 << 31;
+}
+
+/// CR4 bits.
+pub mod cr4 {
+    /// Physical address extension.
+    pub const PAE: u64 = 1 << 5;
+    /// Process-context identifiers.
+    pub const PCIDE: u64 = 1 << 17;
+}
+
+/// CR3 bits.
+pub mod cr3 {
+    /// With CR4.PCIDE: do not flush the TLB entries of the new PCID.
+    pub const NOFLUSH: u64 = 1 << 63;
+}
+
+/// IA32_EFER bits.
+pub mod efer {
+    /// SYSCALL enable.
+    pub const SCE: u64 = 1 << 0;
+    /// Long mode enable.
+    pub const LME: u64 = 1 << 8;
+    /// Long mode active.
+    pub const LMA: u64 = 1 << 10;
+    /// No-execute enable.
+    pub const NXE: u64 = 1 << 11;
+}
+
+/// RFLAGS bits.
+pub mod rflags {
+    /// Reserved, always 1.
+    pub const FIXED: u64 = 1 << 1;
+    /// Trap flag.
+    pub const TF: u64 = 1 << 8;
+    /// Interrupt enable.
+    pub const IF: u64 = 1 << 9;
+    /// Direction flag.
+    pub const DF: u64 = 1 << 10;
+    /// I/O privilege level (two bits).
+    pub const IOPL: u64 = 3 << 12;
+    /// Nested task.
+    pub const NT: u64 = 1 << 14;
+    /// Alignment check.
+    pub const AC: u64 = 1 << 18;
+}
+
+/// Exception vectors.
+pub mod vector {
+    /// Divide error.
+    pub const DE: u8 = 0;
+    /// Debug.
+    pub const DB: u8 = 1;
+    /// Non-maskable interrupt.
+    pub const NMI: u8 = 2;
+    /// Breakpoint.
+    pub const BP: u8 = 3;
+    /// Invalid opcode.
+    pub const UD: u8 = 6;
+    /// Double fault.
+    pub const DF: u8 = 8;
+    /// General protection.
+    pub const GP: u8 = 13;
+    /// Page fault.
+    pub const PF: u8 = 14;
+    /// Machine check.
+    pub const MC: u8 = 18;
+    /// First vector that is not an exception.
+    pub const FIRST_INTERRUPT: u8 = 32;
+    /// Whether `v` is an exception raised by the instruction at the saved RIP (not an
+    /// interrupt, NMI or machine check, which can arrive at any instruction).
+    pub const fn is_synchronous(v: u8) -> bool {
+        v < FIRST_INTERRUPT && v != NMI && v != MC
+    }
+    /// Whether the CPU pushes an error code for exception `v`.
+    pub const fn has_error_code(v: u8) -> bool {
+        matches!(v, 8 | 10 | 11 | 12 | 13 | 14 | 17 | 21 | 29 | 30)
+    }
+}
+
+/// Error code of an exception caused by an `int n` (or an event) through IDT gate `v`: the IDT
+/// flag (bit 1) and the vector as the selector index (SDM vol. 3 §6.13).
+pub const fn idt_error_code(v: u8) -> u32 {
+    ((v as u32) << 3) | 2
+}
+
+/// Page-fault error-code bits.
+pub mod pfec {
+    /// The page was present (protection violation).
+    pub const P: u32 = 1 << 0;
+    /// Write access.
+    pub const W: u32 = 1 << 1;
+    /// Access from CPL3.
+    pub const U: u32 = 1 << 2;
+    /// Reserved bit set.
+    pub const RSVD: u32 = 1 << 3;
+    /// Instruction fetch.
+    pub const I: u32 = 1 << 4;
+}
+
+/// CPUID feature bits, as (leaf, register index in EAX..EDX order, bit).
+pub mod cpuid {
+    /// A feature flag: `(leaf, register, bit)` with register 0 = EAX .. 3 = EDX.
+    pub type Feature = (u32, usize, u32);
+    /// CPUID.1:ECX.x2APIC.
+    pub const X2APIC: Feature = (1, 2, 21);
+    /// CPUID.1:ECX.TSC-Deadline.
+    pub const TSC_DEADLINE: Feature = (1, 2, 24);
+    /// First hypervisor leaf (signature).
+    pub const HYPERVISOR_BASE: u32 = 0x4000_0000;
+}

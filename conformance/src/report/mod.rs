@@ -1,0 +1,358 @@
+//! Report formats, all made from the same [`CaseResult`]s and [`RunInfo`]:
+//! - the JSON report (`pvm-conformance/report/v2`, [`Report`]), written atomically;
+//! - the JSON-lines progress log ([`progress`]), one line per finished instance, flushed as it
+//!   completes (a crash of the harness or the host loses nothing that already ran), which
+//!   `--resume` reads back;
+//! - TAP13 ([`tap`]) and JUnit XML ([`junit`]);
+//! - the text summary line ([`summary_line`]).
+//!
+//! Every JSON report and progress line carries the run's identity ([`RunInfo`]: run id, start
+//! time, target, host, guest image hash, selection fingerprint).
+
+pub mod junit;
+pub mod progress;
+pub mod tap;
+
+use std::path::Path;
+
+use runner::detect::{HostInfo, KvmStatus};
+use serde::{Deserialize, Serialize};
+
+use crate::Error;
+use crate::outcome::Outcome;
+use crate::output::write_atomic;
+pub use crate::result::CaseResult;
+
+/// Schema id of the JSON report.
+pub const SCHEMA: &str = "pvm-conformance/report/v2";
+
+/// The host part of the report.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HostReport {
+    /// Kernel release.
+    pub kernel: String,
+    /// KVM vendor module.
+    pub kvm_backend: String,
+    /// Dialect name, or null.
+    pub dialect: Option<String>,
+    /// How the dialect was decided.
+    pub dialect_evidence: String,
+    /// CPU model.
+    pub cpu: String,
+    /// Whether /dev/kvm was usable (and why not).
+    pub kvm: String,
+}
+
+impl HostReport {
+    /// From detection results.
+    pub fn new(h: &HostInfo) -> Self {
+        Self {
+            kernel: h.kernel.clone(),
+            kvm_backend: h.kvm_backend.clone(),
+            dialect: h.dialect.map(|d| d.name().to_string()),
+            dialect_evidence: h.dialect_evidence.clone(),
+            cpu: h.cpu.clone(),
+            kvm: match &h.kvm {
+                KvmStatus::Usable => "usable".into(),
+                KvmStatus::Unusable(why) => format!("unusable: {why}"),
+            },
+        }
+    }
+}
+
+/// The identity of one run, in every report and progress line. A resumed run keeps the
+/// identity of the run it continues.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunInfo {
+    /// Unique id (`run-<start time>-<pid>`).
+    pub run_id: String,
+    /// Start time, RFC 3339 (UTC).
+    pub started: String,
+    /// The target's name (`local`, ...).
+    pub target: String,
+    /// The host the target ran on.
+    pub host: HostReport,
+    /// SHA-256 of the guest image.
+    pub image_sha256: String,
+    /// Fingerprint of the selected instance ids and the expectations in force (a resume must
+    /// match it).
+    pub selection: String,
+}
+
+/// When and as what a run started: its id (`run-<start time>-<pid>`) and start time (RFC
+/// 3339, UTC). Made first, so that the output locks can name the run before it is selected.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RunStart {
+    /// The run id.
+    pub run_id: String,
+    /// The start time.
+    pub started: String,
+}
+
+impl RunStart {
+    /// Now, in this process.
+    pub fn now() -> Self {
+        let started = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
+        let compact: String = started.chars().filter(|c| *c != '-' && *c != ':').collect();
+        Self {
+            run_id: format!("run-{compact}-{}", std::process::id()),
+            started,
+        }
+    }
+}
+
+impl RunInfo {
+    /// A new run's identity: `start`, `target` on `host`, the image's hash and the fingerprint
+    /// of `instances` under `expectations`.
+    pub fn new(
+        start: RunStart,
+        target: &str,
+        host: &HostInfo,
+        image_sha256: &str,
+        instances: &[crate::catalog::Instance],
+        expectations: &crate::expect::Expectations,
+    ) -> Self {
+        Self {
+            run_id: start.run_id,
+            started: start.started,
+            target: target.into(),
+            host: HostReport::new(host),
+            image_sha256: image_sha256.into(),
+            selection: selection_fingerprint(instances, expectations),
+        }
+    }
+}
+
+/// `sha256:<hex>` over the sorted instance ids and the expectations' fingerprint.
+pub fn selection_fingerprint(
+    instances: &[crate::catalog::Instance],
+    expectations: &crate::expect::Expectations,
+) -> String {
+    use sha2::{Digest, Sha256};
+    let mut ids: Vec<String> = instances.iter().map(|i| i.id()).collect();
+    ids.sort();
+    let mut h = Sha256::new();
+    for id in &ids {
+        h.update(id.as_bytes());
+        h.update(b"\n");
+    }
+    h.update(b"expectations:");
+    h.update(expectations.fingerprint().as_bytes());
+    let hex: String = h.finalize().iter().map(|b| format!("{b:02x}")).collect();
+    format!("sha256:{hex}")
+}
+
+/// Where a run stands, in the JSON report.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RunState {
+    /// Started, not finished: a report left like this means the harness died.
+    Running,
+    /// Stopped by SIGINT/SIGTERM: `cases` holds what finished; `--resume` completes it.
+    Interrupted,
+    /// Every selected instance has a result.
+    Complete,
+}
+
+/// Counts per outcome and the wall time.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Summary {
+    /// PASS count.
+    pub pass: usize,
+    /// FAIL count.
+    pub fail: usize,
+    /// ERROR count.
+    pub error: usize,
+    /// SKIP count.
+    pub skip: usize,
+    /// XFAIL count.
+    pub xfail: usize,
+    /// CRASH count.
+    pub crash: usize,
+    /// Instances with a result.
+    pub total: usize,
+    /// Instances selected (more than `total` when the run was interrupted).
+    pub selected: usize,
+    /// Wall time of the run (all its sessions, when resumed).
+    pub wall_ms: u64,
+}
+
+impl Summary {
+    /// Counts `results` of `selected` instances.
+    pub fn of(results: &[CaseResult], selected: usize, wall_ms: u64) -> Self {
+        let mut s = Summary {
+            total: results.len(),
+            selected,
+            wall_ms,
+            ..Summary::default()
+        };
+        for r in results {
+            *s.count_mut(r.outcome) += 1;
+        }
+        s
+    }
+
+    fn count_mut(&mut self, o: Outcome) -> &mut usize {
+        match o {
+            Outcome::Pass => &mut self.pass,
+            Outcome::Fail => &mut self.fail,
+            Outcome::Error => &mut self.error,
+            Outcome::Skip => &mut self.skip,
+            Outcome::Xfail => &mut self.xfail,
+            Outcome::Crash => &mut self.crash,
+        }
+    }
+
+    /// The count of one outcome.
+    pub fn count(&self, o: Outcome) -> usize {
+        let mut copy = self.clone();
+        *copy.count_mut(o)
+    }
+
+    /// Whether anything failed, errored or crashed.
+    pub fn is_bad(&self) -> bool {
+        self.fail + self.error + self.crash > 0
+    }
+
+    /// Whether no instance got past SKIP (nothing could run).
+    pub fn nothing_ran(&self) -> bool {
+        self.total == self.skip
+    }
+}
+
+/// The JSON report.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Report {
+    /// [`SCHEMA`].
+    pub schema: String,
+    /// The run's identity.
+    pub run: RunInfo,
+    /// Where it stands.
+    pub state: RunState,
+    /// Whether it was interrupted (SIGINT/SIGTERM) before every instance had a result.
+    pub interrupted: bool,
+    /// Where the known deviations came from.
+    pub expectations: String,
+    /// Every instance with a result, in table order, each once.
+    pub cases: Vec<CaseResult>,
+    /// Counts.
+    pub summary: Summary,
+}
+
+impl Report {
+    /// Writes the report as pretty JSON, atomically (temporary file + rename).
+    pub fn write(&self, path: &Path) -> Result<(), Error> {
+        let mut text = serde_json::to_string_pretty(self).map_err(|e| Error::Serialize {
+            what: "the JSON report",
+            reason: e.to_string(),
+        })?;
+        text.push('\n');
+        write_atomic(path, text.as_bytes())
+    }
+}
+
+/// The closing summary line: counts per outcome and the wall time.
+pub fn summary_line(s: &Summary) -> String {
+    let counts = Outcome::ALL
+        .iter()
+        .map(|&o| format!("{} {}", s.count(o), o.name()))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let of = if s.selected > s.total {
+        format!(" (of {} selected)", s.selected)
+    } else {
+        String::new()
+    };
+    format!(
+        "{} instances{of}: {counts}; wall time {:.2} s",
+        s.total,
+        s.wall_ms as f64 / 1e3
+    )
+}
+
+#[cfg(test)]
+pub(crate) mod fixtures {
+    use super::*;
+
+    pub fn result(id: &str, env: &str, outcome: Outcome, detail: &str) -> CaseResult {
+        CaseResult {
+            id: id.into(),
+            case: id.split('~').next().unwrap_or(id).into(),
+            area: "io".into(),
+            env: env.into(),
+            outcome,
+            duration_ms: 1.5,
+            checks: 2,
+            detail: detail.into(),
+            requirements: vec!["R-1".into()],
+            summary: "s".into(),
+        }
+    }
+
+    pub fn run_info() -> RunInfo {
+        RunInfo {
+            run_id: "run-20261201T000000Z-1".into(),
+            started: "2026-12-01T00:00:00Z".into(),
+            target: "local".into(),
+            host: HostReport {
+                kernel: "6.18".into(),
+                kvm_backend: "kvm-pvm".into(),
+                dialect: Some("local".into()),
+                dialect_evidence: "MSR".into(),
+                cpu: "cpu".into(),
+                kvm: "usable".into(),
+            },
+            image_sha256: "00".into(),
+            selection: "sha256:11".into(),
+        }
+    }
+
+    pub fn all_outcomes() -> Vec<CaseResult> {
+        Outcome::ALL
+            .iter()
+            .enumerate()
+            .map(|(i, &o)| {
+                let env = if i % 2 == 0 { "hvm64" } else { "pv-local" };
+                result(&format!("io.c{i}~{env}"), env, o, "detail <&> \"x\" #1")
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::fixtures::*;
+    use super::*;
+
+    #[test]
+    fn summary_counts_every_outcome() {
+        let rs: Vec<_> = Outcome::ALL
+            .iter()
+            .map(|&o| result("x~hvm64", "hvm64", o, ""))
+            .collect();
+        let s = Summary::of(&rs, 7, 1500);
+        for o in Outcome::ALL {
+            assert_eq!(s.count(o), 1);
+        }
+        assert!(s.is_bad() && !s.nothing_ran());
+        assert_eq!(
+            summary_line(&s),
+            "6 instances (of 7 selected): 1 pass, 1 skip, 1 xfail, 1 error, 1 fail, 1 crash; wall time 1.50 s"
+        );
+    }
+
+    #[test]
+    fn json_report_snapshot() {
+        let cases = all_outcomes();
+        let r = Report {
+            schema: SCHEMA.into(),
+            run: run_info(),
+            state: RunState::Interrupted,
+            interrupted: true,
+            expectations: "built-in".into(),
+            summary: Summary::of(&cases, 8, 10),
+            cases,
+        };
+        insta::assert_json_snapshot!("json_report", r);
+    }
+}

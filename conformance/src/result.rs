@@ -1,0 +1,64 @@
+//! [`CaseResult`]: the result of one case instance, as targets yield it and every report
+//! format writes it.
+
+use serde::{Deserialize, Serialize};
+
+use crate::catalog::Instance;
+use crate::exec::RawResult;
+use crate::outcome::Outcome;
+
+/// The result of one instance.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct CaseResult {
+    /// `<case>~<env>`.
+    pub id: String,
+    /// Case name.
+    pub case: String,
+    /// Area name.
+    pub area: String,
+    /// Environment name.
+    pub env: String,
+    /// Outcome (after expectations, once the suite applied them).
+    pub outcome: Outcome,
+    /// Wall time of the instance, including VM creation and teardown.
+    pub duration_ms: f64,
+    /// Checks made by the guest and the host-side check.
+    pub checks: u32,
+    /// What happened: logs, failed checks, final reason, crash details.
+    pub detail: String,
+    /// Requirement ids the case checks.
+    pub requirements: Vec<String>,
+    /// One-line description of the case.
+    pub summary: String,
+}
+
+impl CaseResult {
+    /// The result of `inst` from a raw run result.
+    pub fn new(inst: &Instance, raw: RawResult, duration_ms: f64) -> Self {
+        Self {
+            id: inst.id(),
+            case: inst.case.name.clone(),
+            area: inst.case.area.name().into(),
+            env: inst.env.name().into(),
+            outcome: raw.outcome,
+            duration_ms,
+            checks: raw.checks,
+            detail: raw.detail,
+            requirements: inst.case.requirements.clone(),
+            summary: inst.case.summary.clone(),
+        }
+    }
+
+    /// A SKIP of `inst` that did not run, with the reason.
+    pub fn skipped(inst: &Instance, why: String) -> Self {
+        Self::new(
+            inst,
+            RawResult {
+                outcome: Outcome::Skip,
+                detail: why,
+                checks: 0,
+            },
+            0.0,
+        )
+    }
+}

@@ -1,0 +1,71 @@
+//! Where a suite runs. A [`Target`] takes a selection of instances and yields a
+//! [`CaseResult`] for each as it finishes, and describes the host it runs on; the suite
+//! (`crate::suite`) applies expectations and writes every report from that stream, so a new
+//! target (QEMU, ssh, a cloud VM, the reference model) is one module here and touches neither
+//! the suite nor the reports.
+//!
+//! - [`local`]: this machine's `/dev/kvm`.
+
+pub mod local;
+
+use std::time::Duration;
+
+use abi::env::{Env, GuestSupport};
+use runner::detect::HostInfo;
+use runner::vm::Cancel;
+
+use crate::catalog::Instance;
+use crate::result::CaseResult;
+
+/// How a target runs its instances.
+#[derive(Clone, Debug)]
+pub struct TargetOptions {
+    /// Timeout of an instance whose case does not set its own.
+    pub timeout: Duration,
+    /// Instances at a time.
+    pub jobs: usize,
+    /// Once cancelled, no new instance starts, running ones end without a result, and `run`
+    /// returns.
+    pub cancel: Cancel,
+}
+
+/// A place that runs case instances (see the module documentation).
+pub trait Target: Sync {
+    /// Name in reports (`local`, ...).
+    fn name(&self) -> &str;
+    /// The host the instances run on.
+    fn host(&self) -> &HostInfo;
+    /// `Err` with the reason when nothing can run here at all (no usable `/dev/kvm`, say).
+    fn usable(&self) -> Result<(), String>;
+    /// Runs `instances`, calling `sink(i, result)` for instance `i` as it finishes (in
+    /// completion order, from the calling thread). Results carry the run's own outcome:
+    /// expectations are the caller's business. Instances cut short by cancellation yield
+    /// nothing.
+    fn run(
+        &self,
+        instances: &[Instance],
+        opts: &TargetOptions,
+        sink: &mut dyn FnMut(usize, CaseResult),
+    );
+}
+
+/// Why an instance in `env` cannot run on `host`, if it cannot: the guest library has no module
+/// for the environment, or the host speaks another dialect.
+pub fn skip_reason(host: &HostInfo, env: Env) -> Option<String> {
+    if env.guest_support() == GuestSupport::NotYet {
+        return Some(format!(
+            "guest-lib does not implement environment {} yet",
+            env.name()
+        ));
+    }
+    let need = env.required_dialect()?;
+    if host.dialect == Some(need) {
+        return None;
+    }
+    let has = host.dialect.map_or("no PVM dialect", |d| d.name());
+    Some(format!(
+        "environment {} needs the {} dialect; the host speaks {has}",
+        env.name(),
+        need.name()
+    ))
+}

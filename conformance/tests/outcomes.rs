@@ -1,0 +1,77 @@
+//! The local host's outcome per instance, as an insta snapshot: every instance in every
+//! environment (self-tests included) runs on this machine's `/dev/kvm` with the built-in
+//! expectations, and the list of `id OUTCOME` lines must equal
+//! `tests/snapshots/outcomes__local_host.snap`. Any change of host behaviour, and any case added,
+//! removed or changed, is therefore a reviewed diff (`cargo insta review`, or
+//! `INSTA_UPDATE=always`). The snapshot is of the development machines' host (dialect
+//! `local`); on any other host the test is ignored with that reason.
+
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use abi::env::{Dialect, Env};
+use conformance::catalog::Selection;
+use conformance::expect::Expectations;
+use conformance::suite::{self, SuiteOptions};
+use conformance::target::local::LocalTarget;
+use conformance::target::{Target, TargetOptions};
+use libtest_mimic::{Arguments, Completion, Failed, Trial};
+use runner::vm::Cancel;
+
+fn local_host_outcomes() -> Result<Completion, Failed> {
+    let root = conformance::guest_build::workspace_root();
+    let catalog = conformance::guest_build::build(&root)
+        .map_err(|e| e.to_string())?
+        .catalog;
+    let target = LocalTarget::new(Arc::clone(&catalog.image));
+    if target.host().dialect != Some(Dialect::Local) {
+        return Ok(Completion::ignored_with(format!(
+            "the snapshot is of the local dialect's host; this one speaks {:?}",
+            target.host().dialect.map(|d| d.name())
+        )));
+    }
+    let instances = catalog.instances(&Selection {
+        envs: Env::ALL.to_vec(),
+        filters: Vec::new(),
+        selftest: true,
+        bench: false,
+    });
+    let opts = SuiteOptions {
+        target: TargetOptions {
+            timeout: Duration::from_secs(10),
+            jobs: 2,
+            cancel: Cancel::new(),
+        },
+        expectations: Expectations::builtin(Some(Dialect::Local)).map_err(|e| e.to_string())?,
+    };
+    let run = suite::run(&target, &instances, &opts, &mut |_, _, _| {});
+    if run.results.len() != instances.len() {
+        return Err(format!(
+            "{} results for {} instances",
+            run.results.len(),
+            instances.len()
+        )
+        .into());
+    }
+    let lines: Vec<String> = run
+        .results
+        .iter()
+        .map(|r| format!("{:<52} {}", r.id, r.outcome.label()))
+        .collect();
+    let snapshot = std::panic::catch_unwind(|| {
+        insta::assert_snapshot!("local_host", lines.join("\n"));
+    });
+    match snapshot {
+        Ok(()) => Ok(Completion::Completed),
+        Err(_) => {
+            Err("the local host's outcomes differ from the snapshot (see the diff above)".into())
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let args = Arguments::from_args();
+    let trial = Trial::ignorable_test("local_host_outcomes", local_host_outcomes);
+    libtest_mimic::run(&args, vec![trial]).exit_code()
+}

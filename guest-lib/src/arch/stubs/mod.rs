@@ -1,0 +1,64 @@
+//! Assembly entry stubs, per environment.
+//!
+//! Every environment delivers events in its own way; its stubs turn what the host delivered
+//! into the common [`crate::exception::Frame`], call the common dispatcher, and return to the
+//! interrupted context the way the host wants. The modules:
+//! - [`idt`]: IDT-based delivery and the SYSCALL entry (shared by `hvm64` and `pv-local`,
+//!   which differ only in how they return to CPL3);
+//! - [`hvm64`]: return to CPL3 with `iretq` / `sysretq`;
+//! - [`pv_local`]: return to CPL3 with the local dialect's IRET_FRAME hypercall, and the
+//!   dialect's other instructions (hypercall, PV CPUID, VIF registration).
+//!
+//! What every environment installs is a [`UserReturns`]: the stubs that leave for CPL3 from an
+//! interrupt frame and from a SYSCALL frame. `crate::arch::user_enter` uses the first one too,
+//! so entering user mode is the same code in every environment.
+
+pub mod hvm64;
+pub mod idt;
+pub mod pv_local;
+
+use super::BootCell;
+
+#[cfg(target_os = "none")]
+/// Pushes the 15 general registers in `Gprs` order (RAX ends at the lowest address).
+macro_rules! push_gprs {
+    () => {
+        "pushq %r15\n pushq %r14\n pushq %r13\n pushq %r12\n pushq %r11\n pushq %r10\n \
+         pushq %r9\n pushq %r8\n pushq %rbp\n pushq %rdi\n pushq %rsi\n pushq %rdx\n \
+         pushq %rcx\n pushq %rbx\n pushq %rax\n"
+    };
+}
+#[cfg(target_os = "none")]
+/// Pops what [`push_gprs`] pushed.
+macro_rules! pop_gprs {
+    () => {
+        "popq %rax\n popq %rbx\n popq %rcx\n popq %rdx\n popq %rsi\n popq %rdi\n popq %rbp\n \
+         popq %r8\n popq %r9\n popq %r10\n popq %r11\n popq %r12\n popq %r13\n popq %r14\n \
+         popq %r15\n"
+    };
+}
+#[cfg(target_os = "none")]
+pub(crate) use {pop_gprs, push_gprs};
+
+/// The two ways back to CPL3 an environment provides (addresses of assembly stubs).
+///
+/// - `from_event`: entered with the general registers restored and RSP at an interrupt frame
+///   (RIP, CS, RFLAGS, RSP, SS) whose CS has RPL 3;
+/// - `from_syscall`: the same, for a frame the SYSCALL entry built from RCX, R11 and the
+///   user RSP.
+#[derive(Clone, Copy, Debug)]
+pub struct UserReturns {
+    /// Return from an event (and first entry to user mode).
+    pub from_event: u64,
+    /// Return from a user SYSCALL.
+    pub from_syscall: u64,
+}
+
+/// The installed [`UserReturns`], read by the stubs as `pvmc_user_returns` (+0, +8).
+#[unsafe(export_name = "pvmc_user_returns")]
+static USER_RETURNS: BootCell<[u64; 2]> = BootCell::new([0; 2]);
+
+/// Installs the environment's return-to-user stubs (vCPU 0, during setup).
+pub fn install_user_returns(r: UserReturns) {
+    USER_RETURNS.init(|slots| *slots = [r.from_event, r.from_syscall]);
+}

@@ -1,0 +1,102 @@
+//! pv-local: the local host's PVM dialect (constants in `abi::local`, observations in
+//! docs/local-dialect.md).
+//!
+//! Setup registers the vCPU's VIF page first, which switches guest CPL0 code from the
+//! emulated path to native execution in hardware ring 3 (so the rest of the setup runs at
+//! native speed). Events arrive through the guest's own IDT, as in hvm64, but the dialect only
+//! enters CPL3 through its IRET_FRAME hypercall ([`crate::arch::stubs::pv_local`]). The
+//! interrupt flag is byte 0 of the VIF page (`cli`/`sti` do not gate delivery). Hypercalls are
+//! `int $0x1b` with RAX = number, RBX, RCX, RDX = arguments.
+//!
+//! Besides the [`Environment`] methods, cases of the dialect's own ABI rules use the free
+//! functions here: [`hypercall`] (raw result), [`signature`], [`pv_cpuid`].
+
+use abi::env::Env;
+use abi::layout::{BootInfo, vif_gpa};
+use abi::local::{ENOSYS, MSR_SIGNATURE, VIF_ENABLE, hc};
+
+use super::{EnvError, Environment};
+use crate::arch::stubs::{self, pv_local as raw};
+use crate::arch::{cpu_index, instr, tables};
+use crate::exception::Exception;
+
+/// The pv-local environment.
+pub struct PvLocal;
+
+fn register_vif(cpu: u32) {
+    raw::write_vif_msr(vif_gpa(cpu) | VIF_ENABLE);
+}
+
+/// Issues hypercall `nr`; returns RAX as the host left it, or the exception if the instruction
+/// faulted.
+pub fn hypercall(nr: u64, a0: u64, a1: u64, a2: u64) -> Result<i64, Exception> {
+    raw::hypercall_safe(nr, a0, a1, a2).map(|v| v as i64)
+}
+
+/// Reads the signature MSR.
+pub fn signature() -> Result<u64, Exception> {
+    instr::rdmsr_safe(MSR_SIGNATURE)
+}
+
+/// Paravirtual CPUID (`int $0x1a`).
+pub fn pv_cpuid(leaf: u32, sub: u32) -> Result<[u32; 4], Exception> {
+    raw::pv_cpuid_safe(leaf, sub)
+}
+
+fn checked(nr: u64, args: [u64; 3]) -> Result<u64, EnvError> {
+    match hypercall(nr, args[0], args[1], args[2]) {
+        Ok(v) if v < 0 => Err(EnvError::Failed(v)),
+        Ok(v) => Ok(v as u64),
+        Err(e) => Err(EnvError::Fault(e)),
+    }
+}
+
+impl Environment for PvLocal {
+    fn env(&self) -> Env {
+        Env::PvLocal
+    }
+
+    fn init_bsp(&self, _: &BootInfo) {
+        register_vif(0);
+        tables::init();
+        stubs::install_user_returns(raw::user_returns());
+    }
+
+    fn init_ap(&self, cpu: u32) {
+        register_vif(cpu);
+        tables::load_ap();
+    }
+
+    fn set_interrupts(&self, on: bool) {
+        // The host notices a change at the next exit.
+        raw::set_virtual_if(cpu_index(), on);
+    }
+
+    fn idle(&self) {
+        self.set_interrupts(true);
+        instr::hlt();
+    }
+
+    fn hypercall(&self, nr: u64, args: [u64; 3]) -> Result<u64, EnvError> {
+        checked(nr, args)
+    }
+
+    fn null_hypercall(&self) -> Result<u64, EnvError> {
+        match checked(hc::UNDEFINED, [0; 3]) {
+            Err(EnvError::Failed(ENOSYS)) => Ok(0),
+            other => other,
+        }
+    }
+
+    fn pv_cpuid(&self, leaf: u32, sub: u32) -> Result<[u32; 4], EnvError> {
+        pv_cpuid(leaf, sub).map_err(EnvError::Fault)
+    }
+
+    fn flush_tlb(&self) -> Result<(), EnvError> {
+        checked(hc::FLUSH_TLB, [0; 3]).map(drop)
+    }
+
+    fn flush_tlb_one(&self, va: u64) -> Result<(), EnvError> {
+        checked(hc::FLUSH_TLB_ONE, [va, 0, 0]).map(drop)
+    }
+}

@@ -1,0 +1,41 @@
+//! The one boot path: a guest image into a fresh [`Vm`], ready to run a case. The suite, the
+//! benchmarks, the raw-loop baseline and the examples all boot through [`boot`].
+
+use abi::env::Env;
+
+use crate::Result;
+use crate::image::GuestImage;
+use crate::setup;
+use crate::vm::{Vm, VmOptions};
+
+/// What a boot needs besides the image.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BootParams {
+    /// The environment the guest sets up.
+    pub env: Env,
+    /// Guest VA of the case function (from the case table).
+    pub case_entry: u64,
+    /// vCPUs (the VM must have been created with as many).
+    pub vcpus: u32,
+}
+
+impl BootParams {
+    /// The options of a VM for these parameters.
+    pub fn vm_options(&self, irqchip: bool) -> VmOptions {
+        VmOptions {
+            irqchip,
+            vcpus: self.vcpus.max(1),
+            ..VmOptions::default()
+        }
+    }
+}
+
+/// Writes the page tables, loads the image, writes the boot info and sets every vCPU's start
+/// state (see [`setup`]).
+pub fn boot(vm: &mut dyn Vm, image: &GuestImage, p: &BootParams) -> Result<()> {
+    setup::write_page_tables(vm.memory())?;
+    image.load_into(vm.memory())?;
+    let tsc_khz = vm.tsc_khz()?;
+    setup::write_boot_info(vm.memory(), p.env, p.case_entry, p.vcpus.max(1), tsc_khz)?;
+    vm.set_initial_state(&setup::initial_state(image.entry, p.vcpus))
+}

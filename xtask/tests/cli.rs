@@ -1,0 +1,638 @@
+//! The `cargo xtask` command line as a user meets it, run as a process (the debug build of
+//! the xtask binary):
+//! - a corpus of bad inputs, each a one-line error on stderr with exit status 2, never a panic;
+//! - SIGINT and SIGTERM in the middle of a run: an interrupted report holding every finished
+//!   instance once, exit 130/143, and `--resume` completing it with every instance exactly once;
+//! - a second run into the same outputs refused at once, naming the first;
+//! - `--list | head -1` exits 0; a full stdout is an error, not a panic;
+//! - `--require-kvm` without a usable KVM device exits 2; without the flag everything SKIPs.
+
+use std::collections::HashSet;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+fn xtask() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_xtask"));
+    c.env_remove("PVMC_KVM_PATH");
+    c
+}
+
+/// The guest image, built once for all tests.
+fn image() -> &'static Path {
+    static IMAGE: OnceLock<PathBuf> = OnceLock::new();
+    IMAGE.get_or_init(|| {
+        let root = conformance::guest_build::workspace_root();
+        conformance::guest_build::build(&root)
+            .unwrap_or_else(|e| panic!("guest image: {e}"))
+            .path
+    })
+}
+
+fn kvm_usable() -> bool {
+    runner::kvm::Kvm::open().is_ok()
+}
+
+fn run(cmd: &mut Command) -> Output {
+    cmd.output()
+        .unwrap_or_else(|e| panic!("cannot run xtask: {e}"))
+}
+
+/// Asserts a usage/setup error: exit 2, no panic, and (for our own errors) exactly one
+/// `error:` line on stderr that mentions `keyword`.
+fn assert_bad(out: &Output, what: &str, keyword: &str) {
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "{what}: status {:?}, stderr:\n{err}",
+        out.status
+    );
+    assert!(!err.contains("panicked"), "{what}: panicked:\n{err}");
+    let errors: Vec<&str> = err.lines().filter(|l| l.starts_with("error:")).collect();
+    assert_eq!(
+        errors.len(),
+        1,
+        "{what}: want one error line, stderr:\n{err}"
+    );
+    assert!(
+        errors[0].to_lowercase().contains(&keyword.to_lowercase()),
+        "{what}: error line {:?} does not mention {keyword:?}",
+        errors[0]
+    );
+}
+
+/// An image with `patch` applied to its bytes (given the parsed ELF).
+fn patched(
+    dir: &Path,
+    name: &str,
+    patch: impl FnOnce(&mut Vec<u8>, &goblin::elf::Elf<'_>),
+) -> PathBuf {
+    let bytes = std::fs::read(image()).expect("image readable");
+    let elf = goblin::elf::Elf::parse(&bytes).expect("image is ELF");
+    let mut out = bytes.clone();
+    patch(&mut out, &elf);
+    let p = dir.join(name);
+    std::fs::write(&p, out).expect("write patched image");
+    p
+}
+
+fn case_section(elf: &goblin::elf::Elf<'_>) -> usize {
+    elf.section_headers
+        .iter()
+        .find(|s| elf.shdr_strtab.get_at(s.sh_name) == Some(abi::case::CASE_SECTION))
+        .map(|s| s.sh_offset as usize)
+        .expect("case section")
+}
+
+fn rodata(elf: &goblin::elf::Elf<'_>) -> u64 {
+    elf.program_headers
+        .iter()
+        .find(|p| p.p_type == goblin::elf::program_header::PT_LOAD && p.p_flags & 1 == 0)
+        .map(|p| p.p_vaddr)
+        .expect("a non-executable segment")
+}
+
+fn first_load(elf: &goblin::elf::Elf<'_>) -> usize {
+    let i = elf
+        .program_headers
+        .iter()
+        .position(|p| p.p_type == goblin::elf::program_header::PT_LOAD)
+        .expect("a PT_LOAD");
+    elf.header.e_phoff as usize + i * elf.header.e_phentsize as usize
+}
+
+fn put_u64(b: &mut [u8], at: usize, v: u64) {
+    b[at..at + 8].copy_from_slice(&v.to_le_bytes());
+}
+
+#[test]
+fn bad_inputs_are_one_line_errors_with_status_2() {
+    let d = tempfile::tempdir().expect("tempdir");
+    let dir = d.path();
+    let report = dir.join("out/report.json");
+    let rep = report.to_str().expect("utf-8").to_string();
+    let img = image().to_str().expect("utf-8").to_string();
+    let write = |name: &str, text: &str| {
+        let p = dir.join(name);
+        std::fs::write(&p, text).expect("write");
+        p.to_str().expect("utf-8").to_string()
+    };
+    let dev = |id: &str, outcome: &str, reason: &str| {
+        format!("[[deviation]]\nid = \"{id}\"\noutcome = \"{outcome}\"\nreason = \"{reason}\"\n")
+    };
+    let known = "io.port_out_in~hvm64";
+    let ex_unknown = write("unknown.toml", &dev("io.nope~hvm64", "fail", "r"));
+    let ex_pass = write("pass.toml", &dev(known, "pass", "r"));
+    let ex_dup = write("dup.toml", &format!("{0}{0}", dev(known, "fail", "r")));
+    let ex_field = write(
+        "field.toml",
+        &format!("{}bogus = 1\n", dev(known, "fail", "r")),
+    );
+    let ex_reason = write("reason.toml", &dev(known, "fail", " "));
+    let ex_syntax = write("syntax.toml", "[[deviation]\nid =");
+    let not_elf = write("notelf", "hello");
+    let img_entry = patched(dir, "entry", |b, elf| {
+        let r = rodata(elf);
+        put_u64(b, 0x18, r)
+    });
+    let img_filesz = patched(dir, "filesz", |b, elf| {
+        let ph = first_load(elf);
+        let memsz = u64::from_le_bytes(b[ph + 0x28..ph + 0x30].try_into().expect("8"));
+        put_u64(b, ph + 0x20, memsz + 0x1000);
+    });
+    let img_case_entry = patched(dir, "case-entry", |b, elf| {
+        let s = case_section(elf);
+        let r = rodata(elf);
+        put_u64(b, s + abi::case::ENTRY_OFFSET, r);
+    });
+    let img_dup = patched(dir, "dup", |b, elf| {
+        let s = case_section(elf);
+        let size = abi::case::CASE_DESC_SIZE;
+        let name: Vec<u8> = b[s + 24..s + 24 + abi::case::NAME_LEN].to_vec();
+        b[s + size + 24..s + size + 24 + abi::case::NAME_LEN].copy_from_slice(&name);
+    });
+    let img_empty = patched(dir, "empty", |b, elf| {
+        let s = case_section(elf);
+        b[s + 24..s + 24 + abi::case::NAME_LEN].fill(0);
+    });
+    let img_magic = patched(dir, "magic", |b, elf| {
+        let s = case_section(elf);
+        b[s..s + 4].fill(0);
+    });
+    let img_vcpus = patched(dir, "vcpus", |b, elf| {
+        let s = case_section(elf);
+        b[s + 20..s + 22].fill(0);
+    });
+    let img_area = patched(dir, "area", |b, elf| {
+        let s = case_section(elf);
+        b[s + 6] = 200;
+    });
+    let img_trunc = patched(dir, "trunc", |b, _| {
+        let n = b.len() / 2;
+        b.truncate(n);
+    });
+    let p = |p: &PathBuf| p.to_str().expect("utf-8").to_string();
+    let bad_jsonl_dir = dir.join("badlog");
+    std::fs::create_dir_all(&bad_jsonl_dir).expect("mkdir");
+    std::fs::write(bad_jsonl_dir.join("report.jsonl"), "{not json}\n{}\n").expect("write");
+    let bad_log = p(&bad_jsonl_dir.join("report.json"));
+
+    let conf = |extra: &[&str]| -> Vec<String> {
+        let mut v: Vec<String> = vec!["conformance".into()];
+        v.extend(extra.iter().map(|s| s.to_string()));
+        v
+    };
+    let with_image = |image: &str, extra: &[&str]| -> Vec<String> {
+        let mut v = conf(&["--report", &rep, "--image", image]);
+        v.extend(extra.iter().map(|s| s.to_string()));
+        v
+    };
+    let corpus: Vec<(&str, Vec<String>, &str)> = vec![
+        ("timeout 0", conf(&["--timeout-ms", "0"]), "timeout"),
+        (
+            "timeout below floor",
+            conf(&["--timeout-ms", "50"]),
+            "timeout",
+        ),
+        (
+            "timeout above an hour",
+            conf(&["--timeout-ms", "99999999999"]),
+            "timeout",
+        ),
+        ("jobs 0", conf(&["--jobs", "0"]), "jobs"),
+        ("jobs 1000", conf(&["--jobs", "1000"]), "jobs"),
+        ("unknown env", conf(&["--env", "bogus"]), "environment"),
+        ("empty env", conf(&["--env", "hvm64,"]), "environment"),
+        (
+            "target not implemented",
+            conf(&["--target", "qemu"]),
+            "not implemented",
+        ),
+        (
+            "report is a directory",
+            conf(&["--report", dir.to_str().expect("utf-8")]),
+            "directory",
+        ),
+        (
+            "report dir not creatable",
+            conf(&["--report", "/proc/pvmc/report.json"]),
+            "directory",
+        ),
+        (
+            "report ends in slash",
+            conf(&["--report", "out/"]),
+            "directory",
+        ),
+        (
+            "junit same as report",
+            conf(&["--report", &rep, "--junit", &rep]),
+            "same file",
+        ),
+        (
+            "junit on the progress log",
+            conf(&["--report", &rep, "--junit", &rep.replace(".json", ".jsonl")]),
+            "same file",
+        ),
+        (
+            "report on its own progress log",
+            conf(&["--report", &rep.replace(".json", ".jsonl")]),
+            "same file",
+        ),
+        (
+            "junit is a directory",
+            conf(&["--junit", dir.to_str().expect("utf-8")]),
+            "directory",
+        ),
+        ("list with resume", conf(&["--list", "--resume"]), "resume"),
+        (
+            "expectations missing",
+            conf(&["--expectations", "/nonexistent.toml"]),
+            "expectations",
+        ),
+        (
+            "expectations syntax",
+            conf(&["--expectations", &ex_syntax]),
+            "expectations",
+        ),
+        (
+            "expectations unknown instance",
+            with_image(&img, &["--expectations", &ex_unknown]),
+            "io.nope~hvm64",
+        ),
+        (
+            "expectations unknown instance with --list",
+            vec![
+                "conformance".into(),
+                "--list".into(),
+                "--image".into(),
+                img.clone(),
+                "--expectations".into(),
+                ex_unknown.clone(),
+            ],
+            "io.nope~hvm64",
+        ),
+        (
+            "expectations outcome pass",
+            conf(&["--expectations", &ex_pass]),
+            "outcome",
+        ),
+        (
+            "expectations duplicate",
+            conf(&["--expectations", &ex_dup]),
+            "twice",
+        ),
+        (
+            "expectations unknown field",
+            conf(&["--expectations", &ex_field]),
+            "bogus",
+        ),
+        (
+            "expectations empty reason",
+            conf(&["--expectations", &ex_reason]),
+            "reason",
+        ),
+        (
+            "image missing",
+            with_image("/nonexistent/guest", &[]),
+            "/nonexistent/guest",
+        ),
+        ("image not ELF", with_image(&not_elf, &[]), "not an ELF"),
+        ("image truncated", with_image(&p(&img_trunc), &[]), "trunc"),
+        (
+            "entry outside executable segments",
+            with_image(&p(&img_entry), &[]),
+            "entry point",
+        ),
+        (
+            "p_filesz > p_memsz",
+            with_image(&p(&img_filesz), &[]),
+            "p_filesz",
+        ),
+        (
+            "case entry not executable",
+            with_image(&p(&img_case_entry), &[]),
+            "executable segment",
+        ),
+        (
+            "duplicate case names",
+            with_image(&p(&img_dup), &[]),
+            "declared twice",
+        ),
+        (
+            "empty case name",
+            with_image(&p(&img_empty), &[]),
+            "empty name",
+        ),
+        (
+            "bad descriptor magic",
+            with_image(&p(&img_magic), &[]),
+            "magic",
+        ),
+        ("zero vCPUs", with_image(&p(&img_vcpus), &[]), "vcpus"),
+        (
+            "unknown area",
+            with_image(&p(&img_area), &[]),
+            "unknown area",
+        ),
+        (
+            "filter matches nothing",
+            with_image(&img, &["--filter", "no-such-case"]),
+            "matches no case",
+        ),
+        (
+            "resume without a log",
+            conf(&[
+                "--resume",
+                "--image",
+                &img,
+                "--report",
+                &p(&dir.join("fresh/report.json")),
+            ]),
+            "resume",
+        ),
+        (
+            "resume from a garbled log",
+            conf(&["--resume", "--image", &img, "--report", &bad_log]),
+            "line 1",
+        ),
+        (
+            "bench repetitions 1",
+            vec!["bench".into(), "--repetitions".into(), "1".into()],
+            "repetitions",
+        ),
+        (
+            "bench timeout 0",
+            vec!["bench".into(), "--timeout-ms".into(), "0".into()],
+            "timeout",
+        ),
+        (
+            "bench compare missing",
+            vec![
+                "bench".into(),
+                "--compare".into(),
+                "/nonexistent/a.json".into(),
+                "/nonexistent/b.json".into(),
+            ],
+            "/nonexistent/a.json",
+        ),
+        (
+            "bench compare not a report",
+            vec![
+                "bench".into(),
+                "--compare".into(),
+                not_elf.clone(),
+                not_elf.clone(),
+            ],
+            "not a bench report",
+        ),
+        (
+            "bench target not implemented",
+            vec!["bench".into(), "--target".into(), "gce".into()],
+            "not implemented",
+        ),
+    ];
+    assert!(corpus.len() >= 25, "the corpus has {} inputs", corpus.len());
+    for (what, args, keyword) in &corpus {
+        let out = run(xtask().args(args).current_dir(dir));
+        assert_bad(&out, what, keyword);
+    }
+    // clap's own usage errors: exit 2, no panic.
+    let out = run(xtask().args(["conformance", "--bogus"]));
+    assert_eq!(out.status.code(), Some(2));
+    assert!(!String::from_utf8_lossy(&out.stderr).contains("panicked"));
+}
+
+fn jsonl_ids(path: &Path) -> Vec<String> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter_map(|v| v["result"]["id"].as_str().map(String::from))
+        .collect()
+}
+
+fn read_report(path: &Path) -> Value {
+    serde_json::from_str(&std::fs::read_to_string(path).expect("report readable"))
+        .expect("report is JSON")
+}
+
+fn wait_for_lines(path: &Path, n: usize, child: &mut std::process::Child) {
+    let t0 = Instant::now();
+    while jsonl_ids(path).len() < n {
+        assert!(
+            child.try_wait().expect("wait").is_none(),
+            "the run ended before {n} instances finished"
+        );
+        assert!(t0.elapsed() < Duration::from_secs(60), "no progress");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn signal(child: &std::process::Child, sig: libc::c_int) {
+    let ok = Command::new("kill")
+        .arg(format!("-{sig}"))
+        .arg(child.id().to_string())
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(ok, "kill -{sig} {} failed", child.id());
+}
+
+fn long_run(report: &Path) -> Command {
+    let mut c = xtask();
+    c.args(["conformance", "--selftest", "--jobs", "1", "--report"])
+        .arg(report)
+        .arg("--image")
+        .arg(image())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    c
+}
+
+fn assert_each_once(ids: &[String]) {
+    let set: HashSet<&String> = ids.iter().collect();
+    assert_eq!(set.len(), ids.len(), "an instance appears twice: {ids:?}");
+}
+
+#[test]
+fn interrupted_runs_report_what_finished_and_resume_completes_them() {
+    if !kvm_usable() {
+        eprintln!("no usable /dev/kvm: skipping the interruption test");
+        return;
+    }
+    let d = tempfile::tempdir().expect("tempdir");
+    for (sig, code) in [(libc::SIGINT, 130), (libc::SIGTERM, 143)] {
+        let report = d.path().join(format!("{sig}/report.json"));
+        let progress = report.with_extension("jsonl");
+        let mut child = long_run(&report).spawn().expect("spawn");
+        wait_for_lines(&progress, 3, &mut child);
+        signal(&child, sig);
+        let out = child.wait_with_output().expect("wait");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(code), "stderr:\n{err}");
+        assert!(!err.contains("panicked"), "{err}");
+        let r = read_report(&report);
+        assert_eq!(r["interrupted"], true);
+        assert_eq!(r["state"], "interrupted");
+        let ids: Vec<String> = r["cases"]
+            .as_array()
+            .expect("cases")
+            .iter()
+            .filter_map(|c| c["id"].as_str().map(String::from))
+            .collect();
+        assert_each_once(&ids);
+        let logged = jsonl_ids(&progress);
+        assert_each_once(&logged);
+        assert_eq!(
+            ids.iter().collect::<HashSet<_>>(),
+            logged.iter().collect::<HashSet<_>>(),
+            "the report holds exactly the finished instances"
+        );
+        assert!(ids.len() < r["summary"]["selected"].as_u64().expect("selected") as usize);
+        for l in std::fs::read_to_string(&progress).expect("log").lines() {
+            let v: Value = serde_json::from_str(l).expect("line is JSON");
+            assert_eq!(
+                v["run"]["run_id"], r["run"]["run_id"],
+                "every line names the run"
+            );
+            assert!(v["run"]["host"]["kernel"].is_string() && v["run"]["started"].is_string());
+        }
+        if sig == libc::SIGINT {
+            // Resume the SIGINT run here; the SIGTERM round starts a fresh one.
+            let out = run(long_run(&report).arg("--resume"));
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert_eq!(
+                out.status.code(),
+                Some(1),
+                "selftests FAIL by design; stderr:\n{err}"
+            );
+            assert!(err.contains("resuming run"), "{err}");
+            let r2 = read_report(&report);
+            assert_eq!(r2["state"], "complete");
+            assert_eq!(r2["interrupted"], false);
+            assert_eq!(
+                r2["run"]["run_id"], r["run"]["run_id"],
+                "the resumed run keeps its id"
+            );
+            let all: Vec<String> = r2["cases"]
+                .as_array()
+                .expect("cases")
+                .iter()
+                .filter_map(|c| c["id"].as_str().map(String::from))
+                .collect();
+            assert_each_once(&all);
+            assert_eq!(
+                all.len() as u64,
+                r2["summary"]["selected"].as_u64().expect("n")
+            );
+            assert_eq!(
+                jsonl_ids(&progress).len(),
+                all.len(),
+                "finished instances were not repeated"
+            );
+        }
+    }
+}
+
+#[test]
+fn a_second_run_into_the_same_outputs_is_refused() {
+    if !kvm_usable() {
+        eprintln!("no usable /dev/kvm: the first run would end at once; skipping");
+        return;
+    }
+    let d = tempfile::tempdir().expect("tempdir");
+    let report = d.path().join("report.json");
+    let lock = d.path().join("report.json.lock");
+    let mut first = long_run(&report).spawn().expect("spawn");
+    let t0 = Instant::now();
+    while std::fs::read_to_string(&lock).map_or(true, |s| s.is_empty()) {
+        assert!(
+            t0.elapsed() < Duration::from_secs(30),
+            "the first run never locked"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let t = Instant::now();
+    let second = run(long_run(&report).stderr(Stdio::piped()));
+    assert!(
+        t.elapsed() < Duration::from_secs(5),
+        "the refusal was not at once"
+    );
+    assert_bad(&second, "second run", "another run");
+    let err = String::from_utf8_lossy(&second.stderr);
+    assert!(err.contains(&format!("pid {}", first.id())), "{err}");
+    signal(&first, libc::SIGINT);
+    let _ = first.wait();
+}
+
+#[test]
+fn list_into_a_closed_pipe_exits_0_and_into_a_full_disk_exits_2() {
+    let mut child = xtask()
+        .args(["conformance", "--list", "--selftest", "--image"])
+        .arg(image())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let stdout = child.stdout.take().expect("stdout");
+    let mut first = String::new();
+    BufReader::new(stdout)
+        .read_line(&mut first)
+        .expect("a line");
+    assert!(first.contains('~'), "{first}");
+    let out = child.wait_with_output().expect("wait");
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let full = std::fs::OpenOptions::new()
+        .write(true)
+        .open("/dev/full")
+        .expect("/dev/full");
+    let out = run(xtask()
+        .args(["conformance", "--list", "--image"])
+        .arg(image())
+        .stdout(full));
+    assert_bad(&out, "--list > /dev/full", "stdout");
+}
+
+#[test]
+fn require_kvm_turns_nothing_could_run_into_status_2() {
+    let d = tempfile::tempdir().expect("tempdir");
+    let report = d.path().join("r.json");
+    let base = |c: &mut Command| {
+        c.args(["conformance", "--filter", "io.", "--report"])
+            .arg(&report)
+            .arg("--image")
+            .arg(image())
+            .env("PVMC_KVM_PATH", "/nonexistent/kvm");
+    };
+    let mut c = xtask();
+    base(&mut c);
+    let out = run(c.arg("--require-kvm"));
+    assert_bad(&out, "--require-kvm without KVM", "require-kvm");
+    let mut c = xtask();
+    base(&mut c);
+    let out = run(&mut c);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r = read_report(&report);
+    let cases = r["cases"].as_array().expect("cases");
+    assert!(!cases.is_empty());
+    assert!(
+        cases
+            .iter()
+            .all(|c| c["outcome"] == "skip"
+                && c["detail"].as_str().is_some_and(|d| d.contains("KVM")))
+    );
+}
