@@ -23,8 +23,7 @@ use conformance::output::Outputs;
 use conformance::report::{self, RunInfo, RunStart, tap};
 use conformance::session::Session;
 use conformance::suite::{self, SuiteOptions};
-use conformance::target::local::LocalTarget;
-use conformance::target::{Target, TargetOptions};
+use conformance::target::{TargetKind, TargetOptions};
 use runner::vm::Cancel;
 
 use crate::out::{errln, outln};
@@ -35,27 +34,12 @@ pub const MIN_TIMEOUT_MS: u64 = 100;
 /// Timeouts above this (an hour) are a usage error too.
 pub const MAX_TIMEOUT_MS: u64 = 3_600_000;
 
-/// Where the suite runs.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
-pub enum TargetName {
-    /// This machine's /dev/kvm.
-    Local,
-    /// A nested KVM host in QEMU (not implemented yet).
-    Qemu,
-    /// A remote host over ssh (not implemented yet).
-    Ssh,
-    /// A Google Compute Engine VM (not implemented yet).
-    Gce,
-    /// The reference model of the upstream ABI (not implemented yet).
-    Model,
-}
-
 /// Where and what to run: shared by `conformance` and `bench`.
 #[derive(Debug, clap::Args)]
 pub struct Where {
-    /// Where to run.
-    #[arg(long, value_enum, default_value = "local")]
-    pub target: TargetName,
+    /// Where to run (local; qemu, ssh, gce and model are not implemented yet).
+    #[arg(long, default_value = "local", value_parser = target_kind)]
+    pub target: TargetKind,
     /// Environments, comma separated (default: every one the guest implements).
     #[arg(long, value_delimiter = ',')]
     pub env: Vec<String>,
@@ -64,14 +48,17 @@ pub struct Where {
     pub filter: Vec<String>,
 }
 
+fn target_kind(s: &str) -> Result<TargetKind, String> {
+    TargetKind::from_name(s).ok_or_else(|| {
+        let all: Vec<_> = TargetKind::ALL.iter().map(|k| k.name()).collect();
+        format!("unknown target {s:?} (known: {})", all.join(", "))
+    })
+}
+
 impl Where {
-    /// Refuses targets that do not exist yet.
+    /// Refuses targets that do not exist yet (before anything is built).
     pub fn check_target(&self) -> anyhow::Result<()> {
-        if self.target != TargetName::Local {
-            let name = format!("{:?}", self.target).to_lowercase();
-            bail!("--target {name} is not implemented yet; only --target local is");
-        }
-        Ok(())
+        conformance::target::available(self.target).map_err(anyhow::Error::msg)
     }
 
     /// The environments, parsed and with duplicates merged.
@@ -253,7 +240,8 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         bail!("internal: outputs not validated");
     };
 
-    let target = LocalTarget::new(Arc::clone(&catalog.image));
+    let target = conformance::target::open(args.on.target, Arc::clone(&catalog.image))
+        .map_err(anyhow::Error::msg)?;
     if args.require_kvm
         && let Err(why) = target.usable()
     {
@@ -311,7 +299,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         indicatif::ProgressBar::hidden()
     };
     let mut log_err = None;
-    let ran = suite::run(&target, &pending, &opts, &mut |done, total, r| {
+    let ran = suite::run(target.as_ref(), &pending, &opts, &mut |done, total, r| {
         bar.suspend(|| {
             errln!(
                 "[{done:>3}/{total}] {:<5} {} ({:.1} ms)",

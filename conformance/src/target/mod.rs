@@ -5,17 +5,92 @@
 //! the suite nor the reports.
 //!
 //! - [`local`]: this machine's `/dev/kvm`.
+//!
+//! [`open`] turns a [`TargetKind`] into a target; adding a target is its module here and its
+//! arm in [`open`].
 
 pub mod local;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use abi::env::{Env, GuestSupport};
 use runner::detect::HostInfo;
 use runner::vm::Cancel;
 
+use runner::image::GuestImage;
+
 use crate::catalog::Instance;
 use crate::result::CaseResult;
+
+/// The targets the command line can name.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TargetKind {
+    /// This machine's `/dev/kvm`.
+    Local,
+    /// A nested KVM host in QEMU.
+    Qemu,
+    /// A remote host over ssh.
+    Ssh,
+    /// A Google Compute Engine VM.
+    Gce,
+    /// The reference model of the upstream ABI.
+    Model,
+}
+
+impl TargetKind {
+    /// Every kind, in `--help` order.
+    pub const ALL: [TargetKind; 5] = [
+        TargetKind::Local,
+        TargetKind::Qemu,
+        TargetKind::Ssh,
+        TargetKind::Gce,
+        TargetKind::Model,
+    ];
+
+    /// Name on the command line and in reports.
+    pub const fn name(self) -> &'static str {
+        match self {
+            TargetKind::Local => "local",
+            TargetKind::Qemu => "qemu",
+            TargetKind::Ssh => "ssh",
+            TargetKind::Gce => "gce",
+            TargetKind::Model => "model",
+        }
+    }
+
+    /// Parses [`TargetKind::name`].
+    pub fn from_name(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|k| k.name() == s)
+    }
+}
+
+fn not_implemented(kind: TargetKind) -> String {
+    format!(
+        "--target {} is not implemented yet; only --target local is",
+        kind.name()
+    )
+}
+
+/// Whether `kind` exists yet (cheap: for refusing it before anything is built).
+pub fn available(kind: TargetKind) -> Result<(), String> {
+    match kind {
+        TargetKind::Local => Ok(()),
+        TargetKind::Qemu | TargetKind::Ssh | TargetKind::Gce | TargetKind::Model => {
+            Err(not_implemented(kind))
+        }
+    }
+}
+
+/// The target `kind`, ready to run instances of `image`; `Err` names what is missing.
+pub fn open(kind: TargetKind, image: Arc<GuestImage>) -> Result<Box<dyn Target>, String> {
+    match kind {
+        TargetKind::Local => Ok(Box::new(local::LocalTarget::new(image))),
+        TargetKind::Qemu | TargetKind::Ssh | TargetKind::Gce | TargetKind::Model => {
+            Err(not_implemented(kind))
+        }
+    }
+}
 
 /// How a target runs its instances.
 #[derive(Clone, Debug)]
