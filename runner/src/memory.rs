@@ -1,58 +1,39 @@
-//! Guest RAM of the KVM backend: one anonymous private mapping, registered as memslot 0 at
-//! GPA 0.
-
-use std::ptr::NonNull;
+//! Guest RAM of the KVM backend: one anonymous private mapping (memmap2), registered as
+//! memslot 0 at GPA 0. Host code copies in and out through raw pointers, never through a Rust
+//! reference into the mapping, because the guest's vCPUs write it concurrently.
 
 use crate::vm::GuestRam;
 use crate::{Result, RunnerError};
 
-/// An owned anonymous mapping used as guest RAM. Unmapped on drop.
+/// An owned anonymous mapping used as guest RAM (memmap2), unmapped on drop.
 #[derive(Debug)]
 pub struct MmapRam {
-    ptr: NonNull<u8>,
+    map: memmap2::MmapMut,
+    /// `map`'s start, exposed once for writes through `&self` (`MmapMut` only hands out a
+    /// mutable pointer through `&mut`, but the guest and the host share the bytes anyway).
+    base: usize,
     size: u64,
 }
 
-// SAFETY: the mapping is owned exclusively by this value; moving it to another thread moves
-// that ownership.
-unsafe impl Send for MmapRam {}
-
-// SAFETY: the memory is shared with the guest's vCPUs anyway, so every access is a volatile
-// byte copy through a raw pointer (never a Rust reference into the mapping); concurrent
-// accesses from host threads are as well defined as the guest's own.
-unsafe impl Sync for MmapRam {}
-
 impl MmapRam {
-    /// Maps `size` bytes of zeroed anonymous memory.
+    /// Maps `size` bytes of zeroed anonymous memory (not reserved in swap: guests touch little
+    /// of it).
     pub fn new(size: u64) -> Result<Self> {
-        // SAFETY: an anonymous private mapping with no address hint has no preconditions; the
-        // result is checked against MAP_FAILED.
-        let p = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                size as usize,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
-                -1,
-                0,
-            )
-        };
-        if p == libc::MAP_FAILED {
-            return Err(RunnerError::Mmap {
-                size,
-                error: std::io::Error::last_os_error(),
-            });
-        }
-        let ptr = NonNull::new(p.cast::<u8>()).ok_or(RunnerError::Mmap {
-            size,
-            error: std::io::Error::other("null mapping"),
-        })?;
-        Ok(Self { ptr, size })
+        let mmap_err = |error| RunnerError::Mmap { size, error };
+        let len =
+            usize::try_from(size).map_err(|_| mmap_err(std::io::Error::other("too large")))?;
+        let mut map = memmap2::MmapOptions::new()
+            .len(len)
+            .no_reserve_swap()
+            .map_anon()
+            .map_err(mmap_err)?;
+        let base = map.as_mut_ptr().expose_provenance();
+        Ok(Self { map, base, size })
     }
 
     /// Host address of GPA 0 (for the memslot).
     pub fn host_addr(&self) -> u64 {
-        self.ptr.as_ptr() as u64
+        self.map.as_ptr() as u64
     }
 
     fn check(&self, gpa: u64, len: usize) -> Result<usize> {
@@ -73,11 +54,15 @@ impl GuestRam for MmapRam {
 
     fn write(&self, gpa: u64, data: &[u8]) -> Result<()> {
         let off = self.check(gpa, data.len())?;
-        // SAFETY: the range is inside the mapping (checked); the source is a distinct host
-        // buffer. Host code writes guest RAM only while no vCPU of this VM runs (before the
+        // SAFETY: the range is inside the mapping (checked), which lives as long as `self` and
+        // whose start `base` exposed; the source is a distinct host buffer. Host code writes guest RAM only while no vCPU of this VM runs (before the
         // run), so nothing else accesses the bytes concurrently.
         unsafe {
-            std::ptr::copy_nonoverlapping(data.as_ptr(), self.ptr.as_ptr().add(off), data.len())
+            std::ptr::copy_nonoverlapping(
+                data.as_ptr(),
+                std::ptr::with_exposed_provenance_mut::<u8>(self.base + off),
+                data.len(),
+            )
         }
         Ok(())
     }
@@ -88,18 +73,9 @@ impl GuestRam for MmapRam {
         // a report message; the guest does not change a message until the exit that hands it
         // over returns, so the bytes are stable, and a byte copy cannot create invalid values.
         unsafe {
-            std::ptr::copy_nonoverlapping(self.ptr.as_ptr().add(off), out.as_mut_ptr(), out.len())
+            std::ptr::copy_nonoverlapping(self.map.as_ptr().add(off), out.as_mut_ptr(), out.len())
         }
         Ok(())
-    }
-}
-
-impl Drop for MmapRam {
-    fn drop(&mut self) {
-        // SAFETY: ptr/size describe the mapping created in `new`, unmapped exactly once here.
-        unsafe {
-            libc::munmap(self.ptr.as_ptr().cast(), self.size as usize);
-        }
     }
 }
 
