@@ -254,3 +254,24 @@ pub fn dispatch(frame: &mut Frame) {
         ),
     );
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exceptions_print_their_mnemonic_and_fault_address() {
+        extern crate std;
+        use std::format;
+        assert_eq!(Exception::gp(0xda).mnemonic(), "#GP");
+        assert_eq!(Exception::new(0x2e).mnemonic(), "IRQ");
+        assert_eq!(
+            format!("{:?}", Exception::pf(pfec::W, 0x7000)),
+            "#PF(vec=14, ec=0x2, cr2=0x7000)"
+        );
+        assert_eq!(
+            format!("{:?}", Exception::new(vector::UD)),
+            "#UD(vec=6, ec=0x0)"
+        );
+    }
+}

@@ -243,3 +243,28 @@ impl AsValue for crate::exception::Exception {
         None
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fixed_writer_truncates_and_keeps_a_final_nul() {
+        // Message fields start zeroed; the writer never touches the last byte.
+        let mut buf = [0u8; 8];
+        fill(&mut buf, format_args!("{}-{}", "abcdef", 12345));
+        assert_eq!(&buf, b"abcdef-\0");
+        let mut small = [0u8; 1];
+        fill(&mut small, format_args!("x"));
+        assert_eq!(small, [0], "no room: nothing written");
+    }
+
+    #[test]
+    fn the_worst_status_wins_and_fail_outranks_error() {
+        record(GuestStatus::Skip);
+        record(GuestStatus::Error);
+        record(GuestStatus::Fail);
+        record(GuestStatus::Error);
+        assert_eq!(worst(), GuestStatus::Fail);
+    }
+}

@@ -8,6 +8,7 @@
 //! - guest-side crates depend only on their allowlisted crates;
 //! - no code outside the environment modules tests which environment it runs in;
 //! - host checks are matched exhaustively (no catch-all arm in `conformance::host_check`);
+//! - guest code never executes VMCALL/VMMCALL;
 //! - the guest crates pass clippy (`-D warnings`) for `x86_64-unknown-none`, which the host
 //!   build never compiles them for;
 //! - `cargo doc --workspace --no-deps` builds with `-D warnings`.
@@ -29,7 +30,7 @@ mod tests {
     const GUEST_DEPS: &[(&str, &[&str])] = &[
         ("abi", &[]),
         ("guest-lib", &["abi"]),
-        ("conformance-guest", &["guest-lib"]),
+        ("conformance-guest", &["guest-lib", "abi"]),
     ];
     /// The only files that may look at which environment runs: where environments are
     /// declared and where the guest picks its module.
@@ -256,6 +257,32 @@ mod tests {
         assert!(
             offenders.is_empty(),
             "code outside {ENV_DISPATCH_ALLOWED:?} branches on the environment: {offenders:#?}"
+        );
+    }
+
+    #[test]
+    fn guests_never_use_vmcall() {
+        let all = sources();
+        let guest: Vec<&(String, String)> = all
+            .iter()
+            .filter(|(p, _)| p.starts_with("guest-lib/") || p.starts_with("conformance/guest/"))
+            .collect();
+        assert!(guest.len() > 15, "only {} guest sources", guest.len());
+        let offenders: Vec<String> = guest
+            .iter()
+            .flat_map(|(p, t)| {
+                code_lines(t)
+                    .filter(|(_, l)| {
+                        let l = l.to_lowercase();
+                        l.contains("vmcall") || l.contains("vmmcall")
+                    })
+                    .map(move |(n, _)| format!("{p}:{n}"))
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        assert!(
+            offenders.is_empty(),
+            "VMCALL/VMMCALL in guest code (it reaches past a nested host): {offenders:?}"
         );
     }
 

@@ -9,16 +9,16 @@
 //! - [`cell`]: [`PerCpu`], [`BootCell`], [`AtomicHook`]: global state that is sound with
 //!   several vCPUs.
 //! - [`instr`]: single instructions and their `_safe` forms.
-//! - [`tables`]: GDT, TSS and IDT.
-//! - [`stubs`]: the assembly entry points of each environment.
+//! - `tables`: GDT, TSS and IDT.
+//! - `stubs`: the assembly entry points of each environment.
 //! - `entry`: `_start`, the Rust functions the stubs call, user-mode entry and exit.
 //! - `mem`: raw guest-physical access for the library's own page tables and frames.
 
 pub mod cell;
 pub mod instr;
 pub(crate) mod mem;
-pub mod stubs;
-pub mod tables;
+pub(crate) mod stubs;
+pub(crate) mod tables;
 
 #[cfg(target_os = "none")]
 mod entry;

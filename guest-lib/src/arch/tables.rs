@@ -161,3 +161,26 @@ fn load_tr(sel: u16) {
     // SAFETY: the selector names the TSS descriptor written by `init`, whose TSS is a static.
     unsafe { asm!("ltr {0:x}", in(reg) sel, options(att_syntax, nostack)) }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gates_split_the_handler_address_and_carry_the_dpl() {
+        let (lo, hi) = gate(0x1234_5678_9abc_def0, 3);
+        assert_eq!(lo & 0xffff, 0xdef0);
+        assert_eq!((lo >> 16) & 0xffff, u64::from(KERNEL_CS));
+        assert_eq!(
+            (lo >> 40) & 0xff,
+            0x8e | (3 << 5),
+            "present interrupt gate, DPL 3"
+        );
+        assert_eq!(lo >> 48, 0x9abc);
+        assert_eq!(hi, 0x1234_5678);
+        // Gate v of a 4 KiB-aligned stub block is gate 0 plus 16 * v (what `init` relies on).
+        let (g0, _) = gate(0x20_1000, 0);
+        let (g47, _) = gate(0x20_1000 + 16 * 47, 0);
+        assert_eq!(g47, g0 + 16 * 47);
+    }
+}

@@ -1,6 +1,6 @@
 //! hvm64: an ordinary x86-64 kernel at CPL0 with its own GDT, TSS and IDT. Events arrive
-//! through the IDT ([`crate::arch::stubs::idt`]) and return with `iretq`/`sysretq`
-//! ([`crate::arch::stubs::hvm64`]); interrupts are gated by RFLAGS.IF. There is no hypercall
+//! through the IDT (`arch::stubs::idt`) and return with `iretq`/`sysretq`
+//! (`arch::stubs::hvm64`); interrupts are gated by RFLAGS.IF. There is no hypercall
 //! and no paravirtual service.
 
 use abi::env::Env;

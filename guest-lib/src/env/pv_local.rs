@@ -4,7 +4,7 @@
 //! Setup registers the vCPU's VIF page first, which switches guest CPL0 code from the
 //! emulated path to native execution in hardware ring 3 (so the rest of the setup runs at
 //! native speed). Events arrive through the guest's own IDT, as in hvm64, but the dialect only
-//! enters CPL3 through its IRET_FRAME hypercall ([`crate::arch::stubs::pv_local`]). The
+//! enters CPL3 through its IRET_FRAME hypercall (`arch::stubs::pv_local`). The
 //! interrupt flag is byte 0 of the VIF page (`cli`/`sti` do not gate delivery). Hypercalls are
 //! `int $0x1b` with RAX = number, RBX, RCX, RDX = arguments.
 //!
@@ -12,8 +12,8 @@
 //! functions here: [`hypercall`] (raw result), [`signature`], [`pv_cpuid`].
 
 use abi::env::Env;
-use abi::layout::{BootInfo, vif_gpa};
-use abi::local::{ENOSYS, MSR_SIGNATURE, VIF_ENABLE, hc};
+use abi::layout::BootInfo;
+use abi::local::{ENOSYS, MSR_SIGNATURE, hc};
 
 use super::{EnvError, Environment};
 use crate::arch::stubs::{self, pv_local as raw};
@@ -22,10 +22,6 @@ use crate::exception::Exception;
 
 /// The pv-local environment.
 pub struct PvLocal;
-
-fn register_vif(cpu: u32) {
-    raw::write_vif_msr(vif_gpa(cpu) | VIF_ENABLE);
-}
 
 /// Issues hypercall `nr`; returns RAX as the host left it, or the exception if the instruction
 /// faulted.
@@ -57,13 +53,13 @@ impl Environment for PvLocal {
     }
 
     fn init_bsp(&self, _: &BootInfo) {
-        register_vif(0);
+        raw::register_vif(0);
         tables::init();
         stubs::install_user_returns(raw::user_returns());
     }
 
     fn init_ap(&self, cpu: u32) {
-        register_vif(cpu);
+        raw::register_vif(cpu);
         tables::load_ap();
     }
 

@@ -72,10 +72,12 @@ pub fn pv_cpuid_safe(leaf: u32, sub: u32) -> Result<[u32; 4], Exception> {
     Ok([a, b as u32, c, d])
 }
 
-/// Writes the VIF/PV-control MSR (page GPA | enable bits) of this vCPU.
-pub fn write_vif_msr(value: u64) {
+/// Registers vCPU `cpu`'s VIF page (`abi::layout::vif_gpa`) with the enable bit, on that
+/// vCPU: from then on its CPL0 code runs natively.
+pub fn register_vif(cpu: u32) {
+    let value = abi::layout::vif_gpa(cpu) | abi::local::VIF_ENABLE;
     // SAFETY: this MSR changes how CPL0 code is executed (emulated or native), not the memory
-    // model; the page it names is reserved for it in the guest layout (`abi::layout::vif_gpa`).
+    // model; the page it names (which the host writes) is reserved for it in the guest layout.
     unsafe { crate::arch::instr::wrmsr(MSR_VIF, value) }
 }
 
