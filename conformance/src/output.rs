@@ -3,10 +3,10 @@
 //!
 //! - [`Outputs::new`] checks every path at once: not a directory, its directory creatable and
 //!   writable, no two outputs (or their lock files) on one path.
-//! - [`Outputs::lock`] takes an exclusive lock on `<output>.lock` for each output, with the
+//! - [`Outputs::lock`] takes an exclusive lock on `.<output>.lock` for each output, with the
 //!   holder's PID and run id inside: a second run into the same paths is refused at once, with
 //!   an error naming the run that holds them. The lock is an `flock`, so it dies with its
-//!   process (even SIGKILL); the small lock files stay behind.
+//!   process (even SIGKILL); the small hidden lock files stay behind.
 //! - [`write_atomic`] writes a temporary file in the same directory and renames it over the
 //!   target, so a reader (or a crash) never sees half a report.
 
@@ -62,10 +62,12 @@ fn resolve(path: &Path, what: &str) -> Result<PathBuf, Error> {
     Ok(dir.join(name))
 }
 
-fn lock_path(p: &Path) -> PathBuf {
-    let mut s = p.as_os_str().to_owned();
-    s.push(".lock");
-    PathBuf::from(s)
+/// `<dir>/.<name>.lock` for output `<dir>/<name>`.
+pub fn lock_path(p: &Path) -> PathBuf {
+    let mut name = std::ffi::OsString::from(".");
+    name.push(p.file_name().unwrap_or_default());
+    name.push(".lock");
+    p.with_file_name(name)
 }
 
 impl Outputs {

@@ -546,7 +546,7 @@ fn a_second_run_into_the_same_outputs_is_refused() {
     }
     let d = tempfile::tempdir().expect("tempdir");
     let report = d.path().join("report.json");
-    let lock = d.path().join("report.json.lock");
+    let lock = conformance::output::lock_path(&report);
     let mut first = long_run(&report).spawn().expect("spawn");
     let t0 = Instant::now();
     while std::fs::read_to_string(&lock).map_or(true, |s| s.is_empty()) {
