@@ -132,6 +132,21 @@ mod tests {
             .filter(|(_, l)| !l.starts_with("//"))
     }
 
+    /// `path:line: code` for every code line of `files` that `pred` accepts.
+    fn matching_lines<'a>(
+        files: impl Iterator<Item = &'a (String, String)>,
+        pred: impl Fn(&str) -> bool,
+    ) -> Vec<String> {
+        files
+            .flat_map(|(p, t)| {
+                code_lines(t)
+                    .filter(|(_, l)| pred(l))
+                    .map(|(n, l)| format!("{p}:{n}: {l}"))
+                    .collect::<Vec<_>>()
+            })
+            .collect()
+    }
+
     #[test]
     fn every_module_has_a_doc() {
         let missing: Vec<_> = sources()
@@ -243,17 +258,12 @@ mod tests {
             "Env::Hvm64 =>",
             "pv_local: bool",
         ];
-        let offenders: Vec<String> = sources()
+        let all = sources();
+        let files = all
             .iter()
             .filter(|(p, _)| !ENV_DISPATCH_ALLOWED.contains(&p.as_str()))
-            .filter(|(p, _)| !p.starts_with("xtask/src/tidy.rs"))
-            .flat_map(|(p, t)| {
-                code_lines(t)
-                    .filter(|(_, l)| PATTERNS.iter().any(|x| l.contains(x)))
-                    .map(move |(n, l)| format!("{p}:{n}: {l}"))
-                    .collect::<Vec<_>>()
-            })
-            .collect();
+            .filter(|(p, _)| !p.starts_with("xtask/src/tidy.rs"));
+        let offenders = matching_lines(files, |l| PATTERNS.iter().any(|x| l.contains(x)));
         assert!(
             offenders.is_empty(),
             "code outside {ENV_DISPATCH_ALLOWED:?} branches on the environment: {offenders:#?}"
@@ -268,18 +278,10 @@ mod tests {
             .filter(|(p, _)| p.starts_with("guest-lib/") || p.starts_with("conformance/guest/"))
             .collect();
         assert!(guest.len() > 15, "only {} guest sources", guest.len());
-        let offenders: Vec<String> = guest
-            .iter()
-            .flat_map(|(p, t)| {
-                code_lines(t)
-                    .filter(|(_, l)| {
-                        let l = l.to_lowercase();
-                        l.contains("vmcall") || l.contains("vmmcall")
-                    })
-                    .map(move |(n, _)| format!("{p}:{n}"))
-                    .collect::<Vec<_>>()
-            })
-            .collect();
+        let offenders = matching_lines(guest.into_iter(), |l| {
+            let l = l.to_lowercase();
+            l.contains("vmcall") || l.contains("vmmcall")
+        });
         assert!(
             offenders.is_empty(),
             "VMCALL/VMMCALL in guest code (it reaches past a nested host): {offenders:?}"

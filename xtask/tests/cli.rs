@@ -14,6 +14,8 @@ use std::process::{Command, Output, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
+use nix::sys::signal::Signal;
+use nix::unistd::Pid;
 use serde_json::Value;
 
 fn xtask() -> Command {
@@ -416,6 +418,15 @@ fn jsonl_ids(path: &Path) -> Vec<String> {
         .collect()
 }
 
+fn report_ids(r: &Value) -> Vec<String> {
+    r["cases"]
+        .as_array()
+        .expect("cases")
+        .iter()
+        .filter_map(|c| c["id"].as_str().map(String::from))
+        .collect()
+}
+
 fn read_report(path: &Path) -> Value {
     serde_json::from_str(&std::fs::read_to_string(path).expect("report readable"))
         .expect("report is JSON")
@@ -433,13 +444,9 @@ fn wait_for_lines(path: &Path, n: usize, child: &mut std::process::Child) {
     }
 }
 
-fn signal(child: &std::process::Child, sig: libc::c_int) {
-    let ok = Command::new("kill")
-        .arg(format!("-{sig}"))
-        .arg(child.id().to_string())
-        .status()
-        .is_ok_and(|s| s.success());
-    assert!(ok, "kill -{sig} {} failed", child.id());
+fn signal(child: &std::process::Child, sig: Signal) {
+    let pid = Pid::from_raw(i32::try_from(child.id()).expect("pid fits"));
+    nix::sys::signal::kill(pid, sig).unwrap_or_else(|e| panic!("kill {sig} {pid}: {e}"));
 }
 
 fn long_run(report: &Path) -> Command {
@@ -465,8 +472,8 @@ fn interrupted_runs_report_what_finished_and_resume_completes_them() {
         return;
     }
     let d = tempfile::tempdir().expect("tempdir");
-    for (sig, code) in [(libc::SIGINT, 130), (libc::SIGTERM, 143)] {
-        let report = d.path().join(format!("{sig}/report.json"));
+    for (sig, code) in [(Signal::SIGINT, 130), (Signal::SIGTERM, 143)] {
+        let report = d.path().join(format!("{}/report.json", sig as i32));
         let progress = report.with_extension("jsonl");
         let mut child = long_run(&report).spawn().expect("spawn");
         wait_for_lines(&progress, 3, &mut child);
@@ -478,12 +485,7 @@ fn interrupted_runs_report_what_finished_and_resume_completes_them() {
         let r = read_report(&report);
         assert_eq!(r["interrupted"], true);
         assert_eq!(r["state"], "interrupted");
-        let ids: Vec<String> = r["cases"]
-            .as_array()
-            .expect("cases")
-            .iter()
-            .filter_map(|c| c["id"].as_str().map(String::from))
-            .collect();
+        let ids = report_ids(&r);
         assert_each_once(&ids);
         let logged = jsonl_ids(&progress);
         assert_each_once(&logged);
@@ -501,7 +503,7 @@ fn interrupted_runs_report_what_finished_and_resume_completes_them() {
             );
             assert!(v["run"]["host"]["kernel"].is_string() && v["run"]["started"].is_string());
         }
-        if sig == libc::SIGINT {
+        if sig == Signal::SIGINT {
             // Resume the SIGINT run here; the SIGTERM round starts a fresh one.
             let out = run(long_run(&report).arg("--resume"));
             let err = String::from_utf8_lossy(&out.stderr);
@@ -518,12 +520,7 @@ fn interrupted_runs_report_what_finished_and_resume_completes_them() {
                 r2["run"]["run_id"], r["run"]["run_id"],
                 "the resumed run keeps its id"
             );
-            let all: Vec<String> = r2["cases"]
-                .as_array()
-                .expect("cases")
-                .iter()
-                .filter_map(|c| c["id"].as_str().map(String::from))
-                .collect();
+            let all = report_ids(&r2);
             assert_each_once(&all);
             assert_eq!(
                 all.len() as u64,
@@ -565,7 +562,7 @@ fn a_second_run_into_the_same_outputs_is_refused() {
     assert_bad(&second, "second run", "another run");
     let err = String::from_utf8_lossy(&second.stderr);
     assert!(err.contains(&format!("pid {}", first.id())), "{err}");
-    signal(&first, libc::SIGINT);
+    signal(&first, Signal::SIGINT);
     let _ = first.wait();
 }
 
