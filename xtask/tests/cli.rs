@@ -633,3 +633,55 @@ fn require_kvm_turns_nothing_could_run_into_status_2() {
                 && c["detail"].as_str().is_some_and(|d| d.contains("KVM")))
     );
 }
+
+#[test]
+fn duplicate_environments_are_merged_and_unimplemented_ones_skip() {
+    let list = |envs: &str| {
+        let out = run(xtask()
+            .args(["conformance", "--list", "--env", envs, "--image"])
+            .arg(image()));
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let once = list("hvm64");
+    assert_eq!(
+        list("hvm64,hvm64"),
+        once,
+        "--env hvm64,hvm64 lists each instance once"
+    );
+    assert!(list("pv-v1").contains("~pv-v1"), "pv-v1 has instances");
+    let d = tempfile::tempdir().expect("tempdir");
+    let report = d.path().join("r.json");
+    let out = run(xtask()
+        .args([
+            "conformance",
+            "--env",
+            "pv-v1",
+            "--filter",
+            "io.",
+            "--report",
+        ])
+        .arg(&report)
+        .arg("--image")
+        .arg(image()));
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r = read_report(&report);
+    let cases = r["cases"].as_array().expect("cases");
+    assert!(!cases.is_empty());
+    assert!(cases.iter().all(|c| {
+        c["outcome"] == "skip"
+            && c["detail"]
+                .as_str()
+                .is_some_and(|d| d.contains("does not implement environment pv-v1"))
+    }));
+}
