@@ -179,11 +179,13 @@ static EXEC_TARGET: PerCpu<Option<u64>> = PerCpu::new(None);
 static HOOK: AtomicHook<Hook> = AtomicHook::new();
 
 /// Clears the recorded exception before a `_safe` instruction.
+#[inline(always)]
 pub fn arm_fixup() {
     LAST_FIXUP.set(None);
 }
 
 /// The exception recorded since [`arm_fixup`], if any.
+#[inline(always)]
 pub fn take_fixup() -> Result<(), Exception> {
     match LAST_FIXUP.replace(None) {
         Some(e) => Err(e),

@@ -168,14 +168,10 @@ fn shadow_fill() {
             instr::invlpg(va(i).get());
         }
         let t0 = instr::rdtsc();
-        for i in 0..PAGES {
-            instr::touch_write(va(i), 1);
-        }
+        instr::touch_write_pages(TEST_VA, PAGES as u64, 1);
         let first = instr::rdtsc().wrapping_sub(t0);
         let t1 = instr::rdtsc();
-        for i in 0..PAGES {
-            instr::touch_write(va(i), 2);
-        }
+        instr::touch_write_pages(TEST_VA, PAGES as u64, 2);
         let again = instr::rdtsc().wrapping_sub(t1);
         report::sample(
             "shadow_first_touch",

@@ -30,11 +30,18 @@ const CPUS: usize = MAX_VCPUS as usize;
 /// Index of the vCPU running this code: 0 for vCPU 0 (on its supervisor, user and trap
 /// stacks, which all lie below [`USER_STACK_TOP`], also through the [`HIGH_ALIAS`]); `i` for
 /// vCPU `i` on its own stack `abi::layout::stack_top(i)`. Costs no exit on any host.
+#[inline(always)]
 pub fn cpu_index() -> u32 {
-    let mut rsp = instr::read_rsp();
-    if rsp >= HIGH_ALIAS {
-        rsp -= HIGH_ALIAS;
+    // Cheapest first (hosts that emulate CPL0 pay for every instruction): vCPU 0's stacks.
+    let rsp = instr::read_rsp();
+    if rsp <= USER_STACK_TOP {
+        return 0;
     }
+    let rsp = if rsp >= HIGH_ALIAS {
+        rsp - HIGH_ALIAS
+    } else {
+        rsp
+    };
     if rsp <= USER_STACK_TOP {
         return 0;
     }
@@ -42,8 +49,13 @@ pub fn cpu_index() -> u32 {
     if cpu < u64::from(MAX_VCPUS) {
         cpu as u32
     } else {
-        crate::error!("stack pointer {rsp:#x} belongs to no vCPU")
+        no_vcpu(rsp)
     }
+}
+
+#[cold]
+fn no_vcpu(rsp: u64) -> ! {
+    crate::error!("stack pointer {rsp:#x} belongs to no vCPU")
 }
 
 /// A value per vCPU (see the module documentation).
@@ -60,13 +72,16 @@ impl<T: Copy> PerCpu<T> {
         Self(UnsafeCell::new([v; CPUS]))
     }
 
+    #[inline(always)]
     fn slot(&self) -> *mut T {
         let cpu = cpu_index() as usize;
         // `cpu < CPUS` by construction of `cpu_index`; the pointer stays inside the array.
         self.0.get().cast::<T>().wrapping_add(cpu.min(CPUS - 1))
     }
 
-    /// This vCPU's value.
+    /// This vCPU's value. (Accessors are always inlined: on hosts that emulate CPL0 every
+    /// instruction counts, and the `_safe` primitives use them twice.)
+    #[inline(always)]
     pub fn get(&self) -> T {
         // SAFETY: the slot is inside the array and only this vCPU accesses it (see the `Sync`
         // impl); the read is a copy through a raw pointer, never a reference.
@@ -74,16 +89,22 @@ impl<T: Copy> PerCpu<T> {
     }
 
     /// Replaces this vCPU's value.
+    #[inline(always)]
     pub fn set(&self, v: T) {
         // SAFETY: as in `get`.
         unsafe { self.slot().write_volatile(v) }
     }
 
     /// Replaces this vCPU's value and returns the old one.
+    #[inline(always)]
     pub fn replace(&self, v: T) -> T {
-        let old = self.get();
-        self.set(v);
-        old
+        let slot = self.slot();
+        // SAFETY: as in `get` and `set`, on the one slot of this vCPU.
+        unsafe {
+            let old = slot.read_volatile();
+            slot.write_volatile(v);
+            old
+        }
     }
 }
 

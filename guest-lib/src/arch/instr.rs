@@ -117,23 +117,21 @@ pub unsafe fn wrmsr(msr: u32, v: u64) {
     }
 }
 
-/// MSRs that change the guest's memory model or the library's own entry points: [`wrmsr_safe`]
-/// refuses them (use the `unsafe` [`wrmsr`]).
-const UNSAFE_MSRS: [u32; 8] = [
-    msr::EFER,
-    msr::PAT,
-    msr::STAR,
-    msr::LSTAR,
-    msr::SFMASK,
-    msr::FS_BASE,
-    msr::GS_BASE,
-    msr::APIC_BASE,
-];
+/// Whether `index` changes the guest's memory model or the library's own entry points (EFER,
+/// the SYSCALL MSRs, PAT, FS/GS base, APIC base): [`wrmsr_safe`] refuses those (use the
+/// `unsafe` [`wrmsr`]).
+const fn changes_memory_model(index: u32) -> bool {
+    matches!(
+        index,
+        msr::PAT | msr::APIC_BASE | msr::FS_BASE | msr::GS_BASE
+    ) || (index >= msr::EFER && index <= msr::SFMASK)
+}
 
 /// `wrmsr` returning the exception instead of faulting. For MSRs under test, which have no
-/// effect on the memory model; the ones that do (`UNSAFE_MSRS`) end the case as ERROR.
+/// effect on the memory model; the ones that do (`changes_memory_model`) end the case as
+/// ERROR.
 pub fn wrmsr_safe(msr: u32, v: u64) -> Result<(), Exception> {
-    if UNSAFE_MSRS.contains(&msr) {
+    if changes_memory_model(msr) {
         crate::error!("wrmsr_safe({msr:#x}): this MSR changes the memory model; use wrmsr");
     }
     with_fixup!("wrmsr", in("ecx") msr, in("eax") v as u32, in("edx") (v >> 32) as u32)
@@ -379,6 +377,32 @@ pub fn touch_write(va: TestVa, v: u64) {
     // frame a case mapped there (holding no Rust object) or faults into the dispatcher.
     unsafe {
         asm!("movq {v}, ({a})", a = in(reg) va.get(), v = in(reg) v, options(att_syntax, nostack))
+    }
+}
+
+/// Writes `v` to the first u64 of each of `pages` consecutive 4 KiB pages from `first` with
+/// plain stores (benchmark loops: one store and the address arithmetic per page). The whole
+/// range must be test addresses; a fault is an unexpected exception and ends the case.
+pub fn touch_write_pages(first: TestVa, pages: u64, v: u64) {
+    let len = pages.saturating_mul(abi::layout::PAGE_SIZE);
+    // Both ends outside the loader's ranges and less than a GiB apart: the range cannot reach
+    // into the first GiB or its alias (each a GiB long) without one end inside it.
+    let last = first.get().checked_add(len.saturating_sub(1));
+    if pages == 0 || len >= 1 << 30 || last.and_then(TestVa::new).is_none() {
+        crate::error!(
+            "touch_write_pages: {pages} pages from {:#x} leave the test range",
+            first.get()
+        );
+    }
+    let mut a = first.get();
+    for _ in 0..pages {
+        // SAFETY: every address of the range is a test address (checked above), so each store
+        // reaches a frame a case mapped there (holding no Rust object) or faults into the
+        // dispatcher.
+        unsafe {
+            asm!("movq {v}, ({a})", a = in(reg) a, v = in(reg) v, options(att_syntax, nostack))
+        }
+        a += abi::layout::PAGE_SIZE;
     }
 }
 
