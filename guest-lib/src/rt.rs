@@ -44,9 +44,11 @@ pub fn start(info: &BootInfo, cpu: u32) -> ! {
     let Some(module) = crate::env::select(env) else {
         crate::skip!("guest-lib does not implement environment {}", env.name())
     };
+    // The environment's setup first: in pv-local it switches CPL0 code from the emulated path
+    // to native execution, so everything after it runs at native speed.
+    module.init_bsp(info);
     BOOT.init(|b| *b = Some(*info));
     crate::env::install(module);
-    module.init_bsp(info);
     crate::paging::init(info.free_start, info.free_end);
     crate::smp::bsp_ready();
     arch::call_case(info.case_entry);
