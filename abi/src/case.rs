@@ -12,7 +12,7 @@ pub const CASE_SECTION: &str = "pvmc_cases";
 /// [`CaseDesc::magic`] ("CASE").
 pub const CASE_MAGIC: u32 = u32::from_le_bytes(*b"CASE");
 /// [`CaseDesc::version`] of this layout.
-pub const CASE_DESC_VERSION: u16 = 2;
+pub const CASE_DESC_VERSION: u16 = 3;
 /// Bytes of [`CaseDesc::name`].
 pub const NAME_LEN: usize = 48;
 /// Bytes of [`CaseDesc::requirements`].
@@ -24,6 +24,10 @@ pub const SUMMARY_LEN: usize = 120;
 pub const FLAG_SELFTEST: u32 = 1 << 0;
 /// [`CaseDesc::flags`]: create an in-kernel irqchip (LAPIC) for this case.
 pub const FLAG_IRQCHIP: u32 = 1 << 1;
+/// [`CaseDesc::flags`]: part of the smoke suite (a fast, broad sample; `--suite smoke`).
+pub const FLAG_SMOKE: u32 = 1 << 2;
+/// [`CaseDesc::flags`]: only in the full suite (stress or long cases; `--suite full`).
+pub const FLAG_SLOW: u32 = 1 << 3;
 
 /// Host-side behaviour a case needs beyond the report channel. Each variant is implemented
 /// once by the host harness (an exhaustive `match`), and its constants live in [`io`].
@@ -162,17 +166,22 @@ pub struct CaseDesc<E> {
     pub requirements: [u8; REQS_LEN],
     /// One-line description, NUL padded.
     pub summary: [u8; SUMMARY_LEN],
+    /// Parameter the case function reads back (`guest_lib::rt::case_param`): one function
+    /// serves a table of cases, each its own instance.
+    pub param: u64,
     /// Entry point of the case function.
     pub entry: E,
 }
 
 /// Size of one descriptor.
 pub const CASE_DESC_SIZE: usize = core::mem::size_of::<CaseDesc<u64>>();
+/// Offset of [`CaseDesc::param`].
+pub const PARAM_OFFSET: usize = 256;
 /// Offset of [`CaseDesc::entry`].
 pub const ENTRY_OFFSET: usize = core::mem::offset_of!(CaseDesc<u64>, entry);
 
 const _: () = {
-    assert!(CASE_DESC_SIZE == 264);
+    assert!(CASE_DESC_SIZE == 272);
     assert!(core::mem::size_of::<CaseDesc<fn()>>() == CASE_DESC_SIZE);
     assert!(core::mem::offset_of!(CaseDesc<fn()>, entry) == ENTRY_OFFSET);
     assert!(core::mem::offset_of!(CaseDesc<u64>, envs) == 8);
@@ -183,7 +192,8 @@ const _: () = {
     assert!(core::mem::offset_of!(CaseDesc<u64>, name) == 24);
     assert!(core::mem::offset_of!(CaseDesc<u64>, requirements) == 24 + NAME_LEN);
     assert!(core::mem::offset_of!(CaseDesc<u64>, summary) == 24 + NAME_LEN + REQS_LEN);
-    assert!(ENTRY_OFFSET == 256);
+    assert!(core::mem::offset_of!(CaseDesc<u64>, param) == PARAM_OFFSET);
+    assert!(ENTRY_OFFSET == 264);
 };
 
 impl CaseDesc<u64> {
@@ -202,7 +212,9 @@ impl CaseDesc<u64> {
         let mut requirements = [0u8; REQS_LEN];
         requirements.copy_from_slice(&b[24 + NAME_LEN..24 + NAME_LEN + REQS_LEN]);
         let mut summary = [0u8; SUMMARY_LEN];
-        summary.copy_from_slice(&b[24 + NAME_LEN + REQS_LEN..ENTRY_OFFSET]);
+        summary.copy_from_slice(&b[24 + NAME_LEN + REQS_LEN..PARAM_OFFSET]);
+        let mut p = [0u8; 8];
+        p.copy_from_slice(&b[PARAM_OFFSET..PARAM_OFFSET + 8]);
         let d = Self {
             magic: u32_at(0),
             version: u16_at(4),
@@ -217,6 +229,7 @@ impl CaseDesc<u64> {
             name,
             requirements,
             summary,
+            param: u64::from_le_bytes(p),
             entry: u64::from_le_bytes(e),
         };
         (d.magic == CASE_MAGIC && d.version == CASE_DESC_VERSION).then_some(d)
@@ -236,11 +249,13 @@ mod tests {
         b[4..6].copy_from_slice(&CASE_DESC_VERSION.to_le_bytes());
         b[6] = 3;
         b[24..27].copy_from_slice(b"x.y");
+        b[PARAM_OFFSET..ENTRY_OFFSET].copy_from_slice(&7u64.to_le_bytes());
         b[ENTRY_OFFSET..].copy_from_slice(&0x20_1000u64.to_le_bytes());
         let d = CaseDesc::parse(&b).expect("valid descriptor");
         assert_eq!(d.area, 3);
         assert_eq!(crate::fixed_str_read(&d.name), "x.y");
         assert_eq!(d.entry, 0x20_1000);
+        assert_eq!(d.param, 7);
     }
 
     #[test]

@@ -159,10 +159,13 @@ pub struct BootInfo {
     /// The guest TSC frequency in kHz as the host knows it (`KVM_GET_TSC_KHZ`), for turning
     /// time bounds into TSC cycles; 0 if the host does not know it.
     pub tsc_khz: u64,
+    /// The case's parameter (`CaseDesc::param`).
+    pub case_param: u64,
 }
 
 const _: () = {
-    assert!(core::mem::size_of::<BootInfo>() == 48);
+    assert!(core::mem::size_of::<BootInfo>() == 56);
+    assert!(core::mem::offset_of!(BootInfo, case_param) == 48);
     assert!(core::mem::offset_of!(BootInfo, case_entry) == 8);
     assert!(core::mem::offset_of!(BootInfo, env) == 16);
     assert!(core::mem::offset_of!(BootInfo, free_start) == 24);
@@ -185,6 +188,7 @@ impl BootInfo {
         b[24..32].copy_from_slice(&self.free_start.to_le_bytes());
         b[32..40].copy_from_slice(&self.free_end.to_le_bytes());
         b[40..48].copy_from_slice(&self.tsc_khz.to_le_bytes());
+        b[48..56].copy_from_slice(&self.case_param.to_le_bytes());
         b
     }
 }

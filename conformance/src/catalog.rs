@@ -94,6 +94,8 @@ pub struct GuestCase {
     pub requirements: Vec<String>,
     /// One-line description.
     pub summary: String,
+    /// The parameter the case function reads (one function, a table of cases).
+    pub param: u64,
     /// Guest VA of the case function.
     pub entry: u64,
 }
@@ -159,6 +161,7 @@ fn decode(index: usize, raw: &[u8], image: &GuestImage) -> Result<GuestCase, Cat
             .map(String::from)
             .collect(),
         summary: fixed_str_read(&d.summary).to_string(),
+        param: d.param,
         entry: d.entry,
         name,
     })
@@ -180,6 +183,46 @@ impl Instance {
     }
 }
 
+/// Which cases a run takes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Suite {
+    /// The cases flagged `smoke`: a fast, broad sample (under 5 s here).
+    Smoke,
+    /// Every case but the ones flagged `slow`.
+    #[default]
+    Default,
+    /// Every case.
+    Full,
+}
+
+impl Suite {
+    /// Every suite.
+    pub const ALL: [Suite; 3] = [Suite::Smoke, Suite::Default, Suite::Full];
+
+    /// Name on the command line.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Suite::Smoke => "smoke",
+            Suite::Default => "default",
+            Suite::Full => "full",
+        }
+    }
+
+    /// Parses [`Suite::name`].
+    pub fn from_name(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|x| x.name() == s)
+    }
+
+    /// Whether a case with `flags` belongs to the suite.
+    pub const fn takes(self, flags: u32) -> bool {
+        match self {
+            Suite::Smoke => flags & abi::case::FLAG_SMOKE != 0,
+            Suite::Default => flags & abi::case::FLAG_SLOW == 0,
+            Suite::Full => true,
+        }
+    }
+}
+
 /// Which instances to run.
 #[derive(Clone, Debug)]
 pub struct Selection {
@@ -191,6 +234,8 @@ pub struct Selection {
     pub selftest: bool,
     /// Select the benchmarks (area `bench`) instead of the conformance cases.
     pub bench: bool,
+    /// The suite (self-tests and benchmarks are not in any suite's filter).
+    pub suite: Suite,
 }
 
 impl Selection {
@@ -213,6 +258,7 @@ impl Default for Selection {
             filters: Vec::new(),
             selftest: false,
             bench: false,
+            suite: Suite::Default,
         }
     }
 }
@@ -257,6 +303,9 @@ impl Catalog {
         let mut out = Vec::new();
         for case in &self.cases {
             if (case.is_selftest() && !sel.selftest) || (case.area == Area::Bench) != sel.bench {
+                continue;
+            }
+            if !case.is_selftest() && !sel.bench && !sel.suite.takes(case.flags) {
                 continue;
             }
             for &env in &Selection::dedup_envs(sel.envs.iter().copied()) {

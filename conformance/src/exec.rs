@@ -42,6 +42,7 @@ pub fn boot_params(inst: &Instance) -> BootParams {
     BootParams {
         env: inst.env,
         case_entry: inst.case.entry,
+        case_param: inst.case.param,
         vcpus: inst.case.vcpus.max(1),
     }
 }
@@ -142,6 +143,13 @@ pub fn classify(
             parts,
         ),
         Ok(RunEnd::Cancelled) => crash("cancelled before a final status".into(), parts),
+        Ok(RunEnd::NoProgress { after, rip }) => crash(
+            format!(
+                "no forward progress: every register unchanged for {} ms at rip={rip:#x} (a livelock in the host?)",
+                after.as_millis()
+            ),
+            parts,
+        ),
         Ok(RunEnd::Shutdown) => crash("triple fault (KVM_EXIT_SHUTDOWN)".into(), parts),
         Ok(RunEnd::InternalError(sub)) => crash(
             format!(

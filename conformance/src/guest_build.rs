@@ -126,13 +126,16 @@ pub struct Built {
     pub rebuilt: Option<String>,
 }
 
-/// Loads and validates the image at `path` (ELF and case table).
+/// Loads and validates the image at `path`: the ELF, the case table, and that every
+/// requirement id a case names is in the catalog.
 pub fn load(path: &Path) -> Result<Catalog, Error> {
     let image = GuestImage::load(path)?;
-    Catalog::new(image).map_err(|error| Error::Catalog {
+    let catalog = Catalog::new(image).map_err(|error| Error::Catalog {
         path: path.display().to_string(),
         error,
-    })
+    })?;
+    crate::requirements::Requirements::builtin()?.check(&catalog)?;
+    Ok(catalog)
 }
 
 /// Why the cached image at `path` cannot be used as is, if it cannot.

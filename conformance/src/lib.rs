@@ -9,6 +9,7 @@
 //! - [`exec`]: runs one instance on any `runner::vm::Backend` and classifies what happened.
 //! - [`outcome`]: the outcome vocabulary (most severe wins).
 //! - [`expect`]: known deviations per host dialect (XFAIL with reason and evidence).
+//! - [`requirements`]: the requirements catalog the cases name, and coverage.
 //! - [`target`]: where instances run (`local` today), yielding results as a stream.
 //! - [`suite`]: runs a selection on a target and applies the expectations.
 //! - [`session`]: one run's outputs: placeholder, progress log, resume, final report.
@@ -26,6 +27,7 @@ pub mod host_check;
 pub mod outcome;
 pub mod output;
 pub mod report;
+pub mod requirements;
 pub mod result;
 pub mod session;
 pub mod suite;
@@ -49,6 +51,14 @@ pub enum Error {
         path: String,
         /// What is wrong.
         error: catalog::CatalogError,
+    },
+    /// The requirements catalog is invalid, or a case names an id it lacks.
+    #[error("requirements {path}: {reason}")]
+    Requirements {
+        /// The catalog.
+        path: String,
+        /// What is wrong.
+        reason: String,
     },
     /// An expectations file is invalid.
     #[error("expectations file {path}: {reason}")]

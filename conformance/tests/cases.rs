@@ -121,6 +121,7 @@ fn bench_smoke(w: &World) -> Result<Completion, Failed> {
         filters: vec!["bench.pio_exit".into(), "bench.empty".into()],
         selftest: false,
         bench: true,
+        suite: conformance::catalog::Suite::Full,
     };
     let instances = w.catalog.instances(&sel);
     if instances.len() != 2 {
@@ -181,6 +182,7 @@ fn main() -> ExitCode {
         filters: Vec::new(),
         selftest: true,
         bench: false,
+        suite: conformance::catalog::Suite::Full,
     };
     let instances = catalog.instances(&all);
     let world = Arc::new(World {

@@ -36,6 +36,7 @@ fn local_host_outcomes() -> Result<Completion, Failed> {
         filters: Vec::new(),
         selftest: true,
         bench: false,
+        suite: conformance::catalog::Suite::Full,
     });
     let opts = SuiteOptions {
         target: TargetOptions {

@@ -26,6 +26,7 @@ pub struct Spec {
     reqs: &'static str,
     vcpus: u16,
     designed: Designed,
+    param: u64,
 }
 
 impl Spec {
@@ -42,7 +43,15 @@ impl Spec {
             reqs: "",
             vcpus: 1,
             designed: Designed::Pass,
+            param: 0,
         }
+    }
+
+    /// The parameter the case function reads with `guest_lib::rt::case_param` (for tables of
+    /// cases sharing one function; see `case_table!`).
+    pub const fn param(mut self, param: u64) -> Self {
+        self.param = param;
+        self
     }
 
     /// Environments the case applies to (mask of `Env::bit`).
@@ -79,6 +88,18 @@ impl Spec {
         self
     }
 
+    /// Part of the smoke suite (`--suite smoke`): fast and broad.
+    pub const fn smoke(mut self) -> Self {
+        self.flags |= abi::case::FLAG_SMOKE;
+        self
+    }
+
+    /// Only in the full suite (`--suite full`): stress or long-running.
+    pub const fn slow(mut self) -> Self {
+        self.flags |= abi::case::FLAG_SLOW;
+        self
+    }
+
     /// A self-test of the suite that must end with `outcome` (only run with `--selftest`).
     pub const fn selftest(mut self, outcome: Designed) -> Self {
         self.flags |= FLAG_SELFTEST;
@@ -112,6 +133,7 @@ pub const fn describe(s: Spec, entry: fn()) -> CaseDesc<fn()> {
         name: fixed_str(s.name),
         requirements: fixed_str(s.reqs),
         summary: fixed_str(s.summary),
+        param: s.param,
         entry,
     }
 }

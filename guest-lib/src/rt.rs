@@ -21,6 +21,11 @@ pub fn boot_info() -> BootInfo {
     }
 }
 
+/// The parameter of the case being run (its descriptor's `param`).
+pub fn case_param() -> u64 {
+    boot_info().case_param
+}
+
 /// TSC cycles per millisecond: from the host's TSC frequency in the boot info, or 2.5 GHz if
 /// the host did not know it (only time *bounds* use this, never a measured result).
 pub fn cycles_per_ms() -> u64 {

@@ -15,6 +15,8 @@ pub struct BootParams {
     pub env: Env,
     /// Guest VA of the case function (from the case table).
     pub case_entry: u64,
+    /// The case's parameter (from the case table).
+    pub case_param: u64,
     /// vCPUs (the VM must have been created with as many).
     pub vcpus: u32,
 }
@@ -36,6 +38,6 @@ pub fn boot(vm: &mut dyn Vm, image: &GuestImage, p: &BootParams) -> Result<()> {
     setup::write_page_tables(vm.memory())?;
     image.load_into(vm.memory())?;
     let tsc_khz = vm.tsc_khz()?;
-    setup::write_boot_info(vm.memory(), p.env, p.case_entry, p.vcpus.max(1), tsc_khz)?;
+    setup::write_boot_info(vm.memory(), p, tsc_khz)?;
     vm.set_initial_state(&setup::initial_state(image.entry, p.vcpus))
 }

@@ -27,8 +27,8 @@ use kvm_ioctls::{VcpuExit, VcpuFd, VmFd};
 
 use crate::memory::MmapRam;
 use crate::vm::{
-    Action, Backend, Cancel, CancelGuard, ExitHandler, FlatSegment, GuestRam, InitialState, RunEnd,
-    RunLimits, Vm, VmOptions,
+    Action, Backend, Cancel, CancelGuard, ExitHandler, FlatSegment, GuestRam, InitialState,
+    PROGRESS_SAMPLE, RunEnd, RunLimits, Vm, VmOptions,
 };
 use crate::{Result, RunnerError, kvm_err};
 
@@ -379,7 +379,8 @@ fn run_vcpu(vcpu: &mut VcpuFd, mem: &MmapRam, shared: &Shared<'_, '_>) {
         let _stop = kick_me_on(&shared.stop);
         let _cancel = kick_me_on(&shared.limits.cancel);
         let remaining = shared.limits.timeout.saturating_sub(shared.start.elapsed());
-        match RunTimer::arm(remaining) {
+        let period = shared.limits.no_progress.map(|_| PROGRESS_SAMPLE);
+        match RunTimer::arm_periodic(remaining, period) {
             Ok(_timer) => vcpu_loop(vcpu, mem, shared),
             Err(e) => Err(e),
         }
@@ -431,7 +432,67 @@ fn report_exit(
     })
 }
 
+/// Progress of one vCPU between samples (see [`RunLimits::no_progress`]).
+#[derive(Default)]
+struct Progress {
+    last: Option<kvm_bindings::kvm_regs>,
+    since: Option<Instant>,
+}
+
+impl Progress {
+    /// Takes a sample; `Some` when the vCPU has made no progress for `bound`.
+    fn sample(&mut self, vcpu: &VcpuFd, bound: Duration) -> Option<RunEnd> {
+        let halted = vcpu
+            .get_mp_state()
+            .is_ok_and(|m| m.mp_state == kvm_bindings::KVM_MP_STATE_HALTED);
+        let regs = vcpu.get_regs().ok()?;
+        let same = !halted && self.last.as_ref().is_some_and(|l| same_regs(l, &regs));
+        if !same {
+            self.last = Some(regs);
+            self.since = Some(Instant::now());
+            return None;
+        }
+        let since = self.since?;
+        (since.elapsed() >= bound).then(|| RunEnd::NoProgress {
+            after: since.elapsed(),
+            rip: regs.rip,
+        })
+    }
+}
+
+/// RFLAGS.RF: set and cleared around each attempt to run a faulting instruction again, so it
+/// says nothing about progress.
+const RFLAGS_RF: u64 = 1 << 16;
+
+fn same_regs(a: &kvm_bindings::kvm_regs, b: &kvm_bindings::kvm_regs) -> bool {
+    (
+        a.rip,
+        a.rsp,
+        a.rflags & !RFLAGS_RF,
+        a.rax,
+        a.rbx,
+        a.rcx,
+        a.rdx,
+        a.rsi,
+        a.rdi,
+        a.rbp,
+    ) == (
+        b.rip,
+        b.rsp,
+        b.rflags & !RFLAGS_RF,
+        b.rax,
+        b.rbx,
+        b.rcx,
+        b.rdx,
+        b.rsi,
+        b.rdi,
+        b.rbp,
+    ) && (a.r8, a.r9, a.r10, a.r11, a.r12, a.r13, a.r14, a.r15)
+        == (b.r8, b.r9, b.r10, b.r11, b.r12, b.r13, b.r14, b.r15)
+}
+
 fn vcpu_loop(vcpu: &mut VcpuFd, mem: &MmapRam, shared: &Shared<'_, '_>) -> Result<RunEnd> {
+    let mut progress = Progress::default();
     loop {
         if let Some(end) = must_stop(shared) {
             return Ok(end);
@@ -467,6 +528,11 @@ fn vcpu_loop(vcpu: &mut VcpuFd, mem: &MmapRam, shared: &Shared<'_, '_>) -> Resul
             Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {
                 drop(guard);
                 if let Some(end) = must_stop(shared) {
+                    return Ok(end);
+                }
+                if let Some(bound) = shared.limits.no_progress
+                    && let Some(end) = progress.sample(vcpu, bound)
+                {
                     return Ok(end);
                 }
                 vcpu.set_kvm_immediate_exit(0);
@@ -541,6 +607,11 @@ struct RunTimer(libc::timer_t);
 
 impl RunTimer {
     fn arm(after: Duration) -> Result<Self> {
+        Self::arm_periodic(after, None)
+    }
+
+    /// Fires after `after` (at the latest; every `period` until then if given).
+    fn arm_periodic(after: Duration, period: Option<Duration>) -> Result<Self> {
         // SAFETY: sigevent is a plain C struct for which all-zero is a valid value.
         let mut sev: libc::sigevent = unsafe { std::mem::zeroed() };
         sev.sigev_notify = libc::SIGEV_THREAD_ID;
@@ -553,15 +624,16 @@ impl RunTimer {
             return Err(RunnerError::Timer(std::io::Error::last_os_error()));
         }
         let timer = RunTimer(id);
+        let ts = |d: Duration| libc::timespec {
+            tv_sec: d.as_secs() as libc::time_t,
+            tv_nsec: libc::c_long::from(d.subsec_nanos()),
+        };
+        let first = period.map_or(after, |p| p.min(after));
+        let mut value = ts(first);
+        value.tv_nsec = value.tv_nsec.max(1);
         let spec = libc::itimerspec {
-            it_interval: libc::timespec {
-                tv_sec: 0,
-                tv_nsec: 0,
-            },
-            it_value: libc::timespec {
-                tv_sec: after.as_secs() as libc::time_t,
-                tv_nsec: libc::c_long::from(after.subsec_nanos()).max(1),
-            },
+            it_interval: period.map_or(ts(Duration::ZERO), ts),
+            it_value: value,
         };
         // SAFETY: `id` is the timer just created; `spec` is initialised; the result is checked.
         if unsafe { libc::timer_settime(id, 0, &spec, std::ptr::null_mut()) } != 0 {

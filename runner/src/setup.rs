@@ -8,7 +8,6 @@
 //! paging entry has U/S=1, which the local host's native mode requires and which costs a CPL0
 //! guest nothing.
 
-use abi::env::Env;
 use abi::layout::{
     BOOT_CR0, BOOT_CR4, BOOT_EFER, BOOT_INFO_GPA, BOOT_MAGIC, BOOT_RFLAGS, BootInfo, FREE_END,
     FREE_START, LARGE_PAGE_SIZE, MMIO_WINDOW, PAGE_SIZE, PD_GPA, PDPT_GPA, PML4_GPA, PT0_GPA,
@@ -16,6 +15,7 @@ use abi::layout::{
 };
 
 use crate::Result;
+use crate::boot::BootParams;
 use crate::vm::{FlatSegment, GuestRam, InitialState, VcpuState};
 
 const TABLE: u64 = pte::P | pte::RW | pte::US;
@@ -40,22 +40,17 @@ pub fn write_page_tables(mem: &dyn GuestRam) -> Result<()> {
     mem.write_u64(PD_GPA + 8 * window, MMIO_WINDOW | TABLE | pte::PS)
 }
 
-/// Writes the boot info for a case (entry `case_entry`) in `env` with `vcpus` vCPUs.
-pub fn write_boot_info(
-    mem: &dyn GuestRam,
-    env: Env,
-    case_entry: u64,
-    vcpus: u32,
-    tsc_khz: u32,
-) -> Result<()> {
+/// Writes the boot info for `p` (case entry and parameter, environment, vCPUs).
+pub fn write_boot_info(mem: &dyn GuestRam, p: &BootParams, tsc_khz: u32) -> Result<()> {
     let info = BootInfo {
         magic: BOOT_MAGIC,
-        case_entry,
-        env: env as u32,
-        vcpus,
+        case_entry: p.case_entry,
+        env: p.env as u32,
+        vcpus: p.vcpus.max(1),
         free_start: FREE_START,
         free_end: FREE_END,
         tsc_khz: u64::from(tsc_khz),
+        case_param: p.case_param,
     };
     mem.write(BOOT_INFO_GPA, &info.to_bytes())
 }

@@ -69,6 +69,14 @@ pub enum RunEnd {
     Timeout(Duration),
     /// The run was cancelled from outside ([`Cancel::cancel`]).
     Cancelled,
+    /// A vCPU that was not halted kept every register unchanged for this long (a livelock
+    /// inside `KVM_RUN`, say), at this RIP.
+    NoProgress {
+        /// How long nothing changed.
+        after: Duration,
+        /// The RIP it stayed at.
+        rip: u64,
+    },
     /// Triple fault (`KVM_EXIT_SHUTDOWN`).
     Shutdown,
     /// `KVM_EXIT_INTERNAL_ERROR` with its suberror.
@@ -159,14 +167,26 @@ pub struct RunLimits {
     pub timeout: Duration,
     /// The run ends as [`RunEnd::Cancelled`] when this is cancelled.
     pub cancel: Cancel,
+    /// When set, the run ends as [`RunEnd::NoProgress`] once a vCPU that is not halted keeps
+    /// every register unchanged this long (sampled every [`PROGRESS_SAMPLE`]): a host that
+    /// livelocks inside `KVM_RUN` then costs this, not the whole timeout. Benchmarks leave it
+    /// off (the samples interrupt the guest).
+    pub no_progress: Option<Duration>,
 }
 
+/// How often a run with [`RunLimits::no_progress`] samples its vCPUs' registers.
+pub const PROGRESS_SAMPLE: Duration = Duration::from_millis(25);
+
+/// The no-progress bound conformance runs use.
+pub const NO_PROGRESS: Duration = Duration::from_millis(175);
+
 impl RunLimits {
-    /// A timeout and a fresh (never cancelled) token.
+    /// A timeout and a fresh (never cancelled) token, without progress sampling.
     pub fn timeout(timeout: Duration) -> Self {
         Self {
             timeout,
             cancel: Cancel::new(),
+            no_progress: None,
         }
     }
 }

@@ -89,6 +89,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         filters: args.on.filter.clone(),
         selftest: false,
         bench: true,
+        suite: conformance::catalog::Suite::Full,
     };
     let instances = catalog.instances(&sel);
     if instances.is_empty() {

@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use abi::env::Env;
 use anyhow::{Context, bail};
-use conformance::catalog::{Catalog, Instance, Selection};
+use conformance::catalog::{Catalog, Instance, Selection, Suite};
 use conformance::expect::Expectations;
 use conformance::outcome::Outcome;
 use conformance::output::Outputs;
@@ -46,6 +46,13 @@ pub struct Where {
     /// Only instances whose id (`<case>~<env>`) contains this; repeatable.
     #[arg(long)]
     pub filter: Vec<String>,
+}
+
+fn suite_name(s: &str) -> Result<Suite, String> {
+    Suite::from_name(s).ok_or_else(|| {
+        let all: Vec<_> = Suite::ALL.iter().map(|x| x.name()).collect();
+        format!("unknown suite {s:?} (known: {})", all.join(", "))
+    })
 }
 
 fn target_kind(s: &str) -> Result<TargetKind, String> {
@@ -93,6 +100,9 @@ pub struct Args {
     /// Include the self-test cases (each must produce its designed outcome).
     #[arg(long)]
     selftest: bool,
+    /// Which cases: smoke (a fast sample), default (all but the slow ones) or full.
+    #[arg(long, default_value = "default", value_parser = suite_name)]
+    suite: Suite,
     /// JSON report path (the progress log goes next to it as .jsonl).
     #[arg(long, default_value = "target/conformance/report.json")]
     report: PathBuf,
@@ -224,6 +234,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         filters: args.on.filter.clone(),
         selftest: args.selftest,
         bench: false,
+        suite: args.suite,
     };
     let instances = catalog.instances(&sel);
     if instances.is_empty() {

@@ -2,6 +2,7 @@
 //!
 //! - `cargo xtask conformance [...]`: build the guest image, run the suite, report.
 //! - `cargo xtask bench [...]`: benchmarks, baselines, plot; `--compare a.json b.json`.
+//! - `cargo xtask coverage`: requirement -> cases -> last outcome, and what no case checks.
 //! - `cargo xtask build-guests`: only build the guest image.
 //!
 //! Exit status of `conformance`: 0 when nothing failed, crashed or errored; 1 otherwise;
@@ -11,6 +12,7 @@
 
 mod bench_cmd;
 mod conformance_cmd;
+mod coverage_cmd;
 mod out;
 mod plot;
 mod tidy;
@@ -32,6 +34,8 @@ enum Cmd {
     Conformance(conformance_cmd::Args),
     /// Run the benchmark guests and native baselines; print the table, write JSON and a plot.
     Bench(bench_cmd::Args),
+    /// Requirement -> cases -> last outcome; the requirements without a case.
+    Coverage(coverage_cmd::Args),
     /// Build the guest image (x86_64-unknown-none) and print its path.
     BuildGuests,
 }
@@ -41,6 +45,7 @@ fn main() -> ExitCode {
     let result = match cli.cmd {
         Cmd::Conformance(args) => conformance_cmd::run(args),
         Cmd::Bench(args) => bench_cmd::run(args),
+        Cmd::Coverage(args) => coverage_cmd::run(args),
         Cmd::BuildGuests => {
             conformance::guest_build::build(&conformance::guest_build::workspace_root())
                 .map_err(anyhow::Error::from)

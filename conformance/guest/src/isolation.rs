@@ -86,5 +86,4 @@ case!(
         "CPL3 read of a supervisor-only page faults with P|U"
     )
     .reqs("X86-PG-US-1,PVM-ISO-2")
-    .timeout_ms(2000)
 );

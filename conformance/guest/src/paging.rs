@@ -197,7 +197,6 @@ case!(
         "CR0.WP=0 lets CPL0 write read-only pages"
     )
     .reqs("X86-WP-1,PVM-SPT-3")
-    .timeout_ms(2000)
 );
 
 /// #PF raised at CPL3 carries the U bit: a read of an absent page (U), a write to a

@@ -57,6 +57,7 @@ impl LocalTarget {
         let limits = RunLimits {
             timeout: exec::timeout_of(inst, opts.timeout),
             cancel: opts.cancel.clone(),
+            no_progress: Some(runner::vm::NO_PROGRESS),
         };
         match exec::execute(kvm, &self.image, inst, &limits) {
             Executed::Done(raw) => Some(CaseResult::new(

@@ -41,6 +41,18 @@ macro_rules! case {
     };
 }
 
+/// Declares a table of cases served by one function: `case_table!(function, spec_of, [(name,
+/// param, summary), ...])`, where `spec_of(name, summary)` gives each entry's `Spec` (area,
+/// environments, requirements ...) and the function reads its entry's `param` with
+/// `guest_lib::rt::case_param`. Each entry is a case of its own: its own name, instances and
+/// outcome.
+#[macro_export]
+macro_rules! case_table {
+    ($f:ident, $spec_of:expr, [$(($name:expr, $param:expr, $summary:expr)),* $(,)?]) => {
+        $( $crate::case!($f, ($spec_of)($name, $summary).param($param as u64)); )*
+    };
+}
+
 /// Calls the case function at guest VA `entry` (taken from the case descriptor the host read
 /// out of this very image).
 pub fn call_case(entry: u64) {
