@@ -39,6 +39,8 @@ pub mod msr {
     pub const GS_BASE: u32 = 0xc000_0101;
     /// IA32_KERNEL_GS_BASE (the value SWAPGS exchanges with GS_BASE).
     pub const KERNEL_GS_BASE: u32 = 0xc000_0102;
+    /// IA32_TSC_AUX (what RDTSCP returns in ECX).
+    pub const TSC_AUX: u32 = 0xc000_0103;
 }
 
 /// IA32_APIC_BASE bits.
@@ -71,6 +73,8 @@ pub mod cr0 {
     pub const ET: u64 = 1 << 4;
     /// Numeric error.
     pub const NE: u64 = 1 << 5;
+    /// Task switched (x87/SSE instructions raise #NM).
+    pub const TS: u64 = 1 << 3;
     /// Write protect (supervisor writes honour read-only pages).
     pub const WP: u64 = 1 << 16;
     /// Alignment mask.
@@ -81,8 +85,16 @@ pub mod cr0 {
 
 /// CR4 bits.
 pub mod cr4 {
+    /// Time-stamp disable (RDTSC at CPL3 raises #GP).
+    pub const TSD: u64 = 1 << 2;
     /// Physical address extension.
     pub const PAE: u64 = 1 << 5;
+    /// Performance-counter enable (RDPMC at CPL3).
+    pub const PCE: u64 = 1 << 8;
+    /// FXSAVE/FXRSTOR and SSE enabled.
+    pub const OSFXSR: u64 = 1 << 9;
+    /// Unmasked SIMD floating-point exceptions raise #XM (else #UD).
+    pub const OSXMMEXCPT: u64 = 1 << 10;
     /// Process-context identifiers.
     pub const PCIDE: u64 = 1 << 17;
 }
@@ -141,6 +153,18 @@ pub mod vector {
     pub const GP: u8 = 13;
     /// Page fault.
     pub const PF: u8 = 14;
+    /// x87 floating-point error.
+    pub const MF: u8 = 16;
+    /// Alignment check.
+    pub const AC: u8 = 17;
+    /// SIMD floating-point exception.
+    pub const XM: u8 = 19;
+    /// Device not available.
+    pub const NM: u8 = 7;
+    /// Segment not present.
+    pub const NP: u8 = 11;
+    /// Stack-segment fault.
+    pub const SS: u8 = 12;
     /// Machine check.
     pub const MC: u8 = 18;
     /// First vector that is not an exception.

@@ -4,63 +4,239 @@
 use guest_lib::PerCpu;
 use guest_lib::abi::case::HostCheck;
 use guest_lib::abi::env::Area;
-use guest_lib::abi::layout::sel::KERNEL_CS;
-use guest_lib::abi::x86::{msr, rflags};
+use guest_lib::abi::layout::{self, sel::KERNEL_CS, sel::KERNEL_DS};
+use guest_lib::abi::x86::{cr0, cr4, msr, rflags};
 use guest_lib::arch::instr;
 use guest_lib::case::Spec;
+use guest_lib::paging::PteFlags;
+use guest_lib::{case_table, rt};
+
+use crate::common::TEST_VA;
 use guest_lib::exception::{Exception, Frame, SyscallFrame, vector};
 use guest_lib::user::{self, UserExit};
 use guest_lib::{case, check, check_eq, log};
 
-extern "C" fn u_hlt(_: u64) -> u64 {
-    instr::hlt();
+type Probe = extern "C" fn(u64) -> u64;
+
+/// A CPL3 probe returns 0 when its instruction did not fault (a fault ends the user run).
+fn ran<T>(_: Result<T, Exception>) -> u64 {
     0
 }
-extern "C" fn u_cli(_: u64) -> u64 {
-    let _ = instr::cli_safe();
-    0
-}
+
 /// The POST-code port: harmless to write, and not the report port.
 const POST_PORT: u16 = 0x80;
 
-extern "C" fn u_out(_: u64) -> u64 {
-    instr::outb(POST_PORT, 0);
-    0
+extern "C" fn p_hlt(_: u64) -> u64 {
+    ran(instr::hlt_safe())
 }
-extern "C" fn u_rdmsr(_: u64) -> u64 {
-    instr::rdmsr(msr::TSC)
+extern "C" fn p_cli(_: u64) -> u64 {
+    ran(instr::cli_safe())
 }
-extern "C" fn u_mov_cr3(_: u64) -> u64 {
-    instr::read_cr3()
+extern "C" fn p_sti(_: u64) -> u64 {
+    ran(instr::sti_safe())
+}
+extern "C" fn p_in(_: u64) -> u64 {
+    ran(instr::inb_safe(POST_PORT))
+}
+extern "C" fn p_out(_: u64) -> u64 {
+    ran(instr::outb_safe(POST_PORT, 0))
+}
+extern "C" fn p_rdmsr(_: u64) -> u64 {
+    ran(instr::rdmsr_safe(msr::TSC))
+}
+extern "C" fn p_wrmsr(_: u64) -> u64 {
+    ran(instr::rewrite_msr_safe(msr::KERNEL_GS_BASE))
+}
+extern "C" fn p_read_cr0(_: u64) -> u64 {
+    ran(instr::read_cr0_safe())
+}
+extern "C" fn p_read_cr3(_: u64) -> u64 {
+    ran(instr::read_cr3_safe())
+}
+extern "C" fn p_read_cr4(_: u64) -> u64 {
+    ran(instr::read_cr4_safe())
+}
+// The writes use the values CR0, CR3 and CR4 hold during the probe, so a host that wrongly
+// executes them changes nothing.
+extern "C" fn p_write_cr0(_: u64) -> u64 {
+    ran(instr::write_cr0_probe_safe(layout::BOOT_CR0))
+}
+extern "C" fn p_write_cr3(_: u64) -> u64 {
+    ran(instr::write_cr3_probe_safe(layout::PML4_GPA))
+}
+extern "C" fn p_write_cr4(_: u64) -> u64 {
+    ran(instr::write_cr4_probe_safe(layout::BOOT_CR4))
+}
+extern "C" fn p_read_dr7(_: u64) -> u64 {
+    ran(instr::read_dr7_safe())
+}
+extern "C" fn p_write_dr7(_: u64) -> u64 {
+    ran(instr::write_dr7_safe(DR7_RESET))
+}
+extern "C" fn p_lgdt(_: u64) -> u64 {
+    ran(instr::reload_gdtr_safe())
+}
+extern "C" fn p_lidt(_: u64) -> u64 {
+    ran(instr::reload_idtr_safe())
+}
+extern "C" fn p_lldt(_: u64) -> u64 {
+    ran(instr::reload_ldtr_safe())
+}
+extern "C" fn p_ltr(_: u64) -> u64 {
+    ran(instr::reload_tr_safe())
+}
+extern "C" fn p_invlpg(_: u64) -> u64 {
+    ran(instr::invlpg_safe(TEST_VA.get()))
+}
+extern "C" fn p_invd(_: u64) -> u64 {
+    ran(instr::invd_at_cpl3_safe())
+}
+extern "C" fn p_wbinvd(_: u64) -> u64 {
+    ran(instr::wbinvd_safe())
+}
+extern "C" fn p_clts(_: u64) -> u64 {
+    ran(instr::clts_safe())
+}
+extern "C" fn p_swapgs(_: u64) -> u64 {
+    ran(instr::swapgs_safe())
+}
+extern "C" fn p_rdpmc(_: u64) -> u64 {
+    ran(instr::rdpmc_safe(0))
+}
+extern "C" fn p_load_kernel_ds(_: u64) -> u64 {
+    ran(instr::load_ds_safe(KERNEL_DS))
 }
 
-/// Privileged instructions at CPL3 raise #GP(0) in the supervisor.
-fn cpl3_privileged_gp() {
-    let table: [(&str, extern "C" fn(u64) -> u64); 5] = [
-        ("hlt", u_hlt),
-        ("cli", u_cli),
-        ("out", u_out),
-        ("rdmsr", u_rdmsr),
-        ("mov from cr3", u_mov_cr3),
-    ];
-    for (what, f) in table {
-        let exit = user::run(f, 0);
-        check_eq!(
-            exit,
-            UserExit::Exception(Exception::gp(0)),
-            "({} at CPL3)",
-            what
-        );
-    }
+/// DR7's value after reset (bit 10 reads as 1).
+const DR7_RESET: u64 = 0x400;
+
+/// Each CPL3 probe and the #GP error code the architecture gives it.
+const CPL3_GP: [(Probe, u32); 26] = [
+    (p_hlt, 0),
+    (p_cli, 0),
+    (p_sti, 0),
+    (p_in, 0),
+    (p_out, 0),
+    (p_rdmsr, 0),
+    (p_wrmsr, 0),
+    (p_read_cr0, 0),
+    (p_read_cr3, 0),
+    (p_read_cr4, 0),
+    (p_write_cr0, 0),
+    (p_write_cr3, 0),
+    (p_write_cr4, 0),
+    (p_read_dr7, 0),
+    (p_write_dr7, 0),
+    (p_lgdt, 0),
+    (p_lidt, 0),
+    (p_lldt, 0),
+    (p_ltr, 0),
+    (p_invlpg, 0),
+    (p_invd, 0),
+    (p_wbinvd, 0),
+    (p_clts, 0),
+    (p_swapgs, 0),
+    (p_rdpmc, 0),
+    // A data segment of DPL 0 loaded at CPL3: #GP with the selector as error code.
+    (p_load_kernel_ds, KERNEL_DS as u32),
+];
+
+/// Privileged instructions at CPL3 raise #GP in the supervisor (one instance per instruction).
+fn cpl3_gp() {
+    let i = rt::case_param() as usize;
+    let Some(&(probe, ec)) = CPL3_GP.get(i) else {
+        guest_lib::error!("no CPL3 probe {}", i)
+    };
+    check_eq!(
+        user::run(probe, 0),
+        UserExit::Exception(Exception::gp(ec)),
+        "the instruction at CPL3"
+    );
 }
-case!(
-    cpl3_privileged_gp,
-    Spec::new(
-        "priv.cpl3_privileged_gp",
-        Area::Priv,
-        "hlt/cli/out/rdmsr/mov-cr at CPL3 raise #GP(0)"
-    )
-    .reqs("X86-PRIV-1,PVM-RING-1")
+
+const fn cpl3_gp_spec(name: &'static str, summary: &'static str) -> Spec {
+    Spec::new(name, Area::Priv, summary).reqs("X86-PRIV-1,PVM-RING-1")
+}
+
+case_table!(
+    cpl3_gp,
+    cpl3_gp_spec,
+    [
+        ("priv.cpl3_gp.hlt", 0, "HLT at CPL3 raises #GP(0)"),
+        ("priv.cpl3_gp.cli", 1, "CLI at CPL3 (IOPL 0) raises #GP(0)"),
+        ("priv.cpl3_gp.sti", 2, "STI at CPL3 (IOPL 0) raises #GP(0)"),
+        (
+            "priv.cpl3_gp.in",
+            3,
+            "IN at CPL3 (IOPL 0, no I/O bitmap) raises #GP(0)"
+        ),
+        (
+            "priv.cpl3_gp.out",
+            4,
+            "OUT at CPL3 (IOPL 0, no I/O bitmap) raises #GP(0)"
+        ),
+        ("priv.cpl3_gp.rdmsr", 5, "RDMSR at CPL3 raises #GP(0)"),
+        ("priv.cpl3_gp.wrmsr", 6, "WRMSR at CPL3 raises #GP(0)"),
+        (
+            "priv.cpl3_gp.read_cr0",
+            7,
+            "MOV from CR0 at CPL3 raises #GP(0)"
+        ),
+        (
+            "priv.cpl3_gp.read_cr3",
+            8,
+            "MOV from CR3 at CPL3 raises #GP(0)"
+        ),
+        (
+            "priv.cpl3_gp.read_cr4",
+            9,
+            "MOV from CR4 at CPL3 raises #GP(0)"
+        ),
+        (
+            "priv.cpl3_gp.write_cr0",
+            10,
+            "MOV to CR0 at CPL3 raises #GP(0)"
+        ),
+        (
+            "priv.cpl3_gp.write_cr3",
+            11,
+            "MOV to CR3 at CPL3 raises #GP(0)"
+        ),
+        (
+            "priv.cpl3_gp.write_cr4",
+            12,
+            "MOV to CR4 at CPL3 raises #GP(0)"
+        ),
+        (
+            "priv.cpl3_gp.read_dr7",
+            13,
+            "MOV from DR7 at CPL3 raises #GP(0)"
+        ),
+        (
+            "priv.cpl3_gp.write_dr7",
+            14,
+            "MOV to DR7 at CPL3 raises #GP(0)"
+        ),
+        ("priv.cpl3_gp.lgdt", 15, "LGDT at CPL3 raises #GP(0)"),
+        ("priv.cpl3_gp.lidt", 16, "LIDT at CPL3 raises #GP(0)"),
+        ("priv.cpl3_gp.lldt", 17, "LLDT at CPL3 raises #GP(0)"),
+        ("priv.cpl3_gp.ltr", 18, "LTR at CPL3 raises #GP(0)"),
+        ("priv.cpl3_gp.invlpg", 19, "INVLPG at CPL3 raises #GP(0)"),
+        ("priv.cpl3_gp.invd", 20, "INVD at CPL3 raises #GP(0)"),
+        ("priv.cpl3_gp.wbinvd", 21, "WBINVD at CPL3 raises #GP(0)"),
+        ("priv.cpl3_gp.clts", 22, "CLTS at CPL3 raises #GP(0)"),
+        ("priv.cpl3_gp.swapgs", 23, "SWAPGS at CPL3 raises #GP(0)"),
+        (
+            "priv.cpl3_gp.rdpmc",
+            24,
+            "RDPMC at CPL3 with CR4.PCE=0 raises #GP(0)"
+        ),
+        (
+            "priv.cpl3_gp.load_kernel_ds",
+            25,
+            "loading DS with a DPL0 data segment at CPL3 raises #GP(selector)"
+        ),
+    ]
 );
 
 static SNAPSHOT: PerCpu<Option<Frame>> = PerCpu::new(None);
@@ -174,4 +350,562 @@ case!(
     )
     .reqs("X86-PRIV-2,PVM-RING-2")
     .host(HostCheck::None)
+);
+
+// --- CPL0: the same instructions take effect ---------------------------------------------------
+
+/// CLI and STI at CPL0 change RFLAGS.IF as PUSHF shows it.
+fn cpl0_cli_sti() {
+    let _ = instr::sti_safe();
+    let on = instr::read_rflags() & rflags::IF;
+    let _ = instr::cli_safe();
+    let off = instr::read_rflags() & rflags::IF;
+    check_eq!(on, rflags::IF, "PUSHF after STI shows IF=1");
+    check_eq!(off, 0u64, "PUSHF after CLI shows IF=0");
+}
+case!(
+    cpl0_cli_sti,
+    Spec::new(
+        "priv.cpl0.cli_sti",
+        Area::Priv,
+        "CLI/STI at CPL0 take effect as PUSHF shows (ring compression invisible)"
+    )
+    .reqs("X86-PRIV-3,PVM-RING-2")
+);
+
+/// CR0.WP and CR0.TS written at CPL0 read back.
+fn cpl0_cr0_bits() {
+    let base = instr::read_cr0();
+    instr::set_cr0_wp(false);
+    let wp_off = instr::read_cr0();
+    instr::set_cr0_wp(true);
+    instr::set_cr0_ts(true);
+    let ts_on = instr::read_cr0();
+    let _ = instr::clts_safe();
+    let after = instr::read_cr0();
+    check_eq!(wp_off, base & !cr0::WP, "CR0 with WP cleared");
+    check_eq!(ts_on, base | cr0::TS, "CR0 with TS set");
+    check_eq!(after, base, "CLTS clears TS and CR0 is back");
+    check_eq!(
+        u64::from(instr::smsw()),
+        base & 0xffff,
+        "SMSW is CR0's low word"
+    );
+}
+case!(
+    cpl0_cr0_bits,
+    Spec::new(
+        "priv.cpl0.cr0_bits",
+        Area::Priv,
+        "CR0.WP and CR0.TS written at CPL0 read back; CLTS clears TS; SMSW agrees"
+    )
+    .reqs("X86-PRIV-3")
+);
+
+extern "C" fn p_rdtsc(_: u64) -> u64 {
+    instr::rdtsc_safe().map_or(0, |t| t | 1)
+}
+
+/// CR4.TSD set at CPL0 makes RDTSC at CPL3 raise #GP(0); cleared, it works again.
+fn cpl0_cr4_tsd() {
+    instr::set_cr4_user_bits(cr4::TSD, true);
+    let tsd_on = instr::read_cr4() & cr4::TSD;
+    let denied = user::run(p_rdtsc, 0);
+    instr::set_cr4_user_bits(cr4::TSD, false);
+    let allowed = user::run(p_rdtsc, 0);
+    check_eq!(tsd_on, cr4::TSD, "CR4.TSD reads back");
+    check_eq!(
+        denied,
+        UserExit::Exception(Exception::gp(0)),
+        "RDTSC at CPL3 with CR4.TSD=1"
+    );
+    check!(
+        matches!(allowed, UserExit::Returned(t) if t != 0),
+        "RDTSC at CPL3 with CR4.TSD=0: {:?}",
+        allowed
+    );
+}
+case!(
+    cpl0_cr4_tsd,
+    Spec::new(
+        "priv.cpl0.cr4_tsd",
+        Area::Priv,
+        "CR4.TSD=1 makes RDTSC at CPL3 #GP(0); TSD=0 allows it"
+    )
+    .reqs("X86-PRIV-4")
+);
+
+/// CR3 written with its own value reads back; DR7 written at CPL0 reads back.
+fn cpl0_cr3_dr7() {
+    let cr3 = instr::read_cr3();
+    check_eq!(
+        instr::reload_cr3_safe(),
+        Ok(()),
+        "MOV to CR3 of its own value"
+    );
+    check_eq!(instr::read_cr3(), cr3, "CR3 after the reload");
+    let le_ge: u64 = 0x300; // exact-breakpoint bits: no breakpoint enabled
+    check_eq!(
+        instr::write_dr7_safe(DR7_RESET | le_ge),
+        Ok(()),
+        "MOV to DR7"
+    );
+    check_eq!(
+        instr::read_dr7_safe(),
+        Ok(DR7_RESET | le_ge),
+        "DR7 reads back"
+    );
+    check_eq!(
+        instr::write_dr7_safe(DR7_RESET),
+        Ok(()),
+        "DR7 back to its reset value"
+    );
+}
+case!(
+    cpl0_cr3_dr7,
+    Spec::new(
+        "priv.cpl0.cr3_dr7",
+        Area::Priv,
+        "MOV to CR3 and DR7 at CPL0 take effect and read back"
+    )
+    .reqs("X86-PRIV-3")
+);
+
+/// SWAPGS at CPL0 exchanges GS_BASE and KERNEL_GS_BASE.
+fn cpl0_swapgs() {
+    let mark = 0x0000_7f11_2233_4000;
+    check_eq!(
+        instr::wrmsr_safe(msr::KERNEL_GS_BASE, mark),
+        Ok(()),
+        "KERNEL_GS_BASE"
+    );
+    let gs = instr::rdmsr_safe(msr::GS_BASE);
+    check_eq!(instr::swapgs_safe(), Ok(()), "SWAPGS at CPL0");
+    let (gs_after, kgs_after) = (
+        instr::rdmsr_safe(msr::GS_BASE),
+        instr::rdmsr_safe(msr::KERNEL_GS_BASE),
+    );
+    check_eq!(instr::swapgs_safe(), Ok(()), "SWAPGS back");
+    check_eq!(gs_after, Ok(mark), "GS_BASE after SWAPGS");
+    check_eq!(kgs_after, gs, "KERNEL_GS_BASE after SWAPGS");
+}
+case!(
+    cpl0_swapgs,
+    Spec::new(
+        "priv.cpl0.swapgs",
+        Area::Priv,
+        "SWAPGS at CPL0 exchanges GS_BASE and KERNEL_GS_BASE"
+    )
+    .reqs("X86-PRIV-3")
+);
+
+/// WBINVD, LGDT/LIDT/LLDT of the current values and INVLPG at CPL0 do not fault.
+fn cpl0_system_insns() {
+    check_eq!(instr::wbinvd_safe(), Ok(()), "WBINVD");
+    check_eq!(instr::reload_gdtr_safe(), Ok(()), "LGDT");
+    check_eq!(instr::reload_idtr_safe(), Ok(()), "LIDT");
+    check_eq!(instr::reload_ldtr_safe(), Ok(()), "LLDT");
+    check_eq!(instr::invlpg_safe(TEST_VA.get()), Ok(()), "INVLPG");
+    check_eq!(
+        instr::reload_tr_safe(),
+        Err(Exception::gp(u32::from(layout::sel::TSS))),
+        "LTR of the busy TSS: #GP(selector)"
+    );
+}
+case!(
+    cpl0_system_insns,
+    Spec::new(
+        "priv.cpl0.system_insns",
+        Area::Priv,
+        "WBINVD, LGDT/LIDT/LLDT, INVLPG at CPL0 work; LTR of a busy TSS is #GP(sel)"
+    )
+    .reqs("X86-PRIV-3")
+);
+
+extern "C" fn p_rdtscp_aux(_: u64) -> u64 {
+    instr::rdtscp_safe().map_or(u64::MAX, |(_, aux)| u64::from(aux))
+}
+
+/// RDTSCP returns IA32_TSC_AUX in ECX, at CPL0 and CPL3.
+fn rdtscp_aux() {
+    if !guest_lib::apic::has_feature(RDTSCP) {
+        guest_lib::skip!("CPUID does not offer RDTSCP");
+    }
+    let aux = 0x5a3;
+    check_eq!(instr::wrmsr_safe(msr::TSC_AUX, aux), Ok(()), "TSC_AUX");
+    check_eq!(
+        instr::rdtscp_safe().map(|(_, a)| u64::from(a)),
+        Ok(aux),
+        "RDTSCP at CPL0"
+    );
+    check_eq!(
+        user::run(p_rdtscp_aux, 0),
+        UserExit::Returned(aux),
+        "RDTSCP at CPL3"
+    );
+}
+case!(
+    rdtscp_aux,
+    Spec::new(
+        "priv.rdtscp_aux",
+        Area::Priv,
+        "RDTSCP returns IA32_TSC_AUX in ECX at CPL0 and CPL3"
+    )
+    .reqs("X86-PRIV-4")
+);
+
+/// CPUID.80000001H:EDX.RDTSCP.
+const RDTSCP: guest_lib::abi::x86::cpuid::Feature = (0x8000_0001, 3, 27);
+
+// --- What CPL0 code observes about itself --------------------------------------------------------
+
+/// SGDT, SIDT, STR, SLDT at CPL0 return what the library loaded.
+fn cpl0_observe_tables() {
+    let gdt = instr::sgdt();
+    let idt = instr::sidt();
+    check_eq!(gdt.limit, 79u16, "GDTR limit (10 descriptors)");
+    check!(
+        (layout::IMAGE_BASE..layout::IMAGE_END).contains(&gdt.base),
+        "GDTR base {:#x} is the library's GDT in the image",
+        gdt.base
+    );
+    check_eq!(idt.limit, 4095u16, "IDTR limit (256 gates)");
+    check!(
+        (layout::IMAGE_BASE..layout::IMAGE_END).contains(&idt.base),
+        "IDTR base {:#x} is the library's IDT in the image",
+        idt.base
+    );
+    check_eq!(instr::str_selector(), layout::sel::TSS, "STR");
+    check_eq!(instr::sldt(), 0u16, "SLDT (no LDT)");
+}
+case!(
+    cpl0_observe_tables,
+    Spec::new(
+        "priv.observe.tables",
+        Area::Priv,
+        "SGDT/SIDT/STR/SLDT at CPL0 read back what the guest loaded"
+    )
+    .reqs("X86-PRIV-2,PVM-RING-2")
+    .smoke()
+);
+
+/// PUSHF at CPL0 shows the interrupt flag the kernel set, and IOPL 0.
+fn cpl0_observe_rflags() {
+    let f = instr::read_rflags();
+    check_eq!(
+        f & rflags::IF,
+        0u64,
+        "IF while the kernel runs with interrupts off"
+    );
+    check_eq!(f & rflags::IOPL, 0u64, "IOPL 0");
+    check_eq!(f & rflags::FIXED, rflags::FIXED, "bit 1");
+}
+case!(
+    cpl0_observe_rflags,
+    Spec::new(
+        "priv.observe.rflags",
+        Area::Priv,
+        "PUSHF at CPL0 shows IF=0 (as booted) and IOPL 0"
+    )
+    .reqs("X86-PRIV-2,PVM-RING-2")
+);
+
+// --- Exceptions raised by user code ----------------------------------------------------------------
+
+static USER_FAULT: PerCpu<Option<(Exception, u64, u64)>> = PerCpu::new(None);
+
+/// Records the first user exception (vector, error code, RIP, CS) and lets the run end.
+fn record_user_fault(frame: &mut Frame, ex: Exception) -> bool {
+    if USER_FAULT.get().is_none() {
+        USER_FAULT.set(Some((ex, frame.rip, frame.cs)));
+    }
+    false
+}
+
+extern "C" fn u_div0(_: u64) -> u64 {
+    ran(instr::divide_by_zero_safe())
+}
+extern "C" fn u_int3(_: u64) -> u64 {
+    ran(instr::int3_safe())
+}
+extern "C" fn u_into(_: u64) -> u64 {
+    ran(instr::into_safe())
+}
+extern "C" fn u_ud2(_: u64) -> u64 {
+    ran(instr::ud2_safe())
+}
+extern "C" fn u_single_step(_: u64) -> u64 {
+    instr::single_step_nop();
+    0
+}
+extern "C" fn u_fwait(_: u64) -> u64 {
+    ran(instr::fwait_safe())
+}
+extern "C" fn u_x87_pending(_: u64) -> u64 {
+    instr::x87_pend_zero_divide();
+    ran(instr::fwait_safe())
+}
+extern "C" fn u_sse_div0(_: u64) -> u64 {
+    ran(instr::sse_zero_divide_safe())
+}
+extern "C" fn u_misaligned_ac(va: u64) -> u64 {
+    instr::misaligned_read_with_ac_safe(va).unwrap_or(0)
+}
+
+/// Where the frame's RIP must be for an exception from a `_safe` primitive.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum ReportedAt {
+    /// A fault: at the instruction.
+    Instruction,
+    /// A trap: just after it.
+    After,
+    /// Just after the single-stepped `nop` of `instr::single_step_nop`.
+    SingleStep,
+}
+
+/// Runs `probe` at CPL3 and checks the exception it raises: vector, error code, a CS with RPL 3
+/// and the RIP where the architecture reports it (`at`).
+fn expect_user_exception(probe: Probe, arg: u64, want: Exception, at: ReportedAt) {
+    USER_FAULT.set(None);
+    user::set_fault_hook(Some(record_user_fault));
+    let exit = user::run(probe, arg);
+    user::set_fault_hook(None);
+    check_eq!(exit, UserExit::Exception(want), "the exception from CPL3");
+    let Some((_, rip, cs)) = USER_FAULT.get() else {
+        check!(false, "no user exception reached the kernel");
+        return;
+    };
+    check_eq!(cs & 3, 3u64, "frame CS has RPL 3");
+    let site = guest_lib::arch::safe_site(rip);
+    match at {
+        ReportedAt::Instruction => check_eq!(
+            site,
+            Some(guest_lib::arch::SafeSite::Instruction),
+            "frame RIP {:#x} is the faulting instruction",
+            rip
+        ),
+        ReportedAt::After => check_eq!(
+            site,
+            Some(guest_lib::arch::SafeSite::After),
+            "frame RIP {:#x} is just after the trapping instruction",
+            rip
+        ),
+        ReportedAt::SingleStep => {
+            let f = instr::single_step_nop as *const () as u64;
+            check!(
+                (f..f + 32).contains(&rip),
+                "frame RIP {:#x} is after the stepped nop (function at {:#x})",
+                rip,
+                f
+            );
+        }
+    }
+}
+
+fn user_exc() {
+    use ReportedAt::{After, Instruction, SingleStep};
+    match rt::case_param() {
+        0 => expect_user_exception(u_div0, 0, Exception::new(vector::DE), Instruction),
+        1 => expect_user_exception(u_single_step, 0, Exception::new(vector::DB), SingleStep),
+        2 => expect_user_exception(u_int3, 0, Exception::new(vector::BP), After),
+        3 => expect_user_exception(u_into, 0, Exception::new(vector::UD), Instruction),
+        4 => expect_user_exception(u_ud2, 0, Exception::new(vector::UD), Instruction),
+        5 => {
+            instr::set_cr0_ts(true);
+            check_eq!(
+                instr::read_cr0() & cr0::TS,
+                cr0::TS,
+                "CR0.TS reads back set"
+            );
+            expect_user_exception(u_fwait, 0, Exception::new(vector::NM), Instruction);
+            instr::set_cr0_ts(false);
+        }
+        6 => {
+            expect_user_exception(u_x87_pending, 0, Exception::new(vector::MF), Instruction);
+            instr::x87_reset();
+        }
+        7 => {
+            instr::enable_sse(true);
+            expect_user_exception(u_sse_div0, 0, Exception::new(vector::XM), Instruction);
+        }
+        8 => {
+            instr::enable_sse(false);
+            check_eq!(
+                instr::read_cr4() & cr4::OSXMMEXCPT,
+                0u64,
+                "CR4.OSXMMEXCPT reads back clear"
+            );
+            expect_user_exception(u_sse_div0, 0, Exception::new(vector::UD), Instruction);
+        }
+        9 => {
+            let f = guest_lib::paging::alloc_frame();
+            guest_lib::paging::map(TEST_VA, &f, PteFlags::RW | PteFlags::US);
+            instr::invlpg(TEST_VA.get());
+            expect_user_exception(
+                u_misaligned_ac,
+                TEST_VA.get(),
+                Exception::new(vector::AC),
+                Instruction,
+            );
+        }
+        n => guest_lib::error!("no user exception {}", n),
+    }
+}
+
+const fn user_exc_spec(name: &'static str, summary: &'static str) -> Spec {
+    Spec::new(name, Area::Priv, summary).reqs("X86-EVT-4,PVM-SWITCH-2")
+}
+
+case_table!(
+    user_exc,
+    user_exc_spec,
+    [
+        (
+            "priv.user_exc.de",
+            0,
+            "DIV by zero at CPL3: #DE to the kernel, RIP at the DIV"
+        ),
+        (
+            "priv.user_exc.db_single_step",
+            1,
+            "TF set at CPL3: #DB after the next instruction"
+        ),
+        (
+            "priv.user_exc.bp",
+            2,
+            "INT3 at CPL3 (DPL3 gate): #BP to the kernel"
+        ),
+        (
+            "priv.user_exc.into_ud",
+            3,
+            "INTO at CPL3 is invalid in 64-bit mode: #UD"
+        ),
+        ("priv.user_exc.ud", 4, "UD2 at CPL3: #UD to the kernel"),
+        (
+            "priv.user_exc.nm",
+            5,
+            "FWAIT at CPL3 with CR0.TS=1, MP=1: #NM"
+        ),
+        (
+            "priv.user_exc.mf",
+            6,
+            "an unmasked x87 zero-divide pending at FWAIT (CR0.NE=1): #MF"
+        ),
+        (
+            "priv.user_exc.xm",
+            7,
+            "an unmasked SSE zero-divide at CPL3 with CR4.OSXMMEXCPT=1: #XM"
+        ),
+        (
+            "priv.user_exc.xm_as_ud",
+            8,
+            "an unmasked SSE zero-divide with CR4.OSXMMEXCPT=0: #UD"
+        ),
+        (
+            "priv.user_exc.ac",
+            9,
+            "a misaligned read at CPL3 with CR0.AM and RFLAGS.AC: #AC(0)"
+        ),
+    ]
+);
+
+// --- State preserved across a user -> kernel -> user round trip ---------------------------------
+
+/// Resumes a user `ud2` at the next instruction.
+fn skip_user_ud2(frame: &mut Frame, ex: Exception) -> bool {
+    if ex.vector != vector::UD {
+        return false;
+    }
+    frame.rip += 2;
+    true
+}
+
+extern "C" fn u_df(_: u64) -> u64 {
+    instr::df_across_ud2()
+}
+extern "C" fn u_ac(_: u64) -> u64 {
+    instr::ac_across_ud2()
+}
+extern "C" fn u_xmm0(v: u64) -> u64 {
+    instr::xmm0_across_ud2(v)
+}
+extern "C" fn u_fs0(_: u64) -> u64 {
+    let (a, b) = instr::fs0_across_ud2();
+    if a == b { a } else { u64::MAX }
+}
+
+fn preserve() {
+    user::set_fault_hook(Some(skip_user_ud2));
+    match rt::case_param() {
+        0 => {
+            let exit = user::run(u_df, 0);
+            check!(
+                matches!(exit, UserExit::Returned(f) if f & rflags::DF != 0),
+                "RFLAGS.DF after the event: {:?}",
+                exit
+            );
+        }
+        1 => {
+            let exit = user::run(u_ac, 0);
+            check!(
+                matches!(exit, UserExit::Returned(f) if f & rflags::AC != 0),
+                "RFLAGS.AC after the event: {:?}",
+                exit
+            );
+        }
+        2 => {
+            instr::enable_sse(true);
+            let v = 0x0123_4567_89ab_cdef;
+            check_eq!(
+                user::run(u_xmm0, v),
+                UserExit::Returned(v),
+                "XMM0 after the event"
+            );
+        }
+        3 => {
+            let f = guest_lib::paging::alloc_frame();
+            f.write_u64(0, 0xf5ba_5e00);
+            guest_lib::paging::map(TEST_VA, &f, PteFlags::RW | PteFlags::US);
+            instr::invlpg(TEST_VA.get());
+            instr::set_fs_base(TEST_VA.get());
+            check_eq!(
+                user::run(u_fs0, 0),
+                UserExit::Returned(0xf5ba_5e00),
+                "FS:0 before and after the event"
+            );
+        }
+        n => guest_lib::error!("no preservation check {}", n),
+    }
+    user::set_fault_hook(None);
+}
+
+const fn preserve_spec(name: &'static str, summary: &'static str) -> Spec {
+    Spec::new(name, Area::Priv, summary).reqs("X86-EVT-2,PVM-SWITCH-1")
+}
+
+case_table!(
+    preserve,
+    preserve_spec,
+    [
+        (
+            "priv.preserve.rflags_df",
+            0,
+            "RFLAGS.DF set at CPL3 survives an event round trip"
+        ),
+        (
+            "priv.preserve.rflags_ac",
+            1,
+            "RFLAGS.AC set at CPL3 survives an event round trip"
+        ),
+        (
+            "priv.preserve.xmm",
+            2,
+            "the user's XMM registers survive an event round trip"
+        ),
+        (
+            "priv.preserve.fs_base",
+            3,
+            "the user's FS base survives an event round trip"
+        ),
+    ]
 );

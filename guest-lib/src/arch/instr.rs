@@ -458,3 +458,423 @@ pub fn write_x2apic(index: u32, v: u64) {
     // SAFETY: x2APIC registers control interrupt delivery, not the memory model.
     unsafe { wrmsr(index, v) }
 }
+
+/// A descriptor-table register as SGDT/SIDT store it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TableRegister {
+    /// Limit.
+    pub limit: u16,
+    /// Linear base.
+    pub base: u64,
+}
+
+fn store_table(which: u8) -> TableRegister {
+    let mut buf = [0u8; 10];
+    // SAFETY: SGDT/SIDT write 10 bytes to the given buffer, which is exactly that big; they
+    // are not privileged (without UMIP) and change nothing.
+    unsafe {
+        if which == 0 {
+            asm!("sgdt ({})", in(reg) buf.as_mut_ptr(), options(att_syntax, nostack))
+        } else {
+            asm!("sidt ({})", in(reg) buf.as_mut_ptr(), options(att_syntax, nostack))
+        }
+    }
+    let mut base = [0u8; 8];
+    base.copy_from_slice(&buf[2..10]);
+    TableRegister {
+        limit: u16::from_le_bytes([buf[0], buf[1]]),
+        base: u64::from_le_bytes(base),
+    }
+}
+
+/// `sgdt`.
+pub fn sgdt() -> TableRegister {
+    store_table(0)
+}
+
+/// `sidt`.
+pub fn sidt() -> TableRegister {
+    store_table(1)
+}
+
+/// `str` (the task register's selector).
+pub fn str_selector() -> u16 {
+    let v: u16;
+    // SAFETY: STR only reads the task register.
+    unsafe { asm!("str {0:x}", out(reg) v, options(att_syntax, nostack)) }
+    v
+}
+
+/// `sldt` (the LDT selector).
+pub fn sldt() -> u16 {
+    let v: u16;
+    // SAFETY: SLDT only reads the LDTR.
+    unsafe { asm!("sldt {0:x}", out(reg) v, options(att_syntax, nostack)) }
+    v
+}
+
+/// `smsw` (the low 16 bits of CR0).
+pub fn smsw() -> u16 {
+    let v: u16;
+    // SAFETY: SMSW only reads CR0.
+    unsafe { asm!("smsw {0:x}", out(reg) v, options(att_syntax, nostack)) }
+    v
+}
+
+/// `lgdt` of the GDTR's current value (a no-op at CPL0; #GP at CPL3), with a fixup.
+pub fn reload_gdtr_safe() -> Result<(), Exception> {
+    let cur = store_raw(0);
+    with_fixup!("lgdt ({p})", p = in(reg) cur.as_ptr())
+}
+
+/// `lidt` of the IDTR's current value, with a fixup.
+pub fn reload_idtr_safe() -> Result<(), Exception> {
+    let cur = store_raw(1);
+    with_fixup!("lidt ({p})", p = in(reg) cur.as_ptr())
+}
+
+fn store_raw(which: u8) -> [u8; 10] {
+    let t = store_table(which);
+    let mut b = [0u8; 10];
+    b[..2].copy_from_slice(&t.limit.to_le_bytes());
+    b[2..].copy_from_slice(&t.base.to_le_bytes());
+    b
+}
+
+/// `lldt` of the current LDT selector (a no-op at CPL0), with a fixup.
+pub fn reload_ldtr_safe() -> Result<(), Exception> {
+    let sel = sldt();
+    with_fixup!("lldt {s:x}", s = in(reg) sel)
+}
+
+/// `ltr` of the current TR selector, with a fixup (#GP at CPL3; at CPL0 the TSS is busy, so
+/// #GP(selector) as well).
+pub fn reload_tr_safe() -> Result<(), Exception> {
+    let sel = str_selector();
+    with_fixup!("ltr {s:x}", s = in(reg) sel)
+}
+
+/// CR3 written with its current value, with a fixup (#GP at CPL3).
+pub fn reload_cr3_safe() -> Result<(), Exception> {
+    let v = read_cr3_safe()?;
+    with_fixup!("movq {v}, %cr3", v = in(reg) v)
+}
+
+/// CR0 read with a fixup.
+pub fn read_cr0_safe() -> Result<u64, Exception> {
+    let mut v: u64 = 0;
+    with_fixup!("movq %cr0, {v}", v = inout(reg) v)?;
+    Ok(v)
+}
+
+/// CR4 read with a fixup.
+pub fn read_cr4_safe() -> Result<u64, Exception> {
+    let mut v: u64 = 0;
+    with_fixup!("movq %cr4, {v}", v = inout(reg) v)?;
+    Ok(v)
+}
+
+/// CR0 written with its current value, with a fixup.
+pub fn reload_cr0_safe() -> Result<(), Exception> {
+    let v = read_cr0_safe()?;
+    with_fixup!("movq {v}, %cr0", v = in(reg) v)
+}
+
+/// DR7 read with a fixup.
+pub fn read_dr7_safe() -> Result<u64, Exception> {
+    let mut v: u64 = 0;
+    with_fixup!("movq %dr7, {v}", v = inout(reg) v)?;
+    Ok(v)
+}
+
+/// DR7 written with `v`, with a fixup. Breakpoints stay disabled unless `v` enables them, which
+/// callers must not do (the library handles no #DB).
+pub fn write_dr7_safe(v: u64) -> Result<(), Exception> {
+    with_fixup!("movq {v}, %dr7", v = in(reg) v)
+}
+
+/// `clts` with a fixup.
+pub fn clts_safe() -> Result<(), Exception> {
+    with_fixup!("clts")
+}
+
+/// `wbinvd` with a fixup.
+pub fn wbinvd_safe() -> Result<(), Exception> {
+    with_fixup!("wbinvd")
+}
+
+/// `invd` with a fixup (only ever expected to fault: at CPL0 it would drop dirty cache lines).
+pub fn invd_at_cpl3_safe() -> Result<(), Exception> {
+    if read_cs() & 3 == 0 {
+        crate::error!("invd is only for CPL3 probes");
+    }
+    with_fixup!("invd")
+}
+
+/// `swapgs` with a fixup (exchanges GS_BASE and KERNEL_GS_BASE; the library never uses GS).
+pub fn swapgs_safe() -> Result<(), Exception> {
+    with_fixup!("swapgs")
+}
+
+/// `rdpmc` of counter `ecx` with a fixup.
+pub fn rdpmc_safe(counter: u32) -> Result<u64, Exception> {
+    let (mut lo, mut hi): (u32, u32) = (0, 0);
+    with_fixup!("rdpmc", in("ecx") counter, inout("eax") lo, inout("edx") hi)?;
+    Ok((u64::from(hi) << 32) | u64::from(lo))
+}
+
+/// `rdtsc` with a fixup (#GP at CPL3 with CR4.TSD=1).
+pub fn rdtsc_safe() -> Result<u64, Exception> {
+    let (mut lo, mut hi): (u32, u32) = (0, 0);
+    with_fixup!("rdtsc", inout("eax") lo, inout("edx") hi)?;
+    Ok((u64::from(hi) << 32) | u64::from(lo))
+}
+
+/// `rdtscp` with a fixup: the TSC and IA32_TSC_AUX.
+pub fn rdtscp_safe() -> Result<(u64, u32), Exception> {
+    let (mut lo, mut hi, mut aux): (u32, u32, u32) = (0, 0, 0);
+    with_fixup!("rdtscp", inout("eax") lo, inout("edx") hi, inout("ecx") aux)?;
+    Ok(((u64::from(hi) << 32) | u64::from(lo), aux))
+}
+
+/// `sti` with a fixup.
+pub fn sti_safe() -> Result<(), Exception> {
+    with_fixup!("sti")
+}
+
+/// `inb` with a fixup.
+pub fn inb_safe(port: u16) -> Result<u8, Exception> {
+    let mut v: u8 = 0;
+    with_fixup!("inb %dx, %al", in("dx") port, inout("al") v)?;
+    Ok(v)
+}
+
+/// `wrmsr` of an MSR with its current value (a no-op at CPL0), with a fixup.
+pub fn rewrite_msr_safe(msr: u32) -> Result<(), Exception> {
+    let v = rdmsr_safe(msr)?;
+    with_fixup!("wrmsr", in("ecx") msr, in("eax") v as u32, in("edx") (v >> 32) as u32)
+}
+
+/// Sets or clears CR4 bits among TSD and PCE (they only decide what CPL3 may read).
+pub fn set_cr4_user_bits(bits: u64, on: bool) {
+    let allowed = cr4::TSD | cr4::PCE;
+    if bits & !allowed != 0 {
+        crate::error!("set_cr4_user_bits: {bits:#x} has bits other than TSD/PCE");
+    }
+    let cur = read_cr4();
+    let v = if on { cur | bits } else { cur & !bits };
+    // SAFETY: TSD and PCE only decide whether CPL3 may execute RDTSC/RDPMC.
+    unsafe { asm!("movq {}, %cr4", in(reg) v, options(att_syntax, nostack)) }
+}
+
+/// Sets or clears CR0.TS (x87/SSE instructions then raise #NM; the library uses neither).
+pub fn set_cr0_ts(on: bool) {
+    let cr0 = read_cr0();
+    let v = if on { cr0 | cr0::TS } else { cr0 & !cr0::TS };
+    // SAFETY: TS only decides whether x87/SSE instructions raise #NM.
+    unsafe { write_cr0(v) }
+}
+
+/// Enables SSE: CR4.OSFXSR, and CR4.OSXMMEXCPT when `xmm_exceptions` (else unmasked SIMD
+/// exceptions raise #UD). The library itself is built without SSE.
+pub fn enable_sse(xmm_exceptions: bool) {
+    let mut v = read_cr4() | cr4::OSFXSR;
+    if xmm_exceptions {
+        v |= cr4::OSXMMEXCPT;
+    } else {
+        v &= !cr4::OSXMMEXCPT;
+    }
+    // SAFETY: OSFXSR/OSXMMEXCPT only enable SSE instructions and pick #XM or #UD for their
+    // exceptions; no memory is affected.
+    unsafe { asm!("movq {}, %cr4", in(reg) v, options(att_syntax, nostack)) }
+}
+
+/// Sets IA32_FS_BASE (the library never uses FS; cases use it to check that transitions keep
+/// the user's FS base).
+pub fn set_fs_base(v: u64) {
+    // SAFETY: the library and the cases address memory only through DS/SS and absolute
+    // addresses, never through FS, so its base changes nothing they rely on.
+    unsafe { wrmsr(msr::FS_BASE, v) }
+}
+
+/// `invlpg` with a fixup (#GP at CPL3).
+pub fn invlpg_safe(va: u64) -> Result<(), Exception> {
+    with_fixup!("invlpg ({a})", a = in(reg) va)
+}
+
+/// CR0 written with `v` (the value the caller knows is current), with a fixup: for CPL3 probes,
+/// which must fault; at CPL0 it is [`write_cr0`].
+pub fn write_cr0_probe_safe(v: u64) -> Result<(), Exception> {
+    if read_cs() & 3 == 0 && v != read_cr0() {
+        crate::error!("write_cr0_probe_safe: {v:#x} is not the current CR0");
+    }
+    with_fixup!("movq {v}, %cr0", v = in(reg) v)
+}
+
+/// CR3 written with `v`, with a fixup: for CPL3 probes (see [`write_cr0_probe_safe`]).
+pub fn write_cr3_probe_safe(v: u64) -> Result<(), Exception> {
+    if read_cs() & 3 == 0 && v != read_cr3() {
+        crate::error!("write_cr3_probe_safe: {v:#x} is not the current CR3");
+    }
+    with_fixup!("movq {v}, %cr3", v = in(reg) v)
+}
+
+/// CR4 written with `v`, with a fixup: for CPL3 probes (see [`write_cr0_probe_safe`]).
+pub fn write_cr4_probe_safe(v: u64) -> Result<(), Exception> {
+    if read_cs() & 3 == 0 && v != read_cr4() {
+        crate::error!("write_cr4_probe_safe: {v:#x} is not the current CR4");
+    }
+    with_fixup!("movq {v}, %cr4", v = in(reg) v)
+}
+
+/// Loads DS with `sel`, with a fixup, and restores the previous DS (a #GP leaves DS as it was).
+pub fn load_ds_safe(sel: u16) -> Result<(), Exception> {
+    let old: u16;
+    // SAFETY: reading DS has no effect.
+    unsafe { asm!("movw %ds, {0:x}", out(reg) old, options(att_syntax, nostack)) }
+    let r = with_fixup!("movw {s:x}, %ds", s = in(reg) sel);
+    // SAFETY: `old` is the selector DS held a moment ago, so reloading it is valid.
+    unsafe { asm!("movw {0:x}, %ds", in(reg) old, options(att_syntax, nostack)) }
+    r
+}
+
+/// Sets RFLAGS.TF, executes one `nop` (which traps with #DB after it) and clears TF again. The
+/// #DB goes to the normal dispatch (a user fault hook, or an unexpected exception at CPL0).
+/// Never inlined, so a case can check that the #DB reported a RIP inside it.
+#[inline(never)]
+pub fn single_step_nop() {
+    // SAFETY: TF makes the instruction after POPF raise #DB, which the dispatcher handles; the
+    // second POPF restores the flags (TF clear). The stack is balanced.
+    unsafe {
+        asm!(
+            "pushfq",
+            "orq $0x100, (%rsp)",
+            "popfq",
+            "nop",
+            "pushfq",
+            "andq $~0x100, (%rsp)",
+            "popfq",
+            options(att_syntax)
+        )
+    }
+}
+
+/// Executes the byte 0xce (`into`, invalid in 64-bit mode: #UD), with a fixup.
+pub fn into_safe() -> Result<(), Exception> {
+    with_fixup!(".byte 0xce")
+}
+
+/// `fwait` with a fixup (#NM with CR0.TS=1 and CR0.MP=1; #MF with an unmasked x87 exception
+/// pending).
+pub fn fwait_safe() -> Result<(), Exception> {
+    with_fixup!("fwait")
+}
+
+/// Leaves an unmasked x87 zero-divide pending (FNINIT, zero-divide unmasked, 1/0 with the
+/// no-wait form), so that the next waiting x87 instruction raises #MF.
+pub fn x87_pend_zero_divide() {
+    let cw: u16 = 0x037b; // default 0x037f with ZM (bit 2) cleared
+    // SAFETY: only the x87 unit's state changes (the library does not use it); FDIVP's result
+    // is popped, leaving the stack empty, and FNCLEX is not executed so the error stays pending.
+    unsafe {
+        asm!(
+            "fninit",
+            "fldcw ({cw})",
+            "fldz",
+            "fld1",
+            "fdivp %st, %st(1)",
+            cw = in(reg) &cw,
+            options(att_syntax, nostack)
+        )
+    }
+}
+
+/// FNINIT: clears pending x87 exceptions (after [`x87_pend_zero_divide`]).
+pub fn x87_reset() {
+    // SAFETY: only the x87 unit's state changes.
+    unsafe { asm!("fninit", options(att_syntax, nostack)) }
+}
+
+/// DIVSS of 1.0 by 0.0 with the zero-divide exception unmasked in MXCSR, with a fixup: #XM
+/// (or #UD with CR4.OSXMMEXCPT=0). MXCSR is reset to its default afterwards. Needs SSE
+/// enabled ([`enable_sse`]).
+pub fn sse_zero_divide_safe() -> Result<(), Exception> {
+    let unmasked: u32 = 0x1f80 & !(1 << 9); // default MXCSR with ZM cleared
+    let default: u32 = 0x1f80;
+    let one: u32 = 0x3f80_0000;
+    let r = with_fixup!(pre "ldmxcsr ({m}); movd {o:e}, %xmm0; xorps %xmm1, %xmm1",
+        "divss %xmm1, %xmm0", post "",
+        m = in(reg) &unmasked, o = in(reg) one, out("xmm0") _, out("xmm1") _);
+    // SAFETY: restores the default MXCSR (all exceptions masked).
+    unsafe { asm!("ldmxcsr ({})", in(reg) &default, options(att_syntax, nostack)) }
+    r
+}
+
+/// Sets RFLAGS.DF, executes `ud2` (a hook must resume after it: RIP + 2), reads RFLAGS and
+/// clears DF again; returns the RFLAGS seen after the event (did DF survive it?). One asm block,
+/// so no compiled code runs with DF set.
+pub fn df_across_ud2() -> u64 {
+    let f: u64;
+    // SAFETY: DF is set and cleared inside the block; the #UD is handled by the caller's hook,
+    // which resumes at the next instruction; the entry stubs clear DF before any Rust code.
+    unsafe { asm!("std", "ud2", "pushfq", "popq {f}", "cld", f = out(reg) f, options(att_syntax)) }
+    f
+}
+
+/// Sets RFLAGS.AC, executes `ud2` (resumed by a hook), reads RFLAGS and clears AC; returns the
+/// RFLAGS seen after the event.
+pub fn ac_across_ud2() -> u64 {
+    let f: u64;
+    // SAFETY: AC only enables alignment checks, which nothing between setting and clearing it
+    // trips (no memory access but the stack, which is aligned).
+    unsafe {
+        asm!(
+            "pushfq", "orq $0x40000, (%rsp)", "popfq",
+            "ud2",
+            "pushfq", "popq {f}",
+            "pushfq", "andq $~0x40000, (%rsp)", "popfq",
+            f = out(reg) f, options(att_syntax)
+        )
+    }
+    f
+}
+
+/// Writes `v` to XMM0, executes `ud2` (resumed by a hook) and returns XMM0's low 64 bits after
+/// the event (did the host keep the guest's SSE state?). Needs SSE enabled.
+pub fn xmm0_across_ud2(v: u64) -> u64 {
+    let r: u64;
+    // SAFETY: only XMM0 and the #UD (handled by the caller's hook) are involved.
+    unsafe {
+        asm!("movq {v}, %xmm0", "ud2", "movq %xmm0, {r}", v = in(reg) v, r = out(reg) r,
+             out("xmm0") _, options(att_syntax))
+    }
+    r
+}
+
+/// The u64 at FS:0 before and after a `ud2` (resumed by a hook): did the FS base survive?
+pub fn fs0_across_ud2() -> (u64, u64) {
+    let (a, b): (u64, u64);
+    // SAFETY: reads through FS, whose base the caller set to a mapped test page; the #UD is
+    // handled by the caller's hook.
+    unsafe {
+        asm!("movq %fs:0, {a}", "ud2", "movq %fs:0, {b}", a = out(reg) a, b = out(reg) b,
+             options(att_syntax))
+    }
+    (a, b)
+}
+
+/// A u64 read at `va + 1` (misaligned), with a fixup: #AC at CPL3 with CR0.AM and RFLAGS.AC.
+pub fn misaligned_read_safe(va: u64) -> Result<u64, Exception> {
+    let mut v: u64 = 0;
+    with_fixup!("movq 1({a}), {v}", a = in(reg) va, v = inout(reg) v)?;
+    Ok(v)
+}
+
+/// Sets RFLAGS.AC, reads the u64 at `va + 1` (misaligned) with a fixup and clears AC: #AC(0)
+/// at CPL3 with CR0.AM=1. One asm block, so no compiled code runs with AC set.
+pub fn misaligned_read_with_ac_safe(va: u64) -> Result<u64, Exception> {
+    let mut v: u64 = 0;
+    with_fixup!(pre "pushfq; orq $0x40000, (%rsp); popfq", "movq 1({a}), {v}",
+        post "pushfq; andq $~0x40000, (%rsp); popfq", a = in(reg) va, v = inout(reg) v)?;
+    Ok(v)
+}

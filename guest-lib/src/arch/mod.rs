@@ -70,6 +70,24 @@ pub fn call_case(entry: u64) {
     f();
 }
 
+/// Where a RIP lies relative to the `_safe` primitives' instructions.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SafeSite {
+    /// At a `_safe` primitive's instruction (where a fault reports RIP).
+    Instruction,
+    /// Just after it (where a trap, INT3 say, reports RIP).
+    After,
+}
+
+/// Whether `rip` is at (or just after) the instruction of a `_safe` primitive: lets a case
+/// check that an exception reported the right RIP for a fault or a trap.
+pub fn safe_site(rip: u64) -> Option<SafeSite> {
+    match fixup_for(rip)? {
+        resume if resume == rip => Some(SafeSite::After),
+        _ => Some(SafeSite::Instruction),
+    }
+}
+
 /// Looks up a faulting RIP in the exception-fixup table.
 pub fn fixup_for(rip: u64) -> Option<u64> {
     #[cfg(target_os = "none")]
