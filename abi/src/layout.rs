@@ -13,7 +13,8 @@
 //! 0x0040_0000  supervisor stack (grows down from SUPERVISOR_STACK_TOP)
 //! 0x0041_0000  user stack (grows down from USER_STACK_TOP)
 //! 0x0042_0000  stacks of vCPUs 1.. (`ap_stack_top`), 64 KiB each
-//! 0x0060_0000  free pages for guest page-table experiments          .. RAM_SIZE
+//! 0x0060_0000  one 2 MiB-aligned block for large-page test mappings (`LARGE_TEST_GPA`)
+//! 0x0080_0000  free pages for guest page-table experiments          .. RAM_SIZE
 //! 0x3fe0_0000  MMIO window: mapped by a 2 MiB PDE, no memslot behind it
 //! ```
 //!
@@ -23,7 +24,7 @@
 //! PML4 slot 511 aliases PML4 slot 0 ([`HIGH_ALIAS`]) for the stack events from CPL3 switch to.
 
 /// Size of the guest's RAM, starting at GPA 0.
-pub const RAM_SIZE: u64 = 8 << 20;
+pub const RAM_SIZE: u64 = 16 << 20;
 /// Page size.
 pub const PAGE_SIZE: u64 = 4096;
 /// Size of a large (PDE-level) page.
@@ -73,7 +74,9 @@ pub const SUPERVISOR_STACK_TOP: u64 = 0x41_0000;
 /// Top of the stack used for user-mode (CPL3) code.
 pub const USER_STACK_TOP: u64 = 0x42_0000;
 /// First free page for guest-built page tables and test mappings.
-pub const FREE_START: u64 = 0x60_0000;
+pub const FREE_START: u64 = 0x80_0000;
+/// A 2 MiB-aligned block of RAM reserved for large-page test mappings.
+pub const LARGE_TEST_GPA: u64 = 0x60_0000;
 /// End (exclusive) of free pages.
 pub const FREE_END: u64 = RAM_SIZE;
 /// GPA (== VA) of the MMIO window: mapped, but without a memslot, so accesses exit to the VMM.
@@ -174,6 +177,8 @@ const _: () = {
     assert!(PML4_GPA.is_multiple_of(0x2000));
     assert!(vif_gpa(MAX_VCPUS - 1) < 0x1_0000 && stack_top(MAX_VCPUS - 1) <= FREE_START);
     assert!(SUPERVISOR_STACK_TOP > IMAGE_END && USER_STACK_TOP <= FREE_START);
+    assert!(LARGE_TEST_GPA.is_multiple_of(LARGE_PAGE_SIZE));
+    assert!(stack_top(MAX_VCPUS - 1) <= LARGE_TEST_GPA && LARGE_TEST_GPA + LARGE_PAGE_SIZE <= FREE_START);
     assert!(BOOT_CR0 == 0x8005_0033 && BOOT_EFER == 0xd01);
 };
 

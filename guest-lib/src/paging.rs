@@ -10,7 +10,7 @@
 
 use core::sync::atomic::{AtomicU64, Ordering};
 
-use abi::layout::{HIGH_ALIAS, PAGE_SIZE, pte};
+use abi::layout::{HIGH_ALIAS, LARGE_PAGE_SIZE, LARGE_TEST_GPA, PAGE_SIZE, pte};
 
 use crate::arch::{self, mem};
 
@@ -129,6 +129,16 @@ impl Pte {
         Self((frame.pa & pte::ADDR_MASK) | flags.bits() | pte::P)
     }
 
+    /// Like [`Pte::map`] with physical-address bit `bit` (40..52) also set: reserved when it is
+    /// at or above MAXPHYADDR, so an access raises #PF with RSVD; if it is not reserved the entry
+    /// points beyond RAM (an MMIO exit), never at guest memory.
+    pub fn map_with_high_bit(frame: &Frame, flags: PteFlags, bit: u32) -> Self {
+        if !(40..52).contains(&bit) {
+            crate::error!("physical-address bit {bit} is not in 40..52");
+        }
+        Self(Self::map(frame, flags).0 | (1 << bit))
+    }
+
     /// The raw entry.
     pub fn bits(self) -> u64 {
         self.0
@@ -149,6 +159,42 @@ impl PageTable {
     pub(crate) fn pa(self) -> u64 {
         self.0
     }
+}
+
+/// The 2 MiB block for large-page test mappings (`abi::layout::LARGE_TEST_GPA`): like a
+/// [`Frame`], it holds no Rust object. There is one; [`large_frame`] hands it out once.
+#[derive(Debug, PartialEq, Eq)]
+pub struct LargeFrame {
+    pa: u64,
+}
+
+impl LargeFrame {
+    /// Guest-physical address.
+    pub fn pa(&self) -> u64 {
+        self.pa
+    }
+
+    /// The 4 KiB frame at `offset` (a multiple of 4 KiB) inside it, for writing test data.
+    pub fn frame_at(&self, offset: u64) -> Frame {
+        if !offset.is_multiple_of(PAGE_SIZE) || offset >= LARGE_PAGE_SIZE {
+            crate::error!("offset {offset:#x} is not a page inside the large frame");
+        }
+        Frame { pa: self.pa + offset }
+    }
+}
+
+static LARGE_TAKEN: core::sync::atomic::AtomicBool = core::sync::atomic::AtomicBool::new(false);
+
+/// The large-page test block, zeroed; `None` if it was handed out already.
+pub fn large_frame() -> Option<LargeFrame> {
+    if LARGE_TAKEN.swap(true, Ordering::AcqRel) {
+        return None;
+    }
+    let f = LargeFrame { pa: LARGE_TEST_GPA };
+    for off in (0..LARGE_PAGE_SIZE).step_by(PAGE_SIZE as usize) {
+        mem::zero_frame(&f.frame_at(off));
+    }
+    Some(f)
 }
 
 /// Sets the range [`alloc_frame`] hands out.
@@ -199,6 +245,113 @@ pub fn map(va: TestVa, frame: &Frame, flags: PteFlags) {
     match walk(va, true) {
         Some((table, i)) => mem::write_table_entry(table, i, Pte::map(frame, flags).bits()),
         None => crate::error!("cannot map {:#x}: covered by a large page", va.get()),
+    }
+}
+
+/// Maps the 2 MiB page at `va` (2 MiB aligned) to the large test frame with `flags` (P and PS
+/// are added), creating the tables above it. Does not flush the TLB.
+pub fn map_large(va: TestVa, frame: &LargeFrame, flags: PteFlags) {
+    if !va.get().is_multiple_of(LARGE_PAGE_SIZE) {
+        crate::error!("{:#x} is not 2 MiB aligned", va.get());
+    }
+    let mut table = PageTable::root();
+    for level in (2..=3).rev() {
+        let i = index(va.get(), level);
+        let mut e = mem::read_u64(table.pa() + 8 * i);
+        if e & pte::P == 0 {
+            e = alloc_frame().pa | pte::P | pte::RW | pte::US;
+            mem::write_table_entry(table, i, e);
+        } else if e & pte::PS != 0 {
+            crate::error!("cannot map {:#x}: covered by a 1 GiB page", va.get());
+        }
+        table = PageTable(e & pte::ADDR_MASK);
+    }
+    let i = index(va.get(), 1);
+    let old = mem::read_u64(table.pa() + 8 * i);
+    if old & pte::P != 0 && old & pte::PS == 0 {
+        crate::error!("{:#x} is already mapped with 4 KiB pages", va.get());
+    }
+    let e = (frame.pa & pte::ADDR_MASK) | flags.bits() | pte::P | pte::PS;
+    mem::write_table_entry(table, i, e);
+}
+
+/// The raw PDE mapping the 2 MiB page at `va`, if its tables exist.
+pub fn pde(va: TestVa) -> Option<u64> {
+    let mut table = PageTable::root();
+    for level in (2..=3).rev() {
+        let e = mem::read_u64(table.pa() + 8 * index(va.get(), level));
+        if e & pte::P == 0 || e & pte::PS != 0 {
+            return None;
+        }
+        table = PageTable(e & pte::ADDR_MASK);
+    }
+    Some(mem::read_u64(table.pa() + 8 * index(va.get(), 1)))
+}
+
+/// A second address space: its own top-level table (8 KiB aligned, with the user mirror the
+/// local host expects at +4 KiB) holding the same entries as the current one, so the image,
+/// the stacks and the loader's mappings stay as they are, plus mappings of its own in PML4
+/// slots the current space leaves empty. Switching to it is therefore safe.
+#[derive(Debug)]
+pub struct AddressSpace {
+    root: PageTable,
+}
+
+impl AddressSpace {
+    /// A copy of the current top-level table.
+    pub fn clone_current() -> Self {
+        // 8 KiB aligned: take frames until one is, then its neighbour.
+        let mut f = alloc_frame();
+        while !f.pa.is_multiple_of(2 * PAGE_SIZE) {
+            f = alloc_frame();
+        }
+        let mirror = alloc_frame();
+        if mirror.pa != f.pa + PAGE_SIZE {
+            crate::error!("frames for the new top-level table are not adjacent");
+        }
+        let cur = PageTable::root();
+        let root = PageTable(f.pa);
+        for i in 0..512 {
+            let e = mem::read_u64(cur.pa() + 8 * i);
+            mem::write_table_entry(root, i, e);
+            mem::write_table_entry(PageTable(mirror.pa), i, e);
+        }
+        Self { root }
+    }
+
+    /// Maps `va` (whose PML4 slot must be empty in the space this was cloned from, so the
+    /// mapping is this space's alone) to `frame`.
+    pub fn map(&self, va: TestVa, frame: &Frame, flags: PteFlags) {
+        let slot = index(va.get(), 3);
+        let cur = mem::read_u64(PageTable::root().pa() + 8 * slot);
+        let mine = mem::read_u64(self.root.pa() + 8 * slot);
+        if cur & pte::P != 0 && cur == mine {
+            crate::error!("PML4 slot {slot} is shared with the current space");
+        }
+        let mut table = self.root;
+        for level in (1..=3).rev() {
+            let i = index(va.get(), level);
+            let mut e = mem::read_u64(table.pa() + 8 * i);
+            if e & pte::P == 0 {
+                e = alloc_frame().pa | pte::P | pte::RW | pte::US;
+                mem::write_table_entry(table, i, e);
+                if level == 3 {
+                    mem::write_table_entry(PageTable(table.pa() + PAGE_SIZE), i, e);
+                }
+            }
+            table = PageTable(e & pte::ADDR_MASK);
+        }
+        mem::write_table_entry(table, index(va.get(), 0), Pte::map(frame, flags).bits());
+    }
+
+    /// The value to load into CR3.
+    pub fn cr3(&self) -> u64 {
+        self.root.pa()
+    }
+
+    /// Loads CR3 with this space and runs `f`, then goes back to the previous CR3.
+    pub fn with<R>(&self, f: impl FnOnce() -> R) -> R {
+        arch::instr::with_cr3(self, f)
     }
 }
 

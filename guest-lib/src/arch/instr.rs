@@ -878,3 +878,25 @@ pub fn misaligned_read_with_ac_safe(va: u64) -> Result<u64, Exception> {
         post "pushfq; andq $~0x40000, (%rsp); popfq", a = in(reg) va, v = inout(reg) v)?;
     Ok(v)
 }
+
+/// Loads CR3 with `space`, runs `f` and loads the previous CR3 back.
+pub fn with_cr3<R>(space: &crate::paging::AddressSpace, f: impl FnOnce() -> R) -> R {
+    let prev = read_cr3();
+    // SAFETY: an `AddressSpace` holds every entry of the table it was cloned from (the image,
+    // stacks and loader mappings stay), so switching to it keeps all memory the guest uses.
+    unsafe { asm!("movq {}, %cr3", in(reg) space.cr3(), options(att_syntax, nostack)) }
+    let r = f();
+    // SAFETY: `prev` is the CR3 that was in force when this function was entered.
+    unsafe { asm!("movq {}, %cr3", in(reg) prev, options(att_syntax, nostack)) }
+    r
+}
+
+/// Sets or clears EFER.NXE. Clearing it makes the NX bit of a paging entry reserved; the
+/// loader's entries have NX clear, so only test mappings are affected.
+pub fn set_efer_nxe(on: bool) {
+    let v = rdmsr(msr::EFER);
+    let v = if on { v | abi::x86::efer::NXE } else { v & !abi::x86::efer::NXE };
+    // SAFETY: NXE only changes the meaning of bit 63 of paging entries, which is clear in every
+    // entry the guest's own memory depends on.
+    unsafe { wrmsr(msr::EFER, v) }
+}

@@ -67,6 +67,11 @@ pub trait Environment: Sync {
 
     /// Flushes the TLB entries of one page with a hypercall.
     fn flush_tlb_one(&self, va: u64) -> Result<(), EnvError>;
+
+    /// Whether the guest may use supervisor-only (U/S=0) paging entries.
+    fn supervisor_only_pages(&self) -> Result<(), EnvError> {
+        Ok(())
+    }
 }
 
 /// The environment module for `env`, or `None` if the guest library has none.

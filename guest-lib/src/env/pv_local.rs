@@ -95,4 +95,11 @@ impl Environment for PvLocal {
     fn flush_tlb_one(&self, va: u64) -> Result<(), EnvError> {
         checked(hc::FLUSH_TLB_ONE, [va, 0, 0]).map(drop)
     }
+
+    fn supervisor_only_pages(&self) -> Result<(), EnvError> {
+        Err(EnvError::Unsupported(
+            "the local dialect livelocks on any U/S=0 entry in native mode (docs/local-dialect.md \
+             5.6; XFAIL isolation.user_reads_supervisor_page~pv-local)",
+        ))
+    }
 }
