@@ -30,6 +30,9 @@ pub struct CaseResult {
     pub requirements: Vec<String>,
     /// One-line description of the case.
     pub summary: String,
+    /// Kernel-log lines that appeared while the instance ran (when the log was watched).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub kernel_log: Vec<String>,
 }
 
 impl CaseResult {
@@ -46,6 +49,7 @@ impl CaseResult {
             detail: raw.detail,
             requirements: inst.case.requirements.clone(),
             summary: inst.case.summary.clone(),
+            kernel_log: Vec::new(),
         }
     }
 

@@ -136,6 +136,7 @@ impl Session {
             expectations: self.expectations.clone(),
             summary: Summary::of(&cases, selected, wall),
             cases,
+            host_health: None,
         }
     }
 

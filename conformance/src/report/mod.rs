@@ -26,6 +26,9 @@ pub use crate::result::CaseResult;
 /// Schema id of the JSON report.
 pub const SCHEMA: &str = "pvm-conformance/report/v2";
 
+/// The suite's version, as reports record it.
+pub const SUITE_VERSION: &str = env!("CARGO_PKG_VERSION");
+
 /// The host part of the report.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HostReport {
@@ -74,6 +77,9 @@ pub struct RunInfo {
     pub host: HostReport,
     /// SHA-256 of the guest image.
     pub image_sha256: String,
+    /// Version of the suite that ran (`CARGO_PKG_VERSION` of the conformance crate).
+    #[serde(default)]
+    pub suite_version: String,
     /// Fingerprint of the selected instance ids and the expectations in force (a resume must
     /// match it).
     pub selection: String,
@@ -118,6 +124,7 @@ impl RunInfo {
             target: target.into(),
             host: HostReport::new(host),
             image_sha256: image_sha256.into(),
+            suite_version: SUITE_VERSION.into(),
             selection: selection_fingerprint(instances, expectations),
         }
     }
@@ -237,6 +244,42 @@ pub struct Report {
     pub cases: Vec<CaseResult>,
     /// Counts.
     pub summary: Summary,
+    /// The host's kernel log around the run, when it was watched.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host_health: Option<HostHealth>,
+}
+
+/// How the host kernel fared during a run: the kernel-log lines of a bad class (panic, BUG,
+/// Oops, WARNING, lockdep, RCU stall, KASAN ...) that appeared, the ones an allowlist entry
+/// excused (with its reason), and whether a fresh VM still booted at the end.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HostHealth {
+    /// `clean`, `bad` (a bad line appeared or the fresh VM did not boot) or `unwatched: <why>`
+    /// (the kernel log could not be read).
+    pub status: String,
+    /// Bad-class lines, each with the instance it appeared during (or `-` between instances).
+    pub bad_lines: Vec<KernelLine>,
+    /// Lines an allowlist entry excused.
+    pub allowed_lines: Vec<KernelLine>,
+    /// Whether a fresh VM booted and reported after the last instance (`None`: not checked).
+    pub fresh_boot: Option<bool>,
+    /// What the fresh-boot check saw, when it failed.
+    #[serde(default)]
+    pub fresh_boot_detail: String,
+}
+
+/// One kernel-log line attributed to an instance.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KernelLine {
+    /// The instance it appeared during (`-` for none).
+    pub instance: String,
+    /// Its class (`panic`, `bug`, `oops`, `warning`, `lockdep`, `rcu-stall`, `kasan`, ...).
+    pub class: String,
+    /// The line as the kernel logged it.
+    pub text: String,
+    /// For allowed lines: the allowlist entry's reason.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub reason: String,
 }
 
 impl Report {
@@ -286,6 +329,7 @@ pub(crate) mod fixtures {
             detail: detail.into(),
             requirements: vec!["R-1".into()],
             summary: "s".into(),
+            kernel_log: Vec::new(),
         }
     }
 
@@ -303,6 +347,7 @@ pub(crate) mod fixtures {
                 kvm: "usable".into(),
             },
             image_sha256: "00".into(),
+            suite_version: SUITE_VERSION.into(),
             selection: "sha256:11".into(),
         }
     }
@@ -352,6 +397,7 @@ mod tests {
             expectations: "built-in".into(),
             summary: Summary::of(&cases, 8, 10),
             cases,
+            host_health: None,
         };
         insta::assert_json_snapshot!("json_report", r);
     }
