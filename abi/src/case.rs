@@ -28,6 +28,12 @@ pub const FLAG_IRQCHIP: u32 = 1 << 1;
 pub const FLAG_SMOKE: u32 = 1 << 2;
 /// [`CaseDesc::flags`]: only in the full suite (stress or long cases; `--suite full`).
 pub const FLAG_SLOW: u32 = 1 << 3;
+/// [`CaseDesc::flags`]: give the vCPUs the highest ids the host allows (the last vCPU gets
+/// `KVM_CAP_MAX_VCPU_ID - 1`).
+pub const FLAG_HIGH_VCPU_ID: u32 = 1 << 4;
+/// [`CaseDesc::flags`]: opt-in only: runs only when asked for by name with `--opt-in` (cases
+/// that could reach past the host under test, such as VMCALL on a nested host).
+pub const FLAG_OPT_IN: u32 = 1 << 5;
 
 /// Host-side behaviour a case needs beyond the report channel. Each variant is implemented
 /// once by the host harness (an exhaustive `match`), and its constants live in [`io`].

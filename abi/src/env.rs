@@ -148,16 +148,24 @@ pub enum Area {
     Selftest = 6,
     /// Benchmarks (run by `cargo xtask bench`, not by the conformance run).
     Bench = 7,
+    /// The CPU contract: CPUID and MSRs as the VMM configured them, the TSC, and CPL0
+    /// instruction classes giving architectural results.
+    Cpu = 8,
+    /// The VMM-facing ABI: what the host does when the VMM (not the guest) touches vCPU
+    /// state, PV state and memslots.
+    Vmm = 9,
 }
 
 impl Area {
     /// Every area, in report order.
-    pub const ALL: [Area; 8] = [
+    pub const ALL: [Area; 10] = [
         Area::Priv,
         Area::Paging,
         Area::Interrupts,
         Area::Io,
+        Area::Cpu,
         Area::Abi,
+        Area::Vmm,
         Area::Isolation,
         Area::Selftest,
         Area::Bench,
@@ -174,12 +182,23 @@ impl Area {
             Area::Isolation => "isolation",
             Area::Selftest => "selftest",
             Area::Bench => "bench",
+            Area::Cpu => "cpu",
+            Area::Vmm => "vmm",
         }
     }
 
     /// Decodes the raw discriminant.
     pub fn from_raw(raw: u8) -> Option<Area> {
         Area::ALL.into_iter().find(|a| *a as u8 == raw)
+    }
+
+    /// Position in [`Area::ALL`] (report order; the discriminants are stable numbers, not an
+    /// order).
+    pub fn rank(self) -> usize {
+        Area::ALL
+            .iter()
+            .position(|a| *a == self)
+            .unwrap_or(Area::ALL.len())
     }
 }
 

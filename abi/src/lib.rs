@@ -12,6 +12,7 @@
 //! - [`mod@env`]: execution environments (hvm64, pv-local, upstream generations) and areas.
 //! - [`local`]: the local host's PVM dialect (MSRs, `int $0x1b` hypercalls).
 //! - [`upstream`]: the three upstream virt-pvm ABI generations (constants only).
+//! - [`vmm`]: requests a case makes to the VMM (inject, save/restore, memslots, eventfds).
 //! - [`x86`]: architectural constants (MSRs, control-register bits, vectors, error codes).
 #![cfg_attr(not(test), no_std)]
 
@@ -22,6 +23,7 @@ pub mod layout;
 pub mod local;
 pub mod report;
 pub mod upstream;
+pub mod vmm;
 pub mod x86;
 
 /// Copies `s` into a NUL-padded fixed array at compile time; fails the build if it does not

@@ -34,6 +34,9 @@ pub enum MessageKind {
     /// A benchmark sample: `text` = metric, `values[0]` = operations, `values[1]` = TSC cycles
     /// they took, `values[2]` = the `bench::Baseline` it is compared with.
     Sample = 5,
+    /// A request to the VMM (`crate::vmm`): `line` = the op, `values[1..4]` = its arguments;
+    /// the VMM writes its reply into the message's `values` before resuming.
+    Request = 6,
 }
 
 impl MessageKind {
@@ -45,6 +48,7 @@ impl MessageKind {
             3 => Self::Result,
             4 => Self::Checkpoint,
             5 => Self::Sample,
+            6 => Self::Request,
             _ => return None,
         })
     }
@@ -113,6 +117,9 @@ pub struct Message {
     pub text: [u8; TEXT_LEN],
 }
 
+/// Offset of [`Message::values`] (where the VMM writes a request's reply).
+pub const VALUES_OFFSET: usize = 16;
+
 /// Size of a [`Message`] in bytes.
 pub const MESSAGE_SIZE: usize = core::mem::size_of::<Message>();
 
@@ -121,7 +128,7 @@ const _: () = {
     assert!(core::mem::offset_of!(Message, kind) == 4);
     assert!(core::mem::offset_of!(Message, line) == 8);
     assert!(core::mem::offset_of!(Message, flags) == 12);
-    assert!(core::mem::offset_of!(Message, values) == 16);
+    assert!(core::mem::offset_of!(Message, values) == VALUES_OFFSET);
     assert!(core::mem::offset_of!(Message, file) == 48);
     assert!(core::mem::offset_of!(Message, text) == 48 + FILE_LEN);
 };

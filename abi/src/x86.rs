@@ -41,6 +41,88 @@ pub mod msr {
     pub const KERNEL_GS_BASE: u32 = 0xc000_0102;
     /// IA32_TSC_AUX (what RDTSCP returns in ECX).
     pub const TSC_AUX: u32 = 0xc000_0103;
+    /// IA32_CSTAR (compatibility-mode SYSCALL entry).
+    pub const CSTAR: u32 = 0xc000_0083;
+    /// IA32_SYSENTER_CS.
+    pub const SYSENTER_CS: u32 = 0x174;
+    /// IA32_SYSENTER_ESP.
+    pub const SYSENTER_ESP: u32 = 0x175;
+    /// IA32_SYSENTER_EIP.
+    pub const SYSENTER_EIP: u32 = 0x176;
+    /// IA32_TSC_ADJUST.
+    pub const TSC_ADJUST: u32 = 0x3b;
+    /// IA32_SPEC_CTRL.
+    pub const SPEC_CTRL: u32 = 0x48;
+    /// IA32_PRED_CMD (write-only).
+    pub const PRED_CMD: u32 = 0x49;
+    /// IA32_MTRRCAP (read-only).
+    pub const MTRRCAP: u32 = 0xfe;
+    /// IA32_MTRR_DEF_TYPE.
+    pub const MTRR_DEF_TYPE: u32 = 0x2ff;
+    /// IA32_MTRR_PHYSBASE0.
+    pub const MTRR_PHYSBASE0: u32 = 0x200;
+    /// IA32_MTRR_FIX64K_00000.
+    pub const MTRR_FIX64K: u32 = 0x250;
+    /// IA32_MCG_CAP (read-only).
+    pub const MCG_CAP: u32 = 0x179;
+    /// IA32_MCG_STATUS.
+    pub const MCG_STATUS: u32 = 0x17a;
+    /// IA32_MCG_CTL (exists when MCG_CAP.CTL_P).
+    pub const MCG_CTL: u32 = 0x17b;
+    /// IA32_MC0_CTL (first machine-check bank).
+    pub const MC0_CTL: u32 = 0x400;
+    /// IA32_MC0_STATUS.
+    pub const MC0_STATUS: u32 = 0x401;
+    /// IA32_MISC_ENABLE.
+    pub const MISC_ENABLE: u32 = 0x1a0;
+    /// IA32_DEBUGCTL.
+    pub const DEBUGCTL: u32 = 0x1d9;
+    /// IA32_PLATFORM_ID (read-only, Intel).
+    pub const PLATFORM_ID: u32 = 0x17;
+    /// IA32_BIOS_SIGN_ID (microcode revision).
+    pub const BIOS_SIGN_ID: u32 = 0x8b;
+    /// IA32_ARCH_CAPABILITIES (read-only; CPUID.7.0:EDX bit 29).
+    pub const ARCH_CAPABILITIES: u32 = 0x10a;
+    /// IA32_XSS (CPUID.0xD.1:EAX bit 3).
+    pub const XSS: u32 = 0xda0;
+    /// IA32_PERF_CAPABILITIES (read-only; CPUID.1:ECX bit 15 PDCM).
+    pub const PERF_CAPABILITIES: u32 = 0x345;
+    /// IA32_UMWAIT_CONTROL (CPUID.7.0:ECX bit 5 WAITPKG).
+    pub const UMWAIT_CONTROL: u32 = 0xe1;
+    /// IA32_PKRS (CPUID.7.0:ECX bit 31 PKS).
+    pub const PKRS: u32 = 0x6e1;
+    /// MSR_PLATFORM_INFO (read-only, Intel; KVM emulates it).
+    pub const PLATFORM_INFO: u32 = 0xce;
+    /// AMD HWCR.
+    pub const AMD_HWCR: u32 = 0xc001_0015;
+    /// AMD VM_CR (SVM lock/disable).
+    pub const AMD_VM_CR: u32 = 0xc001_0114;
+    /// AMD VM_HSAVE_PA (exists with SVM).
+    pub const AMD_VM_HSAVE_PA: u32 = 0xc001_0117;
+    /// IA32_FEATURE_CONTROL (Intel; VMX lock bits).
+    pub const FEATURE_CONTROL: u32 = 0x3a;
+    /// IA32_VMX_BASIC (exists with VMX).
+    pub const VMX_BASIC: u32 = 0x480;
+    /// x2APIC ID register.
+    pub const X2APIC_ID: u32 = 0x802;
+    /// x2APIC version register.
+    pub const X2APIC_VERSION: u32 = 0x803;
+    /// x2APIC task-priority register.
+    pub const X2APIC_TPR: u32 = 0x808;
+    /// x2APIC LVT LINT0.
+    pub const X2APIC_LVT_LINT0: u32 = 0x835;
+    /// x2APIC timer initial count.
+    pub const X2APIC_TIMER_INIT: u32 = 0x838;
+    /// x2APIC timer current count (read-only).
+    pub const X2APIC_TIMER_CUR: u32 = 0x839;
+    /// x2APIC timer divide configuration.
+    pub const X2APIC_TIMER_DIV: u32 = 0x83e;
+    /// x2APIC self IPI (write-only).
+    pub const X2APIC_SELF_IPI: u32 = 0x83f;
+    /// x2APIC in-service register, first word (vectors 0..31).
+    pub const X2APIC_ISR0: u32 = 0x810;
+    /// x2APIC interrupt-request register, first word.
+    pub const X2APIC_IRR0: u32 = 0x820;
 }
 
 /// IA32_APIC_BASE bits.

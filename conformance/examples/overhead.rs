@@ -52,7 +52,7 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
     for row in phases.iter_mut() {
         let t0 = Instant::now();
         let mut vm = kvm.create_vm(
-            &exec::boot_params(&inst).vm_options(inst.case.flags & abi::case::FLAG_IRQCHIP != 0),
+            &exec::boot_params(&inst).vm_options(inst.case.flags),
         )?;
         let t1 = Instant::now();
         runner::boot::boot(vm.as_mut(), &catalog.image, &exec::boot_params(&inst))?;

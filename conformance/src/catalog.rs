@@ -236,6 +236,9 @@ pub struct Selection {
     pub bench: bool,
     /// The suite (self-tests and benchmarks are not in any suite's filter).
     pub suite: Suite,
+    /// Take opt-in cases (`FLAG_OPT_IN`, such as VMCALL on a nested host) that a filter
+    /// names; without it they never run.
+    pub opt_in: bool,
 }
 
 impl Selection {
@@ -259,6 +262,7 @@ impl Default for Selection {
             selftest: false,
             bench: false,
             suite: Suite::Default,
+            opt_in: false,
         }
     }
 }
@@ -291,7 +295,7 @@ impl Catalog {
             }
             cases.push(Arc::new(c));
         }
-        cases.sort_by(|a, b| (a.area, &a.name).cmp(&(b.area, &b.name)));
+        cases.sort_by(|a, b| (a.area.rank(), &a.name).cmp(&(b.area.rank(), &b.name)));
         Ok(Self {
             image: Arc::new(image),
             cases,
@@ -306,6 +310,10 @@ impl Catalog {
                 continue;
             }
             if !case.is_selftest() && !sel.bench && !sel.suite.takes(case.flags) {
+                continue;
+            }
+            let opt_in = case.flags & abi::case::FLAG_OPT_IN != 0;
+            if opt_in && (!sel.opt_in || sel.filters.is_empty()) {
                 continue;
             }
             for &env in &Selection::dedup_envs(sel.envs.iter().copied()) {

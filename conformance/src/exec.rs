@@ -8,7 +8,6 @@
 
 use std::time::Duration;
 
-use abi::case::FLAG_IRQCHIP;
 use runner::boot::{self, BootParams};
 use runner::image::GuestImage;
 use runner::vm::{Backend, RunEnd, RunLimits, Vm};
@@ -54,7 +53,7 @@ pub fn boot_instance(
     inst: &Instance,
 ) -> runner::Result<Box<dyn Vm>> {
     let params = boot_params(inst);
-    let mut vm = backend.create_vm(&params.vm_options(inst.case.flags & FLAG_IRQCHIP != 0))?;
+    let mut vm = backend.create_vm(&params.vm_options(inst.case.flags))?;
     boot::boot(vm.as_mut(), image, &params)?;
     Ok(vm)
 }

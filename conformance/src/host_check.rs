@@ -366,6 +366,11 @@ impl ExitHandler for CaseHandler {
                 Action::Continue
             }
             Some(MessageKind::Result) => self.on_result(msg),
+            // Every case may ask the VMM to act (abi::vmm); the guest checks the outcome.
+            Some(MessageKind::Request) => Action::Serve(runner::vm::VmmRequest {
+                op: msg.line,
+                args: [msg.values[1], msg.values[2], msg.values[3]],
+            }),
             None => Action::Unexpected(format!("report message of unknown kind {}", msg.kind)),
         }
     }

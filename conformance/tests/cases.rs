@@ -122,6 +122,7 @@ fn bench_smoke(w: &World) -> Result<Completion, Failed> {
         selftest: false,
         bench: true,
         suite: conformance::catalog::Suite::Full,
+        opt_in: false,
     };
     let instances = w.catalog.instances(&sel);
     if instances.len() != 2 {
@@ -183,6 +184,7 @@ fn main() -> ExitCode {
         selftest: true,
         bench: false,
         suite: conformance::catalog::Suite::Full,
+        opt_in: false,
     };
     let instances = catalog.instances(&all);
     let world = Arc::new(World {

@@ -37,6 +37,7 @@ fn local_host_outcomes() -> Result<Completion, Failed> {
         selftest: true,
         bench: false,
         suite: conformance::catalog::Suite::Full,
+        opt_in: false,
     });
     let opts = SuiteOptions {
         target: TargetOptions {

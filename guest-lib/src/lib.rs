@@ -10,6 +10,7 @@
 //! - [`user`]: running code at CPL3 and coming back (by `syscall` or by an exception);
 //! - [`paging`]: typed handles ([`paging::Frame`], [`paging::TestVa`]) and a small page-table
 //!   builder on the identity-mapped RAM;
+//! - [`vmm`]: requests to the VMM (host-side MSR access, injection, save/restore, memslots);
 //! - [`apic`]: x2APIC and the TSC-deadline timer;
 //! - [`mod@bench`]: timing batches of operations for `cargo xtask bench`;
 //! - [`arch`]: the only module with `unsafe` code (instructions, descriptor tables, entry
@@ -32,6 +33,7 @@ pub mod report;
 pub mod rt;
 pub mod smp;
 pub mod user;
+pub mod vmm;
 
 pub use arch::{AtomicHook, PerCpu};
 pub use exception::Exception;

@@ -44,6 +44,40 @@ impl Frame {
     }
 }
 
+/// A guest-physical page outside RAM (a device, the MMIO window, a memslot the VMM adds, or
+/// no memory at all): mapping it and accessing it cannot touch any Rust object of the guest.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DevicePage {
+    pa: u64,
+}
+
+impl DevicePage {
+    /// The page at `pa`, or `None` if `pa` is in RAM, not page aligned or wider than a paging
+    /// entry's address field.
+    pub const fn new(pa: u64) -> Option<Self> {
+        let ok = pa >= abi::layout::RAM_SIZE
+            && pa.is_multiple_of(PAGE_SIZE)
+            && pa & !pte::ADDR_MASK == 0;
+        if ok { Some(Self { pa }) } else { None }
+    }
+
+    /// Guest-physical address.
+    pub const fn pa(&self) -> u64 {
+        self.pa
+    }
+}
+
+/// Maps the 4 KiB page at `va` to the device page `page` with `flags` (P is added), creating
+/// the tables on the way. Does not flush the TLB.
+pub fn map_device(va: TestVa, page: &DevicePage, flags: PteFlags) {
+    match walk(va, true) {
+        Some((table, i)) => {
+            mem::write_table_entry(table, i, page.pa | pte::P | flags.bits());
+        }
+        None => crate::error!("cannot map {:#x}: covered by a large page", va.get()),
+    }
+}
+
 /// A virtual address for test mappings: outside the first GiB and its upper-half alias (all
 /// the loader maps), so nothing but a case's own [`map`] puts memory behind it. Any other
 /// address qualifies, canonical or not (a non-canonical one faults, which a case may want).

@@ -102,6 +102,14 @@ pub fn sample(metric: &str, baseline: abi::bench::Baseline, ops: u64, cycles: u6
     send(&m);
 }
 
+/// Sends a VMM request message (`abi::vmm`) and returns the values of the reply.
+pub(crate) fn request(op: u32, args: [u64; 3]) -> [u64; 4] {
+    let mut m = Message::new(MessageKind::Request);
+    m.line = op;
+    m.values = [abi::vmm::NO_REPLY, args[0], args[1], args[2]];
+    arch::instr::report_exchange(REPORT_PORT, &mut m)
+}
+
 /// Reports a failed check and records FAIL.
 pub fn check_failed(file: &str, line: u32, expr: fmt::Arguments<'_>, values: Option<(u64, u64)>) {
     let mut m = Message::new(MessageKind::AssertFail);
@@ -232,17 +240,24 @@ impl<T> AsValue for Option<T> {
     }
 }
 
-impl AsValue for crate::user::UserExit {
-    fn as_value(&self) -> Option<u64> {
-        None
-    }
+/// Types compared by `check_eq!` whose failures carry no numeric values (the text shows
+/// them with `Debug`).
+macro_rules! as_value_none {
+    ($($t:ty),*) => {$(
+        impl AsValue for $t {
+            fn as_value(&self) -> Option<u64> { None }
+        }
+    )*};
 }
-
-impl AsValue for crate::exception::Exception {
-    fn as_value(&self) -> Option<u64> {
-        None
-    }
-}
+as_value_none!(
+    crate::user::UserExit,
+    crate::exception::Exception,
+    crate::env::Mode,
+    crate::vmm::VmmError,
+    [u32; 4],
+    [u64; 3],
+    ()
+);
 
 #[cfg(test)]
 mod tests {

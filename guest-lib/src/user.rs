@@ -62,6 +62,9 @@ pub fn run_raw(entry: u64, arg: u64) -> UserExit {
     if crate::smp::current_cpu() != 0 {
         crate::error!("user mode runs on vCPU 0 only");
     }
+    if crate::arch::instr::msr_borrowed() {
+        crate::error!("user mode entered while instr::with_msr has a SYSCALL MSR borrowed");
+    }
     EXIT.set(None);
     ACTIVE.set(true);
     arch::user_enter(arg, entry, abi::layout::USER_STACK_TOP);

@@ -29,7 +29,7 @@ pub fn raw_exit_gaps(
     warmup: usize,
     timeout: Duration,
 ) -> Result<Vec<f64>> {
-    let mut m: Machine = kvm.create_machine(&params.vm_options(false))?;
+    let mut m: Machine = kvm.create_machine(&params.vm_options(0))?;
     boot::boot(&mut m, image, params)?;
     m.bounded_raw_run(timeout, |vcpu| {
         let mut gaps = Vec::with_capacity(exits);

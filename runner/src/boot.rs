@@ -22,11 +22,13 @@ pub struct BootParams {
 }
 
 impl BootParams {
-    /// The options of a VM for these parameters.
-    pub fn vm_options(&self, irqchip: bool) -> VmOptions {
+    /// The options of a VM for these parameters and a case's `abi::case::FLAG_*` bits
+    /// (`FLAG_IRQCHIP`, `FLAG_HIGH_VCPU_ID`).
+    pub fn vm_options(&self, case_flags: u32) -> VmOptions {
         VmOptions {
-            irqchip,
+            irqchip: case_flags & abi::case::FLAG_IRQCHIP != 0,
             vcpus: self.vcpus.max(1),
+            high_vcpu_ids: case_flags & abi::case::FLAG_HIGH_VCPU_ID != 0,
             ..VmOptions::default()
         }
     }

@@ -128,7 +128,7 @@ pub fn dialect_of(kvm: &Kvm) -> (Option<Dialect>, String) {
             "no local signature MSR, no upstream CPUID 0x40000002 signature".into(),
         );
     }
-    let msrs = kvm.msr_index_list().unwrap_or_default();
+    let msrs = kvm.msr_index_list().to_vec();
     let has = |m: u32| msrs.contains(&m);
     let generation = if has(upstream::v1::MSR_SWITCH_CR3) {
         Dialect::UpstreamV1

@@ -55,8 +55,10 @@ impl GuestRam for MmapRam {
     fn write(&self, gpa: u64, data: &[u8]) -> Result<()> {
         let off = self.check(gpa, data.len())?;
         // SAFETY: the range is inside the mapping (checked), which lives as long as `self` and
-        // whose start `base` exposed; the source is a distinct host buffer. Host code writes guest RAM only while no vCPU of this VM runs (before the
-        // run), so nothing else accesses the bytes concurrently.
+        // whose start `base` exposed; the source is a distinct host buffer. Host code writes
+        // guest RAM before the run, or during it only into the report message of the vCPU
+        // whose exit it is handling (a VMM request's reply), which that vCPU does not touch
+        // until it resumes and no other vCPU uses; so nothing accesses the bytes concurrently.
         unsafe {
             std::ptr::copy_nonoverlapping(
                 data.as_ptr(),

@@ -56,7 +56,8 @@ pub fn write_boot_info(mem: &dyn GuestRam, p: &BootParams, tsc_khz: u32) -> Resu
 }
 
 /// The start state of `vcpus` vCPUs at `entry`: vCPU `i` gets its own stack and RSI = `i`;
-/// vCPUs other than 0 are runnable at once.
+/// every vCPU is runnable at once (with an in-kernel irqchip, KVM would otherwise keep every
+/// vCPU but the one with id 0 waiting for INIT/SIPI, and with high vCPU ids none has id 0).
 pub fn initial_state(entry: u64, vcpus: u32) -> InitialState {
     InitialState {
         vcpus: (0..vcpus.max(1))
@@ -78,7 +79,7 @@ pub fn initial_state(entry: u64, vcpus: u32) -> InitialState {
                     selector: sel::KERNEL_DS,
                     code: false,
                 },
-                runnable: cpu > 0,
+                runnable: true,
             })
             .collect(),
     }
@@ -114,7 +115,7 @@ mod tests {
         assert_eq!(s.vcpus.len(), 3);
         assert_eq!(s.vcpus[2].rsi, 2);
         assert_eq!(s.vcpus[2].rsp, abi::layout::stack_top(2));
-        assert!(!s.vcpus[0].runnable && s.vcpus[1].runnable);
+        assert!(s.vcpus.iter().all(|v| v.runnable));
         assert_eq!(s.vcpus[0].cs.selector, 0x10);
     }
 }

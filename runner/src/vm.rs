@@ -27,6 +27,21 @@ pub enum Action {
     Stop,
     /// End the run: the exit was not one the case allows (reason).
     Unexpected(String),
+    /// Perform this VMM request (`abi::vmm`) on the vCPU that made it, write the reply into
+    /// its message and resume.
+    Serve(VmmRequest),
+    /// Write these reply values into the request's message (without performing it) and
+    /// resume: the handler answered the request itself (refused it, say).
+    Reply([u64; 4]),
+}
+
+/// A request the guest made to the VMM (`abi::vmm`): the raw op and its three arguments.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct VmmRequest {
+    /// `abi::vmm::Op` as raw value (the backend answers `UnknownOp` for one it does not know).
+    pub op: u32,
+    /// The arguments `a0..a2`.
+    pub args: [u64; 3],
 }
 
 /// The exits a case sees. The report channel is decoded before it reaches
@@ -200,6 +215,9 @@ pub struct VmOptions {
     pub irqchip: bool,
     /// Number of vCPUs (1 to `abi::layout::MAX_VCPUS`).
     pub vcpus: u32,
+    /// Give the vCPUs the highest ids the host allows (`KVM_CAP_MAX_VCPU_ID` - `vcpus` ...)
+    /// instead of 0, 1, ...
+    pub high_vcpu_ids: bool,
 }
 
 impl Default for VmOptions {
@@ -208,6 +226,7 @@ impl Default for VmOptions {
             ram: abi::layout::RAM_SIZE,
             irqchip: false,
             vcpus: 1,
+            high_vcpu_ids: false,
         }
     }
 }
@@ -270,7 +289,8 @@ pub struct VcpuState {
     pub cs: FlatSegment,
     /// DS, ES, FS, GS and SS.
     pub data: FlatSegment,
-    /// Runnable at once (vCPUs other than 0 would otherwise wait for INIT/SIPI).
+    /// Runnable at once (with an in-kernel irqchip, a vCPU whose id is not 0 would otherwise
+    /// wait for INIT/SIPI).
     pub runnable: bool,
 }
 

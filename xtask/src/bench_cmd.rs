@@ -90,6 +90,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         selftest: false,
         bench: true,
         suite: conformance::catalog::Suite::Full,
+        opt_in: false,
     };
     let instances = catalog.instances(&sel);
     if instances.is_empty() {

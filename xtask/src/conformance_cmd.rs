@@ -100,6 +100,10 @@ pub struct Args {
     /// Include the self-test cases (each must produce its designed outcome).
     #[arg(long)]
     selftest: bool,
+    /// Also run the opt-in cases a --filter names (off by default: VMCALL/VMMCALL on a nested
+    /// host can reach past the host under test)
+    #[arg(long)]
+    opt_in: bool,
     /// Which cases: smoke (a fast sample), default (all but the slow ones) or full.
     #[arg(long, default_value = "default", value_parser = suite_name)]
     suite: Suite,
@@ -235,6 +239,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         selftest: args.selftest,
         bench: false,
         suite: args.suite,
+        opt_in: args.opt_in,
     };
     let instances = catalog.instances(&sel);
     if instances.is_empty() {

@@ -18,6 +18,7 @@ mod isolation;
 mod paging;
 mod privilege;
 mod selftest;
+mod vmm;
 
 #[cfg(not(target_os = "none"))]
 fn main() {}

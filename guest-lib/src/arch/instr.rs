@@ -63,6 +63,19 @@ pub fn outl(port: u16, v: u32) {
     unsafe { asm!("outl %eax, %dx", in("dx") port, in("eax") v, options(att_syntax, nostack)) }
 }
 
+/// Sends `msg` on the report channel (`out %eax, (%dx)` with EAX = its address) and reads back
+/// its `values`, which the host may have rewritten (a VMM request's reply) before resuming.
+pub fn report_exchange(port: u16, msg: &mut abi::report::Message) -> [u64; 4] {
+    let p: *mut abi::report::Message = msg;
+    // SAFETY: port I/O has no memory effects the compiler must know about beyond the host
+    // rewriting `*msg`, which the asm block allows (no `nomem`) and which we read back below
+    // through the same raw pointer, derived from a unique reference that is live throughout.
+    unsafe {
+        asm!("outl %eax, %dx", in("dx") port, in("eax") p as u64 as u32, options(att_syntax, nostack));
+        core::ptr::read_volatile(core::ptr::addr_of!((*p).values))
+    }
+}
+
 /// `in (%dx), %al`.
 pub fn inb(port: u16) -> u8 {
     let v: u8;
@@ -135,6 +148,54 @@ pub fn wrmsr_safe(msr: u32, v: u64) -> Result<(), Exception> {
         crate::error!("wrmsr_safe({msr:#x}): this MSR changes the memory model; use wrmsr");
     }
     with_fixup!("wrmsr", in("ecx") msr, in("eax") v as u32, in("edx") (v >> 32) as u32)
+}
+
+static MSR_BORROWED: core::sync::atomic::AtomicBool = core::sync::atomic::AtomicBool::new(false);
+
+/// Whether [`with_msr`] has one of the SYSCALL MSRs or a segment base borrowed (user mode must
+/// not be entered then: its way back to the kernel would go to the borrowed value).
+pub fn msr_borrowed() -> bool {
+    MSR_BORROWED.load(core::sync::atomic::Ordering::SeqCst)
+}
+
+/// Whether `pat` keeps memory coherent: every entry WB, WT, UC or UC- (no WC/WP, which would
+/// let writes be combined or dropped behind the guest's back).
+const fn pat_is_coherent(pat: u64) -> bool {
+    let mut i = 0;
+    while i < 8 {
+        let t = (pat >> (8 * i)) & 0xff;
+        if !matches!(t, 0 | 4 | 6 | 7) {
+            return false;
+        }
+        i += 1;
+    }
+    true
+}
+
+/// Writes `v` to one of the MSRs [`wrmsr_safe`] refuses because the library relies on them
+/// (the SYSCALL MSRs STAR/LSTAR/CSTAR/SFMASK, FS_BASE, PAT), runs `f`, and restores the old
+/// value; returns `f`'s result, or the exception of the write. While `f` runs, user mode
+/// cannot be entered ([`msr_borrowed`]; `user::run` refuses), and a PAT value must be
+/// coherent; other MSRs end the case as ERROR.
+pub fn with_msr<R>(index: u32, v: u64, f: impl FnOnce() -> R) -> Result<R, Exception> {
+    let allowed = matches!(
+        index,
+        msr::STAR | msr::LSTAR | msr::CSTAR | msr::SFMASK | msr::FS_BASE
+    ) || (index == msr::PAT && pat_is_coherent(v));
+    if !allowed {
+        crate::error!("with_msr({index:#x}, {v:#x}): not an MSR (or value) it can borrow");
+    }
+    let old = rdmsr_safe(index)?;
+    MSR_BORROWED.store(true, core::sync::atomic::Ordering::SeqCst);
+    let wrote: Result<(), Exception> =
+        with_fixup!("wrmsr", in("ecx") index, in("eax") v as u32, in("edx") (v >> 32) as u32);
+    let out = wrote.map(|()| f());
+    // SAFETY: `old` is the value the MSR had when the library was running normally (read
+    // above); putting it back restores the memory model and entry points the library relies
+    // on. Nothing entered user mode in between (checked by `user::run` via `msr_borrowed`).
+    unsafe { wrmsr(index, old) };
+    MSR_BORROWED.store(false, core::sync::atomic::Ordering::SeqCst);
+    out
 }
 
 /// Enables the x2APIC through IA32_APIC_BASE (x2APIC mode changes only how the APIC is

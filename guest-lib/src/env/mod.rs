@@ -72,6 +72,29 @@ pub trait Environment: Sync {
     fn supervisor_only_pages(&self) -> Result<(), EnvError> {
         Ok(())
     }
+
+    /// The MSRs that hold this environment's paravirtual state, which a VMM must carry when
+    /// it saves and restores the vCPU (none for an architectural guest).
+    fn pv_state_msrs(&self) -> &'static [u32] {
+        &[]
+    }
+
+    /// How the guest kernel is executing, as far as the guest can tell (an environment with
+    /// several execution modes says which one is in force).
+    fn mode(&self) -> Mode {
+        Mode::Architectural
+    }
+}
+
+/// How the guest kernel executes ([`Environment::mode`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// An ordinary x86 kernel: no paravirtual mode to speak of.
+    Architectural,
+    /// Paravirtual, CPL0 code running natively (a tight loop runs at hardware speed).
+    PvNative,
+    /// Paravirtual registration in place, but CPL0 code is emulated (slow).
+    PvEmulated,
 }
 
 /// The environment module for `env`, or `None` if the guest library has none.

@@ -13,6 +13,11 @@
 //! With several vCPUs, vCPU 0 runs on the calling thread and each other vCPU on a thread of
 //! its own, all sharing the exit handler (behind a mutex). The first vCPU whose run ends
 //! (normal stop, crash, timeout) decides the [`RunEnd`] and kicks the others out of `KVM_RUN`.
+//!
+//! VMM requests (`abi::vmm`) a handler passes on with [`Action::Serve`] are performed by
+//! `requests` on the vCPU that made them, between two `KVM_RUN`s.
+
+mod requests;
 
 use std::cell::Cell;
 use std::sync::{Mutex, OnceLock};
@@ -28,7 +33,7 @@ use kvm_ioctls::{VcpuExit, VcpuFd, VmFd};
 use crate::memory::MmapRam;
 use crate::vm::{
     Action, Backend, Cancel, CancelGuard, ExitHandler, FlatSegment, GuestRam, InitialState,
-    PROGRESS_SAMPLE, RunEnd, RunLimits, Vm, VmOptions,
+    PROGRESS_SAMPLE, RunEnd, RunLimits, Vm, VmOptions, VmmRequest,
 };
 use crate::{Result, RunnerError, kvm_err};
 
@@ -37,6 +42,8 @@ use crate::{Result, RunnerError, kvm_err};
 pub struct Kvm {
     kvm: kvm_ioctls::Kvm,
     cpuid: CpuId,
+    msr_list: Vec<u32>,
+    max_vcpu_id: u64,
 }
 
 /// Environment variable naming the KVM device to open instead of `/dev/kvm` (a device node
@@ -68,7 +75,22 @@ impl Kvm {
         let cpuid = kvm
             .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
             .map_err(kvm_err("KVM_GET_SUPPORTED_CPUID"))?;
-        Ok(Self { kvm, cpuid })
+        let msr_list = kvm
+            .get_msr_index_list()
+            .map_err(kvm_err("KVM_GET_MSR_INDEX_LIST"))?
+            .as_slice()
+            .to_vec();
+        // KVM_CAP_MAX_VCPU_ID is 0 on kernels that predate it: then ids go up to MAX_VCPUS.
+        let max_vcpu_id = match kvm.check_extension_int(kvm_ioctls::Cap::MaxVcpuId) {
+            n if n > 0 => n as u64,
+            _ => kvm.get_max_vcpus() as u64,
+        };
+        Ok(Self {
+            kvm,
+            cpuid,
+            msr_list,
+            max_vcpu_id,
+        })
     }
 
     /// The CPUID entries KVM supports (also what every vCPU gets).
@@ -77,12 +99,8 @@ impl Kvm {
     }
 
     /// `KVM_GET_MSR_INDEX_LIST`.
-    pub fn msr_index_list(&self) -> Result<Vec<u32>> {
-        let l = self
-            .kvm
-            .get_msr_index_list()
-            .map_err(kvm_err("KVM_GET_MSR_INDEX_LIST"))?;
-        Ok(l.as_slice().to_vec())
+    pub fn msr_index_list(&self) -> &[u32] {
+        &self.msr_list
     }
 
     /// A fresh VM with `opts.vcpus` vCPUs (CPUID set to the supported set) and zeroed RAM as
@@ -107,11 +125,15 @@ impl Kvm {
                 .map_err(kvm_err("KVM_CREATE_IRQCHIP"))?;
         }
         let n = opts.vcpus.clamp(1, abi::layout::MAX_VCPUS);
+        let first_id = if opts.high_vcpu_ids {
+            self.max_vcpu_id.saturating_sub(u64::from(n))
+        } else {
+            0
+        };
+        let ids: Vec<u64> = (0..u64::from(n)).map(|i| first_id + i).collect();
         let mut vcpus = Vec::with_capacity(n as usize);
-        for id in 0..n {
-            let vcpu = vm
-                .create_vcpu(u64::from(id))
-                .map_err(kvm_err("KVM_CREATE_VCPU"))?;
+        for &id in &ids {
+            let vcpu = vm.create_vcpu(id).map_err(kvm_err("KVM_CREATE_VCPU"))?;
             vcpu.set_cpuid2(&self.cpuid)
                 .map_err(kvm_err("KVM_SET_CPUID2"))?;
             vcpus.push(vcpu);
@@ -120,6 +142,11 @@ impl Kvm {
             vcpus,
             vm: Some(vm),
             mem,
+            cpuid: self.cpuid.clone(),
+            msr_list: self.msr_list.clone(),
+            irqchip: opts.irqchip,
+            vcpu_ids: ids,
+            extras: Mutex::new(requests::Extras::default()),
         })
     }
 }
@@ -140,12 +167,21 @@ pub struct Machine {
     vcpus: Vec<VcpuFd>,
     vm: Option<VmFd>,
     mem: MmapRam,
+    /// The CPUID every vCPU was given (`KVM_SET_CPUID2`).
+    cpuid: CpuId,
+    /// `KVM_GET_MSR_INDEX_LIST`, for [`abi::vmm::Op::RoundTrip`].
+    msr_list: Vec<u32>,
+    irqchip: bool,
+    /// KVM vCPU id of each vCPU (index = vCPU).
+    vcpu_ids: Vec<u64>,
+    /// Memslots and eventfds VMM requests added.
+    extras: Mutex<requests::Extras>,
 }
 
 impl Drop for Machine {
     fn drop(&mut self) {
-        // The memslot refers to `mem`: close the vCPUs and the VM first (the fields are
-        // dropped after this, `mem` among them).
+        // The memslots refer to `mem` and to the extra slots' memory: close the vCPUs and the
+        // VM first (the fields are dropped after this, `mem` and `extras` among them).
         self.vcpus.clear();
         drop(self.vm.take());
     }
@@ -268,21 +304,33 @@ impl Vm for Machine {
         limits: &RunLimits,
     ) -> Result<RunEnd> {
         install_timer_handler()?;
+        let Some(vm) = self.vm.as_ref() else {
+            return Err(RunnerError::Setup("the VM is closed".into()));
+        };
         let shared = Shared {
             handler: Mutex::new(handler),
             stop: Cancel::new(),
             end: Mutex::new(None),
             start: Instant::now(),
             limits,
+            ctx: requests::Ctx {
+                vm,
+                mem: &self.mem,
+                cpuid: &self.cpuid,
+                msr_list: &self.msr_list,
+                irqchip: self.irqchip,
+                extras: &self.extras,
+            },
         };
-        let mem = &self.mem;
+        let ids = &self.vcpu_ids;
         let (first, rest) = self.vcpus.split_at_mut(1);
         std::thread::scope(|s| {
-            for vcpu in rest.iter_mut() {
+            for (i, vcpu) in rest.iter_mut().enumerate() {
                 let shared = &shared;
-                s.spawn(move || run_vcpu(vcpu, mem, shared));
+                let id = ids.get(i + 1).copied().unwrap_or_default();
+                s.spawn(move || run_vcpu(vcpu, id, shared));
             }
-            run_vcpu(&mut first[0], mem, &shared);
+            run_vcpu(&mut first[0], ids.first().copied().unwrap_or_default(), &shared);
         });
         match shared.end.into_inner() {
             Ok(Some(end)) => end,
@@ -341,6 +389,8 @@ struct Shared<'h, 'l> {
     end: Mutex<Option<Result<RunEnd>>>,
     start: Instant,
     limits: &'l RunLimits,
+    /// What VMM requests act on.
+    ctx: requests::Ctx<'l>,
 }
 
 impl Shared<'_, '_> {
@@ -372,7 +422,7 @@ fn kick_me_on(token: &Cancel) -> CancelGuard {
 }
 
 /// Runs one vCPU on the current thread until the run ends for it (see [`Vm::run`]).
-fn run_vcpu(vcpu: &mut VcpuFd, mem: &MmapRam, shared: &Shared<'_, '_>) {
+fn run_vcpu(vcpu: &mut VcpuFd, id: u64, shared: &Shared<'_, '_>) {
     vcpu.set_kvm_immediate_exit(0);
     let flag = RunFlag::set(vcpu);
     let end = {
@@ -381,7 +431,7 @@ fn run_vcpu(vcpu: &mut VcpuFd, mem: &MmapRam, shared: &Shared<'_, '_>) {
         let remaining = shared.limits.timeout.saturating_sub(shared.start.elapsed());
         let period = shared.limits.no_progress.map(|_| PROGRESS_SAMPLE);
         match RunTimer::arm_periodic(remaining, period) {
-            Ok(_timer) => vcpu_loop(vcpu, mem, shared),
+            Ok(_timer) => vcpu_loop(vcpu, id, shared),
             Err(e) => Err(e),
         }
     };
@@ -404,11 +454,13 @@ fn must_stop(shared: &Shared<'_, '_>) -> Option<RunEnd> {
     }
 }
 
+/// Decodes a report exit and hands the message to the handler; returns its action and the
+/// message's GPA (where a request's reply goes).
 fn report_exit(
     mem: &MmapRam,
     handler: &mut (dyn ExitHandler + Send),
     data: &[u8],
-) -> std::result::Result<Action, RunEnd> {
+) -> std::result::Result<(Action, u64), RunEnd> {
     let gpa = match <[u8; 4]>::try_from(data) {
         Ok(b) => u64::from(u32::from_le_bytes(b)),
         Err(_) => {
@@ -419,7 +471,7 @@ fn report_exit(
         }
     };
     let mut raw = [0u8; MESSAGE_SIZE];
-    Ok(match mem.read(gpa, &mut raw) {
+    let action = match mem.read(gpa, &mut raw) {
         Ok(()) => {
             let msg = Message::from_bytes(&raw);
             if msg.magic == MESSAGE_MAGIC {
@@ -429,7 +481,8 @@ fn report_exit(
             }
         }
         Err(_) => Action::Unexpected(format!("report message at {gpa:#x} outside RAM")),
-    })
+    };
+    Ok((action, gpa))
 }
 
 /// Progress of one vCPU between samples (see [`RunLimits::no_progress`]).
@@ -491,21 +544,29 @@ fn same_regs(a: &kvm_bindings::kvm_regs, b: &kvm_bindings::kvm_regs) -> bool {
         == (b.r8, b.r9, b.r10, b.r11, b.r12, b.r13, b.r14, b.r15)
 }
 
-fn vcpu_loop(vcpu: &mut VcpuFd, mem: &MmapRam, shared: &Shared<'_, '_>) -> Result<RunEnd> {
+fn vcpu_loop(vcpu: &mut VcpuFd, id: u64, shared: &Shared<'_, '_>) -> Result<RunEnd> {
+    let mem = shared.ctx.mem;
     let mut progress = Progress::default();
+    let mut local = requests::VcpuLocal::new(id);
     loop {
         if let Some(end) = must_stop(shared) {
             return Ok(end);
         }
+        local.before_run(vcpu)?;
         let exit = vcpu.run();
         let Ok(mut guard) = shared.handler.lock() else {
             return Ok(RunEnd::Unexpected("exit handler poisoned".into()));
         };
         let handler: &mut (dyn ExitHandler + Send) = &mut **guard;
+        let mut reply_at = None;
+        let mut interrupted = false;
         let action = match exit {
             Ok(VcpuExit::IoOut(port, data)) if port == REPORT_PORT => {
                 match report_exit(mem, handler, data) {
-                    Ok(a) => a,
+                    Ok((a, gpa)) => {
+                        reply_at = Some(gpa);
+                        a
+                    }
                     Err(end) => return Ok(end),
                 }
             }
@@ -523,19 +584,10 @@ fn vcpu_loop(vcpu: &mut VcpuFd, mem: &MmapRam, shared: &Shared<'_, '_>) -> Resul
                 return Ok(RunEnd::InternalError(sub));
             }
             Ok(VcpuExit::FailEntry(reason, _cpu)) => return Ok(RunEnd::FailEntry(reason)),
-            Ok(VcpuExit::Intr) => Action::Continue,
+            Ok(VcpuExit::Intr | VcpuExit::IrqWindowOpen) => Action::Continue,
             Ok(other) => return Ok(RunEnd::Unexpected(format!("unhandled exit {other:?}"))),
             Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {
-                drop(guard);
-                if let Some(end) = must_stop(shared) {
-                    return Ok(end);
-                }
-                if let Some(bound) = shared.limits.no_progress
-                    && let Some(end) = progress.sample(vcpu, bound)
-                {
-                    return Ok(end);
-                }
-                vcpu.set_kvm_immediate_exit(0);
+                interrupted = true;
                 Action::Continue
             }
             Err(e) => {
@@ -545,12 +597,51 @@ fn vcpu_loop(vcpu: &mut VcpuFd, mem: &MmapRam, shared: &Shared<'_, '_>) -> Resul
                 });
             }
         };
+        drop(guard);
+        if interrupted {
+            if let Some(end) = must_stop(shared) {
+                return Ok(end);
+            }
+            if let Some(bound) = shared.limits.no_progress
+                && let Some(end) = progress.sample(vcpu, bound)
+            {
+                return Ok(end);
+            }
+            vcpu.set_kvm_immediate_exit(0);
+        }
         match action {
             Action::Continue => {}
             Action::Stop => return Ok(RunEnd::Stopped),
             Action::Unexpected(why) => return Ok(RunEnd::Unexpected(why)),
+            Action::Serve(req) => {
+                let reply = local.serve(vcpu, &shared.ctx, req);
+                write_reply(mem, reply_at, req, reply)?;
+            }
+            Action::Reply(values) => {
+                let req = VmmRequest { op: 0, args: [0; 3] };
+                write_reply(mem, reply_at, req, values)?;
+            }
         }
     }
+}
+
+/// Writes a request's reply into its message (`abi::report::VALUES_OFFSET`).
+fn write_reply(
+    mem: &MmapRam,
+    at: Option<u64>,
+    req: VmmRequest,
+    values: [u64; 4],
+) -> Result<()> {
+    let Some(gpa) = at else {
+        return Err(RunnerError::Setup(format!(
+            "a reply to VMM request {req:?} outside a report exit"
+        )));
+    };
+    let mut bytes = [0u8; 32];
+    for (chunk, v) in bytes.chunks_exact_mut(8).zip(values) {
+        chunk.copy_from_slice(&v.to_le_bytes());
+    }
+    mem.write(gpa + abi::report::VALUES_OFFSET as u64, &bytes)
 }
 
 thread_local! {
