@@ -10,6 +10,9 @@
 pub const MSR_VIF: u32 = 0x4b56_4d10;
 /// Bit 0 of [`MSR_VIF`]: enable.
 pub const VIF_ENABLE: u64 = 1;
+/// Bit 10 of [`MSR_VIF`] as the VMM reads it (`KVM_GET_MSRS`): always set by the host, also
+/// on a fresh vCPU (0x400); the guest never sees it. Meaning unknown (observed).
+pub const VIF_HOST_BIT: u64 = 1 << 10;
 /// Signature MSR, reads [`SIGNATURE`]; writes raise #GP.
 pub const MSR_SIGNATURE: u32 = 0x4b56_4d11;
 /// "PVM" in the low three bytes.

@@ -65,11 +65,14 @@ pub enum Op {
     DrainCoalesced = 17,
     /// This vCPU's KVM vCPU id: `r0`.
     VcpuId = 18,
+    /// Whether MSR `a0` is in `KVM_GET_MSR_INDEX_LIST` (what a VMM saves and restores):
+    /// `r0` = 1 when it is.
+    MsrListed = 19,
 }
 
 impl Op {
     /// Every op, in number order.
-    pub const ALL: [Op; 18] = [
+    pub const ALL: [Op; 19] = [
         Op::GetMsr,
         Op::SetMsr,
         Op::Nmi,
@@ -88,6 +91,7 @@ impl Op {
         Op::RegisterCoalesced,
         Op::DrainCoalesced,
         Op::VcpuId,
+        Op::MsrListed,
     ];
 
     /// Decodes the raw op.

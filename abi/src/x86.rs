@@ -125,6 +125,27 @@ pub mod msr {
     pub const X2APIC_IRR0: u32 = 0x820;
 }
 
+/// KVM's own paravirtual MSRs (Documentation/virt/kvm/x86/msr.rst), which a KVM-based host
+/// offers alongside any PVM dialect (CPUID 0x40000001 says which).
+pub mod kvm_msr {
+    /// MSR_KVM_WALL_CLOCK_NEW.
+    pub const WALL_CLOCK_NEW: u32 = 0x4b56_4d00;
+    /// MSR_KVM_SYSTEM_TIME_NEW.
+    pub const SYSTEM_TIME_NEW: u32 = 0x4b56_4d01;
+    /// MSR_KVM_ASYNC_PF_EN.
+    pub const ASYNC_PF_EN: u32 = 0x4b56_4d02;
+    /// MSR_KVM_STEAL_TIME.
+    pub const STEAL_TIME: u32 = 0x4b56_4d03;
+    /// MSR_KVM_PV_EOI_EN.
+    pub const PV_EOI_EN: u32 = 0x4b56_4d04;
+    /// MSR_KVM_POLL_CONTROL.
+    pub const POLL_CONTROL: u32 = 0x4b56_4d05;
+    /// MSR_KVM_ASYNC_PF_INT.
+    pub const ASYNC_PF_INT: u32 = 0x4b56_4d06;
+    /// MSR_KVM_ASYNC_PF_ACK.
+    pub const ASYNC_PF_ACK: u32 = 0x4b56_4d07;
+}
+
 /// IA32_APIC_BASE bits.
 pub mod apic_base {
     /// x2APIC mode enable.

@@ -88,6 +88,18 @@ fn leave(exit: UserExit) -> ! {
 
 /// Called by the exception dispatcher for events from CPL3.
 pub(crate) fn on_user_event(frame: &mut Frame, ex: Exception) {
+    if !ACTIVE.get() {
+        // The kernel never entered CPL3 outside `run_raw`: a frame saying it came from there
+        // is the host's doing.
+        crate::report::finish_fmt(
+            GuestStatus::Fail,
+            format_args!(
+                "event {ex:?} delivered with a CPL3 frame (cs={:#x} rip={:#x} rsp={:#x}) while \
+                 no user code ran",
+                frame.cs, frame.rip, frame.rsp
+            ),
+        );
+    }
     if ex.vector == vector::GP && frame.rip == arch::stubs::idt::syscall_cr3_rip() {
         leave(UserExit::SyscallStayedAtCpl3(frame.cs as u16));
     }

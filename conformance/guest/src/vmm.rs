@@ -247,3 +247,237 @@ case!(
     )
     .reqs("KVM-MEMSLOT-1")
 );
+
+/// What the VMM writes to the local dialect's VIF MSR in a [`vif_write`] case, given the value
+/// it read (`now`) and a fresh RAM frame (`spare`).
+mod vif {
+    /// The value just read, written back.
+    pub const SAME: u64 = 0;
+    /// Without the enable bit.
+    pub const NO_ENABLE: u64 = 1;
+    /// Zero (no page, not enabled).
+    pub const ZERO: u64 = 2;
+    /// Bit 11 set, which the host itself sets while the vCPU is in user mode (inferred).
+    pub const USER_MODE_BIT: u64 = 3;
+    /// A reserved low bit (bit 7) set.
+    pub const RESERVED_BIT: u64 = 4;
+    /// A page above MAXPHYADDR.
+    pub const BEYOND_MAXPHYADDR: u64 = 5;
+    /// The last page of the 64-bit space (the page's end wraps around to 0).
+    pub const WRAP: u64 = 6;
+    /// A page in the MMIO window (no memory behind it).
+    pub const UNBACKED: u64 = 7;
+    /// A page of a read-only memslot.
+    pub const READONLY_SLOT: u64 = 8;
+    /// Another page of RAM (then moved back).
+    pub const OTHER_PAGE: u64 = 9;
+}
+
+/// The VMM writes one value to the local dialect's VIF MSR (which registers the shared page
+/// and switches CPL0 code to native execution). A value the VMM can read from some vCPU (a
+/// registered page with or without the enable bit, the unregistered 0) is accepted, reads back
+/// as written and leaves the mode it implies; an invalid one (reserved bits, the host's own
+/// state bits, not guest memory, above MAXPHYADDR, wrapping) is refused, and then nothing changed: the VMM
+/// reads the old value back and the guest still runs natively.
+fn vif_write() {
+    use guest_lib::abi::layout::MMIO_WINDOW;
+    use guest_lib::abi::local::{MSR_VIF, VIF_ENABLE, VIF_HOST_BIT};
+    use guest_lib::env::Mode;
+    let scenario = rt::case_param();
+    let env = guest_lib::env::current();
+    let Some(now) = vmm::get_msr(MSR_VIF) else {
+        guest_lib::error!("the VMM cannot read the VIF MSR");
+    };
+    log!("the VMM reads the VIF MSR as {:#x}", now);
+    check!(now & VIF_ENABLE != 0, "the registered VIF MSR lacks the enable bit: {:#x}", now);
+    let low = now & 0xfff;
+    let maxphys = instr::cpuid(0x8000_0008, 0)[0] & 0xff;
+    // (value, Some(mode afterwards) when it must be accepted, None when refused)
+    let (value, accept) = match scenario {
+        vif::SAME => (now, Some(Mode::PvNative)),
+        vif::NO_ENABLE => (now & !VIF_ENABLE, Some(Mode::PvNative)),
+        vif::ZERO => (0, Some(Mode::PvEmulated)),
+        vif::USER_MODE_BIT => (now | 0x800, None),
+        vif::RESERVED_BIT => (now | 0x80, None),
+        vif::BEYOND_MAXPHYADDR => ((1u64 << maxphys.clamp(36, 52)) | low, None),
+        vif::WRAP => (0xffff_ffff_ffff_f000 | low, None),
+        vif::UNBACKED => (MMIO_WINDOW | low, None),
+        vif::READONLY_SLOT => {
+            let r = vmm::request(Op::AddMemslot, [3, EXTRA_SLOT_GPA, 4096 | READONLY]);
+            check_eq!(r.map(drop), Ok(()), "adding a read-only memslot");
+            (EXTRA_SLOT_GPA | low, None)
+        }
+        vif::OTHER_PAGE => (guest_lib::paging::alloc_frame().pa() | low, Some(Mode::PvNative)),
+        _ => guest_lib::error!("unknown VIF scenario {}", scenario),
+    };
+    let accepted = vmm::set_msr(MSR_VIF, value);
+    let after = vmm::get_msr(MSR_VIF);
+    let mode = env.mode();
+    log!(
+        "the VMM wrote {:#x}: {}; it then reads {:x?}; mode {:?}",
+        value,
+        if accepted { "accepted" } else { "refused" },
+        after,
+        mode
+    );
+    check_eq!(accepted, accept.is_some(), "whether the VMM's write of {:#x} is accepted", value);
+    match accept {
+        Some(want_mode) if accepted => {
+            check_eq!(
+                after.map(|v| v & !VIF_HOST_BIT),
+                Some(value & !VIF_HOST_BIT),
+                "the value read back (but for the host's bit 10)"
+            );
+            check_eq!(mode, want_mode, "the mode the accepted value implies");
+        }
+        _ if !accepted => {
+            check_eq!(after, Some(now), "the VIF MSR after the refused write");
+            check_eq!(mode, Mode::PvNative, "the mode after the refused write");
+        }
+        _ => {}
+    }
+    if accepted && value != now {
+        check!(vmm::set_msr(MSR_VIF, now), "restoring the VIF MSR was refused");
+        check_eq!(env.mode(), Mode::PvNative, "the mode once the VMM restored the VIF MSR");
+    }
+}
+
+const fn vif_spec(name: &'static str, summary: &'static str) -> Spec {
+    Spec::new(name, Area::Vmm, summary)
+        .envs(guest_lib::abi::env::Env::PvLocal.bit())
+        .reqs("PVM-VMM-2")
+}
+
+case_table!(vif_write, vif_spec, [
+    ("vmm.vif.same_value", vif::SAME, "the VMM writing back the VIF MSR value it read is accepted; nothing changes"),
+    ("vmm.vif.no_enable", vif::NO_ENABLE, "a VMM write of the registered page without the enable bit is accepted and reads back"),
+    ("vmm.vif.zero", vif::ZERO, "a VMM write of 0 unregisters the page (emulated CPL0), and the old value restores it"),
+    ("vmm.vif.user_mode_bit", vif::USER_MODE_BIT, "a VMM write setting the host's user-mode bit 11 is refused; nothing changes"),
+    ("vmm.vif.reserved_bit", vif::RESERVED_BIT, "a VMM write of the VIF MSR with a reserved bit is refused; nothing changes"),
+    ("vmm.vif.beyond_maxphyaddr", vif::BEYOND_MAXPHYADDR, "a VMM write of a VIF page above MAXPHYADDR is refused; nothing changes"),
+    ("vmm.vif.wrap", vif::WRAP, "a VMM write of the last page of the address space is refused; nothing changes"),
+    ("vmm.vif.unbacked", vif::UNBACKED, "a VMM write of a VIF page with no memory behind it is refused; nothing changes"),
+    ("vmm.vif.readonly_slot", vif::READONLY_SLOT, "a VMM write of a VIF page in a read-only memslot is refused; nothing changes"),
+    ("vmm.vif.other_page", vif::OTHER_PAGE, "a VMM write moving the VIF page to other RAM is accepted (and moved back)"),
+]);
+
+/// The MSRs that hold the environment's PV state are in `KVM_GET_MSR_INDEX_LIST`, so a VMM
+/// that saves what the list names carries them.
+fn pv_msrs_listed() {
+    let msrs = guest_lib::env::current().pv_state_msrs();
+    if msrs.is_empty() {
+        guest_lib::skip!("this environment has no PV state MSRs");
+    }
+    for &m in msrs {
+        check_eq!(vmm::must(Op::MsrListed, [u64::from(m), 0, 0])[0], 1, "MSR {:#x} listed", m);
+    }
+}
+case!(
+    pv_msrs_listed,
+    Spec::new(
+        "vmm.pv_msrs_listed",
+        Area::Vmm,
+        "the MSRs holding PV state are in KVM_GET_MSR_INDEX_LIST (so a VMM migrates them)"
+    )
+    .envs(guest_lib::abi::env::Env::PvLocal.bit())
+    .reqs("PVM-VMM-1")
+);
+
+/// A VMM that saves and restores the dialect's VIF MSR of a guest that never registered a
+/// page (an ordinary kernel; a vCPU before its guest set PV mode up) must be able to write
+/// back what it read.
+fn vif_restore_unregistered() {
+    use guest_lib::abi::local::MSR_VIF;
+    let Some(v) = vmm::get_msr(MSR_VIF) else {
+        guest_lib::skip!("the host has no VIF MSR");
+    };
+    log!("the VMM reads the unregistered VIF MSR as {:#x}", v);
+    check!(vmm::set_msr(MSR_VIF, v), "writing back {:#x} was refused", v);
+    check_eq!(vmm::get_msr(MSR_VIF), Some(v), "the VIF MSR afterwards");
+}
+case!(
+    vif_restore_unregistered,
+    Spec::new(
+        "vmm.vif.restore_unregistered",
+        Area::Vmm,
+        "the VMM can write back the unregistered VIF MSR value it read (restore of a fresh vCPU)"
+    )
+    .envs(guest_lib::abi::env::Env::Hvm64.bit())
+    .reqs("KVM-STATE-1,PVM-VMM-1")
+);
+
+/// An MSR of the host's paravirtual ranges (KVM's 0x4b564d00.., the local dialect's
+/// 0x4b564d10..) exists for the VMM (`KVM_GET_MSRS` returns it) exactly when it exists for the
+/// guest (`rdmsr` does not #GP), and then both read the same value (but for the VIF MSR's
+/// host bit).
+fn pv_msr_views() {
+    use guest_lib::abi::local::{MSR_VIF, VIF_HOST_BIT};
+    let index = rt::case_param() as u32;
+    let guest = instr::rdmsr_safe(index);
+    let host = vmm::get_msr(index);
+    log!("MSR {:#x}: guest rdmsr {:x?}, VMM {:x?}", index, guest, host);
+    check_eq!(host.is_some(), guest.is_ok(), "whether MSR {:#x} exists (VMM vs guest)", index);
+    if let (Ok(g), Some(h)) = (guest, host) {
+        let mask = if index == MSR_VIF { !VIF_HOST_BIT } else { !0 };
+        check_eq!(h & mask, g & mask, "MSR {:#x} as the VMM and the guest read it", index);
+    }
+}
+
+const fn pv_msr_spec(name: &'static str, summary: &'static str) -> Spec {
+    Spec::new(name, Area::Vmm, summary).reqs("KVM-MSR-2")
+}
+
+case_table!(pv_msr_views, pv_msr_spec, [
+    ("vmm.pv_msr.kvm_wall_clock", guest_lib::abi::x86::kvm_msr::WALL_CLOCK_NEW, "MSR_KVM_WALL_CLOCK_NEW exists for the VMM iff for the guest"),
+    ("vmm.pv_msr.kvm_system_time", guest_lib::abi::x86::kvm_msr::SYSTEM_TIME_NEW, "MSR_KVM_SYSTEM_TIME_NEW: VMM and guest views agree"),
+    ("vmm.pv_msr.kvm_async_pf_en", guest_lib::abi::x86::kvm_msr::ASYNC_PF_EN, "MSR_KVM_ASYNC_PF_EN: VMM and guest views agree"),
+    ("vmm.pv_msr.kvm_steal_time", guest_lib::abi::x86::kvm_msr::STEAL_TIME, "MSR_KVM_STEAL_TIME: VMM and guest views agree"),
+    ("vmm.pv_msr.kvm_pv_eoi", guest_lib::abi::x86::kvm_msr::PV_EOI_EN, "MSR_KVM_PV_EOI_EN: VMM and guest views agree"),
+    ("vmm.pv_msr.kvm_poll_control", guest_lib::abi::x86::kvm_msr::POLL_CONTROL, "MSR_KVM_POLL_CONTROL: VMM and guest views agree"),
+    ("vmm.pv_msr.local_vif", guest_lib::abi::local::MSR_VIF, "the local dialect's VIF MSR: VMM and guest views agree"),
+    ("vmm.pv_msr.local_signature", guest_lib::abi::local::MSR_SIGNATURE, "the local dialect's signature MSR: VMM and guest views agree"),
+    ("vmm.pv_msr.local_12", guest_lib::abi::local::MSR_UNKNOWN_12, "the local dialect's MSR 0x4b564d12: VMM and guest views agree"),
+    ("vmm.pv_msr.local_tsc_khz", guest_lib::abi::local::MSR_TSC_KHZ, "the local dialect's TSC kHz MSR: VMM and guest views agree"),
+    ("vmm.pv_msr.local_14", 0x4b56_4d14, "MSR 0x4b564d14 (past the dialect's MSRs): VMM and guest views agree"),
+    ("vmm.pv_msr.local_ff", 0x4b56_4dff, "MSR 0x4b564dff (end of the range): VMM and guest views agree"),
+]);
+
+/// The VMM cannot change the dialect's read-only MSRs (signature, TSC kHz, 0x4b564d12):
+/// `KVM_SET_MSRS` refuses, and the value stays.
+fn pv_msr_readonly_for_vmm() {
+    let index = rt::case_param() as u32;
+    let Some(v) = vmm::get_msr(index) else {
+        guest_lib::skip!("the host has no MSR {:#x}", index);
+    };
+    check!(!vmm::set_msr(index, v ^ 0x10), "the VMM's write of MSR {:#x} was accepted", index);
+    check_eq!(vmm::get_msr(index), Some(v), "MSR {:#x} afterwards", index);
+    check_eq!(instr::rdmsr_safe(index), Ok(v), "what the guest reads afterwards");
+}
+
+const fn pv_ro_spec(name: &'static str, summary: &'static str) -> Spec {
+    Spec::new(name, Area::Vmm, summary).reqs("PVM-VMM-2")
+}
+
+case_table!(pv_msr_readonly_for_vmm, pv_ro_spec, [
+    ("vmm.pv_msr_ro.signature", guest_lib::abi::local::MSR_SIGNATURE, "the VMM cannot change the signature MSR"),
+    ("vmm.pv_msr_ro.tsc_khz", guest_lib::abi::local::MSR_TSC_KHZ, "the VMM cannot change the TSC kHz MSR"),
+    ("vmm.pv_msr_ro.local_12", guest_lib::abi::local::MSR_UNKNOWN_12, "the VMM cannot change MSR 0x4b564d12"),
+]);
+
+/// What the dialect's TSC kHz MSR says is the rate `KVM_GET_TSC_KHZ` gave the VMM (the boot
+/// info carries that).
+fn tsc_khz_matches_vmm() {
+    let Ok(khz) = instr::rdmsr_safe(guest_lib::abi::local::MSR_TSC_KHZ) else {
+        guest_lib::skip!("no TSC kHz MSR");
+    };
+    check_eq!(khz, rt::boot_info().tsc_khz, "TSC kHz MSR vs KVM_GET_TSC_KHZ");
+}
+case!(
+    tsc_khz_matches_vmm,
+    Spec::new(
+        "vmm.tsc_khz_matches_vmm",
+        Area::Vmm,
+        "the TSC kHz MSR says what KVM_GET_TSC_KHZ tells the VMM"
+    )
+    .reqs("LOCAL-MSR-TSC,X86-TSC-1")
+);

@@ -248,6 +248,7 @@ impl VcpuLocal {
                 ok([n, first, last])
             }
             Op::VcpuId => ok([self.id, 0, 0]),
+            Op::MsrListed => ok([u64::from(ctx.msr_list.contains(&(a0 as u32))), 0, 0]),
         }
     }
 }
