@@ -11,7 +11,8 @@ root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 out=${OUT:-conformance-results}
 mkdir -p "$out"
 out=$(cd "$out" && pwd)
-"$root/ci/setup.sh"
+# The browser packages serve only this repository's own tests, not a conformance run.
+PVMC_SETUP_BROWSER=0 "$root/ci/setup.sh"
 status=0
 (cd "$root" && cargo xtask conformance --require-kvm --report "$out/report.json" \
     --junit "$out/junit.xml" --tap "$@") > "$out/results.tap" || status=$?

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what pvm-conformance needs on a fresh machine: the pinned Rust toolchain with the
-# bare-metal guest target (x86_64-unknown-none), clippy and rustfmt, and the DejaVu font the
-# benchmark plot draws its text with. The KVM layer itself is pure Rust over /dev/kvm.
+# bare-metal guest target (x86_64-unknown-none), clippy and rustfmt, the DejaVu font the
+# benchmark plot draws its text with, and Chromium and tesseract for the certificate's browser
+# test. The KVM layer itself is pure Rust over /dev/kvm.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if ! command -v rustup >/dev/null; then
@@ -11,10 +12,22 @@ fi
 channel=$(sed -n 's/^channel = "\(.*\)"/\1/p' rust-toolchain.toml)
 rustup toolchain install "$channel" --profile minimal \
     --target x86_64-unknown-none --component clippy,rustfmt >&2
-if [ ! -e /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf ]; then
+# Debian packages, each only when missing: the DejaVu font the benchmark plot draws its text
+# with, and (unless PVMC_SETUP_BROWSER=0) headless Chromium and tesseract for the certificate's
+# browser test (xtask/tests/certify_browser.rs; .ci/run requires it with PVMC_REQUIRE_BROWSER=1).
+packages=()
+[ -e /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf ] || packages+=(fonts-dejavu-core)
+if [ "${PVMC_SETUP_BROWSER:-1}" != 0 ]; then
+    command -v chromium >/dev/null || command -v chromium-browser >/dev/null \
+        || packages+=(chromium)
+    command -v tesseract >/dev/null || packages+=(tesseract-ocr)
+fi
+if [ ${#packages[@]} -gt 0 ]; then
     if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
-        (apt-get update -qq && apt-get install -y -qq fonts-dejavu-core) >&2
+        (apt-get update -qq \
+            && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${packages[@]}") >&2
     else
-        echo "ci/setup.sh: no DejaVu font; install fonts-dejavu-core for the benchmark plot" >&2
+        echo "ci/setup.sh: missing Debian packages ${packages[*]} (fonts-dejavu-core for the" \
+            "benchmark plot, chromium and tesseract-ocr for the certificate's browser test)" >&2
     fi
 fi

@@ -10,6 +10,10 @@
 pub const MSR_VIF: u32 = 0x4b56_4d10;
 /// Bit 0 of [`MSR_VIF`]: enable.
 pub const VIF_ENABLE: u64 = 1;
+/// Byte of the VIF page holding the virtual interrupt flag (written by the guest).
+pub const VIF_BYTE_IF: u64 = 0;
+/// Byte of the VIF page the host sets while an interrupt is pending (read by the guest).
+pub const VIF_BYTE_PENDING: u64 = 1;
 /// Bit 10 of [`MSR_VIF`] as the VMM reads it (`KVM_GET_MSRS`): always set by the host, also
 /// on a fresh vCPU (0x400); the guest never sees it. Meaning unknown (observed).
 pub const VIF_HOST_BIT: u64 = 1 << 10;

@@ -68,11 +68,14 @@ pub enum Op {
     /// Whether MSR `a0` is in `KVM_GET_MSR_INDEX_LIST` (what a VMM saves and restores):
     /// `r0` = 1 when it is.
     MsrListed = 19,
+    /// What `kvm_run` said at the exit of this request: `r0` = `if_flag`, `r1` =
+    /// `ready_for_interrupt_injection` (meaningful without an in-kernel irqchip).
+    RunFlags = 20,
 }
 
 impl Op {
     /// Every op, in number order.
-    pub const ALL: [Op; 19] = [
+    pub const ALL: [Op; 20] = [
         Op::GetMsr,
         Op::SetMsr,
         Op::Nmi,
@@ -92,6 +95,7 @@ impl Op {
         Op::DrainCoalesced,
         Op::VcpuId,
         Op::MsrListed,
+        Op::RunFlags,
     ];
 
     /// Decodes the raw op.

@@ -164,6 +164,34 @@ pub mod x2apic {
     pub const ICR_ASSERT: u64 = 1 << 14;
     /// Bit position of the destination field of the ICR in x2APIC mode.
     pub const ICR_DEST_SHIFT: u32 = 32;
+    /// LVT mask bit.
+    pub const LVT_MASKED: u64 = 1 << 16;
+    /// LVT timer mode field value for periodic mode (bits 18:17 = 01b); one-shot is 0.
+    pub const LVT_PERIODIC: u64 = 1 << 17;
+    /// Timer divide configuration: divide by 1.
+    pub const DIVIDE_BY_1: u64 = 0xb;
+}
+
+/// The I/O APIC (82093AA) as KVM's in-kernel irqchip models it.
+pub mod ioapic {
+    /// Default guest-physical base.
+    pub const BASE: u64 = 0xfec0_0000;
+    /// Offset of IOREGSEL (register select).
+    pub const IOREGSEL: u64 = 0x00;
+    /// Offset of IOWIN (register window).
+    pub const IOWIN: u64 = 0x10;
+    /// Register index of the version register.
+    pub const VERSION: u32 = 0x01;
+    /// Register index of the low half of pin `n`'s redirection entry (the high half is next).
+    pub const fn redirection(pin: u32) -> u32 {
+        0x10 + 2 * pin
+    }
+    /// Redirection entry: level-triggered (else edge).
+    pub const LEVEL: u64 = 1 << 15;
+    /// Redirection entry: remote IRR (read-only; a level interrupt awaits its EOI).
+    pub const REMOTE_IRR: u64 = 1 << 14;
+    /// Redirection entry: masked.
+    pub const MASKED: u64 = 1 << 16;
 }
 
 /// CR0 bits.

@@ -20,6 +20,7 @@
 
 pub mod bench;
 pub mod catalog;
+pub mod certify;
 pub mod exec;
 pub mod expect;
 pub mod guest_build;

@@ -120,6 +120,12 @@ impl Exception {
         }
     }
 
+    /// The same exception with `error_code`.
+    pub const fn with_error_code(mut self, error_code: u32) -> Self {
+        self.error_code = error_code;
+        self
+    }
+
     /// `#GP(error_code)`.
     pub const fn gp(error_code: u32) -> Self {
         Self {
@@ -174,6 +180,15 @@ pub type Hook = fn(&mut Frame, Exception) -> bool;
 
 /// The exception recorded for a `_safe` instruction, one slot per vCPU.
 static LAST_FIXUP: PerCpu<Option<Exception>> = PerCpu::new(None);
+/// The frame RIP and CS of the last exception a `_safe` instruction took, per vCPU.
+static LAST_FIXUP_AT: PerCpu<(u64, u64)> = PerCpu::new((0, 0));
+
+/// Where the last exception a `_safe` instruction took was reported: the frame's RIP and CS
+/// (check the RIP with `arch::safe_site`: a fault reports the instruction, a trap the one
+/// after it).
+pub fn last_fault_frame() -> (u64, u64) {
+    LAST_FIXUP_AT.get()
+}
 /// The target of the `exec_ret_safe` in progress, per vCPU.
 static EXEC_TARGET: PerCpu<Option<u64>> = PerCpu::new(None);
 static HOOK: AtomicHook<Hook> = AtomicHook::new();
@@ -228,6 +243,7 @@ pub fn dispatch(frame: &mut Frame) {
     let own_fault = vector::is_synchronous(vector) && !frame.from_user();
     if own_fault && let Some(fixup) = arch::fixup_for(frame.rip) {
         LAST_FIXUP.set(Some(ex));
+        LAST_FIXUP_AT.set((frame.rip, frame.cs));
         frame.rip = fixup;
         return;
     }

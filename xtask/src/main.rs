@@ -3,6 +3,8 @@
 //! - `cargo xtask conformance [...]`: build the guest image, run the suite, report.
 //! - `cargo xtask bench [...]`: benchmarks, baselines, plot; `--compare a.json b.json`.
 //! - `cargo xtask coverage`: requirement -> cases -> last outcome, and what no case checks.
+//! - `cargo xtask certify [...]`: a report's verdict against a profile, and the HTML
+//!   certificate (exit 0 certified, 1 not certified, 2 bad input).
 //! - `cargo xtask build-guests`: only build the guest image.
 //!
 //! Exit status of `conformance`: 0 when nothing failed, crashed or errored; 1 otherwise;
@@ -11,6 +13,7 @@
 //! Nothing here panics on bad input or on a closed or full stdout (see `out`).
 
 mod bench_cmd;
+mod certify_cmd;
 mod conformance_cmd;
 mod coverage_cmd;
 mod out;
@@ -36,6 +39,8 @@ enum Cmd {
     Bench(bench_cmd::Args),
     /// Requirement -> cases -> last outcome; the requirements without a case.
     Coverage(coverage_cmd::Args),
+    /// Certify a conformance report against a profile: verdict, reasons, HTML certificate.
+    Certify(certify_cmd::Args),
     /// Build the guest image (x86_64-unknown-none) and print its path.
     BuildGuests,
 }
@@ -46,6 +51,7 @@ fn main() -> ExitCode {
         Cmd::Conformance(args) => conformance_cmd::run(args),
         Cmd::Bench(args) => bench_cmd::run(args),
         Cmd::Coverage(args) => coverage_cmd::run(args),
+        Cmd::Certify(args) => certify_cmd::run(args),
         Cmd::BuildGuests => {
             conformance::guest_build::build(&conformance::guest_build::workspace_root())
                 .map_err(anyhow::Error::from)

@@ -5,7 +5,9 @@
 //!   instance once, exit 130/143, and `--resume` completing it with every instance exactly once;
 //! - a second run into the same outputs refused at once, naming the first;
 //! - `--list | head -1` exits 0; a full stdout is an error, not a panic;
-//! - `--require-kvm` without a usable KVM device exits 2; without the flag everything SKIPs.
+//! - `--require-kvm` without a usable KVM device exits 2; without the flag everything SKIPs;
+//! - `certify`: bad reports, profiles and outputs are one-line errors with status 2; the
+//!   verdict decides between 0 (certified, with or without deviations) and 1.
 
 use std::collections::HashSet;
 use std::io::{BufRead, BufReader};
@@ -17,6 +19,8 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::Signal;
 use nix::unistd::Pid;
 use serde_json::Value;
+
+mod support;
 
 fn xtask() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_xtask"));
@@ -684,4 +688,160 @@ fn duplicate_environments_are_merged_and_unimplemented_ones_skip() {
                 .as_str()
                 .is_some_and(|d| d.contains("does not implement environment pv-v1"))
     }));
+}
+
+#[test]
+fn certify_bad_inputs_are_one_line_errors_with_status_2() {
+    let d = tempfile::tempdir().expect("tempdir");
+    let dir = d.path();
+    let p = |p: &Path| p.to_str().expect("utf-8").to_string();
+    let write = |name: &str, text: &str| {
+        let f = dir.join(name);
+        std::fs::write(&f, text).expect("write");
+        p(&f)
+    };
+    let report = p(&support::write_report(
+        dir,
+        "report.json",
+        support::Variant::Deviating,
+    ));
+    let profile = p(&support::local_host_profile());
+    let html = p(&dir.join("out/certificate.html"));
+    let malformed = write(
+        "malformed.json",
+        "{\"schema\": \"pvm-conformance/report/v2\", ",
+    );
+    let not_report = write("other.json", "{\"name\": \"something else\"}");
+    let good_profile = std::fs::read_to_string(&profile).expect("local-host profile");
+    let field = write("field.toml", &format!("{good_profile}bogus_field = 1\n"));
+    let env = write(
+        "env.toml",
+        &good_profile.replace("\"pv-local\"]", "\"pv-v9\"]"),
+    );
+    let syntax = write("syntax.toml", "name = [\n");
+    let certify = |extra: &[&str]| -> Vec<String> {
+        let mut v: Vec<String> = vec!["certify".into()];
+        v.extend(extra.iter().map(|s| s.to_string()));
+        v
+    };
+    let corpus: Vec<(&str, Vec<String>, &str)> = vec![
+        (
+            "missing report",
+            certify(&["--report", "/nonexistent/report.json", "--html", &html]),
+            "/nonexistent/report.json",
+        ),
+        (
+            "malformed report JSON",
+            certify(&["--report", &malformed, "--html", &html]),
+            "not JSON",
+        ),
+        (
+            "JSON that is not a report",
+            certify(&["--report", &not_report, "--html", &html]),
+            "no \"schema\" field",
+        ),
+        (
+            "unknown profile field",
+            certify(&["--report", &report, "--profile", &field, "--html", &html]),
+            "bogus_field",
+        ),
+        (
+            "unknown env in profile",
+            certify(&["--report", &report, "--profile", &env, "--html", &html]),
+            "unknown environment \"pv-v9\"",
+        ),
+        (
+            "profile syntax",
+            certify(&["--report", &report, "--profile", &syntax, "--html", &html]),
+            "line 1",
+        ),
+        (
+            "missing profile",
+            certify(&[
+                "--report",
+                &report,
+                "--profile",
+                "/nonexistent/p.toml",
+                "--html",
+                &html,
+            ]),
+            "/nonexistent/p.toml",
+        ),
+        (
+            "bench that is not a bench report",
+            certify(&["--report", &report, "--bench", &report, "--html", &html]),
+            "not a pvm-conformance bench report",
+        ),
+        (
+            "html is a directory",
+            certify(&["--report", &report, "--html", &p(dir)]),
+            "directory",
+        ),
+        (
+            "html over the report",
+            certify(&["--report", &report, "--html", &report]),
+            "same file",
+        ),
+        (
+            "json over the html",
+            certify(&["--report", &report, "--html", &html, "--json", &html]),
+            "same file",
+        ),
+    ];
+    for (what, args, keyword) in &corpus {
+        let out = run(xtask().args(args).current_dir(dir));
+        assert_bad(&out, what, keyword);
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(stdout.is_empty(), "{what}: printed a verdict:\n{stdout}");
+    }
+    assert!(
+        !dir.join("out/certificate.html").exists(),
+        "bad input wrote a certificate"
+    );
+}
+
+#[test]
+fn certify_exits_by_verdict() {
+    let d = tempfile::tempdir().expect("tempdir");
+    let dir = d.path();
+    let report = support::write_report(dir, "report.json", support::Variant::Deviating);
+    let accepting = dir.join("accepting.toml");
+    std::fs::write(&accepting, support::ACCEPTING_PROFILE).expect("write profile");
+    let html = dir.join("certificate.html");
+    let json = dir.join("verdict.json");
+    for (profile, status, verdict) in [
+        (support::local_host_profile(), 1, "NOT CERTIFIED"),
+        (accepting, 0, "CERTIFIED WITH DEVIATIONS"),
+    ] {
+        let out = run(xtask().args([
+            "certify".as_ref(),
+            "--report".as_ref(),
+            report.as_os_str(),
+            "--profile".as_ref(),
+            profile.as_os_str(),
+            "--html".as_ref(),
+            html.as_os_str(),
+            "--json".as_ref(),
+            json.as_os_str(),
+        ]));
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert_eq!(
+            out.status.code(),
+            Some(status),
+            "{}: {stdout}",
+            profile.display()
+        );
+        assert!(
+            stdout.starts_with(&format!("{verdict}: profile ")),
+            "{stdout}"
+        );
+        let page = std::fs::read_to_string(&html).expect("certificate written");
+        assert!(page.contains(&format!("id=\"verdict\">{verdict}<")));
+        let v: Value = serde_json::from_str(&std::fs::read_to_string(&json).expect("json"))
+            .expect("verdict JSON");
+        assert_eq!(v["verdict"], verdict);
+        assert_eq!(v["schema"], "pvm-conformance/certificate/v1");
+    }
+    let out = run(xtask().args(["certify", "--bogus"]));
+    assert_eq!(out.status.code(), Some(2));
 }

@@ -9,46 +9,169 @@ use guest_lib::abi::x86::rflags;
 use guest_lib::arch::instr;
 use guest_lib::case::Spec;
 use guest_lib::exception::{self, Exception, Frame, vector};
-use guest_lib::{case, check, check_eq};
+use guest_lib::{case, case_table, check, check_eq, rt};
 
 use crate::common::{PING_VECTOR, PONG_VECTOR, TIMER_VECTOR};
 
-fn ud2() {
-    check_eq!(instr::ud2_safe(), Err(Exception::new(vector::UD)));
+/// Where an exception must be reported.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum At {
+    /// A fault: the frame RIP is the instruction.
+    Fault,
+    /// A trap: the frame RIP is just after the instruction.
+    Trap,
 }
-case!(
-    ud2,
-    Spec::new("interrupts.ud2", Area::Interrupts, "ud2 raises #UD").reqs("X86-EXC-UD")
-);
 
-fn int3() {
-    check_eq!(instr::int3_safe(), Err(Exception::new(vector::BP)));
+/// Checks a `_safe` primitive's exception at CPL0: vector and error code, a frame CS with RPL
+/// 0 (the kernel's own) and the RIP the architecture reports for it.
+fn expect_cpl0(got: Result<(), Exception>, want: Exception, at: At) {
+    check_eq!(got, Err(want), "the exception");
+    if got.is_err() {
+        let (rip, cs) = exception::last_fault_frame();
+        check_eq!(cs, u64::from(KERNEL_CS), "frame CS");
+        let site = guest_lib::arch::safe_site(rip);
+        let want_site = match at {
+            At::Fault => guest_lib::arch::SafeSite::Instruction,
+            At::Trap => guest_lib::arch::SafeSite::After,
+        };
+        check_eq!(site, Some(want_site), "frame RIP {:#x} ({:?})", rip, at);
+    }
 }
-case!(
-    int3,
-    Spec::new(
-        "interrupts.int3",
-        Area::Interrupts,
-        "int3 at CPL0 raises #BP (trap, RIP after it)"
-    )
-    .reqs("X86-EXC-BP")
-);
 
-fn divide_error() {
-    check_eq!(
-        instr::divide_by_zero_safe(),
-        Err(Exception::new(vector::DE))
-    );
+static STEPPED: PerCpu<Option<(u64, u64)>> = PerCpu::new(None);
+
+fn on_single_step(frame: &mut Frame, ex: Exception) -> bool {
+    if ex.vector != vector::DB {
+        return false;
+    }
+    STEPPED.set(Some((frame.rip, frame.cs)));
+    frame.rflags &= !rflags::TF;
+    true
 }
-case!(
-    divide_error,
-    Spec::new(
-        "interrupts.divide_error",
-        Area::Interrupts,
-        "div by zero raises #DE"
-    )
-    .reqs("X86-EXC-DE")
-);
+
+static SOFT_INT: PerCpu<Option<(u8, u64, u64)>> = PerCpu::new(None);
+
+fn on_soft_int(frame: &mut Frame, ex: Exception) -> bool {
+    if ex.vector != SOFT_VECTOR {
+        return false;
+    }
+    SOFT_INT.set(Some((ex.vector, frame.rip, frame.error_code)));
+    true
+}
+
+/// A vector with a DPL0 gate that nothing else uses, for `int n` at CPL0.
+const SOFT_VECTOR: u8 = 0x22;
+/// A vector without a gate (the library's IDT has gates below 48 only): #NP through it.
+const ABSENT_VECTOR: u8 = 0x50;
+/// A selector past the GDT's limit.
+const BAD_SELECTOR: u16 = 0x78;
+
+/// One exception raised by kernel (CPL0) code: the vector, error code, frame CS and RIP the
+/// architecture prescribes.
+fn cpl0_exception() {
+    use guest_lib::abi::x86::{cr0, idt_error_code};
+    match rt::case_param() {
+        0 => expect_cpl0(instr::divide_by_zero_safe(), Exception::new(vector::DE), At::Fault),
+        1 => expect_cpl0(instr::idiv_overflow_safe(), Exception::new(vector::DE), At::Fault),
+        2 => {
+            STEPPED.set(None);
+            exception::set_hook(Some(on_single_step));
+            instr::single_step_nop();
+            exception::set_hook(None);
+            match STEPPED.get() {
+                Some((rip, cs)) => {
+                    let f = instr::single_step_nop as *const () as u64;
+                    check!((f..f + 32).contains(&rip), "#DB RIP {:#x} is after the stepped nop", rip);
+                    check_eq!(cs, u64::from(KERNEL_CS), "frame CS");
+                    let dr6 = instr::read_dr6_safe();
+                    check_eq!(dr6.map(|v| v & (1 << 14)), Ok(1 << 14), "DR6.BS");
+                }
+                None => check!(false, "no #DB after the single-stepped instruction"),
+            }
+        }
+        3 => expect_cpl0(instr::int3_safe(), Exception::new(vector::BP), At::Trap),
+        4 => expect_cpl0(instr::into_safe(), Exception::new(vector::UD), At::Fault),
+        5 => expect_cpl0(instr::ud2_safe(), Exception::new(vector::UD), At::Fault),
+        6 => {
+            instr::set_cr0_ts(true);
+            check_eq!(instr::read_cr0() & cr0::TS, cr0::TS, "CR0.TS reads back set");
+            expect_cpl0(instr::fwait_safe(), Exception::new(vector::NM), At::Fault);
+            instr::set_cr0_ts(false);
+        }
+        7 => expect_cpl0(
+            instr::read_u64_safe(0x8000_0000_0000_0000).map(drop),
+            Exception::gp(0),
+            At::Fault,
+        ),
+        8 => expect_cpl0(
+            instr::load_ds_safe(BAD_SELECTOR),
+            Exception::gp(u32::from(BAD_SELECTOR)),
+            At::Fault,
+        ),
+        9 => expect_cpl0(
+            instr::int_n_safe::<ABSENT_VECTOR>(),
+            Exception::new(vector::NP).with_error_code(idt_error_code(ABSENT_VECTOR)),
+            At::Fault,
+        ),
+        10 => expect_cpl0(instr::ss_noncanonical_read_safe(), Exception::new(vector::SS), At::Fault),
+        11 => {
+            instr::x87_pend_zero_divide();
+            expect_cpl0(instr::fwait_safe(), Exception::new(vector::MF), At::Fault);
+            instr::x87_reset();
+        }
+        12 => {
+            instr::enable_sse(true);
+            expect_cpl0(instr::sse_zero_divide_safe(), Exception::new(vector::XM), At::Fault);
+        }
+        13 => {
+            instr::enable_sse(false);
+            expect_cpl0(instr::sse_zero_divide_safe(), Exception::new(vector::UD), At::Fault);
+            instr::enable_sse(true);
+        }
+        14 => {
+            SOFT_INT.set(None);
+            exception::set_hook(Some(on_soft_int));
+            let r = instr::int_n_safe::<SOFT_VECTOR>();
+            exception::set_hook(None);
+            check_eq!(r, Ok(()), "int ${:#x} returned", SOFT_VECTOR);
+            match SOFT_INT.get() {
+                Some((v, rip, _)) => {
+                    check_eq!(v, SOFT_VECTOR, "vector");
+                    check_eq!(
+                        guest_lib::arch::safe_site(rip),
+                        Some(guest_lib::arch::SafeSite::After),
+                        "frame RIP {:#x} is after the int",
+                        rip
+                    );
+                }
+                None => check!(false, "the handler of vector {:#x} did not run", SOFT_VECTOR),
+            }
+        }
+        n => guest_lib::error!("no CPL0 exception {}", n),
+    }
+}
+
+const fn cpl0_spec(name: &'static str, summary: &'static str) -> Spec {
+    Spec::new(name, Area::Interrupts, summary)
+}
+
+case_table!(cpl0_exception, cpl0_spec, [
+    ("interrupts.cpl0.de", 0, "DIV by zero at CPL0: #DE at the instruction", "X86-EXC-DE,X86-EVT-1"),
+    ("interrupts.cpl0.de_overflow", 1, "IDIV INT64_MIN/-1 at CPL0: #DE at the instruction", "X86-EXC-DE,X86-EVT-1"),
+    ("interrupts.cpl0.db_single_step", 2, "RFLAGS.TF at CPL0: #DB after the next instruction, DR6.BS set", "X86-EXC-DB,X86-EVT-1"),
+    ("interrupts.cpl0.bp", 3, "INT3 at CPL0: #BP, RIP after it", "X86-EXC-BP,X86-EVT-1"),
+    ("interrupts.cpl0.into_ud", 4, "INTO in 64-bit mode at CPL0: #UD", "X86-EXC-UD,X86-EVT-1"),
+    ("interrupts.cpl0.ud", 5, "UD2 at CPL0: #UD at the instruction", "X86-EXC-UD,X86-EVT-1"),
+    ("interrupts.cpl0.nm", 6, "FWAIT with CR0.TS|MP at CPL0: #NM", "X86-EXC-NM,X86-EVT-1"),
+    ("interrupts.cpl0.gp_noncanonical", 7, "a read of a non-canonical address at CPL0: #GP(0)", "X86-EXC-GP,X86-EVT-1"),
+    ("interrupts.cpl0.gp_selector", 8, "loading DS with a selector past the GDT limit: #GP(selector)", "X86-EXC-GP,X86-EVT-1"),
+    ("interrupts.cpl0.np_gate", 9, "INT n through a not-present IDT gate: #NP(n*8+2)", "X86-EXC-NP,X86-EVT-1"),
+    ("interrupts.cpl0.ss_noncanonical", 10, "an RBP-based read of a non-canonical address: #SS(0)", "X86-EXC-SS,X86-EVT-1"),
+    ("interrupts.cpl0.mf", 11, "a pending unmasked x87 exception at FWAIT with CR0.NE: #MF", "X86-EXC-MF,X86-EVT-1"),
+    ("interrupts.cpl0.xm", 12, "an unmasked SSE exception with CR4.OSXMMEXCPT: #XM", "X86-EXC-XM,X86-EVT-1"),
+    ("interrupts.cpl0.xm_as_ud", 13, "an unmasked SSE exception with CR4.OSXMMEXCPT clear: #UD", "X86-EXC-XM,X86-EVT-1"),
+    ("interrupts.cpl0.int_n", 14, "INT n at CPL0 through a DPL0 gate: the handler runs, RIP after the int", "X86-INTN-1,X86-EVT-1"),
+]);
 
 fn gp_unknown_msr() {
     check_eq!(

@@ -14,6 +14,7 @@ mod bench;
 mod common;
 mod interrupts;
 mod io;
+mod irq;
 mod isolation;
 mod paging;
 mod privilege;

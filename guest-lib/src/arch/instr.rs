@@ -220,6 +220,28 @@ pub fn write_u64_safe(va: TestVa, v: u64) -> Result<(), Exception> {
     with_fixup!("movq {v}, ({a})", a = in(reg) va.get(), v = in(reg) v)
 }
 
+/// Writes a u32 at a test address (see [`write_u64_safe`]), returning the exception on a
+/// fault.
+pub fn write_u32_safe(va: TestVa, v: u32) -> Result<(), Exception> {
+    with_fixup!("movl {v:e}, ({a})", a = in(reg) va.get(), v = in(reg) v)
+}
+
+/// Reads a u32 at `va`, returning the exception on a fault.
+pub fn read_u32_safe(va: u64) -> Result<u32, Exception> {
+    let mut v: u32 = 0;
+    with_fixup!("movl ({a}), {v:e}", a = in(reg) va, v = inout(reg) v)?;
+    Ok(v)
+}
+
+/// Reads an x2APIC register (MSRs 0x800-0x8ff) without a fixup entry.
+pub fn read_x2apic(index: u32) -> u64 {
+    assert!(
+        (msr::X2APIC_FIRST..msr::X2APIC_END).contains(&index),
+        "not an x2APIC MSR: {index:#x}"
+    );
+    rdmsr(index)
+}
+
 /// Executes `ud2`; always returns the #UD (or whatever the hypervisor delivered).
 pub fn ud2_safe() -> Result<(), Exception> {
     with_fixup!("ud2")
@@ -652,6 +674,41 @@ pub fn read_dr7_safe() -> Result<u64, Exception> {
 /// callers must not do (the library handles no #DB).
 pub fn write_dr7_safe(v: u64) -> Result<(), Exception> {
     with_fixup!("movq {v}, %dr7", v = in(reg) v)
+}
+
+/// DR6 (the debug status), with a fixup.
+pub fn read_dr6_safe() -> Result<u64, Exception> {
+    let mut v: u64 = 0;
+    with_fixup!("movq %dr6, {v}", v = inout(reg) v)?;
+    Ok(v)
+}
+
+/// Signed 64-bit division of `i64::MIN` by -1 (the quotient overflows: #DE), with a fixup.
+pub fn idiv_overflow_safe() -> Result<(), Exception> {
+    with_fixup!(
+        "idivq {d}",
+        d = in(reg) -1i64,
+        inout("rax") i64::MIN => _,
+        inout("rdx") -1i64 => _
+    )
+}
+
+/// `int $N`, with a fixup: the software interrupt through gate `N` (a trap: a handler that
+/// returns resumes after it; a fault on the gate reports the instruction).
+pub fn int_n_safe<const N: u8>() -> Result<(), Exception> {
+    with_fixup!("int ${n}", n = const N)
+}
+
+/// A read through RBP (an SS-relative reference) at a non-canonical address: #SS(0), with a
+/// fixup. RBP is saved and restored around it.
+pub fn ss_noncanonical_read_safe() -> Result<(), Exception> {
+    with_fixup!(
+        pre "pushq %rbp\nmovq {a}, %rbp",
+        "movq (%rbp), {t}",
+        post "popq %rbp",
+        a = in(reg) 0x8000_0000_0000_0000u64,
+        t = out(reg) _
+    )
 }
 
 /// `clts` with a fixup.

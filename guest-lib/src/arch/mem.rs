@@ -55,6 +55,15 @@ pub fn write_table_entry(table: PageTable, index: u64, v: u64) {
     write_u64(table.pa() + 8 * index, v);
 }
 
+/// Reads byte `offset` (0..4096) of vCPU `cpu`'s VIF page (which the host writes).
+pub fn read_vif_byte(cpu: u32, offset: u64) -> u8 {
+    let pa = vif_gpa(cpu) + offset.min(PAGE_SIZE - 1);
+    check(pa, 1);
+    // SAFETY: inside RAM (checked) and identity mapped; a byte read cannot produce an invalid
+    // value, and the host's concurrent writes are why it is volatile.
+    unsafe { core::ptr::read_volatile(pa as *const u8) }
+}
+
 /// Writes byte 0 (the virtual interrupt flag) of vCPU `cpu`'s VIF page.
 pub fn write_vif_byte(cpu: u32, v: u8) {
     let pa = vif_gpa(cpu);

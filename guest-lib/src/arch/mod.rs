@@ -46,10 +46,16 @@ macro_rules! case {
 /// environments, requirements ...) and the function reads its entry's `param` with
 /// `guest_lib::rt::case_param`. Each entry is a case of its own: its own name, instances and
 /// outcome.
+///
+/// Rows may name their own requirement ids as a fourth element, `(name, param, summary,
+/// reqs)`, which replace the ones `spec_of` gives.
 #[macro_export]
 macro_rules! case_table {
     ($f:ident, $spec_of:expr, [$(($name:expr, $param:expr, $summary:expr)),* $(,)?]) => {
         $( $crate::case!($f, ($spec_of)($name, $summary).param($param as u64)); )*
+    };
+    ($f:ident, $spec_of:expr, [$(($name:expr, $param:expr, $summary:expr, $reqs:expr)),* $(,)?]) => {
+        $( $crate::case!($f, ($spec_of)($name, $summary).param($param as u64).reqs($reqs)); )*
     };
 }
 

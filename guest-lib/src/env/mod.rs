@@ -73,6 +73,12 @@ pub trait Environment: Sync {
         Ok(())
     }
 
+    /// The environment's own indication that an interrupt waits for the interrupt flag
+    /// (`None`: it has none; the LAPIC's IRR is the architectural one).
+    fn interrupt_pending(&self) -> Option<bool> {
+        None
+    }
+
     /// The MSRs that hold this environment's paravirtual state, which a VMM must carry when
     /// it saves and restores the vCPU (none for an architectural guest).
     fn pv_state_msrs(&self) -> &'static [u32] {

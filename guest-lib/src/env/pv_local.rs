@@ -64,8 +64,17 @@ impl Environment for PvLocal {
     }
 
     fn set_interrupts(&self, on: bool) {
-        // The host notices a change at the next exit.
-        raw::set_virtual_if(cpu_index(), on);
+        // The host notices a change at the next exit: when it has marked an interrupt pending,
+        // make one (the cheapest hypercall) so that the interrupt comes in now.
+        let cpu = cpu_index();
+        raw::set_virtual_if(cpu, on);
+        if on && raw::interrupt_pending(cpu) {
+            let _ = hypercall(hc::UNDEFINED, 0, 0, 0);
+        }
+    }
+
+    fn interrupt_pending(&self) -> Option<bool> {
+        Some(raw::interrupt_pending(cpu_index()))
     }
 
     fn idle(&self) {

@@ -123,7 +123,10 @@ impl VcpuLocal {
             return Ok(());
         };
         let run = vcpu.get_kvm_run();
-        let ready = run.ready_for_interrupt_injection != 0 && run.if_flag != 0;
+        // `ready_for_interrupt_injection` alone says whether KVM_INTERRUPT may inject now (it
+        // accounts for the interrupt flag); `if_flag` is checked by its own case
+        // (`interrupts.kvm_run_if_flag`), not relied on here.
+        let ready = run.ready_for_interrupt_injection != 0;
         if ready {
             run.request_interrupt_window = 0;
             kvm_interrupt(vcpu, vector).map_err(|error| RunnerError::Kvm {
@@ -248,6 +251,14 @@ impl VcpuLocal {
                 ok([n, first, last])
             }
             Op::VcpuId => ok([self.id, 0, 0]),
+            Op::RunFlags => {
+                let run = vcpu.get_kvm_run();
+                ok([
+                    u64::from(run.if_flag),
+                    u64::from(run.ready_for_interrupt_injection),
+                    0,
+                ])
+            }
             Op::MsrListed => ok([u64::from(ctx.msr_list.contains(&(a0 as u32))), 0, 0]),
         }
     }

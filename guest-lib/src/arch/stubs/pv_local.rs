@@ -85,3 +85,8 @@ pub fn register_vif(cpu: u32) {
 pub fn set_virtual_if(cpu: u32, on: bool) {
     crate::arch::mem::write_vif_byte(cpu, u8::from(on));
 }
+
+/// Whether the host marked an interrupt pending in vCPU `cpu`'s VIF page.
+pub fn interrupt_pending(cpu: u32) -> bool {
+    crate::arch::mem::read_vif_byte(cpu, abi::local::VIF_BYTE_PENDING) != 0
+}
