@@ -60,6 +60,11 @@ pub enum HostCheck {
     /// The guest does nothing: the host measures the VM lifecycle (create, boot, report,
     /// teardown). Its check is the host's: the guest must reach its case and report PASS.
     Lifecycle = 6,
+    /// A scratch device: ports [`io::SCRATCH_PORT`].. and MMIO at [`io::SCRATCH_MMIO_OFFSET`]..
+    /// of the window are register files (a write stores its bytes, a read returns them), and
+    /// the host logs every access, which the guest reads back with the
+    /// `abi::vmm::Op::DeviceLog` request. Any other exit is unexpected.
+    Scratch = 7,
 }
 
 impl HostCheck {
@@ -73,6 +78,7 @@ impl HostCheck {
             4 => Self::Bench,
             5 => Self::ExitLoop,
             6 => Self::Lifecycle,
+            7 => Self::Scratch,
             _ => return None,
         })
     }
@@ -108,6 +114,27 @@ pub mod io {
     pub const BENCH_PORT: u16 = 0x0cf6;
     /// Offset into the MMIO window of the MMIO exit benchmark.
     pub const BENCH_MMIO_OFFSET: u64 = 0x100;
+    /// First port of [`super::HostCheck::Scratch`]'s port register file.
+    pub const SCRATCH_PORT: u16 = 0x0d00;
+    /// Ports of the scratch register file (one byte each).
+    pub const SCRATCH_PORTS: u16 = 8;
+    /// The scratch device's counter port: each IN returns how many INs it answered before
+    /// (0, 1, 2 ...), truncated to the access size; OUTs to it are unexpected.
+    pub const SCRATCH_COUNTER_PORT: u16 = SCRATCH_PORT + SCRATCH_PORTS;
+    /// Offset into the MMIO window of the scratch device's MMIO register file.
+    pub const SCRATCH_MMIO_OFFSET: u64 = 0x1_0000;
+    /// Bytes of the MMIO register file (two pages, for accesses that cross a page).
+    pub const SCRATCH_MMIO_SIZE: u64 = 0x2000;
+    /// What a byte of the MMIO register file holds before anything wrote it.
+    pub const fn scratch_initial(offset: u64) -> u8 {
+        (offset as u8) ^ 0xa5
+    }
+    /// A logged access's flags (`abi::vmm::Op::DeviceLog` `r0`): a write (else a read).
+    pub const LOG_WRITE: u64 = 1 << 0;
+    /// A logged access's flags: MMIO (else port I/O).
+    pub const LOG_MMIO: u64 = 1 << 1;
+    /// A logged access's flags: bits 8.. hold the size in bytes.
+    pub const LOG_SIZE_SHIFT: u32 = 8;
 }
 
 /// The outcome a self-test is designed to produce ([`CaseDesc::designed`]); the suite's own

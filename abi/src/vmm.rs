@@ -71,11 +71,20 @@ pub enum Op {
     /// What `kvm_run` said at the exit of this request: `r0` = `if_flag`, `r1` =
     /// `ready_for_interrupt_injection` (meaningful without an in-kernel irqchip).
     RunFlags = 20,
+    /// Answered by the case's host device (`abi::case::HostCheck::Scratch`), not the VMM core:
+    /// entry `a0` of its access log, oldest first. `r0` = flags (`abi::case::io::LOG_*`, size
+    /// in bits 8..), `r1` = port or GPA, `r2` = the value (little endian). `BadArgs` past the
+    /// end.
+    DeviceLog = 21,
+    /// Answered by the case's host device: `r0` = how many accesses its log holds.
+    DeviceLogLen = 22,
+    /// Answered by the case's host device: empties its access log.
+    DeviceLogClear = 23,
 }
 
 impl Op {
     /// Every op, in number order.
-    pub const ALL: [Op; 20] = [
+    pub const ALL: [Op; 23] = [
         Op::GetMsr,
         Op::SetMsr,
         Op::Nmi,
@@ -96,6 +105,9 @@ impl Op {
         Op::VcpuId,
         Op::MsrListed,
         Op::RunFlags,
+        Op::DeviceLog,
+        Op::DeviceLogLen,
+        Op::DeviceLogClear,
     ];
 
     /// Decodes the raw op.

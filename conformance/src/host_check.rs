@@ -42,6 +42,11 @@ pub trait Device: Send + std::fmt::Debug {
     fn hlt(&mut self) -> Handled {
         Handled::NotMine
     }
+    /// A VMM request the device answers itself (`abi::vmm::Op::DeviceLog`, say): the reply's
+    /// four values, or `None` to pass it on to the VMM.
+    fn request(&mut self, _op: u32, _args: [u64; 3]) -> Option<[u64; 4]> {
+        None
+    }
     /// A guest checkpoint; `Err` describes why it is out of place.
     fn checkpoint(&mut self, n: u64) -> Result<(), String> {
         Err(format!(
@@ -62,6 +67,144 @@ pub fn device_for(check: HostCheck) -> Box<dyn Device> {
         HostCheck::HltExit => Box::new(HltCounter::default()),
         HostCheck::Bench | HostCheck::ExitLoop => Box::new(BenchSink),
         HostCheck::Lifecycle => Box::new(Lifecycle),
+        HostCheck::Scratch => Box::new(Scratch::new()),
+    }
+}
+
+/// One access [`Scratch`] saw.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Access {
+    write: bool,
+    mmio: bool,
+    addr: u64,
+    size: usize,
+    value: u64,
+}
+
+/// [`HostCheck::Scratch`]: port and MMIO register files that log every access.
+#[derive(Debug)]
+struct Scratch {
+    ports: [u8; io::SCRATCH_PORTS as usize],
+    /// What the next IN from the counter port returns.
+    counter: u64,
+    mmio: Vec<u8>,
+    log: Vec<Access>,
+}
+
+/// Bound of the access log (a guest that loops on the device must not exhaust host memory).
+const SCRATCH_LOG_MAX: usize = 4096;
+
+impl Scratch {
+    fn new() -> Self {
+        Self {
+            ports: [0; io::SCRATCH_PORTS as usize],
+            counter: 0,
+            mmio: (0..io::SCRATCH_MMIO_SIZE).map(io::scratch_initial).collect(),
+            log: Vec::new(),
+        }
+    }
+
+    /// The register-file range of an access, if it lies wholly inside one.
+    fn port_range(port: u16, len: usize) -> Option<std::ops::Range<usize>> {
+        let off = usize::from(port.checked_sub(io::SCRATCH_PORT)?);
+        (off + len <= usize::from(io::SCRATCH_PORTS)).then_some(off..off + len)
+    }
+
+    fn mmio_range(gpa: u64, len: usize) -> Option<std::ops::Range<usize>> {
+        let off = gpa.checked_sub(MMIO_WINDOW + io::SCRATCH_MMIO_OFFSET)?;
+        let off = usize::try_from(off).ok()?;
+        (off + len <= io::SCRATCH_MMIO_SIZE as usize).then_some(off..off + len)
+    }
+
+    fn record(&mut self, write: bool, mmio: bool, addr: u64, data: &[u8]) {
+        if self.log.len() < SCRATCH_LOG_MAX {
+            self.log.push(Access {
+                write,
+                mmio,
+                addr,
+                size: data.len(),
+                value: le_value(data),
+            });
+        }
+    }
+}
+
+impl Device for Scratch {
+    fn io_out(&mut self, port: u16, data: &[u8]) -> Handled {
+        let Some(r) = Self::port_range(port, data.len()) else {
+            return Handled::NotMine;
+        };
+        self.ports[r].copy_from_slice(data);
+        self.record(true, false, u64::from(port), data);
+        Handled::Yes
+    }
+
+    fn io_in(&mut self, port: u16, data: &mut [u8]) -> Handled {
+        if port == io::SCRATCH_COUNTER_PORT {
+            let n = self.counter.to_le_bytes();
+            let len = data.len().min(8);
+            data[..len].copy_from_slice(&n[..len]);
+            self.counter += 1;
+            self.record(false, false, u64::from(port), data);
+            return Handled::Yes;
+        }
+        let Some(r) = Self::port_range(port, data.len()) else {
+            return Handled::NotMine;
+        };
+        data.copy_from_slice(&self.ports[r]);
+        self.record(false, false, u64::from(port), data);
+        Handled::Yes
+    }
+
+    fn mmio_write(&mut self, gpa: u64, data: &[u8]) -> Handled {
+        let Some(r) = Self::mmio_range(gpa, data.len()) else {
+            return Handled::NotMine;
+        };
+        self.mmio[r].copy_from_slice(data);
+        self.record(true, true, gpa, data);
+        Handled::Yes
+    }
+
+    fn mmio_read(&mut self, gpa: u64, data: &mut [u8]) -> Handled {
+        let Some(r) = Self::mmio_range(gpa, data.len()) else {
+            return Handled::NotMine;
+        };
+        data.copy_from_slice(&self.mmio[r]);
+        self.record(false, true, gpa, data);
+        Handled::Yes
+    }
+
+    fn request(&mut self, op: u32, args: [u64; 3]) -> Option<[u64; 4]> {
+        use abi::vmm::{Op, Status};
+        let ok = Status::Ok as u64;
+        let op = Op::from_raw(u64::from(op))?;
+        if op == Op::DeviceLog {
+            let entry = usize::try_from(args[0]).ok().and_then(|i| self.log.get(i));
+            return Some(match entry {
+                Some(a) => {
+                    let bit = |set: bool, mask: u64| if set { mask } else { 0 };
+                    let flags = bit(a.write, io::LOG_WRITE)
+                        | bit(a.mmio, io::LOG_MMIO)
+                        | ((a.size as u64) << io::LOG_SIZE_SHIFT);
+                    [ok, flags, a.addr, a.value]
+                }
+                None => [Status::BadArgs as u64, 0, 0, 0],
+            });
+        }
+        if op == Op::DeviceLogLen {
+            return Some([ok, self.log.len() as u64, 0, 0]);
+        }
+        if op == Op::DeviceLogClear {
+            self.log.clear();
+            return Some([ok, 0, 0, 0]);
+        }
+        None
+    }
+
+    fn finish(&mut self, _: &mut Vec<String>) -> u32 {
+        // The guest checks what the device saw (through the log); the device checks nothing
+        // on its own.
+        0
     }
 }
 
@@ -366,11 +509,15 @@ impl ExitHandler for CaseHandler {
                 Action::Continue
             }
             Some(MessageKind::Result) => self.on_result(msg),
-            // Every case may ask the VMM to act (abi::vmm); the guest checks the outcome.
-            Some(MessageKind::Request) => Action::Serve(runner::vm::VmmRequest {
-                op: msg.line,
-                args: [msg.values[1], msg.values[2], msg.values[3]],
-            }),
+            // Every case may ask the VMM to act (abi::vmm); the guest checks the outcome. The
+            // case's device answers the requests that are about it.
+            Some(MessageKind::Request) => {
+                let args = [msg.values[1], msg.values[2], msg.values[3]];
+                match self.device.request(msg.line, args) {
+                    Some(reply) => Action::Reply(reply),
+                    None => Action::Serve(runner::vm::VmmRequest { op: msg.line, args }),
+                }
+            }
             None => Action::Unexpected(format!("report message of unknown kind {}", msg.kind)),
         }
     }

@@ -65,3 +65,41 @@ pub fn configured_cpuid(leaf: u32, subleaf: u32) -> Option<[u32; 4]> {
     let r = must(Op::ConfiguredCpuid, [u64::from(leaf), u64::from(subleaf), 0]);
     (r[0] == 1).then_some([r[1] as u32, (r[1] >> 32) as u32, r[2] as u32, (r[2] >> 32) as u32])
 }
+
+/// One access the case's scratch device logged (`abi::case::HostCheck::Scratch`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DeviceAccess {
+    /// A write (else a read).
+    pub write: bool,
+    /// MMIO (else port I/O).
+    pub mmio: bool,
+    /// Bytes.
+    pub size: u8,
+    /// Port or GPA.
+    pub addr: u64,
+    /// The value (little endian).
+    pub value: u64,
+}
+
+/// How many accesses the scratch device logged.
+pub fn device_log_len() -> u64 {
+    must(Op::DeviceLogLen, [0; 3])[0]
+}
+
+/// Entry `i` of the scratch device's log, oldest first.
+pub fn device_log(i: u64) -> Option<DeviceAccess> {
+    use abi::case::io::{LOG_MMIO, LOG_SIZE_SHIFT, LOG_WRITE};
+    let r = request(Op::DeviceLog, [i, 0, 0]).ok()?;
+    Some(DeviceAccess {
+        write: r[0] & LOG_WRITE != 0,
+        mmio: r[0] & LOG_MMIO != 0,
+        size: (r[0] >> LOG_SIZE_SHIFT) as u8,
+        addr: r[1],
+        value: r[2],
+    })
+}
+
+/// Empties the scratch device's log.
+pub fn device_log_clear() {
+    must(Op::DeviceLogClear, [0; 3]);
+}

@@ -1018,3 +1018,240 @@ pub fn set_efer_nxe(on: bool) {
     // entry the guest's own memory depends on.
     unsafe { wrmsr(msr::EFER, v) }
 }
+
+// --- Device access for the I/O cases --------------------------------------------------------
+
+/// A guest-physical address in the MMIO window (identity mapped, no RAM behind it) with room
+/// for an 8-byte access: writes through it reach the VMM, never guest memory.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MmioAddr(u64);
+
+impl MmioAddr {
+    /// `gpa` if it lies in the MMIO window with 8 bytes of room (any alignment).
+    pub const fn new(gpa: u64) -> Option<Self> {
+        use abi::layout::{MMIO_WINDOW, MMIO_WINDOW_SIZE};
+        if gpa >= MMIO_WINDOW && gpa + 8 <= MMIO_WINDOW + MMIO_WINDOW_SIZE {
+            Some(Self(gpa))
+        } else {
+            None
+        }
+    }
+
+    /// The address.
+    pub const fn get(self) -> u64 {
+        self.0
+    }
+}
+
+/// A plain `mov` of `size` bytes (1, 2, 4 or 8; else 8) of `v` to `a`.
+pub fn mmio_write(a: MmioAddr, size: u8, v: u64) {
+    let p = a.0;
+    // SAFETY: `p` is in the MMIO window (checked when `a` was made), which the loader maps and
+    // which holds no Rust object; the store exits to the VMM.
+    unsafe {
+        match size {
+            1 => asm!("movb {v}, ({p})", p = in(reg) p, v = in(reg_byte) v as u8, options(att_syntax, nostack)),
+            2 => asm!("movw {v:x}, ({p})", p = in(reg) p, v = in(reg) v as u16, options(att_syntax, nostack)),
+            4 => asm!("movl {v:e}, ({p})", p = in(reg) p, v = in(reg) v as u32, options(att_syntax, nostack)),
+            _ => asm!("movq {v}, ({p})", p = in(reg) p, v = in(reg) v, options(att_syntax, nostack)),
+        }
+    }
+}
+
+/// A plain `mov` of `size` bytes (1, 2, 4 or 8; else 8) from `a` into a register of that size;
+/// the value zero-extended.
+pub fn mmio_read(a: MmioAddr, size: u8) -> u64 {
+    let p = a.0;
+    // SAFETY: as in `mmio_write`; the load exits to the VMM, which supplies the value.
+    unsafe {
+        match size {
+            1 => {
+                let v: u8;
+                asm!("movb ({p}), {v}", p = in(reg) p, v = out(reg_byte) v, options(att_syntax, nostack));
+                u64::from(v)
+            }
+            2 => {
+                let v: u16;
+                asm!("movw ({p}), {v:x}", p = in(reg) p, v = out(reg) v, options(att_syntax, nostack));
+                u64::from(v)
+            }
+            4 => {
+                let v: u32;
+                asm!("movl ({p}), {v:e}", p = in(reg) p, v = out(reg) v, options(att_syntax, nostack));
+                u64::from(v)
+            }
+            _ => {
+                let v: u64;
+                asm!("movq ({p}), {v}", p = in(reg) p, v = out(reg) v, options(att_syntax, nostack));
+                v
+            }
+        }
+    }
+}
+
+/// How an MMIO load extends its value into a 64-bit register.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Extend {
+    /// `movzbq`.
+    ZeroByte,
+    /// `movzwq`.
+    ZeroWord,
+    /// `movsbq`.
+    SignByte,
+    /// `movswq`.
+    SignWord,
+    /// `movslq`.
+    SignDword,
+}
+
+/// A `movzx`/`movsx` load from `a` into a 64-bit register.
+pub fn mmio_read_extend(a: MmioAddr, how: Extend) -> u64 {
+    let p = a.0;
+    let v: u64;
+    // SAFETY: as in `mmio_read`.
+    unsafe {
+        match how {
+            Extend::ZeroByte => asm!("movzbq ({p}), {v}", p = in(reg) p, v = out(reg) v, options(att_syntax, nostack)),
+            Extend::ZeroWord => asm!("movzwq ({p}), {v}", p = in(reg) p, v = out(reg) v, options(att_syntax, nostack)),
+            Extend::SignByte => asm!("movsbq ({p}), {v}", p = in(reg) p, v = out(reg) v, options(att_syntax, nostack)),
+            Extend::SignWord => asm!("movswq ({p}), {v}", p = in(reg) p, v = out(reg) v, options(att_syntax, nostack)),
+            Extend::SignDword => asm!("movslq ({p}), {v}", p = in(reg) p, v = out(reg) v, options(att_syntax, nostack)),
+        }
+    }
+    v
+}
+
+/// A read-modify-write instruction with a memory operand.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Rmw {
+    /// `addl $imm, (m)`.
+    Add32(u32),
+    /// `orb $imm, (m)`.
+    Or8(u8),
+    /// `incq (m)`.
+    Inc64,
+    /// `xchgl %r, (m)` (implicitly locked); returns the old value.
+    Xchg32(u32),
+    /// `lock xaddl %r, (m)`; returns the old value.
+    LockXadd32(u32),
+    /// `btsq $n, (m)`; returns the old bit.
+    Bts64(u8),
+}
+
+/// Executes `op` on `a`; returns what the instruction leaves in its register operand (the old
+/// value for XCHG/XADD, the old bit for BTS, else 0).
+pub fn mmio_rmw(a: MmioAddr, op: Rmw) -> u64 {
+    let p = a.0;
+    // SAFETY: as in `mmio_write`: the memory operand is in the MMIO window.
+    unsafe {
+        match op {
+            Rmw::Add32(v) => {
+                asm!("addl {v:e}, ({p})", p = in(reg) p, v = in(reg) v, options(att_syntax, nostack));
+                0
+            }
+            Rmw::Or8(v) => {
+                asm!("orb {v}, ({p})", p = in(reg) p, v = in(reg_byte) v, options(att_syntax, nostack));
+                0
+            }
+            Rmw::Inc64 => {
+                asm!("incq ({p})", p = in(reg) p, options(att_syntax, nostack));
+                0
+            }
+            Rmw::Xchg32(v) => {
+                let mut r = v;
+                asm!("xchgl {r:e}, ({p})", p = in(reg) p, r = inout(reg) r, options(att_syntax, nostack));
+                u64::from(r)
+            }
+            Rmw::LockXadd32(v) => {
+                let mut r = v;
+                asm!("lock xaddl {r:e}, ({p})", p = in(reg) p, r = inout(reg) r, options(att_syntax, nostack));
+                u64::from(r)
+            }
+            Rmw::Bts64(bit) => {
+                let c: u8;
+                asm!("btsq {b}, ({p})", "setc {c}", p = in(reg) p, b = in(reg) u64::from(bit & 63), c = out(reg_byte) c, options(att_syntax, nostack));
+                u64::from(c)
+            }
+        }
+    }
+}
+
+/// `rep movsb` of `src` (guest RAM) to the MMIO window at `a`.
+pub fn mmio_movs_to(a: MmioAddr, src: &[u8]) {
+    let n = src.len().min(8);
+    // SAFETY: RSI reads `n` bytes of `src` (borrowed, `n` <= its length); RDI writes `n` bytes
+    // in the MMIO window (8 bytes of room checked when `a` was made). DF is clear (ABI).
+    unsafe {
+        asm!("rep movsb", inout("rsi") src.as_ptr() => _, inout("rdi") a.0 => _,
+             inout("rcx") n => _, options(att_syntax, nostack))
+    }
+}
+
+/// `rep movsb` from the MMIO window at `a` into `dst` (guest RAM).
+pub fn mmio_movs_from(a: MmioAddr, dst: &mut [u8]) {
+    let n = dst.len().min(8);
+    // SAFETY: RSI reads `n` bytes of the MMIO window (room checked when `a` was made); RDI
+    // writes `n` bytes into `dst` (mutably borrowed, `n` <= its length). DF is clear.
+    unsafe {
+        asm!("rep movsb", inout("rsi") a.0 => _, inout("rdi") dst.as_mut_ptr() => _,
+             inout("rcx") n => _, options(att_syntax, nostack))
+    }
+}
+
+/// `rep outs` of `size`-byte (1, 2 or 4) items of `buf` to `port`: all of them, in memory
+/// order, or with RFLAGS.DF set from the last item down.
+pub fn rep_outs(port: u16, size: u8, buf: &[u8], backwards: bool) {
+    let size = match size {
+        1 => 1,
+        2 => 2,
+        _ => 4,
+    };
+    let count = buf.len() / size;
+    if count == 0 {
+        return;
+    }
+    let start = if backwards { (count - 1) * size } else { 0 };
+    let src = buf[start..].as_ptr();
+    // SAFETY: OUTS reads `count` items of `size` bytes from RSI, which stays inside `buf`
+    // (ascending from its start, or with DF descending from its last item). DF is cleared
+    // again before the block ends, as the ABI requires.
+    unsafe {
+        match (size, backwards) {
+            (1, false) => asm!("rep outsb", in("dx") port, inout("rsi") src => _, inout("rcx") count => _, options(att_syntax, nostack)),
+            (2, false) => asm!("rep outsw", in("dx") port, inout("rsi") src => _, inout("rcx") count => _, options(att_syntax, nostack)),
+            (4, false) => asm!("rep outsl", in("dx") port, inout("rsi") src => _, inout("rcx") count => _, options(att_syntax, nostack)),
+            (1, true) => asm!("std", "rep outsb", "cld", in("dx") port, inout("rsi") src => _, inout("rcx") count => _, options(att_syntax, nostack)),
+            (2, true) => asm!("std", "rep outsw", "cld", in("dx") port, inout("rsi") src => _, inout("rcx") count => _, options(att_syntax, nostack)),
+            _ => asm!("std", "rep outsl", "cld", in("dx") port, inout("rsi") src => _, inout("rcx") count => _, options(att_syntax, nostack)),
+        }
+    }
+}
+
+/// `rep ins` of `size`-byte (1, 2 or 4) items from `port` into `buf`: in memory order, or with
+/// RFLAGS.DF set from the last item down.
+pub fn rep_ins(port: u16, size: u8, buf: &mut [u8], backwards: bool) {
+    let size = match size {
+        1 => 1,
+        2 => 2,
+        _ => 4,
+    };
+    let count = buf.len() / size;
+    if count == 0 {
+        return;
+    }
+    let start = if backwards { (count - 1) * size } else { 0 };
+    let dst = buf[start..].as_mut_ptr();
+    // SAFETY: INS writes `count` items of `size` bytes at RDI, which stays inside `buf`
+    // (mutably borrowed; ascending, or with DF descending from its last item). DF is cleared
+    // again before the block ends.
+    unsafe {
+        match (size, backwards) {
+            (1, false) => asm!("rep insb", in("dx") port, inout("rdi") dst => _, inout("rcx") count => _, options(att_syntax, nostack)),
+            (2, false) => asm!("rep insw", in("dx") port, inout("rdi") dst => _, inout("rcx") count => _, options(att_syntax, nostack)),
+            (4, false) => asm!("rep insl", in("dx") port, inout("rdi") dst => _, inout("rcx") count => _, options(att_syntax, nostack)),
+            (1, true) => asm!("std", "rep insb", "cld", in("dx") port, inout("rdi") dst => _, inout("rcx") count => _, options(att_syntax, nostack)),
+            (2, true) => asm!("std", "rep insw", "cld", in("dx") port, inout("rdi") dst => _, inout("rcx") count => _, options(att_syntax, nostack)),
+            _ => asm!("std", "rep insl", "cld", in("dx") port, inout("rdi") dst => _, inout("rcx") count => _, options(att_syntax, nostack)),
+        }
+    }
+}

@@ -548,6 +548,9 @@ fn vcpu_loop(vcpu: &mut VcpuFd, id: u64, shared: &Shared<'_, '_>) -> Result<RunE
     let mem = shared.ctx.mem;
     let mut progress = Progress::default();
     let mut local = requests::VcpuLocal::new(id);
+    // The kvm_run page stays mapped as long as the vCPU; the loop reads `io.size` through it
+    // (kvm-ioctls' exit gives the data of all `count` items but not the item size).
+    let run_page: *const kvm_bindings::kvm_run = vcpu.get_kvm_run();
     loop {
         if let Some(end) = must_stop(shared) {
             return Ok(end);
@@ -570,8 +573,14 @@ fn vcpu_loop(vcpu: &mut VcpuFd, id: u64, shared: &Shared<'_, '_>) -> Result<RunE
                     Err(end) => return Ok(end),
                 }
             }
-            Ok(VcpuExit::IoOut(port, data)) => handler.io_out(port, data),
-            Ok(VcpuExit::IoIn(port, data)) => handler.io_in(port, data),
+            Ok(VcpuExit::IoOut(port, data)) => {
+                let size = io_item_size(run_page, data.len());
+                per_item(data.chunks(size), |item| handler.io_out(port, item))
+            }
+            Ok(VcpuExit::IoIn(port, data)) => {
+                let size = io_item_size(run_page, data.len());
+                per_item(data.chunks_mut(size), |item| handler.io_in(port, item))
+            }
             Ok(VcpuExit::MmioWrite(gpa, data)) => handler.mmio_write(gpa, data),
             Ok(VcpuExit::MmioRead(gpa, data)) => handler.mmio_read(gpa, data),
             Ok(VcpuExit::Hlt) => handler.hlt(),
@@ -623,6 +632,33 @@ fn vcpu_loop(vcpu: &mut VcpuFd, id: u64, shared: &Shared<'_, '_>) -> Result<RunE
             }
         }
     }
+}
+
+/// The item size of the current `KVM_EXIT_IO` (a string instruction's exit carries `count`
+/// items of this size), or `len` if it does not divide it.
+fn io_item_size(run_page: *const kvm_bindings::kvm_run, len: usize) -> usize {
+    // SAFETY: `run_page` points at this vCPU's kvm_run mapping, which outlives the loop; the
+    // exit reason is KVM_EXIT_IO, so the kernel filled the `io` member of the union. Only
+    // `io.size` is read, through a raw pointer, while the exit's data slice (a different part
+    // of the page) is borrowed.
+    let size = unsafe { usize::from(std::ptr::addr_of!((*run_page).__bindgen_anon_1.io.size).read()) };
+    if size == 0 || !len.is_multiple_of(size) {
+        len.max(1)
+    } else {
+        size
+    }
+}
+
+/// Hands each item of a string I/O exit to `f`, in order (as a VMM loops over `io.count`),
+/// stopping at the first that does not continue.
+fn per_item<T>(items: impl Iterator<Item = T>, mut f: impl FnMut(T) -> Action) -> Action {
+    for item in items {
+        let a = f(item);
+        if a != Action::Continue {
+            return a;
+        }
+    }
+    Action::Continue
 }
 
 /// Writes a request's reply into its message (`abi::report::VALUES_OFFSET`).
