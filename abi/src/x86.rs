@@ -228,6 +228,14 @@ pub mod cr4 {
     pub const OSXMMEXCPT: u64 = 1 << 10;
     /// Process-context identifiers.
     pub const PCIDE: u64 = 1 << 17;
+    /// XSAVE and processor extended states enable.
+    pub const OSXSAVE: u64 = 1 << 18;
+    /// Supervisor-mode execution prevention.
+    pub const SMEP: u64 = 1 << 20;
+    /// Supervisor-mode access prevention.
+    pub const SMAP: u64 = 1 << 21;
+    /// Protection keys for user pages.
+    pub const PKE: u64 = 1 << 22;
 }
 
 /// CR3 bits.

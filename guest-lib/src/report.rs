@@ -255,6 +255,7 @@ as_value_none!(
     crate::env::Mode,
     crate::vmm::VmmError,
     [u32; 4],
+    [u32; 3],
     [u64; 3],
     ()
 );

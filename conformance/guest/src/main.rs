@@ -12,6 +12,7 @@
 mod abi_local;
 mod bench;
 mod common;
+mod cpu;
 mod interrupts;
 mod io;
 mod irq;

@@ -173,19 +173,20 @@ const fn pat_is_coherent(pat: u64) -> bool {
 }
 
 /// Writes `v` to one of the MSRs [`wrmsr_safe`] refuses because the library relies on them
-/// (the SYSCALL MSRs STAR/LSTAR/CSTAR/SFMASK, FS_BASE, PAT), runs `f`, and restores the old
-/// value; returns `f`'s result, or the exception of the write. While `f` runs, user mode
+/// (the SYSCALL MSRs STAR/LSTAR/CSTAR/SFMASK, FS_BASE, PAT, and APIC_BASE with its own
+/// value), runs `f`, and restores the old value; returns `f`'s result, or the exception of the write. While `f` runs, user mode
 /// cannot be entered ([`msr_borrowed`]; `user::run` refuses), and a PAT value must be
 /// coherent; other MSRs end the case as ERROR.
 pub fn with_msr<R>(index: u32, v: u64, f: impl FnOnce() -> R) -> Result<R, Exception> {
+    let old = rdmsr_safe(index)?;
     let allowed = matches!(
         index,
         msr::STAR | msr::LSTAR | msr::CSTAR | msr::SFMASK | msr::FS_BASE
-    ) || (index == msr::PAT && pat_is_coherent(v));
+    ) || (index == msr::PAT && pat_is_coherent(v))
+        || (index == msr::APIC_BASE && v == old);
     if !allowed {
         crate::error!("with_msr({index:#x}, {v:#x}): not an MSR (or value) it can borrow");
     }
-    let old = rdmsr_safe(index)?;
     MSR_BORROWED.store(true, core::sync::atomic::Ordering::SeqCst);
     let wrote: Result<(), Exception> =
         with_fixup!("wrmsr", in("ecx") index, in("eax") v as u32, in("edx") (v >> 32) as u32);
@@ -674,6 +675,18 @@ pub fn read_dr7_safe() -> Result<u64, Exception> {
 /// callers must not do (the library handles no #DB).
 pub fn write_dr7_safe(v: u64) -> Result<(), Exception> {
     with_fixup!("movq {v}, %dr7", v = in(reg) v)
+}
+
+/// `xsetbv`: XCR `index` = `v`, with a fixup (needs CR4.OSXSAVE).
+pub fn xsetbv_safe(index: u32, v: u64) -> Result<(), Exception> {
+    with_fixup!("xsetbv", in("ecx") index, in("eax") v as u32, in("edx") (v >> 32) as u32)
+}
+
+/// `xgetbv`: XCR `index`, with a fixup (needs CR4.OSXSAVE).
+pub fn xgetbv_safe(index: u32) -> Result<u64, Exception> {
+    let (mut lo, mut hi) = (0u32, 0u32);
+    with_fixup!("xgetbv", in("ecx") index, inout("eax") lo, inout("edx") hi)?;
+    Ok(u64::from(lo) | u64::from(hi) << 32)
 }
 
 /// DR6 (the debug status), with a fixup.

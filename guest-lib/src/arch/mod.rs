@@ -9,12 +9,15 @@
 //! - [`cell`]: [`PerCpu`], [`BootCell`], [`AtomicHook`]: global state that is sound with
 //!   several vCPUs.
 //! - [`instr`]: single instructions and their `_safe` forms.
+//! - [`insn`]: instruction-class probes (string ops, atomics, SSE, XSAVE ...) for the CPU
+//!   cases, with their architectural results.
 //! - `tables`: GDT, TSS and IDT.
 //! - `stubs`: the assembly entry points of each environment.
 //! - `entry`: `_start`, the Rust functions the stubs call, user-mode entry and exit.
 //! - `mem`: raw guest-physical access for the library's own page tables and frames.
 
 pub mod cell;
+pub mod insn;
 pub mod instr;
 pub(crate) mod mem;
 pub(crate) mod stubs;
