@@ -61,9 +61,10 @@ pub enum HostCheck {
     /// teardown). Its check is the host's: the guest must reach its case and report PASS.
     Lifecycle = 6,
     /// A scratch device: ports [`io::SCRATCH_PORT`].. and MMIO at [`io::SCRATCH_MMIO_OFFSET`]..
-    /// of the window are register files (a write stores its bytes, a read returns them), and
-    /// the host logs every access, which the guest reads back with the
-    /// `abi::vmm::Op::DeviceLog` request. Any other exit is unexpected.
+    /// of the window are register files (a write stores its bytes, a read returns them); MMIO
+    /// anywhere else (no memory there) reads as [`io::UNBACKED_BYTE`]s and drops writes. The
+    /// host logs every access, which the guest reads back with the `abi::vmm::Op::DeviceLog`
+    /// request. Port I/O elsewhere is unexpected.
     Scratch = 7,
 }
 
@@ -129,6 +130,9 @@ pub mod io {
     pub const fn scratch_initial(offset: u64) -> u8 {
         (offset as u8) ^ 0xa5
     }
+    /// What [`super::HostCheck::Scratch`] answers for each byte of an MMIO read outside its
+    /// register file (guest-physical space without memory).
+    pub const UNBACKED_BYTE: u8 = 0xff;
     /// A logged access's flags (`abi::vmm::Op::DeviceLog` `r0`): a write (else a read).
     pub const LOG_WRITE: u64 = 1 << 0;
     /// A logged access's flags: MMIO (else port I/O).

@@ -157,19 +157,20 @@ impl Device for Scratch {
     }
 
     fn mmio_write(&mut self, gpa: u64, data: &[u8]) -> Handled {
-        let Some(r) = Self::mmio_range(gpa, data.len()) else {
-            return Handled::NotMine;
-        };
-        self.mmio[r].copy_from_slice(data);
+        // Outside the register file: memory that is not there (logged, the write dropped).
+        if let Some(r) = Self::mmio_range(gpa, data.len()) {
+            self.mmio[r].copy_from_slice(data);
+        }
         self.record(true, true, gpa, data);
         Handled::Yes
     }
 
     fn mmio_read(&mut self, gpa: u64, data: &mut [u8]) -> Handled {
-        let Some(r) = Self::mmio_range(gpa, data.len()) else {
-            return Handled::NotMine;
-        };
-        data.copy_from_slice(&self.mmio[r]);
+        match Self::mmio_range(gpa, data.len()) {
+            Some(r) => data.copy_from_slice(&self.mmio[r]),
+            // Memory that is not there reads as all ones (an open bus).
+            None => data.fill(io::UNBACKED_BYTE),
+        }
         self.record(false, true, gpa, data);
         Handled::Yes
     }

@@ -259,6 +259,7 @@ pub fn dispatch(frame: &mut Frame) {
         crate::user::on_user_event(frame, ex);
         return;
     }
+    crate::user::on_kernel_event(frame, ex);
     if let Some(hook) = HOOK.get()
         && hook(frame, ex)
     {

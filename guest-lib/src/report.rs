@@ -254,6 +254,8 @@ as_value_none!(
     crate::exception::Exception,
     crate::env::Mode,
     crate::vmm::VmmError,
+    crate::arch::instr::TableRegister,
+    crate::vmm::DeviceAccess,
     [u32; 4],
     [u32; 3],
     [u64; 3],

@@ -27,6 +27,10 @@ pub enum UserExit {
     Syscall(u64),
     /// A user `syscall` reached the LSTAR entry but CPL stayed 3 (CS holds this selector).
     SyscallStayedAtCpl3(u16),
+    /// The return to user mode itself failed in the kernel: the environment's return stub
+    /// raised this exception (IRETQ faulted, or the dialect's return hypercall came back),
+    /// with RAX as the stub left it (a hypercall's error).
+    ReturnRefused(Exception, u64),
 }
 
 /// Sees a user `syscall`; returns `true` to resume user mode from the (possibly modified)
@@ -84,6 +88,16 @@ fn leave(exit: UserExit) -> ! {
     }
     EXIT.set(Some(exit));
     arch::user_resume()
+}
+
+/// Called by the exception dispatcher for a kernel-mode event: when a user run is active and
+/// the event came from the environment's return-to-user stub, the return failed, and the run
+/// ends with [`UserExit::ReturnRefused`] (a frame a fault hook made invalid, say). Returns
+/// otherwise.
+pub(crate) fn on_kernel_event(frame: &Frame, ex: Exception) {
+    if ACTIVE.get() && arch::stubs::in_user_return(frame.rip) {
+        leave(UserExit::ReturnRefused(ex, frame.gprs.rax));
+    }
 }
 
 /// Called by the exception dispatcher for events from CPL3.

@@ -58,6 +58,18 @@ pub struct UserReturns {
 #[unsafe(export_name = "pvmc_user_returns")]
 static USER_RETURNS: BootCell<[u64; 2]> = BootCell::new([0; 2]);
 
+/// Bytes from the start of a return-to-user stub within which a kernel event means the return
+/// itself failed (the stubs are a few instructions long).
+const USER_RETURN_STUB_LEN: u64 = 16;
+
+/// Whether `rip` lies in one of the installed return-to-user stubs.
+pub fn in_user_return(rip: u64) -> bool {
+    USER_RETURNS
+        .get()
+        .iter()
+        .any(|&s| s != 0 && (s..s + USER_RETURN_STUB_LEN).contains(&rip))
+}
+
 /// Installs the environment's return-to-user stubs (vCPU 0, during setup).
 pub fn install_user_returns(r: UserReturns) {
     USER_RETURNS.init(|slots| *slots = [r.from_event, r.from_syscall]);
