@@ -29,6 +29,13 @@ pub fn hypercall(nr: u64, a0: u64, a1: u64, a2: u64) -> Result<i64, Exception> {
     raw::hypercall_safe(nr, a0, a1, a2).map(|v| v as i64)
 }
 
+/// Issues hypercall `nr` with every other general register holding a known value; returns
+/// RAX and the mask of registers the host changed (bit 0 RBX, 1 RCX, 2 RDX, 3 RSI, 4 RDI,
+/// 5.. R8..R15).
+pub fn hypercall_preserving(nr: u64, a0: u64, a1: u64, a2: u64) -> Result<(i64, u32), Exception> {
+    raw::hypercall_preserving(nr, a0, a1, a2).map(|(v, m)| (v as i64, m))
+}
+
 /// Reads the signature MSR.
 pub fn signature() -> Result<u64, Exception> {
     instr::rdmsr_safe(MSR_SIGNATURE)

@@ -62,6 +62,37 @@ pub fn hypercall_safe(nr: u64, a0: u64, a1: u64, a2: u64) -> Result<u64, Excepti
     Ok(rax)
 }
 
+/// The value [`hypercall_preserving`] puts in register `i` (RBX, RCX, RDX, RSI, RDI, R8..R15).
+pub const fn preserve_pattern(i: u32) -> u64 {
+    0x7e57_0000_0000_0000 | ((i as u64) << 32) | 0x1357_9bdf
+}
+
+/// The hypercall with every general register but RAX (and RSP/RBP) loaded with a known value
+/// (RBX, RCX, RDX carry `a0..a2`); returns RAX and the mask of registers (bit `i` in the
+/// [`preserve_pattern`] order) the host changed.
+pub fn hypercall_preserving(nr: u64, a0: u64, a1: u64, a2: u64) -> Result<(u64, u32), Exception> {
+    let p = preserve_pattern;
+    let mut rax = nr;
+    let (mut b, mut c, mut d) = (a0, a1, a2);
+    let (mut si, mut di) = (p(3), p(4));
+    let mut r = [p(5), p(6), p(7), p(8), p(9), p(10), p(11), p(12)];
+    with_fixup!(pre "xchgq {b}, %rbx", "int ${v}", post "xchgq {b}, %rbx",
+        b = inout(reg) b, inout("rax") rax, inout("rcx") c, inout("rdx") d,
+        inout("rsi") si, inout("rdi") di,
+        inout("r8") r[0], inout("r9") r[1], inout("r10") r[2], inout("r11") r[3],
+        inout("r12") r[4], inout("r13") r[5], inout("r14") r[6], inout("r15") r[7],
+        v = const HYPERCALL_VECTOR)?;
+    let mut mask = 0u32;
+    let got = [b, c, d, si, di, r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7]];
+    let want = [a0, a1, a2, p(3), p(4), p(5), p(6), p(7), p(8), p(9), p(10), p(11), p(12)];
+    for (i, (g, w)) in got.iter().zip(want).enumerate() {
+        if *g != w {
+            mask |= 1 << i;
+        }
+    }
+    Ok((rax, mask))
+}
+
 /// The PV CPUID with a fixup; returns EAX..EDX.
 pub fn pv_cpuid_safe(leaf: u32, sub: u32) -> Result<[u32; 4], Exception> {
     let (mut a, mut c) = (leaf, sub);
