@@ -6,9 +6,9 @@ use guest_lib::abi::layout::pte;
 use guest_lib::arch::instr;
 use guest_lib::case::Spec;
 use guest_lib::exception::{Exception, pfec};
-use guest_lib::paging::{Pte, PteFlags, TestVa, alloc_frame, map, pte as read_pte, set_pte};
+use guest_lib::paging::{Frame, Pte, PteFlags, TestVa, alloc_frame, map, pte as read_pte, set_pte};
 use guest_lib::user::{self, UserExit};
-use guest_lib::{case, case_table, check, check_eq, rt};
+use guest_lib::{case, case_table, check, check_eq, log, rt, vmm};
 
 use crate::common::{TEST_VA, UNMAPPED};
 
@@ -361,3 +361,334 @@ case_table!(access_cell, access_spec, [
     ("paging.access.srn.cpl3_write", 28, "CPL3 write of a supervisor read-only NX page: #PF(P|W|U)"),
     ("paging.access.srn.cpl3_fetch", 44, "CPL3 fetch of a supervisor read-only NX page: #PF(P|U|I)"),
 ]);
+
+// --- 2 MiB pages --------------------------------------------------------------------------
+
+/// A 2 MiB-aligned test VA (PML4 slot 0, past the first GiB).
+const LARGE_VA: TestVa = TestVa::must(0x4020_0000);
+
+/// One access through a 2 MiB page: a read of a value deep inside it, a write to a read-only
+/// one (P|W), a fetch from an NX one (P|I), and the PDE's A/D bits.
+fn large_page() {
+    let Some(big) = guest_lib::paging::large_frame() else {
+        guest_lib::error!("the large test block is taken");
+    };
+    let inner = 0x12_3000;
+    let f = big.frame_at(inner);
+    f.write_u64(0x458, 0x1a26_e000);
+    f.write_u64(0x800, RET);
+    let va = LARGE_VA.get();
+    match rt::case_param() {
+        0 => {
+            guest_lib::paging::map_large(LARGE_VA, &big, RW_US);
+            instr::invlpg(va + inner);
+            check_eq!(instr::read_u64_safe(va + inner + 0x458), Ok(0x1a26_e000), "read inside the 2 MiB page");
+            check_eq!(instr::exec_ret_safe(va + inner + 0x800), Ok(()), "fetch inside it");
+        }
+        1 => {
+            guest_lib::paging::map_large(LARGE_VA, &big, PteFlags::US);
+            instr::invlpg(va + inner);
+            let Some(t) = TestVa::new(va + inner + 0x458) else {
+                guest_lib::error!("not a test VA");
+            };
+            check_eq!(instr::write_u64_safe(t, 1), Err(Exception::pf(pfec::P | pfec::W, t.get())), "write to a read-only 2 MiB page");
+            check_eq!(f.read_u64(0x458), 0x1a26_e000, "the page's contents afterwards");
+        }
+        2 => {
+            guest_lib::paging::map_large(LARGE_VA, &big, RW_US | PteFlags::NX);
+            instr::invlpg(va + inner);
+            check_eq!(instr::exec_ret_safe(va + inner + 0x800), Err(Exception::pf(pfec::P | pfec::I, va + inner + 0x800)), "fetch from an NX 2 MiB page");
+        }
+        _ => {
+            guest_lib::paging::map_large(LARGE_VA, &big, RW_US);
+            instr::invlpg(va + inner);
+            let ad = || guest_lib::paging::pde(LARGE_VA).map(|e| e & (pte::A | pte::D));
+            check_eq!(ad(), Some(0), "A/D of the fresh PDE");
+            let _ = instr::read_u64_safe(va + inner + 0x458);
+            check_eq!(ad(), Some(pte::A), "A set, D clear after a read");
+            let Some(t) = TestVa::new(va + inner + 0x460) else {
+                guest_lib::error!("not a test VA");
+            };
+            let _ = instr::write_u64_safe(t, 1);
+            check_eq!(ad(), Some(pte::A | pte::D), "A and D set after a write");
+        }
+    }
+}
+
+const fn large_spec(name: &'static str, summary: &'static str) -> Spec {
+    Spec::new(name, Area::Paging, summary)
+}
+
+case_table!(large_page, large_spec, [
+    ("paging.large.read_fetch", 0, "a 2 MiB page maps all of its 2 MiB for reads and fetches", "X86-PG-PS-1,PVM-SPT-5"),
+    ("paging.large.write_readonly", 1, "a write to a read-only 2 MiB page faults with P|W", "X86-PG-PS-1,PVM-SPT-5"),
+    ("paging.large.nx", 2, "a fetch from an NX 2 MiB page faults with P|I", "X86-PG-PS-1,X86-NX-1"),
+    ("paging.large.accessed_dirty", 3, "the CPU sets A (and D on a write) in the PDE of a 2 MiB page", "X86-PG-PS-1,X86-PTE-AD-1"),
+]);
+
+/// With EFER.NXE clear, bit 63 of a paging entry is reserved: an access through it is a
+/// reserved-bit #PF (P|RSVD), not an NX check.
+fn nx_reserved_without_nxe() {
+    let f = alloc_frame();
+    map(TEST_VA, &f, RW_US | PteFlags::NX);
+    instr::invlpg(TEST_VA.get());
+    instr::set_efer_nxe(false);
+    let r = instr::read_u64_safe(TEST_VA.get());
+    instr::set_efer_nxe(true);
+    check_eq!(r, Err(Exception::pf(pfec::P | pfec::RSVD, TEST_VA.get())), "read through an NX entry with EFER.NXE=0");
+}
+case!(
+    nx_reserved_without_nxe,
+    Spec::new("paging.nx_reserved_without_nxe", Area::Paging, "with EFER.NXE=0 the NX bit is reserved: #PF(P|RSVD)")
+        .reqs("X86-PF-RSVD-1,X86-NX-1")
+);
+
+// --- Every part of the address space ------------------------------------------------------
+
+/// A VA in PML4 slot `slot` (sign-extended for the upper half).
+const fn slot_va(slot: u64) -> u64 {
+    let va = (slot << 39) | 0x1234_5000;
+    if slot >= 256 { va | 0xffff_0000_0000_0000 } else { va }
+}
+
+/// Data and code mapped in one PML4 slot: CPL0 writes, reads and fetches work there.
+fn pml4_slot() {
+    let slot = rt::case_param();
+    let Some(va) = TestVa::new(slot_va(slot)) else {
+        guest_lib::error!("slot {} is not a test slot", slot);
+    };
+    let f = alloc_frame();
+    f.write_u64(0x100, RET);
+    map(va, &f, RW_US);
+    instr::invlpg(va.get());
+    let Some(data) = TestVa::new(va.get() + 8) else {
+        guest_lib::error!("not a test VA");
+    };
+    check_eq!(instr::write_u64_safe(data, 0x5107_0000 | slot), Ok(()), "write in slot {}", slot);
+    check_eq!(instr::read_u64_safe(data.get()), Ok(0x5107_0000 | slot), "read back in slot {}", slot);
+    check_eq!(f.read_u64(8), 0x5107_0000 | slot, "the frame holds the write");
+    check_eq!(instr::exec_ret_safe(va.get() + 0x100), Ok(()), "fetch in slot {}", slot);
+}
+
+const fn slot_spec(name: &'static str, summary: &'static str) -> Spec {
+    Spec::new(name, Area::Paging, summary).reqs("X86-PG-2,PVM-SPT-6")
+}
+
+case_table!(pml4_slot, slot_spec, [
+    ("paging.pml4_slot.1", 1, "PML4 slot 1 holds data and code for CPL0"),
+    ("paging.pml4_slot.2", 2, "PML4 slot 2 holds data and code for CPL0"),
+    ("paging.pml4_slot.64", 64, "PML4 slot 64 holds data and code for CPL0"),
+    ("paging.pml4_slot.128", 128, "PML4 slot 128 holds data and code for CPL0"),
+    ("paging.pml4_slot.255", 255, "PML4 slot 255 (top of the lower half) holds data and code"),
+    ("paging.pml4_slot.256", 256, "PML4 slot 256 (bottom of the upper half) holds data and code"),
+    ("paging.pml4_slot.300", 300, "PML4 slot 300 holds data and code for CPL0"),
+    ("paging.pml4_slot.384", 384, "PML4 slot 384 holds data and code for CPL0"),
+    ("paging.pml4_slot.448", 448, "PML4 slot 448 holds data and code for CPL0"),
+    ("paging.pml4_slot.510", 510, "PML4 slot 510 (below the kernel alias) holds data and code"),
+]);
+
+/// PCID (when the VMM offers it): CR4.PCIDE can be set, and a CR3 load with NOFLUSH keeps the
+/// address space working.
+fn pcid() {
+    let offered = vmm::configured_cpuid(1, 0).is_some_and(|r| r[2] & (1 << 17) != 0);
+    if !offered {
+        guest_lib::skip!("the VMM does not offer PCID (CPUID.1:ECX bit 17)");
+    }
+    use guest_lib::abi::x86::cr4;
+    let old = instr::read_cr4();
+    check_eq!(instr::write_cr4_probe_safe(old | cr4::PCIDE), Ok(()), "setting CR4.PCIDE");
+    check_eq!(instr::read_cr4() & cr4::PCIDE, cr4::PCIDE, "CR4.PCIDE reads back");
+    check_eq!(instr::write_cr4_probe_safe(old), Ok(()), "clearing CR4.PCIDE");
+}
+case!(
+    pcid,
+    Spec::new("paging.pcid", Area::Paging, "PCID, when offered: CR4.PCIDE can be set and cleared").reqs("X86-PCID-1")
+);
+
+// --- Several vCPUs -------------------------------------------------------------------------
+
+use core::sync::atomic::{AtomicBool, AtomicU64, Ordering::SeqCst};
+
+/// What vCPU 1 read at TEST_VA in its last shootdown.
+static REMOTE_SEEN: AtomicU64 = AtomicU64::new(0);
+static REMOTE_DONE: AtomicU64 = AtomicU64::new(0);
+
+fn remote_flush_handler(_: &mut guest_lib::exception::Frame, ex: Exception) -> bool {
+    if ex.vector != crate::common::PING_VECTOR {
+        return false;
+    }
+    instr::invlpg(TEST_VA.get());
+    REMOTE_SEEN.store(instr::read_u64_safe(TEST_VA.get()).unwrap_or(u64::MAX), SeqCst);
+    REMOTE_DONE.fetch_add(1, SeqCst);
+    guest_lib::apic::eoi();
+    true
+}
+
+/// A TLB shootdown: vCPU 1 reads a page (caching its translation), vCPU 0 remaps it and sends
+/// an IPI, vCPU 1 invalidates and reads again: it sees the new frame.
+fn remote_flush() {
+    use guest_lib::{apic, smp};
+    if let Err(e) = apic::enable_x2apic(apic::SPURIOUS_VECTOR) {
+        guest_lib::skip!("no usable x2APIC: {:?}", e);
+    }
+    if !smp::wait_for_aps(1000 * rt::cycles_per_ms()) {
+        guest_lib::error!("vCPU 1 did not come online");
+    }
+    let (_, b) = crate::common::remap_fixture();
+    guest_lib::exception::set_hook(Some(remote_flush_handler));
+    let shoot = |round: u64| {
+        apic::send_ipi(1, crate::common::PING_VECTOR);
+        let t0 = instr::rdtsc();
+        while REMOTE_DONE.load(SeqCst) < round && instr::rdtsc() - t0 < 50 * rt::cycles_per_ms() {
+            core::hint::spin_loop();
+        }
+        REMOTE_DONE.load(SeqCst) >= round
+    };
+    check!(shoot(1), "vCPU 1 did not answer the first IPI");
+    check_eq!(REMOTE_SEEN.load(SeqCst), 0xaaaa, "what vCPU 1 reads before the remap");
+    set_pte(TEST_VA, Pte::map(&b, RW_US));
+    instr::invlpg(TEST_VA.get());
+    check!(shoot(2), "vCPU 1 did not answer the shootdown IPI");
+    check_eq!(REMOTE_SEEN.load(SeqCst), 0xbbbb, "what vCPU 1 reads after the shootdown");
+    guest_lib::exception::set_hook(None);
+}
+case!(
+    remote_flush,
+    Spec::new("paging.remote_flush", Area::Paging, "a remap on vCPU 0 plus a shootdown IPI reaches vCPU 1's translations")
+        .vcpus(2)
+        .flags(guest_lib::abi::case::FLAG_IRQCHIP)
+        .reqs("X86-TLB-2,PVM-SPT-1")
+);
+
+/// Pages of the stress case.
+const STRESS_PAGES: u64 = 8;
+const STRESS_VA: TestVa = TestVa::must(0x4100_0000);
+const FINAL: u64 = 0xf1a1_0000_0000_0000;
+
+static GEN: AtomicU64 = AtomicU64::new(0);
+static ACK: AtomicU64 = AtomicU64::new(0);
+static STOP: AtomicBool = AtomicBool::new(false);
+static FINAL_DONE: AtomicBool = AtomicBool::new(false);
+static WRITES_OK: AtomicU64 = AtomicU64::new(0);
+static WRITES_FAULTED: AtomicU64 = AtomicU64::new(0);
+
+fn stress_va(i: u64) -> TestVa {
+    STRESS_VA.page(i)
+}
+
+/// vCPU 1's side: write every page in turn, invalidating whenever vCPU 0 changed the tables
+/// (and acknowledging), until told to stop; then write the final markers.
+fn stress_worker(_: &mut guest_lib::exception::Frame, ex: Exception) -> bool {
+    if ex.vector != crate::common::PING_VECTOR {
+        return false;
+    }
+    let mut seen = u64::MAX;
+    let mut seq = 0u64;
+    loop {
+        let g = GEN.load(SeqCst);
+        if g != seen {
+            for i in 0..STRESS_PAGES {
+                instr::invlpg(stress_va(i).get());
+            }
+            seen = g;
+            ACK.store(g, SeqCst);
+        }
+        if STOP.load(SeqCst) {
+            break;
+        }
+        for i in 0..STRESS_PAGES {
+            seq += 1;
+            match instr::write_u64_safe(stress_va(i), seq) {
+                Ok(()) => WRITES_OK.fetch_add(1, SeqCst),
+                Err(_) => WRITES_FAULTED.fetch_add(1, SeqCst),
+            };
+        }
+    }
+    for i in 0..STRESS_PAGES {
+        let _ = instr::write_u64_safe(stress_va(i), FINAL | i);
+    }
+    FINAL_DONE.store(true, SeqCst);
+    guest_lib::apic::eoi();
+    true
+}
+
+/// Two vCPUs on the same pages for 300 ms (at least one full cycle): vCPU 1 writes them without pause while vCPU 0
+/// remaps each to one of two frames, write-protects it or zaps it, and waits until vCPU 1 has
+/// invalidated. At the end every page maps its first frame again: vCPU 1's final writes must
+/// be in the first frames and in none of the second (no write lost or sent to a stale frame),
+/// and both successful and faulting writes must have happened.
+fn stress() {
+    use guest_lib::{apic, smp};
+    if let Err(e) = apic::enable_x2apic(apic::SPURIOUS_VECTOR) {
+        guest_lib::skip!("no usable x2APIC: {:?}", e);
+    }
+    if !smp::wait_for_aps(1000 * rt::cycles_per_ms()) {
+        guest_lib::error!("vCPU 1 did not come online");
+    }
+    let first: [Frame; STRESS_PAGES as usize] = core::array::from_fn(|_| alloc_frame());
+    let second: [Frame; STRESS_PAGES as usize] = core::array::from_fn(|_| alloc_frame());
+    for i in 0..STRESS_PAGES {
+        map(stress_va(i), &first[i as usize], RW_US);
+    }
+    let publish = |what: &str| {
+        let g = GEN.fetch_add(1, SeqCst) + 1;
+        let t0 = instr::rdtsc();
+        while ACK.load(SeqCst) < g {
+            if instr::rdtsc() - t0 > 100 * rt::cycles_per_ms() {
+                guest_lib::error!("vCPU 1 did not acknowledge {} within 100 ms", what);
+            }
+            core::hint::spin_loop();
+        }
+    };
+    guest_lib::exception::set_hook(Some(stress_worker));
+    apic::send_ipi(1, crate::common::PING_VECTOR);
+    publish("the start");
+    let t0 = instr::rdtsc();
+    let mut round = 0u64;
+    // 300 ms, and at least every page through every state once (a busy host acknowledges
+    // slowly), but no more than 2 s.
+    let ms = || (instr::rdtsc() - t0) / rt::cycles_per_ms().max(1);
+    let full_cycle = 4 * STRESS_PAGES;
+    while (ms() < 300 || round < full_cycle) && ms() < 2_000 {
+        let i = round % STRESS_PAGES;
+        let va = stress_va(i);
+        let e = match (round / STRESS_PAGES) % 4 {
+            0 => Pte::map(&second[i as usize], RW_US),
+            1 => Pte::map(&first[i as usize], PteFlags::US),
+            2 => Pte::ABSENT,
+            _ => Pte::map(&first[i as usize], RW_US),
+        };
+        set_pte(va, e);
+        instr::invlpg(va.get());
+        publish("a change");
+        round += 1;
+    }
+    for i in 0..STRESS_PAGES {
+        set_pte(stress_va(i), Pte::map(&first[i as usize], RW_US));
+        instr::invlpg(stress_va(i).get());
+    }
+    publish("the final mapping");
+    STOP.store(true, SeqCst);
+    let t1 = instr::rdtsc();
+    while !FINAL_DONE.load(SeqCst) && instr::rdtsc() - t1 < 100 * rt::cycles_per_ms() {
+        core::hint::spin_loop();
+    }
+    guest_lib::exception::set_hook(None);
+    check!(FINAL_DONE.load(SeqCst), "vCPU 1 did not finish");
+    let (ok, faulted) = (WRITES_OK.load(SeqCst), WRITES_FAULTED.load(SeqCst));
+    log!("{} table changes; vCPU 1: {} writes went through, {} faulted", round, ok, faulted);
+    check!(round >= full_cycle, "only {} table changes (every page through every state is {})", round, full_cycle);
+    check!(ok > 0 && faulted > 0, "writes through: {}, faulted: {} (both must happen)", ok, faulted);
+    for i in 0..STRESS_PAGES {
+        check_eq!(first[i as usize].read_u64(0), FINAL | i, "page {}'s final write, in its frame", i);
+        check!(second[i as usize].read_u64(0) != FINAL | i, "page {}'s final write reached the stale frame", i);
+    }
+}
+case!(
+    stress,
+    Spec::new("paging.stress", Area::Paging, "two vCPUs remap, write-protect and zap the pages they write for 300 ms; no write is lost")
+        .vcpus(2)
+        .timeout_ms(5_000)
+        .flags(guest_lib::abi::case::FLAG_IRQCHIP)
+        .reqs("X86-TLB-2,PVM-SPT-1,PVM-SPT-7")
+);
