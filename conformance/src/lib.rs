@@ -24,6 +24,7 @@ pub mod certify;
 pub mod exec;
 pub mod expect;
 pub mod guest_build;
+pub mod host_health;
 pub mod host_check;
 pub mod outcome;
 pub mod output;

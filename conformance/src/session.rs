@@ -127,6 +127,16 @@ impl Session {
     }
 
     fn report(&self, state: RunState, cases: Vec<CaseResult>, selected: usize) -> Report {
+        self.report_with(state, cases, selected, None)
+    }
+
+    fn report_with(
+        &self,
+        state: RunState,
+        cases: Vec<CaseResult>,
+        selected: usize,
+        host_health: Option<crate::report::HostHealth>,
+    ) -> Report {
         let wall = self.prior_wall_ms + self.started.elapsed().as_millis() as u64;
         Report {
             schema: SCHEMA.into(),
@@ -136,7 +146,7 @@ impl Session {
             expectations: self.expectations.clone(),
             summary: Summary::of(&cases, selected, wall),
             cases,
-            host_health: None,
+            host_health,
         }
     }
 
@@ -152,6 +162,7 @@ impl Session {
         instances: &[Instance],
         new: Vec<CaseResult>,
         interrupted: bool,
+        host_health: Option<crate::report::HostHealth>,
     ) -> Result<Report, Error> {
         let mut by_id: std::collections::HashMap<String, CaseResult> = self
             .prior
@@ -169,7 +180,7 @@ impl Session {
         } else {
             RunState::Complete
         };
-        let report = self.report(state, cases, instances.len());
+        let report = self.report_with(state, cases, instances.len(), host_health);
         report.write(&self.outputs.report)?;
         if let Some(path) = &self.outputs.junit {
             let xml = junit::junit(

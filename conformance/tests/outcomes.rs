@@ -46,8 +46,23 @@ fn local_host_outcomes() -> Result<Completion, Failed> {
             cancel: Cancel::new(),
         },
         expectations: Expectations::builtin(Some(Dialect::Local)).map_err(|e| e.to_string())?,
+        host_health: Some(
+            conformance::host_health::Allowlist::builtin().map_err(|e| e.to_string())?,
+        ),
+        fresh_boot: catalog
+            .case_with_host_check(abi::case::HostCheck::Lifecycle)
+            .map(|case| conformance::catalog::Instance {
+                case: std::sync::Arc::clone(case),
+                env: Env::Hvm64,
+            }),
     };
     let run = suite::run(&target, &instances, &opts, &mut |_, _, _| {});
+    // The host must have stayed healthy through the whole suite (and still boot a VM).
+    if let Some(h) = &run.host_health
+        && h.is_bad()
+    {
+        return Err(format!("{}: {:?}", h.summary(), h.bad_lines).into());
+    }
     if run.results.len() != instances.len() {
         return Err(format!(
             "{} results for {} instances",

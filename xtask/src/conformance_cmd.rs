@@ -104,6 +104,10 @@ pub struct Args {
     /// host can reach past the host under test)
     #[arg(long)]
     opt_in: bool,
+    /// Do not watch the host kernel's log (host health) nor check that a fresh VM boots at the
+    /// end
+    #[arg(long)]
+    no_host_health: bool,
     /// Which cases: smoke (a fast sample), default (all but the slow ones) or full.
     #[arg(long, default_value = "default", value_parser = suite_name)]
     suite: Suite,
@@ -308,6 +312,17 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             cancel,
         },
         expectations,
+        host_health: if args.no_host_health {
+            None
+        } else {
+            Some(conformance::host_health::Allowlist::builtin()?)
+        },
+        fresh_boot: catalog
+            .case_with_host_check(abi::case::HostCheck::Lifecycle)
+            .map(|case| conformance::catalog::Instance {
+                case: std::sync::Arc::clone(case),
+                env: abi::env::Env::Hvm64,
+            }),
     };
     let bar = if std::io::IsTerminal::is_terminal(&std::io::stderr()) {
         indicatif::ProgressBar::new(pending.len() as u64)
@@ -335,7 +350,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     bar.finish_and_clear();
     signal_handle.close();
     let paths = session.outputs().clone();
-    let report = session.finish(&instances, ran.results, ran.interrupted)?;
+    let report = session.finish(&instances, ran.results, ran.interrupted, ran.host_health)?;
     if let Some(e) = log_err {
         errln!("warning: progress log: {e}");
     }
@@ -345,6 +360,16 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         errln!("{line}");
     } else {
         outln!("{line}")?;
+    }
+    let unhealthy = report.host_health.as_ref().is_some_and(|h| h.is_bad());
+    if let Some(h) = &report.host_health {
+        errln!("{}", h.summary());
+        for l in &h.bad_lines {
+            errln!("  {} during {}: {}", l.class, l.instance, l.text);
+        }
+        if !h.fresh_boot_detail.is_empty() {
+            errln!("  fresh boot: {}", h.fresh_boot_detail);
+        }
     }
     errln!("report: {}", paths.report.display());
     if let Some(j) = &paths.junit {
@@ -360,7 +385,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     } else if args.require_kvm && report.summary.nothing_ran() {
         errln!("--require-kvm: every instance was SKIP; nothing ran");
         ExitCode::from(2)
-    } else if report.summary.is_bad() {
+    } else if report.summary.is_bad() || unhealthy {
         ExitCode::from(1)
     } else {
         ExitCode::SUCCESS

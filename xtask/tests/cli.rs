@@ -7,7 +7,10 @@
 //! - `--list | head -1` exits 0; a full stdout is an error, not a panic;
 //! - `--require-kvm` without a usable KVM device exits 2; without the flag everything SKIPs;
 //! - `certify`: bad reports, profiles and outputs are one-line errors with status 2; the
-//!   verdict decides between 0 (certified, with or without deviations) and 1.
+//!   verdict decides between 0 (certified, with or without deviations) and 1;
+//! - host health: a bad-class kernel-log line (fed through a FIFO standing in for
+//!   `/dev/kmsg`) fails the run with exit 1 and lands in the report with its instance; an
+//!   unreadable log is reported as unwatched.
 
 use std::collections::HashSet;
 use std::io::{BufRead, BufReader};
@@ -844,4 +847,61 @@ fn certify_exits_by_verdict() {
     }
     let out = run(xtask().args(["certify", "--bogus"]));
     assert_eq!(out.status.code(), Some(2));
+}
+
+#[test]
+fn a_bad_kernel_log_line_fails_the_run_and_an_unreadable_log_is_unwatched() {
+    if !kvm_usable() {
+        eprintln!("skipped: no usable /dev/kvm");
+        return;
+    }
+    let d = tempfile::tempdir().expect("tempdir");
+    let fifo = d.path().join("kmsg");
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::S_IRWXU).expect("mkfifo");
+    let report = d.path().join("r.json");
+    let writer = {
+        let fifo = fifo.clone();
+        std::thread::spawn(move || {
+            // Blocks until the run opens its end, then logs one line as the kernel would.
+            let mut f = std::fs::OpenOptions::new().write(true).open(&fifo).expect("open fifo");
+            std::io::Write::write_all(
+                &mut f,
+                b"4,100,200,-;WARNING: CPU: 0 PID: 1 at injected.c:1 test_case+0x0/0x10\n",
+            )
+            .expect("write fifo");
+            // Keep the writer open until the run is over (EOF is not an error either way).
+            std::thread::sleep(Duration::from_secs(5));
+        })
+    };
+    let out = run(xtask()
+        .args(["conformance", "--filter", "vmm.msr_sync.star~hvm64", "--report"])
+        .arg(&report)
+        .arg("--image")
+        .arg(image())
+        .env("PVMC_KMSG_PATH", &fifo));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "a bad log line must fail the run:\n{err}");
+    assert!(err.contains("host health: bad"), "{err}");
+    let r = read_report(&report);
+    let bad = &r["host_health"]["bad_lines"][0];
+    assert_eq!(bad["class"], "warning", "{r}");
+    assert_eq!(bad["instance"], "vmm.msr_sync.star~hvm64", "{r}");
+    assert_eq!(r["host_health"]["fresh_boot"], true, "{r}");
+    assert!(
+        r["cases"][0]["kernel_log"][0]
+            .as_str()
+            .is_some_and(|l| l.contains("injected.c")),
+        "{r}"
+    );
+    drop(writer);
+
+    let out = run(xtask()
+        .args(["conformance", "--filter", "vmm.msr_sync.star~hvm64", "--report"])
+        .arg(&report)
+        .arg("--image")
+        .arg(image())
+        .env("PVMC_KMSG_PATH", "/nonexistent/kmsg"));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    assert!(err.contains("host health: unwatched: /nonexistent/kmsg"), "{err}");
 }

@@ -16,6 +16,10 @@ use crate::catalog::Instance;
 use crate::exec::{self, Executed};
 use crate::result::CaseResult;
 
+/// Environment variable naming the kernel log device to read instead of `/dev/kmsg` (tests
+/// point it at a missing file to see a host whose log cannot be read).
+pub const KMSG_PATH_VAR: &str = "PVMC_KMSG_PATH";
+
 /// This machine.
 pub struct LocalTarget {
     host: HostInfo,
@@ -77,6 +81,13 @@ impl Target for LocalTarget {
 
     fn host(&self) -> &HostInfo {
         &self.host
+    }
+
+    fn watch_host(&self) -> Result<Box<dyn crate::host_health::HostLog>, String> {
+        let path = std::env::var(KMSG_PATH_VAR).unwrap_or_else(|_| "/dev/kmsg".into());
+        crate::host_health::Kmsg::open(&path)
+            .map(|k| Box::new(k) as Box<dyn crate::host_health::HostLog>)
+            .map_err(|e| format!("{path}: {e}"))
     }
 
     fn usable(&self) -> Result<(), String> {

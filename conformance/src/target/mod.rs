@@ -122,6 +122,14 @@ pub trait Target: Sync {
         opts: &TargetOptions,
         sink: &mut dyn FnMut(usize, CaseResult),
     );
+    /// Starts reading the host kernel's log from now on, for host health
+    /// (`crate::host_health`); `Err` says why this target cannot.
+    fn watch_host(&self) -> Result<Box<dyn crate::host_health::HostLog>, String> {
+        Err(format!(
+            "the {} target cannot read its host's kernel log",
+            self.name()
+        ))
+    }
 }
 
 /// Why an instance in `env` cannot run on `host`, if it cannot: the guest library has no module
