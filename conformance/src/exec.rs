@@ -73,16 +73,24 @@ pub fn execute(
     inst: &Instance,
     limits: &RunLimits,
 ) -> Executed {
-    let mut vm = match boot_instance(backend, image, inst) {
-        Ok(vm) => vm,
-        Err(e) => {
-            return Executed::Done(RawResult {
-                outcome: Outcome::Error,
-                detail: format!("VM setup failed: {e}"),
-                checks: 0,
-            });
-        }
-    };
+    match boot_instance(backend, image, inst) {
+        Ok(mut vm) => execute_booted(vm.as_mut(), inst, limits),
+        Err(e) => setup_failed(&e),
+    }
+}
+
+/// The result of an instance whose VM could not be set up.
+pub fn setup_failed(e: &runner::RunnerError) -> Executed {
+    Executed::Done(RawResult {
+        outcome: Outcome::Error,
+        detail: format!("VM setup failed: {e}"),
+        checks: 0,
+    })
+}
+
+/// Runs `inst` on a VM [`boot_instance`] booted for it (a target that prepares VMs ahead of
+/// time runs them with this).
+pub fn execute_booted(vm: &mut dyn Vm, inst: &Instance, limits: &RunLimits) -> Executed {
     let mut handler = CaseHandler::new(inst.case.host);
     let end = vm.run(&mut handler, limits);
     if matches!(end, Ok(RunEnd::Cancelled)) {

@@ -20,8 +20,14 @@ pub struct CaseResult {
     pub env: String,
     /// Outcome (after expectations, once the suite applied them).
     pub outcome: Outcome,
-    /// Wall time of the instance, including VM creation and teardown.
+    /// Wall time of the instance on the run's critical path: VM creation, boot, the run and
+    /// teardown, less what a target did ahead of time or in the background (the local target
+    /// prepares the next VMs while one runs, and tears them down behind it).
     pub duration_ms: f64,
+    /// Of that, the time the VM ran (`Vm::run`: the guest's boot and case, and the host's
+    /// answers to its exits); `duration_ms - run_ms` is the harness's overhead.
+    #[serde(default)]
+    pub run_ms: f64,
     /// Checks made by the guest and the host-side check.
     pub checks: u32,
     /// What happened: logs, failed checks, final reason, crash details.
@@ -45,6 +51,7 @@ impl CaseResult {
             env: inst.env.name().into(),
             outcome: raw.outcome,
             duration_ms,
+            run_ms: 0.0,
             checks: raw.checks,
             detail: raw.detail,
             requirements: inst.case.requirements.clone(),

@@ -210,14 +210,25 @@ pub fn run(
         };
         let selected = |i: &Instance| instances.iter().any(|s| s.id() == i.id());
         let lifecycle = instance_of(HostCheck::Lifecycle).filter(selected);
-        by_env.push(overhead::measure(
+        let mut o = overhead::measure(
             kvm,
             catalog,
             &exit_loop,
             lifecycle.as_ref(),
             opts.repetitions,
             opts.timeout,
-        )?);
+        )?;
+        if let Some(inst) = &lifecycle {
+            let ns = overhead::pipelined_overhead(
+                target,
+                inst,
+                (opts.repetitions * 20).max(100),
+                opts.timeout,
+            )?;
+            o.instance_overhead_ms = Some(stats::median(&ns) / 1e6);
+            o.instance_overhead_ns = ns;
+        }
+        by_env.push(o);
         progress(&format!("runner overhead measured for {}", env.name()));
     }
     for o in by_env.iter().filter(|o| !o.lifecycle_ns.is_empty()) {
@@ -225,6 +236,15 @@ pub fn run(
         let chunk = o.lifecycle_ns.len().div_ceil(opts.repetitions).max(1);
         let reps: Vec<Vec<f64>> = o.lifecycle_ns.chunks(chunk).map(<[f64]>::to_vec).collect();
         c.rows.insert(("vm_lifecycle".into(), o.env.clone()), reps);
+    }
+    for o in by_env.iter().filter(|o| !o.instance_overhead_ns.is_empty()) {
+        let chunk = o.instance_overhead_ns.len().div_ceil(opts.repetitions).max(1);
+        let reps: Vec<Vec<f64>> = o
+            .instance_overhead_ns
+            .chunks(chunk)
+            .map(<[f64]>::to_vec)
+            .collect();
+        c.rows.insert(("instance_overhead".into(), o.env.clone()), reps);
     }
     let native_median = |b: Baseline| {
         native

@@ -33,6 +33,44 @@ pub struct Overhead {
     /// The empty-case lifecycles, in ns (for the `vm_lifecycle` row).
     #[serde(skip)]
     pub lifecycle_ns: Vec<f64>,
+    /// Median per-instance overhead when the target runs instances the way a conformance run
+    /// does (VMs prepared ahead and torn down behind): an instance's critical-path time
+    /// outside its VM run, in ms (the goal is at most 1 ms).
+    #[serde(default)]
+    pub instance_overhead_ms: Option<f64>,
+    /// Those per-instance overheads, in ns (for the `instance_overhead` row).
+    #[serde(skip)]
+    pub instance_overhead_ns: Vec<f64>,
+}
+
+/// Runs `inst` `n` times through `target` as a conformance run would, and returns each
+/// instance's overhead (`duration_ms - run_ms`) in ns.
+pub fn pipelined_overhead(
+    target: &crate::target::local::LocalTarget,
+    inst: &Instance,
+    n: usize,
+    timeout: Duration,
+) -> Result<Vec<f64>, Error> {
+    use crate::target::{Target, TargetOptions};
+    let insts = vec![inst.clone(); n];
+    let opts = TargetOptions {
+        timeout,
+        jobs: 1,
+        cancel: runner::vm::Cancel::new(),
+    };
+    let mut out = Vec::with_capacity(n);
+    let mut bad = None;
+    target.run(&insts, &opts, &mut |_, r| {
+        if r.outcome == crate::outcome::Outcome::Pass {
+            out.push((r.duration_ms - r.run_ms).max(0.0) * 1e6);
+        } else {
+            bad.get_or_insert(format!("{}: {} {}", r.id, r.outcome.label(), r.detail));
+        }
+    });
+    match bad {
+        Some(why) => Err(Error::Bench(why)),
+        None => Ok(out),
+    }
 }
 
 /// Counts OUTs to the benchmark port and times the gaps between them; stops after `want`.
@@ -137,5 +175,7 @@ pub fn measure(
         runner_to_raw: run / raw,
         case_overhead_ms: (!lifecycle_ms.is_empty()).then(|| median(&lifecycle_ms)),
         lifecycle_ns: lifecycle_ms.iter().map(|ms| ms * 1e6).collect(),
+        instance_overhead_ms: None,
+        instance_overhead_ns: Vec::new(),
     })
 }

@@ -177,6 +177,7 @@ pub(crate) mod fixtures {
             env: env.into(),
             outcome,
             duration_ms: 1.0,
+            run_ms: 0.5,
             checks: 1,
             detail: match outcome {
                 Outcome::Xfail => {

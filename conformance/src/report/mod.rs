@@ -162,7 +162,7 @@ pub enum RunState {
 }
 
 /// Counts per outcome and the wall time.
-#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
 pub struct Summary {
     /// PASS count.
     pub pass: usize,
@@ -182,6 +182,10 @@ pub struct Summary {
     pub selected: usize,
     /// Wall time of the run (all its sessions, when resumed).
     pub wall_ms: u64,
+    /// Median per-instance overhead in ms: an instance's critical-path time outside its VM
+    /// run (`duration_ms - run_ms`), over the instances that ran a VM.
+    #[serde(default)]
+    pub overhead_median_ms: Option<f64>,
 }
 
 impl Summary {
@@ -196,6 +200,13 @@ impl Summary {
         for r in results {
             *s.count_mut(r.outcome) += 1;
         }
+        let mut overheads: Vec<f64> = results
+            .iter()
+            .filter(|r| r.run_ms > 0.0)
+            .map(|r| (r.duration_ms - r.run_ms).max(0.0))
+            .collect();
+        overheads.sort_by(f64::total_cmp);
+        s.overhead_median_ms = overheads.get(overheads.len() / 2).copied();
         s
     }
 
@@ -306,8 +317,12 @@ pub fn summary_line(s: &Summary) -> String {
     } else {
         String::new()
     };
+    let overhead = s
+        .overhead_median_ms
+        .map(|ms| format!(" (per-instance overhead {ms:.3} ms median)"))
+        .unwrap_or_default();
     format!(
-        "{} instances{of}: {counts}; wall time {:.2} s",
+        "{} instances{of}: {counts}; wall time {:.2} s{overhead}",
         s.total,
         s.wall_ms as f64 / 1e3
     )
@@ -325,6 +340,7 @@ pub(crate) mod fixtures {
             env: env.into(),
             outcome,
             duration_ms: 1.5,
+            run_ms: 1.0,
             checks: 2,
             detail: detail.into(),
             requirements: vec!["R-1".into()],
@@ -382,8 +398,15 @@ mod tests {
         assert!(s.is_bad() && !s.nothing_ran());
         assert_eq!(
             summary_line(&s),
-            "6 instances (of 7 selected): 1 pass, 1 skip, 1 xfail, 1 error, 1 fail, 1 crash; wall time 1.50 s"
+            "6 instances (of 7 selected): 1 pass, 1 skip, 1 xfail, 1 error, 1 fail, 1 crash; \
+             wall time 1.50 s (per-instance overhead 0.500 ms median)"
         );
+        // Without VM runs (all SKIP, say) there is no overhead to speak of.
+        let skipped: Vec<_> = rs.iter().cloned().map(|mut r| {
+            r.run_ms = 0.0;
+            r
+        }).collect();
+        assert_eq!(Summary::of(&skipped, 6, 10).overhead_median_ms, None);
     }
 
     #[test]

@@ -67,6 +67,7 @@ pub fn report(variant: Variant) -> Report {
                 env: env.into(),
                 outcome: Outcome::Pass,
                 duration_ms: 3.0,
+                run_ms: 2.0,
                 checks: 4,
                 detail: String::new(),
                 requirements: vec![r.id.clone()],
