@@ -178,7 +178,10 @@ const _: () = {
     assert!(vif_gpa(MAX_VCPUS - 1) < 0x1_0000 && stack_top(MAX_VCPUS - 1) <= FREE_START);
     assert!(SUPERVISOR_STACK_TOP > IMAGE_END && USER_STACK_TOP <= FREE_START);
     assert!(LARGE_TEST_GPA.is_multiple_of(LARGE_PAGE_SIZE));
-    assert!(stack_top(MAX_VCPUS - 1) <= LARGE_TEST_GPA && LARGE_TEST_GPA + LARGE_PAGE_SIZE <= FREE_START);
+    assert!(
+        stack_top(MAX_VCPUS - 1) <= LARGE_TEST_GPA
+            && LARGE_TEST_GPA + LARGE_PAGE_SIZE <= FREE_START
+    );
     assert!(BOOT_CR0 == 0x8005_0033 && BOOT_EFER == 0xd01);
 };
 

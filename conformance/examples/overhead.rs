@@ -51,9 +51,7 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
     let mut phases = [[0f64; 4]; 20];
     for row in phases.iter_mut() {
         let t0 = Instant::now();
-        let mut vm = kvm.create_vm(
-            &exec::boot_params(&inst).vm_options(inst.case.flags),
-        )?;
+        let mut vm = kvm.create_vm(&exec::boot_params(&inst).vm_options(inst.case.flags))?;
         let t1 = Instant::now();
         runner::boot::boot(vm.as_mut(), &catalog.image, &exec::boot_params(&inst))?;
         let t2 = Instant::now();

@@ -99,7 +99,9 @@ impl Scratch {
         Self {
             ports: [0; io::SCRATCH_PORTS as usize],
             counter: 0,
-            mmio: (0..io::SCRATCH_MMIO_SIZE).map(io::scratch_initial).collect(),
+            mmio: (0..io::SCRATCH_MMIO_SIZE)
+                .map(io::scratch_initial)
+                .collect(),
             log: Vec::new(),
         }
     }

@@ -93,22 +93,31 @@ pub const BAD_CLASSES: &[(&str, &[&str])] = &[
     ("kasan", &["KASAN:"]),
     ("ubsan", &["UBSAN:"]),
     ("lockup", &["soft lockup", "hard LOCKUP"]),
-    ("lockdep", &[
-        "possible circular locking",
-        "possible recursive locking",
-        "inconsistent lock state",
+    (
         "lockdep",
-    ]),
-    ("rcu-stall", &[
-        "rcu_sched self-detected stall",
-        "rcu_preempt self-detected stall",
-        "detected stalls on CPUs",
-        "rcu: INFO:",
-    ]),
+        &[
+            "possible circular locking",
+            "possible recursive locking",
+            "inconsistent lock state",
+            "lockdep",
+        ],
+    ),
+    (
+        "rcu-stall",
+        &[
+            "rcu_sched self-detected stall",
+            "rcu_preempt self-detected stall",
+            "detected stalls on CPUs",
+            "rcu: INFO:",
+        ],
+    ),
     ("hung-task", &["blocked for more than"]),
     ("oops", &["Oops:", "Oops -", "general protection fault"]),
     ("bug", &["BUG:", "kernel BUG at"]),
-    ("warning", &["WARNING:", "------------[ cut here ]------------"]),
+    (
+        "warning",
+        &["WARNING:", "------------[ cut here ]------------"],
+    ),
 ];
 
 /// The bad class of `line`, if it has one.
@@ -275,20 +284,50 @@ mod tests {
 
     #[test]
     fn classes_are_recognised() {
-        assert_eq!(bad_class("WARNING: CPU: 1 PID: 5 at arch/x86/kvm/x86.c:123"), Some("warning"));
-        assert_eq!(bad_class("BUG: unable to handle page fault for address"), Some("bug"));
-        assert_eq!(bad_class("Kernel panic - not syncing: Fatal exception"), Some("panic"));
-        assert_eq!(bad_class("rcu: INFO: rcu_preempt self-detected stall on CPU"), Some("rcu-stall"));
-        assert_eq!(bad_class("BUG: KASAN: slab-out-of-bounds in foo"), Some("kasan"));
-        assert_eq!(bad_class("watchdog: BUG: soft lockup - CPU#0 stuck for 22s!"), Some("lockup"));
-        assert_eq!(bad_class("kvm-pvm: INTERNAL_ERROR in batch emul: rip=0x20 cpl=0"), None);
-        assert_eq!(bad_class("virtio_blk virtio1: [vda] 1024 512-byte logical blocks"), None);
+        assert_eq!(
+            bad_class("WARNING: CPU: 1 PID: 5 at arch/x86/kvm/x86.c:123"),
+            Some("warning")
+        );
+        assert_eq!(
+            bad_class("BUG: unable to handle page fault for address"),
+            Some("bug")
+        );
+        assert_eq!(
+            bad_class("Kernel panic - not syncing: Fatal exception"),
+            Some("panic")
+        );
+        assert_eq!(
+            bad_class("rcu: INFO: rcu_preempt self-detected stall on CPU"),
+            Some("rcu-stall")
+        );
+        assert_eq!(
+            bad_class("BUG: KASAN: slab-out-of-bounds in foo"),
+            Some("kasan")
+        );
+        assert_eq!(
+            bad_class("watchdog: BUG: soft lockup - CPU#0 stuck for 22s!"),
+            Some("lockup")
+        );
+        assert_eq!(
+            bad_class("kvm-pvm: INTERNAL_ERROR in batch emul: rip=0x20 cpl=0"),
+            None
+        );
+        assert_eq!(
+            bad_class("virtio_blk virtio1: [vda] 1024 512-byte logical blocks"),
+            None
+        );
     }
 
     #[test]
     fn kmsg_records_are_split() {
-        assert_eq!(kmsg_text("6,1234,5678,-;hello world\n"), Some("hello world"));
-        assert_eq!(kmsg_text("4,1,2,c;WARNING: x\n SUBSYSTEM=acpi\n"), Some("WARNING: x"));
+        assert_eq!(
+            kmsg_text("6,1234,5678,-;hello world\n"),
+            Some("hello world")
+        );
+        assert_eq!(
+            kmsg_text("4,1,2,c;WARNING: x\n SUBSYSTEM=acpi\n"),
+            Some("WARNING: x")
+        );
         assert_eq!(kmsg_text("garbage"), None);
     }
 
@@ -300,7 +339,10 @@ mod tests {
         )
         .expect("valid");
         let mut h = HealthLog::new(&Ok(()), allow);
-        let lines = h.take("a~hvm64", vec!["WARNING: harmless thing".into(), "info".into()]);
+        let lines = h.take(
+            "a~hvm64",
+            vec!["WARNING: harmless thing".into(), "info".into()],
+        );
         assert_eq!(lines.len(), 2);
         assert_eq!(h.health().status, "clean");
         assert_eq!(h.health().allowed_lines.len(), 1);
@@ -325,6 +367,12 @@ mod tests {
         Allowlist::builtin().expect("the built-in allowlist parses");
         assert!(Allowlist::parse("[[allow]]\ncontains = \"x\"\nreason = \"\"\n", "t").is_err());
         assert!(Allowlist::parse("[[allow]]\ncontains = \"x\"\n", "t").is_err());
-        assert!(Allowlist::parse("[[allow]]\ncontains = \"x\"\nreason = \"r\"\nextra = 1\n", "t").is_err());
+        assert!(
+            Allowlist::parse(
+                "[[allow]]\ncontains = \"x\"\nreason = \"r\"\nextra = 1\n",
+                "t"
+            )
+            .is_err()
+        );
     }
 }

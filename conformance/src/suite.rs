@@ -9,8 +9,8 @@
 //! appeared, which may not be the one that caused it.
 
 use crate::catalog::Instance;
-use crate::host_health::HealthLog;
 use crate::expect::Expectations;
+use crate::host_health::HealthLog;
 use crate::result::CaseResult;
 use crate::target::{Target, TargetOptions};
 
@@ -95,18 +95,19 @@ pub fn run(
 /// Runs `inst` once more after everything else: it must pass (the host can still create,
 /// boot and run a VM). Returns whether it did and what it saw otherwise; `None` if it could
 /// not run here (SKIP) or was cancelled.
-fn fresh_boot(
-    target: &dyn Target,
-    inst: &Instance,
-    opts: &SuiteOptions,
-) -> Option<(bool, String)> {
+fn fresh_boot(target: &dyn Target, inst: &Instance, opts: &SuiteOptions) -> Option<(bool, String)> {
     use crate::outcome::Outcome;
     let mut got = None;
-    target.run(std::slice::from_ref(inst), &opts.target, &mut |_, r| got = Some(r));
+    target.run(std::slice::from_ref(inst), &opts.target, &mut |_, r| {
+        got = Some(r)
+    });
     match got {
         Some(r) if r.outcome == Outcome::Pass => Some((true, String::new())),
         Some(r) if r.outcome == Outcome::Skip => None,
-        Some(r) => Some((false, format!("{} {}: {}", r.outcome.label(), r.id, r.detail))),
+        Some(r) => Some((
+            false,
+            format!("{} {}: {}", r.outcome.label(), r.id, r.detail),
+        )),
         None => None,
     }
 }

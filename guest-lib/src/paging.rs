@@ -213,7 +213,9 @@ impl LargeFrame {
         if !offset.is_multiple_of(PAGE_SIZE) || offset >= LARGE_PAGE_SIZE {
             crate::error!("offset {offset:#x} is not a page inside the large frame");
         }
-        Frame { pa: self.pa + offset }
+        Frame {
+            pa: self.pa + offset,
+        }
     }
 }
 

@@ -62,8 +62,16 @@ pub fn host_nanos() -> u64 {
 /// The CPUID entry the VMM configured for `leaf`/`subleaf` as `[eax, ebx, ecx, edx]`
 /// (`None`: it configured none).
 pub fn configured_cpuid(leaf: u32, subleaf: u32) -> Option<[u32; 4]> {
-    let r = must(Op::ConfiguredCpuid, [u64::from(leaf), u64::from(subleaf), 0]);
-    (r[0] == 1).then_some([r[1] as u32, (r[1] >> 32) as u32, r[2] as u32, (r[2] >> 32) as u32])
+    let r = must(
+        Op::ConfiguredCpuid,
+        [u64::from(leaf), u64::from(subleaf), 0],
+    );
+    (r[0] == 1).then_some([
+        r[1] as u32,
+        (r[1] >> 32) as u32,
+        r[2] as u32,
+        (r[2] >> 32) as u32,
+    ])
 }
 
 /// One access the case's scratch device logged (`abi::case::HostCheck::Scratch`).

@@ -863,7 +863,10 @@ fn a_bad_kernel_log_line_fails_the_run_and_an_unreadable_log_is_unwatched() {
         let fifo = fifo.clone();
         std::thread::spawn(move || {
             // Blocks until the run opens its end, then logs one line as the kernel would.
-            let mut f = std::fs::OpenOptions::new().write(true).open(&fifo).expect("open fifo");
+            let mut f = std::fs::OpenOptions::new()
+                .write(true)
+                .open(&fifo)
+                .expect("open fifo");
             std::io::Write::write_all(
                 &mut f,
                 b"4,100,200,-;WARNING: CPU: 0 PID: 1 at injected.c:1 test_case+0x0/0x10\n",
@@ -874,13 +877,22 @@ fn a_bad_kernel_log_line_fails_the_run_and_an_unreadable_log_is_unwatched() {
         })
     };
     let out = run(xtask()
-        .args(["conformance", "--filter", "vmm.msr_sync.star~hvm64", "--report"])
+        .args([
+            "conformance",
+            "--filter",
+            "vmm.msr_sync.star~hvm64",
+            "--report",
+        ])
         .arg(&report)
         .arg("--image")
         .arg(image())
         .env("PVMC_KMSG_PATH", &fifo));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "a bad log line must fail the run:\n{err}");
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "a bad log line must fail the run:\n{err}"
+    );
     assert!(err.contains("host health: bad"), "{err}");
     let r = read_report(&report);
     let bad = &r["host_health"]["bad_lines"][0];
@@ -896,12 +908,20 @@ fn a_bad_kernel_log_line_fails_the_run_and_an_unreadable_log_is_unwatched() {
     drop(writer);
 
     let out = run(xtask()
-        .args(["conformance", "--filter", "vmm.msr_sync.star~hvm64", "--report"])
+        .args([
+            "conformance",
+            "--filter",
+            "vmm.msr_sync.star~hvm64",
+            "--report",
+        ])
         .arg(&report)
         .arg("--image")
         .arg(image())
         .env("PVMC_KMSG_PATH", "/nonexistent/kmsg"));
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(0), "{err}");
-    assert!(err.contains("host health: unwatched: /nonexistent/kmsg"), "{err}");
+    assert!(
+        err.contains("host health: unwatched: /nonexistent/kmsg"),
+        "{err}"
+    );
 }

@@ -61,30 +61,88 @@ fn unknown_hypercall() {
     match pv_local::hypercall_preserving(nr, 0x1111, 0x2222, 0x3333) {
         Ok((rax, changed)) => {
             check_eq!(rax, ENOSYS, "result of hypercall {:#x}", nr);
-            check_eq!(changed, 0u32, "registers (bit 0 RBX .. 12 R15) the hypercall changed");
+            check_eq!(
+                changed,
+                0u32,
+                "registers (bit 0 RBX .. 12 R15) the hypercall changed"
+            );
         }
         Err(e) => check!(false, "hypercall {:#x} raised {:?}", nr, e),
     }
 }
 
 const fn unknown_hc_spec(name: &'static str, summary: &'static str) -> Spec {
-    Spec::new(name, Area::Abi, summary).envs(PV).reqs("LOCAL-HC-1")
+    Spec::new(name, Area::Abi, summary)
+        .envs(PV)
+        .reqs("LOCAL-HC-1")
 }
 
-case_table!(unknown_hypercall, unknown_hc_spec, [
-    ("abi.unknown_hypercall.0", 0u64, "hypercall 0 (not defined): -ENOSYS, registers preserved"),
-    ("abi.unknown_hypercall.1", 1u64, "hypercall 1 (KVM's, not the dialect's): -ENOSYS, registers preserved"),
-    ("abi.unknown_hypercall.5", 5u64, "hypercall 5 (KVM_HC_KICK_CPU): -ENOSYS, registers preserved"),
-    ("abi.unknown_hypercall.12", 12u64, "hypercall 12 (KVM_HC_MAP_GPA_RANGE): -ENOSYS, registers preserved"),
-    ("abi.unknown_hypercall.0fff", 0xfffu64, "hypercall 0xfff (below the dialect's range): -ENOSYS"),
-    ("abi.unknown_hypercall.100f", 0x100fu64, "hypercall 0x100f (past the dialect's range): -ENOSYS"),
-    ("abi.unknown_hypercall.1010", 0x1010u64, "hypercall 0x1010: -ENOSYS, registers preserved"),
-    ("abi.unknown_hypercall.2000", 0x2000u64, "hypercall 0x2000: -ENOSYS, registers preserved"),
-    ("abi.unknown_hypercall.upstream", 0x1708_8200u64, "the upstream PVM hypercall base 0x17088200: -ENOSYS"),
-    ("abi.unknown_hypercall.u32_max", 0xffff_ffffu64, "hypercall 0xffffffff: -ENOSYS, registers preserved"),
-    ("abi.unknown_hypercall.high_bits", 0x1_0000_1007u64, "FLUSH_TLB with bit 32 set: not FLUSH_TLB but -ENOSYS"),
-    ("abi.unknown_hypercall.u64_max", u64::MAX, "hypercall 0xffffffffffffffff: -ENOSYS, registers preserved"),
-]);
+case_table!(
+    unknown_hypercall,
+    unknown_hc_spec,
+    [
+        (
+            "abi.unknown_hypercall.0",
+            0u64,
+            "hypercall 0 (not defined): -ENOSYS, registers preserved"
+        ),
+        (
+            "abi.unknown_hypercall.1",
+            1u64,
+            "hypercall 1 (KVM's, not the dialect's): -ENOSYS, registers preserved"
+        ),
+        (
+            "abi.unknown_hypercall.5",
+            5u64,
+            "hypercall 5 (KVM_HC_KICK_CPU): -ENOSYS, registers preserved"
+        ),
+        (
+            "abi.unknown_hypercall.12",
+            12u64,
+            "hypercall 12 (KVM_HC_MAP_GPA_RANGE): -ENOSYS, registers preserved"
+        ),
+        (
+            "abi.unknown_hypercall.0fff",
+            0xfffu64,
+            "hypercall 0xfff (below the dialect's range): -ENOSYS"
+        ),
+        (
+            "abi.unknown_hypercall.100f",
+            0x100fu64,
+            "hypercall 0x100f (past the dialect's range): -ENOSYS"
+        ),
+        (
+            "abi.unknown_hypercall.1010",
+            0x1010u64,
+            "hypercall 0x1010: -ENOSYS, registers preserved"
+        ),
+        (
+            "abi.unknown_hypercall.2000",
+            0x2000u64,
+            "hypercall 0x2000: -ENOSYS, registers preserved"
+        ),
+        (
+            "abi.unknown_hypercall.upstream",
+            0x1708_8200u64,
+            "the upstream PVM hypercall base 0x17088200: -ENOSYS"
+        ),
+        (
+            "abi.unknown_hypercall.u32_max",
+            0xffff_ffffu64,
+            "hypercall 0xffffffff: -ENOSYS, registers preserved"
+        ),
+        (
+            "abi.unknown_hypercall.high_bits",
+            0x1_0000_1007u64,
+            "FLUSH_TLB with bit 32 set: not FLUSH_TLB but -ENOSYS"
+        ),
+        (
+            "abi.unknown_hypercall.u64_max",
+            u64::MAX,
+            "hypercall 0xffffffffffffffff: -ENOSYS, registers preserved"
+        ),
+    ]
+);
 
 /// Known hypercalls that succeed leave every register but RAX as it was.
 fn hypercall_preserves() {
@@ -97,22 +155,49 @@ fn hypercall_preserves() {
     match pv_local::hypercall_preserving(nr, a0, a1, 0) {
         Ok((rax, changed)) => {
             check_eq!(rax, 0, "result of hypercall {:#x}", nr);
-            check_eq!(changed, 0u32, "registers (bit 0 RBX .. 12 R15) hypercall {:#x} changed", nr);
+            check_eq!(
+                changed,
+                0u32,
+                "registers (bit 0 RBX .. 12 R15) hypercall {:#x} changed",
+                nr
+            );
         }
         Err(e) => check!(false, "hypercall {:#x} raised {:?}", nr, e),
     }
 }
 
 const fn preserve_spec(name: &'static str, summary: &'static str) -> Spec {
-    Spec::new(name, Area::Abi, summary).envs(PV).reqs("LOCAL-HC-1")
+    Spec::new(name, Area::Abi, summary)
+        .envs(PV)
+        .reqs("LOCAL-HC-1")
 }
 
-case_table!(hypercall_preserves, preserve_spec, [
-    ("abi.preserves.flush_tlb", 0, "FLUSH_TLB returns 0 and changes no register but RAX"),
-    ("abi.preserves.flush_tlb_one", 1, "FLUSH_TLB_ONE returns 0 and changes no register but RAX"),
-    ("abi.preserves.wrmsr", 2, "WRMSR returns 0 and changes no register but RAX"),
-    ("abi.preserves.set_cr4", 3, "SET_CR4 (same value) returns 0 and changes no register but RAX"),
-]);
+case_table!(
+    hypercall_preserves,
+    preserve_spec,
+    [
+        (
+            "abi.preserves.flush_tlb",
+            0,
+            "FLUSH_TLB returns 0 and changes no register but RAX"
+        ),
+        (
+            "abi.preserves.flush_tlb_one",
+            1,
+            "FLUSH_TLB_ONE returns 0 and changes no register but RAX"
+        ),
+        (
+            "abi.preserves.wrmsr",
+            2,
+            "WRMSR returns 0 and changes no register but RAX"
+        ),
+        (
+            "abi.preserves.set_cr4",
+            3,
+            "SET_CR4 (same value) returns 0 and changes no register but RAX"
+        ),
+    ]
+);
 
 fn hypercall_wrmsr() {
     let v = 0x0000_7f00_1234_5000;
@@ -246,16 +331,36 @@ fn hypercall_effect() {
     match rt::case_param() {
         0 => {
             let old = instr::read_cr0();
-            check_eq!(pv_local::hypercall(hc::SET_CR0, old & !cr0::WP, 0, 0), Ok(0), "SET_CR0 without WP");
+            check_eq!(
+                pv_local::hypercall(hc::SET_CR0, old & !cr0::WP, 0, 0),
+                Ok(0),
+                "SET_CR0 without WP"
+            );
             check_eq!(instr::read_cr0() & cr0::WP, 0, "CR0.WP after SET_CR0");
-            check_eq!(pv_local::hypercall(hc::SET_CR0, old, 0, 0), Ok(0), "SET_CR0 back");
+            check_eq!(
+                pv_local::hypercall(hc::SET_CR0, old, 0, 0),
+                Ok(0),
+                "SET_CR0 back"
+            );
             check_eq!(instr::read_cr0(), old, "CR0 restored");
         }
         1 => {
             let old = instr::read_cr4();
-            check_eq!(pv_local::hypercall(hc::SET_CR4, old | cr4::PCE, 0, 0), Ok(0), "SET_CR4 with PCE");
-            check_eq!(instr::read_cr4() & cr4::PCE, cr4::PCE, "CR4.PCE after SET_CR4");
-            check_eq!(pv_local::hypercall(hc::SET_CR4, old, 0, 0), Ok(0), "SET_CR4 back");
+            check_eq!(
+                pv_local::hypercall(hc::SET_CR4, old | cr4::PCE, 0, 0),
+                Ok(0),
+                "SET_CR4 with PCE"
+            );
+            check_eq!(
+                instr::read_cr4() & cr4::PCE,
+                cr4::PCE,
+                "CR4.PCE after SET_CR4"
+            );
+            check_eq!(
+                pv_local::hypercall(hc::SET_CR4, old, 0, 0),
+                Ok(0),
+                "SET_CR4 back"
+            );
             check_eq!(instr::read_cr4(), old, "CR4 restored");
         }
         2 => {
@@ -266,38 +371,95 @@ fn hypercall_effect() {
             f.write_u64(0, 0x5e7c_3000);
             space.map(va, &f, PteFlags::RW | PteFlags::US);
             let old = instr::read_cr3();
-            check_eq!(pv_local::hypercall(hc::SET_CR3, space.cr3(), 0, 0), Ok(0), "SET_CR3 to the new tables");
+            check_eq!(
+                pv_local::hypercall(hc::SET_CR3, space.cr3(), 0, 0),
+                Ok(0),
+                "SET_CR3 to the new tables"
+            );
             check_eq!(instr::read_cr3(), space.cr3(), "CR3 after SET_CR3");
-            check_eq!(instr::read_u64_safe(va.get()), Ok(0x5e7c_3000), "a mapping only the new tables have");
-            check_eq!(pv_local::hypercall(hc::SET_CR3, old, 0, 0), Ok(0), "SET_CR3 back");
-            check!(instr::read_u64_safe(va.get()).is_err(), "the new tables' mapping after switching back");
+            check_eq!(
+                instr::read_u64_safe(va.get()),
+                Ok(0x5e7c_3000),
+                "a mapping only the new tables have"
+            );
+            check_eq!(
+                pv_local::hypercall(hc::SET_CR3, old, 0, 0),
+                Ok(0),
+                "SET_CR3 back"
+            );
+            check!(
+                instr::read_u64_safe(va.get()).is_err(),
+                "the new tables' mapping after switching back"
+            );
         }
         3 => {
             let gdt = instr::sgdt();
-            check_eq!(pv_local::hypercall(hc::LOAD_GDT, gdt.base, u64::from(gdt.limit), 0), Ok(0), "LOAD_GDT");
+            check_eq!(
+                pv_local::hypercall(hc::LOAD_GDT, gdt.base, u64::from(gdt.limit), 0),
+                Ok(0),
+                "LOAD_GDT"
+            );
             check_eq!(instr::sgdt(), gdt, "SGDT after LOAD_GDT");
-            check_eq!(instr::load_ds_safe(guest_lib::abi::layout::sel::KERNEL_DS), Ok(()), "a segment load after LOAD_GDT");
+            check_eq!(
+                instr::load_ds_safe(guest_lib::abi::layout::sel::KERNEL_DS),
+                Ok(()),
+                "a segment load after LOAD_GDT"
+            );
         }
         _ => {
             let idt = instr::sidt();
-            check_eq!(pv_local::hypercall(hc::LOAD_IDT, idt.base, u64::from(idt.limit), 0), Ok(0), "LOAD_IDT");
+            check_eq!(
+                pv_local::hypercall(hc::LOAD_IDT, idt.base, u64::from(idt.limit), 0),
+                Ok(0),
+                "LOAD_IDT"
+            );
             check_eq!(instr::sidt(), idt, "SIDT after LOAD_IDT");
-            check_eq!(instr::ud2_safe(), Err(Exception::new(guest_lib::exception::vector::UD)), "an exception after LOAD_IDT");
+            check_eq!(
+                instr::ud2_safe(),
+                Err(Exception::new(guest_lib::exception::vector::UD)),
+                "an exception after LOAD_IDT"
+            );
         }
     }
 }
 
 const fn effect_spec(name: &'static str, summary: &'static str) -> Spec {
-    Spec::new(name, Area::Abi, summary).envs(PV).reqs("LOCAL-HC-2")
+    Spec::new(name, Area::Abi, summary)
+        .envs(PV)
+        .reqs("LOCAL-HC-2")
 }
 
-case_table!(hypercall_effect, effect_spec, [
-    ("abi.hypercall.set_cr0", 0, "SET_CR0 clears and restores CR0.WP as MOV from CR0 shows"),
-    ("abi.hypercall.set_cr4", 1, "SET_CR4 sets and restores CR4.PCE as MOV from CR4 shows"),
-    ("abi.hypercall.set_cr3", 2, "SET_CR3 switches to other page tables and back"),
-    ("abi.hypercall.load_gdt", 3, "LOAD_GDT with the current table: SGDT agrees, segment loads work"),
-    ("abi.hypercall.load_idt", 4, "LOAD_IDT with the current table: SIDT agrees, exceptions arrive"),
-]);
+case_table!(
+    hypercall_effect,
+    effect_spec,
+    [
+        (
+            "abi.hypercall.set_cr0",
+            0,
+            "SET_CR0 clears and restores CR0.WP as MOV from CR0 shows"
+        ),
+        (
+            "abi.hypercall.set_cr4",
+            1,
+            "SET_CR4 sets and restores CR4.PCE as MOV from CR4 shows"
+        ),
+        (
+            "abi.hypercall.set_cr3",
+            2,
+            "SET_CR3 switches to other page tables and back"
+        ),
+        (
+            "abi.hypercall.load_gdt",
+            3,
+            "LOAD_GDT with the current table: SGDT agrees, segment loads work"
+        ),
+        (
+            "abi.hypercall.load_idt",
+            4,
+            "LOAD_IDT with the current table: SIDT agrees, exceptions arrive"
+        ),
+    ]
+);
 
 /// SET_VIF_GPA moves the VIF page (the VMM then reads the new page, without the enable bit as
 /// docs/local-dialect.md says); the VIF MSR moves it back, and CPL0 code stays native.
@@ -307,18 +469,41 @@ fn set_vif_gpa() {
         guest_lib::error!("the VMM cannot read the VIF MSR");
     };
     let page = guest_lib::paging::alloc_frame().pa();
-    check_eq!(pv_local::hypercall(hc::SET_VIF_GPA, page, 0, 0), Ok(0), "SET_VIF_GPA");
+    check_eq!(
+        pv_local::hypercall(hc::SET_VIF_GPA, page, 0, 0),
+        Ok(0),
+        "SET_VIF_GPA"
+    );
     let after = guest_lib::vmm::get_msr(MSR_VIF);
-    log!("VIF MSR as the VMM reads it: {:#x} before, {:x?} after SET_VIF_GPA", before, after);
-    check_eq!(after.map(|v| v & !0xfff), Some(page), "the page the VMM reads after SET_VIF_GPA");
-    check!(guest_lib::vmm::set_msr(MSR_VIF, before | VIF_ENABLE), "moving the page back");
-    check_eq!(guest_lib::env::current().mode(), guest_lib::env::Mode::PvNative, "CPL0 execution mode afterwards");
+    log!(
+        "VIF MSR as the VMM reads it: {:#x} before, {:x?} after SET_VIF_GPA",
+        before,
+        after
+    );
+    check_eq!(
+        after.map(|v| v & !0xfff),
+        Some(page),
+        "the page the VMM reads after SET_VIF_GPA"
+    );
+    check!(
+        guest_lib::vmm::set_msr(MSR_VIF, before | VIF_ENABLE),
+        "moving the page back"
+    );
+    check_eq!(
+        guest_lib::env::current().mode(),
+        guest_lib::env::Mode::PvNative,
+        "CPL0 execution mode afterwards"
+    );
 }
 case!(
     set_vif_gpa,
-    Spec::new("abi.hypercall.set_vif_gpa", Area::Abi, "SET_VIF_GPA moves the VIF page where the VMM reads it")
-        .envs(PV)
-        .reqs("LOCAL-HC-2,LOCAL-VIF-1")
+    Spec::new(
+        "abi.hypercall.set_vif_gpa",
+        Area::Abi,
+        "SET_VIF_GPA moves the VIF page where the VMM reads it"
+    )
+    .envs(PV)
+    .reqs("LOCAL-HC-2,LOCAL-VIF-1")
 );
 
 /// HALT with the virtual IF set blocks until an interrupt (with an in-kernel irqchip), which
@@ -349,15 +534,27 @@ fn hypercall_halt() {
     guest_lib::exception::set_hook(None);
     log!("HALT returned {:?} after {} ms", r, ms);
     check_eq!(r, Ok(0), "HALT's result");
-    check_eq!(TICKS.load(SeqCst), 1, "timer interrupts (the one that ended the HALT)");
-    check!(ms >= 2, "HALT returned after {} ms, before the 3 ms timer", ms);
+    check_eq!(
+        TICKS.load(SeqCst),
+        1,
+        "timer interrupts (the one that ended the HALT)"
+    );
+    check!(
+        ms >= 2,
+        "HALT returned after {} ms, before the 3 ms timer",
+        ms
+    );
 }
 case!(
     hypercall_halt,
-    Spec::new("abi.hypercall.halt", Area::Abi, "HALT blocks until an interrupt (in-kernel irqchip), which is delivered")
-        .envs(PV)
-        .flags(guest_lib::abi::case::FLAG_IRQCHIP)
-        .reqs("LOCAL-HC-2,X86-HLT-2")
+    Spec::new(
+        "abi.hypercall.halt",
+        Area::Abi,
+        "HALT blocks until an interrupt (in-kernel irqchip), which is delivered"
+    )
+    .envs(PV)
+    .flags(guest_lib::abi::case::FLAG_IRQCHIP)
+    .reqs("LOCAL-HC-2,X86-HLT-2")
 );
 
 /// The dialect's read-only MSRs refuse guest writes with #GP(0) and keep their value.
@@ -365,30 +562,68 @@ fn pv_msr_guest_write() {
     let index = rt::case_param() as u32;
     let before = instr::rdmsr_safe(index);
     check!(before.is_ok(), "MSR {:#x} is readable: {:?}", index, before);
-    check_eq!(instr::wrmsr_safe(index, 0x1234), Err(Exception::gp(0)), "WRMSR of MSR {:#x}", index);
-    check_eq!(instr::rdmsr_safe(index), before, "MSR {:#x} afterwards", index);
+    check_eq!(
+        instr::wrmsr_safe(index, 0x1234),
+        Err(Exception::gp(0)),
+        "WRMSR of MSR {:#x}",
+        index
+    );
+    check_eq!(
+        instr::rdmsr_safe(index),
+        before,
+        "MSR {:#x} afterwards",
+        index
+    );
 }
 
 const fn ro_spec(name: &'static str, summary: &'static str) -> Spec {
     Spec::new(name, Area::Abi, summary).reqs("LOCAL-MSR-RO")
 }
 
-case_table!(pv_msr_guest_write, ro_spec, [
-    ("abi.msr_readonly.signature", MSR_SIGNATURE, "the signature MSR refuses guest writes with #GP(0)"),
-    ("abi.msr_readonly.tsc_khz", MSR_TSC_KHZ, "the TSC kHz MSR refuses guest writes with #GP(0)"),
-    ("abi.msr_readonly.msr_12", MSR_UNKNOWN_12, "MSR 0x4b564d12 refuses guest writes with #GP(0)"),
-]);
+case_table!(
+    pv_msr_guest_write,
+    ro_spec,
+    [
+        (
+            "abi.msr_readonly.signature",
+            MSR_SIGNATURE,
+            "the signature MSR refuses guest writes with #GP(0)"
+        ),
+        (
+            "abi.msr_readonly.tsc_khz",
+            MSR_TSC_KHZ,
+            "the TSC kHz MSR refuses guest writes with #GP(0)"
+        ),
+        (
+            "abi.msr_readonly.msr_12",
+            MSR_UNKNOWN_12,
+            "MSR 0x4b564d12 refuses guest writes with #GP(0)"
+        ),
+    ]
+);
 
 /// An x86 guest (that never registered a VIF page) can detect the dialect the way a PV kernel
 /// does before it switches: the signature MSR, and the KVM leaves of CPUID.
 fn detect_from_x86() {
-    check_eq!(pv_local::signature(), Ok(SIGNATURE), "the signature MSR from an x86 guest");
+    check_eq!(
+        pv_local::signature(),
+        Ok(SIGNATURE),
+        "the signature MSR from an x86 guest"
+    );
     let sig = instr::cpuid(guest_lib::abi::x86::cpuid::HYPERVISOR_BASE, 0);
-    check_eq!([sig[1], sig[2], sig[3]], [0x4b4d_564b, 0x564b_4d56, 0x0000_004d], "CPUID 0x40000000 signature");
+    check_eq!(
+        [sig[1], sig[2], sig[3]],
+        [0x4b4d_564b, 0x564b_4d56, 0x0000_004d],
+        "CPUID 0x40000000 signature"
+    );
 }
 case!(
     detect_from_x86,
-    Spec::new("abi.detect_from_x86", Area::Abi, "an x86 guest detects the local dialect (signature MSR, KVM CPUID leaves)")
-        .envs(Env::Hvm64.bit())
-        .reqs("LOCAL-DETECT-1")
+    Spec::new(
+        "abi.detect_from_x86",
+        Area::Abi,
+        "an x86 guest detects the local dialect (signature MSR, KVM CPUID leaves)"
+    )
+    .envs(Env::Hvm64.bit())
+    .reqs("LOCAL-DETECT-1")
 );

@@ -71,8 +71,16 @@ const BAD_SELECTOR: u16 = 0x78;
 fn cpl0_exception() {
     use guest_lib::abi::x86::{cr0, idt_error_code};
     match rt::case_param() {
-        0 => expect_cpl0(instr::divide_by_zero_safe(), Exception::new(vector::DE), At::Fault),
-        1 => expect_cpl0(instr::idiv_overflow_safe(), Exception::new(vector::DE), At::Fault),
+        0 => expect_cpl0(
+            instr::divide_by_zero_safe(),
+            Exception::new(vector::DE),
+            At::Fault,
+        ),
+        1 => expect_cpl0(
+            instr::idiv_overflow_safe(),
+            Exception::new(vector::DE),
+            At::Fault,
+        ),
         2 => {
             STEPPED.set(None);
             exception::set_hook(Some(on_single_step));
@@ -81,7 +89,11 @@ fn cpl0_exception() {
             match STEPPED.get() {
                 Some((rip, cs)) => {
                     let f = instr::single_step_nop as *const () as u64;
-                    check!((f..f + 32).contains(&rip), "#DB RIP {:#x} is after the stepped nop", rip);
+                    check!(
+                        (f..f + 32).contains(&rip),
+                        "#DB RIP {:#x} is after the stepped nop",
+                        rip
+                    );
                     check_eq!(cs, u64::from(KERNEL_CS), "frame CS");
                     let dr6 = instr::read_dr6_safe();
                     check_eq!(dr6.map(|v| v & (1 << 14)), Ok(1 << 14), "DR6.BS");
@@ -94,7 +106,11 @@ fn cpl0_exception() {
         5 => expect_cpl0(instr::ud2_safe(), Exception::new(vector::UD), At::Fault),
         6 => {
             instr::set_cr0_ts(true);
-            check_eq!(instr::read_cr0() & cr0::TS, cr0::TS, "CR0.TS reads back set");
+            check_eq!(
+                instr::read_cr0() & cr0::TS,
+                cr0::TS,
+                "CR0.TS reads back set"
+            );
             expect_cpl0(instr::fwait_safe(), Exception::new(vector::NM), At::Fault);
             instr::set_cr0_ts(false);
         }
@@ -113,7 +129,11 @@ fn cpl0_exception() {
             Exception::new(vector::NP).with_error_code(idt_error_code(ABSENT_VECTOR)),
             At::Fault,
         ),
-        10 => expect_cpl0(instr::ss_noncanonical_read_safe(), Exception::new(vector::SS), At::Fault),
+        10 => expect_cpl0(
+            instr::ss_noncanonical_read_safe(),
+            Exception::new(vector::SS),
+            At::Fault,
+        ),
         11 => {
             instr::x87_pend_zero_divide();
             expect_cpl0(instr::fwait_safe(), Exception::new(vector::MF), At::Fault);
@@ -121,11 +141,19 @@ fn cpl0_exception() {
         }
         12 => {
             instr::enable_sse(true);
-            expect_cpl0(instr::sse_zero_divide_safe(), Exception::new(vector::XM), At::Fault);
+            expect_cpl0(
+                instr::sse_zero_divide_safe(),
+                Exception::new(vector::XM),
+                At::Fault,
+            );
         }
         13 => {
             instr::enable_sse(false);
-            expect_cpl0(instr::sse_zero_divide_safe(), Exception::new(vector::UD), At::Fault);
+            expect_cpl0(
+                instr::sse_zero_divide_safe(),
+                Exception::new(vector::UD),
+                At::Fault,
+            );
             instr::enable_sse(true);
         }
         14 => {
@@ -144,7 +172,11 @@ fn cpl0_exception() {
                         rip
                     );
                 }
-                None => check!(false, "the handler of vector {:#x} did not run", SOFT_VECTOR),
+                None => check!(
+                    false,
+                    "the handler of vector {:#x} did not run",
+                    SOFT_VECTOR
+                ),
             }
         }
         n => guest_lib::error!("no CPL0 exception {}", n),
@@ -155,23 +187,102 @@ const fn cpl0_spec(name: &'static str, summary: &'static str) -> Spec {
     Spec::new(name, Area::Interrupts, summary)
 }
 
-case_table!(cpl0_exception, cpl0_spec, [
-    ("interrupts.cpl0.de", 0, "DIV by zero at CPL0: #DE at the instruction", "X86-EXC-DE,X86-EVT-1"),
-    ("interrupts.cpl0.de_overflow", 1, "IDIV INT64_MIN/-1 at CPL0: #DE at the instruction", "X86-EXC-DE,X86-EVT-1"),
-    ("interrupts.cpl0.db_single_step", 2, "RFLAGS.TF at CPL0: #DB after the next instruction, DR6.BS set", "X86-EXC-DB,X86-EVT-1"),
-    ("interrupts.cpl0.bp", 3, "INT3 at CPL0: #BP, RIP after it", "X86-EXC-BP,X86-EVT-1"),
-    ("interrupts.cpl0.into_ud", 4, "INTO in 64-bit mode at CPL0: #UD", "X86-EXC-UD,X86-EVT-1"),
-    ("interrupts.cpl0.ud", 5, "UD2 at CPL0: #UD at the instruction", "X86-EXC-UD,X86-EVT-1"),
-    ("interrupts.cpl0.nm", 6, "FWAIT with CR0.TS|MP at CPL0: #NM", "X86-EXC-NM,X86-EVT-1"),
-    ("interrupts.cpl0.gp_noncanonical", 7, "a read of a non-canonical address at CPL0: #GP(0)", "X86-EXC-GP,X86-EVT-1"),
-    ("interrupts.cpl0.gp_selector", 8, "loading DS with a selector past the GDT limit: #GP(selector)", "X86-EXC-GP,X86-EVT-1"),
-    ("interrupts.cpl0.np_gate", 9, "INT n through a not-present IDT gate: #NP(n*8+2)", "X86-EXC-NP,X86-EVT-1"),
-    ("interrupts.cpl0.ss_noncanonical", 10, "an RBP-based read of a non-canonical address: #SS(0)", "X86-EXC-SS,X86-EVT-1"),
-    ("interrupts.cpl0.mf", 11, "a pending unmasked x87 exception at FWAIT with CR0.NE: #MF", "X86-EXC-MF,X86-EVT-1"),
-    ("interrupts.cpl0.xm", 12, "an unmasked SSE exception with CR4.OSXMMEXCPT: #XM", "X86-EXC-XM,X86-EVT-1"),
-    ("interrupts.cpl0.xm_as_ud", 13, "an unmasked SSE exception with CR4.OSXMMEXCPT clear: #UD", "X86-EXC-XM,X86-EVT-1"),
-    ("interrupts.cpl0.int_n", 14, "INT n at CPL0 through a DPL0 gate: the handler runs, RIP after the int", "X86-INTN-1,X86-EVT-1"),
-]);
+case_table!(
+    cpl0_exception,
+    cpl0_spec,
+    [
+        (
+            "interrupts.cpl0.de",
+            0,
+            "DIV by zero at CPL0: #DE at the instruction",
+            "X86-EXC-DE,X86-EVT-1"
+        ),
+        (
+            "interrupts.cpl0.de_overflow",
+            1,
+            "IDIV INT64_MIN/-1 at CPL0: #DE at the instruction",
+            "X86-EXC-DE,X86-EVT-1"
+        ),
+        (
+            "interrupts.cpl0.db_single_step",
+            2,
+            "RFLAGS.TF at CPL0: #DB after the next instruction, DR6.BS set",
+            "X86-EXC-DB,X86-EVT-1"
+        ),
+        (
+            "interrupts.cpl0.bp",
+            3,
+            "INT3 at CPL0: #BP, RIP after it",
+            "X86-EXC-BP,X86-EVT-1"
+        ),
+        (
+            "interrupts.cpl0.into_ud",
+            4,
+            "INTO in 64-bit mode at CPL0: #UD",
+            "X86-EXC-UD,X86-EVT-1"
+        ),
+        (
+            "interrupts.cpl0.ud",
+            5,
+            "UD2 at CPL0: #UD at the instruction",
+            "X86-EXC-UD,X86-EVT-1"
+        ),
+        (
+            "interrupts.cpl0.nm",
+            6,
+            "FWAIT with CR0.TS|MP at CPL0: #NM",
+            "X86-EXC-NM,X86-EVT-1"
+        ),
+        (
+            "interrupts.cpl0.gp_noncanonical",
+            7,
+            "a read of a non-canonical address at CPL0: #GP(0)",
+            "X86-EXC-GP,X86-EVT-1"
+        ),
+        (
+            "interrupts.cpl0.gp_selector",
+            8,
+            "loading DS with a selector past the GDT limit: #GP(selector)",
+            "X86-EXC-GP,X86-EVT-1"
+        ),
+        (
+            "interrupts.cpl0.np_gate",
+            9,
+            "INT n through a not-present IDT gate: #NP(n*8+2)",
+            "X86-EXC-NP,X86-EVT-1"
+        ),
+        (
+            "interrupts.cpl0.ss_noncanonical",
+            10,
+            "an RBP-based read of a non-canonical address: #SS(0)",
+            "X86-EXC-SS,X86-EVT-1"
+        ),
+        (
+            "interrupts.cpl0.mf",
+            11,
+            "a pending unmasked x87 exception at FWAIT with CR0.NE: #MF",
+            "X86-EXC-MF,X86-EVT-1"
+        ),
+        (
+            "interrupts.cpl0.xm",
+            12,
+            "an unmasked SSE exception with CR4.OSXMMEXCPT: #XM",
+            "X86-EXC-XM,X86-EVT-1"
+        ),
+        (
+            "interrupts.cpl0.xm_as_ud",
+            13,
+            "an unmasked SSE exception with CR4.OSXMMEXCPT clear: #UD",
+            "X86-EXC-XM,X86-EVT-1"
+        ),
+        (
+            "interrupts.cpl0.int_n",
+            14,
+            "INT n at CPL0 through a DPL0 gate: the handler runs, RIP after the int",
+            "X86-INTN-1,X86-EVT-1"
+        ),
+    ]
+);
 
 fn gp_unknown_msr() {
     check_eq!(

@@ -96,7 +96,11 @@ fn mmio_at(offset: u64) -> MmioAddr {
 }
 
 fn mask(size: u8) -> u64 {
-    if size >= 8 { u64::MAX } else { (1u64 << (8 * size)) - 1 }
+    if size >= 8 {
+        u64::MAX
+    } else {
+        (1u64 << (8 * size)) - 1
+    }
 }
 
 /// The device's log, checked against `want` entry by entry (and in length).
@@ -157,11 +161,30 @@ const fn io_spec(name: &'static str, summary: &'static str) -> Spec {
     Spec::new(name, Area::Io, summary).host(HostCheck::Scratch)
 }
 
-case_table!(port_size, io_spec, [
-    ("io.port.size8", 1, "OUT/IN of 1 byte: one exit each with size and value", "X86-IO-1,PVM-IO-1"),
-    ("io.port.size16", 2, "OUT/IN of 2 bytes: one exit each with size and value", "X86-IO-1,PVM-IO-1"),
-    ("io.port.size32", 4, "OUT/IN of 4 bytes: one exit each with size and value", "X86-IO-1,PVM-IO-1"),
-]);
+case_table!(
+    port_size,
+    io_spec,
+    [
+        (
+            "io.port.size8",
+            1,
+            "OUT/IN of 1 byte: one exit each with size and value",
+            "X86-IO-1,PVM-IO-1"
+        ),
+        (
+            "io.port.size16",
+            2,
+            "OUT/IN of 2 bytes: one exit each with size and value",
+            "X86-IO-1,PVM-IO-1"
+        ),
+        (
+            "io.port.size32",
+            4,
+            "OUT/IN of 4 bytes: one exit each with size and value",
+            "X86-IO-1,PVM-IO-1"
+        ),
+    ]
+);
 
 /// Case parameter of the string port cases: size in the low byte, `BACKWARDS` for DF=1.
 const BACKWARDS: u64 = 0x100;
@@ -173,7 +196,11 @@ fn rep_outs() {
     let (size, backwards) = ((p & 0xff) as u8, p & BACKWARDS != 0);
     let buf: [u8; 8] = [0x11, 0x22, 0x33, 0x44, 0x55, 0x66, 0x77, 0x88];
     instr::rep_outs(SCRATCH_PORT, size, &buf, backwards);
-    check_eq!(instr::read_rflags() & guest_lib::abi::x86::rflags::DF, 0, "RFLAGS.DF afterwards");
+    check_eq!(
+        instr::read_rflags() & guest_lib::abi::x86::rflags::DF,
+        0,
+        "RFLAGS.DF afterwards"
+    );
     let n = 8 / usize::from(size);
     let item = |i: usize| {
         let mut v = 0u64;
@@ -183,19 +210,52 @@ fn rep_outs() {
         v
     };
     let want: [DeviceAccess; 8] = core::array::from_fn(|k| {
-        let i = if backwards { n.saturating_sub(1 + k) } else { k };
+        let i = if backwards {
+            n.saturating_sub(1 + k)
+        } else {
+            k
+        };
         port_access(true, SCRATCH_PORT, size, item(i.min(n - 1)))
     });
     check_log(&want[..n]);
 }
 
-case_table!(rep_outs, io_spec, [
-    ("io.port.rep_outsb", 1, "REP OUTSB: one exit per byte, in memory order", "X86-IO-2"),
-    ("io.port.rep_outsw", 2, "REP OUTSW: one exit per word, in memory order", "X86-IO-2"),
-    ("io.port.rep_outsd", 4, "REP OUTSD: one exit per dword, in memory order", "X86-IO-2"),
-    ("io.port.rep_outsw_df", 2 | BACKWARDS, "REP OUTSW with DF=1: from the last word down", "X86-IO-2"),
-    ("io.port.rep_outsb_df", 1 | BACKWARDS, "REP OUTSB with DF=1: from the last byte down", "X86-IO-2"),
-]);
+case_table!(
+    rep_outs,
+    io_spec,
+    [
+        (
+            "io.port.rep_outsb",
+            1,
+            "REP OUTSB: one exit per byte, in memory order",
+            "X86-IO-2"
+        ),
+        (
+            "io.port.rep_outsw",
+            2,
+            "REP OUTSW: one exit per word, in memory order",
+            "X86-IO-2"
+        ),
+        (
+            "io.port.rep_outsd",
+            4,
+            "REP OUTSD: one exit per dword, in memory order",
+            "X86-IO-2"
+        ),
+        (
+            "io.port.rep_outsw_df",
+            2 | BACKWARDS,
+            "REP OUTSW with DF=1: from the last word down",
+            "X86-IO-2"
+        ),
+        (
+            "io.port.rep_outsb_df",
+            1 | BACKWARDS,
+            "REP OUTSB with DF=1: from the last byte down",
+            "X86-IO-2"
+        ),
+    ]
+);
 
 /// REP INS of items of one size from the counter port (which answers 0, 1, 2 ...): item `i`
 /// of the buffer gets `i` (or, with DF=1, the last item gets 0).
@@ -204,7 +264,11 @@ fn rep_ins() {
     let (size, backwards) = ((p & 0xff) as u8, p & BACKWARDS != 0);
     let mut buf = [0xeeu8; 8];
     instr::rep_ins(SCRATCH_COUNTER_PORT, size, &mut buf, backwards);
-    check_eq!(instr::read_rflags() & guest_lib::abi::x86::rflags::DF, 0, "RFLAGS.DF afterwards");
+    check_eq!(
+        instr::read_rflags() & guest_lib::abi::x86::rflags::DF,
+        0,
+        "RFLAGS.DF afterwards"
+    );
     let sz = usize::from(size);
     let n = 8 / sz;
     for i in 0..n {
@@ -212,18 +276,46 @@ fn rep_ins() {
         for b in 0..sz {
             v |= u64::from(buf[i * sz + b]) << (8 * b);
         }
-        let want = if backwards { (n - 1 - i) as u64 } else { i as u64 };
+        let want = if backwards {
+            (n - 1 - i) as u64
+        } else {
+            i as u64
+        };
         check_eq!(v, want, "item {} of the buffer", i);
     }
     check_eq!(vmm::device_log_len(), n as u64, "INs the device answered");
 }
 
-case_table!(rep_ins, io_spec, [
-    ("io.port.rep_insb", 1, "REP INSB: one exit per byte, stored in memory order", "X86-IO-2"),
-    ("io.port.rep_insw", 2, "REP INSW: one exit per word, stored in memory order", "X86-IO-2"),
-    ("io.port.rep_insd", 4, "REP INSD: one exit per dword, stored in memory order", "X86-IO-2"),
-    ("io.port.rep_insw_df", 2 | BACKWARDS, "REP INSW with DF=1: stored from the last word down", "X86-IO-2"),
-]);
+case_table!(
+    rep_ins,
+    io_spec,
+    [
+        (
+            "io.port.rep_insb",
+            1,
+            "REP INSB: one exit per byte, stored in memory order",
+            "X86-IO-2"
+        ),
+        (
+            "io.port.rep_insw",
+            2,
+            "REP INSW: one exit per word, stored in memory order",
+            "X86-IO-2"
+        ),
+        (
+            "io.port.rep_insd",
+            4,
+            "REP INSD: one exit per dword, stored in memory order",
+            "X86-IO-2"
+        ),
+        (
+            "io.port.rep_insw_df",
+            2 | BACKWARDS,
+            "REP INSW with DF=1: stored from the last word down",
+            "X86-IO-2"
+        ),
+    ]
+);
 
 /// A plain MOV store and load of one size: one MMIO exit each, with the size and the value.
 fn mmio_size() {
@@ -231,16 +323,47 @@ fn mmio_size() {
     let v = 0x8899_aabb_ccdd_eeffu64;
     let a = mmio_at(0x40);
     instr::mmio_write(a, size, v);
-    check_eq!(instr::mmio_read(a, size), v & mask(size), "load after store");
-    check_log(&[mmio_access(true, 0x40, size, v), mmio_access(false, 0x40, size, v)]);
+    check_eq!(
+        instr::mmio_read(a, size),
+        v & mask(size),
+        "load after store"
+    );
+    check_log(&[
+        mmio_access(true, 0x40, size, v),
+        mmio_access(false, 0x40, size, v),
+    ]);
 }
 
-case_table!(mmio_size, io_spec, [
-    ("io.mmio.size8", 1, "MMIO MOV of 1 byte: one exit each way with size and value", "X86-MMIO-1,PVM-IO-2"),
-    ("io.mmio.size16", 2, "MMIO MOV of 2 bytes: one exit each way with size and value", "X86-MMIO-1,PVM-IO-2"),
-    ("io.mmio.size32", 4, "MMIO MOV of 4 bytes: one exit each way with size and value", "X86-MMIO-1,PVM-IO-2"),
-    ("io.mmio.size64", 8, "MMIO MOV of 8 bytes: one exit each way with size and value", "X86-MMIO-1,PVM-IO-2"),
-]);
+case_table!(
+    mmio_size,
+    io_spec,
+    [
+        (
+            "io.mmio.size8",
+            1,
+            "MMIO MOV of 1 byte: one exit each way with size and value",
+            "X86-MMIO-1,PVM-IO-2"
+        ),
+        (
+            "io.mmio.size16",
+            2,
+            "MMIO MOV of 2 bytes: one exit each way with size and value",
+            "X86-MMIO-1,PVM-IO-2"
+        ),
+        (
+            "io.mmio.size32",
+            4,
+            "MMIO MOV of 4 bytes: one exit each way with size and value",
+            "X86-MMIO-1,PVM-IO-2"
+        ),
+        (
+            "io.mmio.size64",
+            8,
+            "MMIO MOV of 8 bytes: one exit each way with size and value",
+            "X86-MMIO-1,PVM-IO-2"
+        ),
+    ]
+);
 
 /// MOVZX/MOVSX loads from MMIO: the access has the source size, the register gets the value
 /// zero- or sign-extended.
@@ -259,13 +382,42 @@ fn mmio_extend() {
     check_log(&[mmio_access(false, 0x80, size, raw)]);
 }
 
-case_table!(mmio_extend, io_spec, [
-    ("io.mmio.movzx8", 0, "MOVZX of an MMIO byte: a 1-byte read, zero-extended", "X86-MMIO-2"),
-    ("io.mmio.movzx16", 1, "MOVZX of an MMIO word: a 2-byte read, zero-extended", "X86-MMIO-2"),
-    ("io.mmio.movsx8", 2, "MOVSX of an MMIO byte: a 1-byte read, sign-extended", "X86-MMIO-2"),
-    ("io.mmio.movsx16", 3, "MOVSX of an MMIO word: a 2-byte read, sign-extended", "X86-MMIO-2"),
-    ("io.mmio.movsxd", 4, "MOVSXD of an MMIO dword: a 4-byte read, sign-extended", "X86-MMIO-2"),
-]);
+case_table!(
+    mmio_extend,
+    io_spec,
+    [
+        (
+            "io.mmio.movzx8",
+            0,
+            "MOVZX of an MMIO byte: a 1-byte read, zero-extended",
+            "X86-MMIO-2"
+        ),
+        (
+            "io.mmio.movzx16",
+            1,
+            "MOVZX of an MMIO word: a 2-byte read, zero-extended",
+            "X86-MMIO-2"
+        ),
+        (
+            "io.mmio.movsx8",
+            2,
+            "MOVSX of an MMIO byte: a 1-byte read, sign-extended",
+            "X86-MMIO-2"
+        ),
+        (
+            "io.mmio.movsx16",
+            3,
+            "MOVSX of an MMIO word: a 2-byte read, sign-extended",
+            "X86-MMIO-2"
+        ),
+        (
+            "io.mmio.movsxd",
+            4,
+            "MOVSXD of an MMIO dword: a 4-byte read, sign-extended",
+            "X86-MMIO-2"
+        ),
+    ]
+);
 
 /// A read-modify-write instruction on MMIO: a read then a write of the operand size, the
 /// right result in the device, the right old value in the register.
@@ -282,24 +434,77 @@ fn mmio_rmw() {
     };
     instr::mmio_write(a, 8, init);
     vmm::device_log_clear();
-    check_eq!(instr::mmio_rmw(a, op), want_reg, "the register operand afterwards ({:?})", op);
+    check_eq!(
+        instr::mmio_rmw(a, op),
+        want_reg,
+        "the register operand afterwards ({:?})",
+        op
+    );
     let accesses = vmm::device_log_len();
     check_eq!(accesses, 2, "accesses of {:?} (a read and a write)", op);
     let r = vmm::device_log(0);
     let w = vmm::device_log(1);
-    check_eq!(r.map(|x| (x.write, x.size)), Some((false, size)), "first access: a read of {} bytes", size);
-    check_eq!(w.map(|x| (x.write, x.size)), Some((true, size)), "second access: a write of {} bytes", size);
-    check_eq!(instr::mmio_read(a, size), want_mem, "the device's value afterwards");
+    check_eq!(
+        r.map(|x| (x.write, x.size)),
+        Some((false, size)),
+        "first access: a read of {} bytes",
+        size
+    );
+    check_eq!(
+        w.map(|x| (x.write, x.size)),
+        Some((true, size)),
+        "second access: a write of {} bytes",
+        size
+    );
+    check_eq!(
+        instr::mmio_read(a, size),
+        want_mem,
+        "the device's value afterwards"
+    );
 }
 
-case_table!(mmio_rmw, io_spec, [
-    ("io.mmio.rmw_add32", 0, "ADD to MMIO: a 4-byte read and write with the sum", "X86-MMIO-3"),
-    ("io.mmio.rmw_or8", 1, "OR to an MMIO byte: a 1-byte read and write", "X86-MMIO-3"),
-    ("io.mmio.rmw_inc64", 2, "INC of an MMIO quadword: an 8-byte read and write", "X86-MMIO-3"),
-    ("io.mmio.rmw_xchg32", 3, "XCHG with MMIO: the old value back, the new one written", "X86-MMIO-3"),
-    ("io.mmio.rmw_lock_xadd32", 4, "LOCK XADD on MMIO: the old value back, the sum written", "X86-MMIO-3"),
-    ("io.mmio.rmw_bts64", 5, "BTS on an MMIO quadword: the old bit back, the bit set", "X86-MMIO-3"),
-]);
+case_table!(
+    mmio_rmw,
+    io_spec,
+    [
+        (
+            "io.mmio.rmw_add32",
+            0,
+            "ADD to MMIO: a 4-byte read and write with the sum",
+            "X86-MMIO-3"
+        ),
+        (
+            "io.mmio.rmw_or8",
+            1,
+            "OR to an MMIO byte: a 1-byte read and write",
+            "X86-MMIO-3"
+        ),
+        (
+            "io.mmio.rmw_inc64",
+            2,
+            "INC of an MMIO quadword: an 8-byte read and write",
+            "X86-MMIO-3"
+        ),
+        (
+            "io.mmio.rmw_xchg32",
+            3,
+            "XCHG with MMIO: the old value back, the new one written",
+            "X86-MMIO-3"
+        ),
+        (
+            "io.mmio.rmw_lock_xadd32",
+            4,
+            "LOCK XADD on MMIO: the old value back, the sum written",
+            "X86-MMIO-3"
+        ),
+        (
+            "io.mmio.rmw_bts64",
+            5,
+            "BTS on an MMIO quadword: the old bit back, the bit set",
+            "X86-MMIO-3"
+        ),
+    ]
+);
 
 /// REP MOVSB between RAM and MMIO: the bytes arrive (in the device, or in RAM), every access
 /// inside the 8 bytes, adding up to 8.
@@ -309,13 +514,21 @@ fn mmio_movs() {
     let data: [u8; 8] = [1, 2, 3, 4, 5, 6, 7, 8];
     if to_device {
         instr::mmio_movs_to(a, &data);
-        check_eq!(instr::mmio_read(a, 8), u64::from_le_bytes(data), "the device's bytes");
+        check_eq!(
+            instr::mmio_read(a, 8),
+            u64::from_le_bytes(data),
+            "the device's bytes"
+        );
     } else {
         instr::mmio_write(a, 8, u64::from_le_bytes(data));
         vmm::device_log_clear();
         let mut buf = [0u8; 8];
         instr::mmio_movs_from(a, &mut buf);
-        check_eq!(u64::from_le_bytes(buf), u64::from_le_bytes(data), "the bytes in RAM");
+        check_eq!(
+            u64::from_le_bytes(buf),
+            u64::from_le_bytes(data),
+            "the bytes in RAM"
+        );
     }
     let n = vmm::device_log_len();
     let mut bytes = 0u64;
@@ -336,10 +549,24 @@ fn mmio_movs() {
     check_eq!(bytes, 8, "bytes moved through the device");
 }
 
-case_table!(mmio_movs, io_spec, [
-    ("io.mmio.movs_to_device", 0, "REP MOVSB from RAM to MMIO: all 8 bytes reach the device", "X86-MMIO-4"),
-    ("io.mmio.movs_from_device", 1, "REP MOVSB from MMIO to RAM: all 8 bytes arrive", "X86-MMIO-4"),
-]);
+case_table!(
+    mmio_movs,
+    io_spec,
+    [
+        (
+            "io.mmio.movs_to_device",
+            0,
+            "REP MOVSB from RAM to MMIO: all 8 bytes reach the device",
+            "X86-MMIO-4"
+        ),
+        (
+            "io.mmio.movs_from_device",
+            1,
+            "REP MOVSB from MMIO to RAM: all 8 bytes arrive",
+            "X86-MMIO-4"
+        ),
+    ]
+);
 
 /// An 8-byte MMIO store and load that cross a page boundary (and a 4-byte load that is
 /// merely misaligned): the value round-trips; the accesses cover exactly its bytes.
@@ -349,7 +576,11 @@ fn mmio_split() {
     let a = mmio_at(off);
     let v = 0x0102_0304_0506_0708u64;
     instr::mmio_write(a, size, v);
-    check_eq!(instr::mmio_read(a, size), v & mask(size), "load after store");
+    check_eq!(
+        instr::mmio_read(a, size),
+        v & mask(size),
+        "load after store"
+    );
     let mut covered = 0u64;
     for i in 0..vmm::device_log_len() {
         if let Some(x) = vmm::device_log(i)
@@ -361,13 +592,31 @@ fn mmio_split() {
             }
         }
     }
-    check_eq!(covered, (1u64 << size) - 1, "bytes the stores covered (one bit per byte)");
+    check_eq!(
+        covered,
+        (1u64 << size) - 1,
+        "bytes the stores covered (one bit per byte)"
+    );
 }
 
-case_table!(mmio_split, io_spec, [
-    ("io.mmio.page_crossing", 0, "an 8-byte MMIO store/load across a page boundary round-trips", "X86-MMIO-5"),
-    ("io.mmio.misaligned", 1, "a misaligned 4-byte MMIO store/load round-trips", "X86-MMIO-5"),
-]);
+case_table!(
+    mmio_split,
+    io_spec,
+    [
+        (
+            "io.mmio.page_crossing",
+            0,
+            "an 8-byte MMIO store/load across a page boundary round-trips",
+            "X86-MMIO-5"
+        ),
+        (
+            "io.mmio.misaligned",
+            1,
+            "a misaligned 4-byte MMIO store/load round-trips",
+            "X86-MMIO-5"
+        ),
+    ]
+);
 
 /// Before any write, the device's bytes are its initial pattern (a control for the log: the
 /// read is one 8-byte exit).
@@ -382,8 +631,11 @@ fn mmio_initial() {
 }
 case!(
     mmio_initial,
-    io_spec("io.mmio.read_untouched", "an MMIO read of untouched device bytes returns what the VMM supplies")
-        .reqs("X86-MMIO-1")
+    io_spec(
+        "io.mmio.read_untouched",
+        "an MMIO read of untouched device bytes returns what the VMM supplies"
+    )
+    .reqs("X86-MMIO-1")
 );
 
 // --- KVM's in-kernel fast paths: coalesced MMIO/PIO, ioeventfd, irqfd ------------------------
@@ -406,7 +658,11 @@ fn coalesced_mmio() {
 }
 case!(
     coalesced_mmio,
-    io_spec("io.coalesced_mmio", "writes to a coalesced MMIO zone are queued in the ring, not exits").reqs("KVM-IO-1")
+    io_spec(
+        "io.coalesced_mmio",
+        "writes to a coalesced MMIO zone are queued in the ring, not exits"
+    )
+    .reqs("KVM-IO-1")
 );
 
 /// OUTs to a coalesced PIO zone do not exit either.
@@ -426,7 +682,11 @@ fn coalesced_pio() {
 }
 case!(
     coalesced_pio,
-    io_spec("io.coalesced_pio", "OUTs to a coalesced PIO zone are queued in the ring, not exits").reqs("KVM-IO-1")
+    io_spec(
+        "io.coalesced_pio",
+        "OUTs to a coalesced PIO zone are queued in the ring, not exits"
+    )
+    .reqs("KVM-IO-1")
 );
 
 /// An ioeventfd on a port (or an MMIO address) turns each write into an eventfd signal in the
@@ -441,7 +701,11 @@ fn ioeventfd() {
             for i in 0..3u16 {
                 instr::outw(port, i);
             }
-            check_eq!(vmm::must(Op::EventfdCount, [id, 0, 0])[0], 3, "eventfd count");
+            check_eq!(
+                vmm::must(Op::EventfdCount, [id, 0, 0])[0],
+                3,
+                "eventfd count"
+            );
             check_eq!(vmm::device_log_len(), 0, "exits for the OUTs");
         }
         1 => {
@@ -449,25 +713,55 @@ fn ioeventfd() {
             let id = vmm::must(Op::RegisterIoEventfd, [a.get(), MMIO, 0])[0];
             instr::mmio_write(a, 4, 1);
             instr::mmio_write(a, 4, 2);
-            check_eq!(vmm::must(Op::EventfdCount, [id, 0, 0])[0], 2, "eventfd count");
+            check_eq!(
+                vmm::must(Op::EventfdCount, [id, 0, 0])[0],
+                2,
+                "eventfd count"
+            );
             check_eq!(vmm::device_log_len(), 0, "exits for the stores");
         }
         _ => {
             let port = SCRATCH_PORT + 6;
-            let id = vmm::must(Op::RegisterIoEventfd, [u64::from(port), DATAMATCH | 1, 0x42])[0];
+            let id = vmm::must(
+                Op::RegisterIoEventfd,
+                [u64::from(port), DATAMATCH | 1, 0x42],
+            )[0];
             instr::outb(port, 0x42);
             instr::outb(port, 0x43);
-            check_eq!(vmm::must(Op::EventfdCount, [id, 0, 0])[0], 1, "eventfd count (one match)");
+            check_eq!(
+                vmm::must(Op::EventfdCount, [id, 0, 0])[0],
+                1,
+                "eventfd count (one match)"
+            );
             check_log(&[port_access(true, port, 1, 0x43)]);
         }
     }
 }
 
-case_table!(ioeventfd, io_spec, [
-    ("io.ioeventfd.pio", 0, "an ioeventfd on a port: OUTs signal the eventfd without exits", "KVM-IO-2"),
-    ("io.ioeventfd.mmio", 1, "an ioeventfd on MMIO: stores signal the eventfd without exits", "KVM-IO-2"),
-    ("io.ioeventfd.datamatch", 2, "an ioeventfd with datamatch: only the matching OUT signals; the other exits", "KVM-IO-2"),
-]);
+case_table!(
+    ioeventfd,
+    io_spec,
+    [
+        (
+            "io.ioeventfd.pio",
+            0,
+            "an ioeventfd on a port: OUTs signal the eventfd without exits",
+            "KVM-IO-2"
+        ),
+        (
+            "io.ioeventfd.mmio",
+            1,
+            "an ioeventfd on MMIO: stores signal the eventfd without exits",
+            "KVM-IO-2"
+        ),
+        (
+            "io.ioeventfd.datamatch",
+            2,
+            "an ioeventfd with datamatch: only the matching OUT signals; the other exits",
+            "KVM-IO-2"
+        ),
+    ]
+);
 
 static IRQFD_HITS: core::sync::atomic::AtomicU32 = core::sync::atomic::AtomicU32::new(0);
 /// Vector and I/O APIC pin of the irqfd case.
@@ -508,11 +802,18 @@ fn irqfd() {
     apic::set_interrupts(false);
     guest_lib::exception::set_hook(None);
     io.mask(IRQFD_PIN);
-    check_eq!(IRQFD_HITS.load(SeqCst), 2, "interrupts for two irqfd signals");
+    check_eq!(
+        IRQFD_HITS.load(SeqCst),
+        2,
+        "interrupts for two irqfd signals"
+    );
 }
 case!(
     irqfd,
-    io_spec("io.irqfd", "an irqfd signal raises its GSI through the in-kernel irqchip, once per signal")
-        .flags(guest_lib::abi::case::FLAG_IRQCHIP)
-        .reqs("KVM-IO-3")
+    io_spec(
+        "io.irqfd",
+        "an irqfd signal raises its GSI through the in-kernel irqchip, once per signal"
+    )
+    .flags(guest_lib::abi::case::FLAG_IRQCHIP)
+    .reqs("KVM-IO-3")
 );

@@ -95,7 +95,10 @@ fn lapic_oneshot() {
     start_counting(&[LVT_VECTOR]);
     apic::set_interrupts(true);
     apic::start_lvt_timer(LVT_VECTOR, 1_000_000, false, false);
-    check!(wait_for(LVT_VECTOR, 1, 50), "no timer interrupt within 50 ms");
+    check!(
+        wait_for(LVT_VECTOR, 1, 50),
+        "no timer interrupt within 50 ms"
+    );
     spin_ms(5);
     apic::set_interrupts(false);
     apic::stop_lvt_timer();
@@ -104,9 +107,13 @@ fn lapic_oneshot() {
 }
 case!(
     lapic_oneshot,
-    Spec::new("interrupts.lapic.oneshot", Area::Interrupts, "a one-shot LVT timer interrupts exactly once")
-        .flags(FLAG_IRQCHIP)
-        .reqs("X86-APIC-TIMER-2")
+    Spec::new(
+        "interrupts.lapic.oneshot",
+        Area::Interrupts,
+        "a one-shot LVT timer interrupts exactly once"
+    )
+    .flags(FLAG_IRQCHIP)
+    .reqs("X86-APIC-TIMER-2")
 );
 
 /// A periodic LVT timer of 1 ms keeps interrupting (at least 5 times in 20 ms, however late
@@ -122,16 +129,31 @@ fn lapic_periodic() {
     spin_ms(5);
     apic::set_interrupts(false);
     log!("{} periodic interrupts in 20 ms", seen);
-    check!(seen >= 5, "only {} periodic interrupts in 20 ms at a 1 ms period", seen);
-    check!(seen <= 25, "{} periodic interrupts in 20 ms at a 1 ms period", seen);
-    check!(count(LVT_VECTOR) <= seen + 1, "interrupts after the timer was stopped");
+    check!(
+        seen >= 5,
+        "only {} periodic interrupts in 20 ms at a 1 ms period",
+        seen
+    );
+    check!(
+        seen <= 25,
+        "{} periodic interrupts in 20 ms at a 1 ms period",
+        seen
+    );
+    check!(
+        count(LVT_VECTOR) <= seen + 1,
+        "interrupts after the timer was stopped"
+    );
     exception::set_hook(None);
 }
 case!(
     lapic_periodic,
-    Spec::new("interrupts.lapic.periodic", Area::Interrupts, "a periodic LVT timer interrupts repeatedly and stops when stopped")
-        .flags(FLAG_IRQCHIP)
-        .reqs("X86-APIC-TIMER-2")
+    Spec::new(
+        "interrupts.lapic.periodic",
+        Area::Interrupts,
+        "a periodic LVT timer interrupts repeatedly and stops when stopped"
+    )
+    .flags(FLAG_IRQCHIP)
+    .reqs("X86-APIC-TIMER-2")
 );
 
 /// A masked LVT timer counts down but delivers nothing.
@@ -141,7 +163,11 @@ fn lapic_masked() {
     apic::set_interrupts(true);
     apic::start_lvt_timer(LVT_VECTOR, 1_000_000, false, true);
     spin_ms(5);
-    check_eq!(apic::timer_current_count(), 0, "the masked one-shot timer's count after 5 ms");
+    check_eq!(
+        apic::timer_current_count(),
+        0,
+        "the masked one-shot timer's count after 5 ms"
+    );
     apic::set_interrupts(false);
     apic::stop_lvt_timer();
     check_eq!(count(LVT_VECTOR), 0, "interrupts from the masked timer");
@@ -149,9 +175,13 @@ fn lapic_masked() {
 }
 case!(
     lapic_masked,
-    Spec::new("interrupts.lapic.masked", Area::Interrupts, "a masked LVT timer expires without interrupting")
-        .flags(FLAG_IRQCHIP)
-        .reqs("X86-APIC-TIMER-2")
+    Spec::new(
+        "interrupts.lapic.masked",
+        Area::Interrupts,
+        "a masked LVT timer expires without interrupting"
+    )
+    .flags(FLAG_IRQCHIP)
+    .reqs("X86-APIC-TIMER-2")
 );
 
 static ISR_IN_HANDLER: AtomicU32 = AtomicU32::new(0);
@@ -182,20 +212,37 @@ fn self_ipi() {
     exception::set_hook(Some(self_ipi_handler));
     apic::set_interrupts(true);
     apic::self_ipi(SELF_VECTOR);
-    check!(wait_for(SELF_VECTOR, 1, 20), "the self-IPI did not arrive within 20 ms");
+    check!(
+        wait_for(SELF_VECTOR, 1, 20),
+        "the self-IPI did not arrive within 20 ms"
+    );
     spin_ms(2);
     apic::set_interrupts(false);
     check_eq!(count(SELF_VECTOR), 1, "self-IPI deliveries");
-    log!("ISR words with a bit set in the handler: {:#x}", ISR_WORDS.load(SeqCst));
-    check_eq!(ISR_IN_HANDLER.load(SeqCst), 1, "ISR bit while the handler ran");
-    check!(!apic::in_isr(SELF_VECTOR), "ISR bit still set after the EOI");
+    log!(
+        "ISR words with a bit set in the handler: {:#x}",
+        ISR_WORDS.load(SeqCst)
+    );
+    check_eq!(
+        ISR_IN_HANDLER.load(SeqCst),
+        1,
+        "ISR bit while the handler ran"
+    );
+    check!(
+        !apic::in_isr(SELF_VECTOR),
+        "ISR bit still set after the EOI"
+    );
     exception::set_hook(None);
 }
 case!(
     self_ipi,
-    Spec::new("interrupts.lapic.self_ipi", Area::Interrupts, "a self-IPI is delivered once, in service until its EOI")
-        .flags(FLAG_IRQCHIP)
-        .reqs("X86-APIC-IPI-1")
+    Spec::new(
+        "interrupts.lapic.self_ipi",
+        Area::Interrupts,
+        "a self-IPI is delivered once, in service until its EOI"
+    )
+    .flags(FLAG_IRQCHIP)
+    .reqs("X86-APIC-IPI-1")
 );
 
 /// The environment's interrupt flag: an interrupt raised while it is clear is not delivered,
@@ -210,13 +257,26 @@ fn virtual_if() {
     spin_ms(2);
     // An exit, so that a host that only looks at the flag on exits has had its chance.
     let _ = vmm::host_nanos();
-    check_eq!(count(SELF_VECTOR), 0, "deliveries while the interrupt flag is clear");
-    check!(apic::in_irr(SELF_VECTOR), "the masked interrupt is not in the IRR");
+    check_eq!(
+        count(SELF_VECTOR),
+        0,
+        "deliveries while the interrupt flag is clear"
+    );
+    check!(
+        apic::in_irr(SELF_VECTOR),
+        "the masked interrupt is not in the IRR"
+    );
     if let Some(p) = env.interrupt_pending() {
-        check!(p, "the environment's pending indication is clear with an interrupt waiting");
+        check!(
+            p,
+            "the environment's pending indication is clear with an interrupt waiting"
+        );
     }
     apic::set_interrupts(true);
-    check!(wait_for(SELF_VECTOR, 1, 20), "not delivered within 20 ms of setting the flag");
+    check!(
+        wait_for(SELF_VECTOR, 1, 20),
+        "not delivered within 20 ms of setting the flag"
+    );
     spin_ms(1);
     apic::set_interrupts(false);
     check_eq!(count(SELF_VECTOR), 1, "deliveries once the flag was set");
@@ -227,9 +287,13 @@ fn virtual_if() {
 }
 case!(
     virtual_if,
-    Spec::new("interrupts.virtual_if", Area::Interrupts, "an interrupt waits while the (virtual) IF is clear and comes once it is set")
-        .flags(FLAG_IRQCHIP)
-        .reqs("X86-IF-1,PVM-IRQ-4")
+    Spec::new(
+        "interrupts.virtual_if",
+        Area::Interrupts,
+        "an interrupt waits while the (virtual) IF is clear and comes once it is set"
+    )
+    .flags(FLAG_IRQCHIP)
+    .reqs("X86-IF-1,PVM-IRQ-4")
 );
 
 /// HLT with interrupts enabled blocks until the timer's interrupt, which is then delivered.
@@ -243,31 +307,50 @@ fn hlt_wakeup() {
     apic::set_interrupts(false);
     apic::stop_lvt_timer();
     log!("HLT returned after {} ms", waited);
-    check_eq!(count(LVT_VECTOR), 1, "timer interrupts (the one that ended the HLT)");
-    check!(waited >= 2, "HLT returned after {} ms, before the 3 ms timer", waited);
+    check_eq!(
+        count(LVT_VECTOR),
+        1,
+        "timer interrupts (the one that ended the HLT)"
+    );
+    check!(
+        waited >= 2,
+        "HLT returned after {} ms, before the 3 ms timer",
+        waited
+    );
     check!(waited < 100, "HLT returned only after {} ms", waited);
     exception::set_hook(None);
 }
 case!(
     hlt_wakeup,
-    Spec::new("interrupts.hlt_wakeup", Area::Interrupts, "HLT blocks in the host until an interrupt, which is delivered")
-        .flags(FLAG_IRQCHIP)
-        .reqs("X86-HLT-2")
+    Spec::new(
+        "interrupts.hlt_wakeup",
+        Area::Interrupts,
+        "HLT blocks in the host until an interrupt, which is delivered"
+    )
+    .flags(FLAG_IRQCHIP)
+    .reqs("X86-HLT-2")
 );
 
 /// An NMI the VMM injects (`KVM_NMI`) is delivered once, right away.
 fn nmi_delivery() {
     start_counting(&[]);
     vmm::must(Op::Nmi, [0; 3]);
-    check!(wait_for(vector::NMI, 1, 20), "no NMI within 20 ms of KVM_NMI");
+    check!(
+        wait_for(vector::NMI, 1, 20),
+        "no NMI within 20 ms of KVM_NMI"
+    );
     spin_ms(1);
     check_eq!(count(vector::NMI), 1, "NMI deliveries");
     exception::set_hook(None);
 }
 case!(
     nmi_delivery,
-    Spec::new("interrupts.nmi", Area::Interrupts, "an NMI injected by the VMM is delivered once")
-        .reqs("KVM-NMI-1")
+    Spec::new(
+        "interrupts.nmi",
+        Area::Interrupts,
+        "an NMI injected by the VMM is delivered once"
+    )
+    .reqs("KVM-NMI-1")
 );
 
 static NMI_EVENTS: AtomicU64 = AtomicU64::new(0);
@@ -296,20 +379,37 @@ fn nmi_blocked_in_handler() {
     NMI_EVENTS.store(0, SeqCst);
     exception::set_hook(Some(nmi_nesting));
     vmm::must(Op::Nmi, [0; 3]);
-    check!(wait_for(vector::NMI, 2, 50), "the second NMI did not come after the first returned");
+    check!(
+        wait_for(vector::NMI, 2, 50),
+        "the second NMI did not come after the first returned"
+    );
     spin_ms(1);
     exception::set_hook(None);
     let events = NMI_EVENTS.load(SeqCst);
     log!("vCPU NMI state inside the handler: {:#x}", events);
-    check_eq!(NESTED.load(SeqCst), 0, "NMIs delivered inside the NMI handler");
+    check_eq!(
+        NESTED.load(SeqCst),
+        0,
+        "NMIs delivered inside the NMI handler"
+    );
     check_eq!(count(vector::NMI), 2, "NMI deliveries in all");
-    check!(events & nmi::MASKED != 0, "KVM does not report NMIs masked inside the handler");
-    check!(events & nmi::PENDING != 0, "KVM does not report the second NMI pending inside the handler");
+    check!(
+        events & nmi::MASKED != 0,
+        "KVM does not report NMIs masked inside the handler"
+    );
+    check!(
+        events & nmi::PENDING != 0,
+        "KVM does not report the second NMI pending inside the handler"
+    );
 }
 case!(
     nmi_blocked_in_handler,
-    Spec::new("interrupts.nmi_blocked_in_handler", Area::Interrupts, "an NMI is held off while the NMI handler runs, delivered after it returns")
-        .reqs("KVM-NMI-1,X86-NMI-1")
+    Spec::new(
+        "interrupts.nmi_blocked_in_handler",
+        Area::Interrupts,
+        "an NMI is held off while the NMI handler runs, delivered after it returns"
+    )
+    .reqs("KVM-NMI-1,X86-NMI-1")
 );
 
 /// `KVM_INTERRUPT` (userspace irqchip) while the interrupt flag is set: delivered once.
@@ -317,7 +417,10 @@ fn kvm_interrupt() {
     start_counting(&[]);
     apic::set_interrupts(true);
     vmm::must(Op::Interrupt, [u64::from(INJECT_VECTOR), 0, 0]);
-    check!(wait_for(INJECT_VECTOR, 1, 20), "the injected interrupt did not arrive within 20 ms");
+    check!(
+        wait_for(INJECT_VECTOR, 1, 20),
+        "the injected interrupt did not arrive within 20 ms"
+    );
     spin_ms(1);
     apic::set_interrupts(false);
     check_eq!(count(INJECT_VECTOR), 1, "deliveries");
@@ -325,8 +428,12 @@ fn kvm_interrupt() {
 }
 case!(
     kvm_interrupt,
-    Spec::new("interrupts.kvm_interrupt", Area::Interrupts, "an interrupt the VMM injects with KVM_INTERRUPT is delivered once")
-        .reqs("KVM-IRQ-1")
+    Spec::new(
+        "interrupts.kvm_interrupt",
+        Area::Interrupts,
+        "an interrupt the VMM injects with KVM_INTERRUPT is delivered once"
+    )
+    .reqs("KVM-IRQ-1")
 );
 
 /// `KVM_INTERRUPT` while the interrupt flag is clear: the VMM waits for the window
@@ -338,11 +445,18 @@ fn kvm_interrupt_window() {
     vmm::must(Op::Interrupt, [u64::from(INJECT_VECTOR), 0, 0]);
     spin_ms(2);
     let _ = vmm::host_nanos();
-    check_eq!(count(INJECT_VECTOR), 0, "deliveries while the interrupt flag is clear");
+    check_eq!(
+        count(INJECT_VECTOR),
+        0,
+        "deliveries while the interrupt flag is clear"
+    );
     apic::set_interrupts(true);
     // An exit with the flag set, for a host that only looks at the flag on exits.
     let _ = vmm::host_nanos();
-    check!(wait_for(INJECT_VECTOR, 1, 20), "not delivered within 20 ms of setting the flag");
+    check!(
+        wait_for(INJECT_VECTOR, 1, 20),
+        "not delivered within 20 ms of setting the flag"
+    );
     spin_ms(1);
     apic::set_interrupts(false);
     check_eq!(count(INJECT_VECTOR), 1, "deliveries once the flag was set");
@@ -350,8 +464,12 @@ fn kvm_interrupt_window() {
 }
 case!(
     kvm_interrupt_window,
-    Spec::new("interrupts.kvm_interrupt_window", Area::Interrupts, "KVM_INTERRUPT waits for the interrupt window while IF is clear")
-        .reqs("KVM-IRQ-1,X86-IF-1")
+    Spec::new(
+        "interrupts.kvm_interrupt_window",
+        Area::Interrupts,
+        "KVM_INTERRUPT waits for the interrupt window while IF is clear"
+    )
+    .reqs("KVM-IRQ-1,X86-IF-1")
 );
 
 fn irq_line(pin: u32, level: bool) {
@@ -367,12 +485,22 @@ fn ioapic_edge() {
     start_counting(&[EDGE_VECTOR]);
     apic::set_interrupts(true);
     irq_line(EDGE_PIN, true);
-    check!(wait_for(EDGE_VECTOR, 1, 20), "no interrupt within 20 ms of the first edge");
+    check!(
+        wait_for(EDGE_VECTOR, 1, 20),
+        "no interrupt within 20 ms of the first edge"
+    );
     spin_ms(2);
-    check_eq!(count(EDGE_VECTOR), 1, "interrupts while the line stays high");
+    check_eq!(
+        count(EDGE_VECTOR),
+        1,
+        "interrupts while the line stays high"
+    );
     irq_line(EDGE_PIN, false);
     irq_line(EDGE_PIN, true);
-    check!(wait_for(EDGE_VECTOR, 2, 20), "no interrupt within 20 ms of the second edge");
+    check!(
+        wait_for(EDGE_VECTOR, 2, 20),
+        "no interrupt within 20 ms of the second edge"
+    );
     irq_line(EDGE_PIN, false);
     spin_ms(1);
     apic::set_interrupts(false);
@@ -382,9 +510,13 @@ fn ioapic_edge() {
 }
 case!(
     ioapic_edge,
-    Spec::new("interrupts.ioapic.edge", Area::Interrupts, "an edge-triggered I/O APIC pin interrupts once per rising edge")
-        .flags(FLAG_IRQCHIP)
-        .reqs("X86-IOAPIC-1,KVM-IRQ-2")
+    Spec::new(
+        "interrupts.ioapic.edge",
+        Area::Interrupts,
+        "an edge-triggered I/O APIC pin interrupts once per rising edge"
+    )
+    .flags(FLAG_IRQCHIP)
+    .reqs("X86-IOAPIC-1,KVM-IRQ-2")
 );
 
 fn level_handler(_: &mut Frame, ex: Exception) -> bool {
@@ -419,10 +551,17 @@ fn ioapic_level() {
     exception::set_hook(Some(level_handler));
     apic::set_interrupts(true);
     irq_line(LEVEL_PIN, true);
-    check!(wait_for(LEVEL_VECTOR, 3, 50), "fewer than 3 deliveries of the held level interrupt");
+    check!(
+        wait_for(LEVEL_VECTOR, 3, 50),
+        "fewer than 3 deliveries of the held level interrupt"
+    );
     spin_ms(2);
     apic::set_interrupts(false);
-    check_eq!(count(LEVEL_VECTOR), 3, "deliveries (the line went low in the third)");
+    check_eq!(
+        count(LEVEL_VECTOR),
+        3,
+        "deliveries (the line went low in the third)"
+    );
     check_eq!(
         io.entry(LEVEL_PIN) & guest_lib::abi::x86::ioapic::REMOTE_IRR,
         0,
@@ -433,9 +572,13 @@ fn ioapic_level() {
 }
 case!(
     ioapic_level,
-    Spec::new("interrupts.ioapic.level", Area::Interrupts, "a level-triggered I/O APIC pin re-interrupts after each EOI while held high")
-        .flags(FLAG_IRQCHIP)
-        .reqs("X86-IOAPIC-1,KVM-IRQ-2")
+    Spec::new(
+        "interrupts.ioapic.level",
+        Area::Interrupts,
+        "a level-triggered I/O APIC pin re-interrupts after each EOI while held high"
+    )
+    .flags(FLAG_IRQCHIP)
+    .reqs("X86-IOAPIC-1,KVM-IRQ-2")
 );
 
 /// A masked I/O APIC pin delivers nothing while masked; unmasking it with the level line high
@@ -453,7 +596,10 @@ fn ioapic_masked() {
     spin_ms(3);
     check_eq!(count(LEVEL_VECTOR), 2, "deliveries while the pin is masked");
     io.route(LEVEL_PIN, LEVEL_VECTOR, true, 0);
-    check!(wait_for(LEVEL_VECTOR, 3, 20), "no delivery within 20 ms of unmasking");
+    check!(
+        wait_for(LEVEL_VECTOR, 3, 20),
+        "no delivery within 20 ms of unmasking"
+    );
     spin_ms(1);
     apic::set_interrupts(false);
     check_eq!(count(LEVEL_VECTOR), 3, "deliveries after unmasking");
@@ -462,9 +608,13 @@ fn ioapic_masked() {
 }
 case!(
     ioapic_masked,
-    Spec::new("interrupts.ioapic.masked", Area::Interrupts, "a masked I/O APIC pin holds its level interrupt until unmasked")
-        .flags(FLAG_IRQCHIP)
-        .reqs("X86-IOAPIC-1,KVM-IRQ-2")
+    Spec::new(
+        "interrupts.ioapic.masked",
+        Area::Interrupts,
+        "a masked I/O APIC pin holds its level interrupt until unmasked"
+    )
+    .flags(FLAG_IRQCHIP)
+    .reqs("X86-IOAPIC-1,KVM-IRQ-2")
 );
 
 /// What `kvm_run.if_flag` says at an exit (no in-kernel irqchip, where the KVM API defines it)
@@ -474,13 +624,27 @@ fn kvm_run_if_flag() {
     for on in [true, false, true] {
         apic::set_interrupts(on);
         let r = vmm::must(Op::RunFlags, [0; 3]);
-        check_eq!(r[0], u64::from(on), "kvm_run.if_flag with the interrupt flag {}", if on { "set" } else { "clear" });
-        check_eq!(r[1], u64::from(on), "ready_for_interrupt_injection with the flag {}", if on { "set" } else { "clear" });
+        check_eq!(
+            r[0],
+            u64::from(on),
+            "kvm_run.if_flag with the interrupt flag {}",
+            if on { "set" } else { "clear" }
+        );
+        check_eq!(
+            r[1],
+            u64::from(on),
+            "ready_for_interrupt_injection with the flag {}",
+            if on { "set" } else { "clear" }
+        );
     }
     apic::set_interrupts(false);
 }
 case!(
     kvm_run_if_flag,
-    Spec::new("interrupts.kvm_run_if_flag", Area::Interrupts, "kvm_run.if_flag and ready_for_interrupt_injection show the guest's (virtual) IF")
-        .reqs("KVM-IRQ-1")
+    Spec::new(
+        "interrupts.kvm_run_if_flag",
+        Area::Interrupts,
+        "kvm_run.if_flag and ready_for_interrupt_injection show the guest's (virtual) IF"
+    )
+    .reqs("KVM-IRQ-1")
 );

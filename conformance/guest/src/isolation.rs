@@ -131,7 +131,12 @@ extern "C" fn u_port(kind: u64) -> u64 {
 fn user_port_denied() {
     let kind = rt::case_param();
     let exit = user::run(u_port, kind);
-    check_eq!(exit, UserExit::Exception(Exception::gp(0)), "port I/O at CPL3 (kind {})", kind);
+    check_eq!(
+        exit,
+        UserExit::Exception(Exception::gp(0)),
+        "port I/O at CPL3 (kind {})",
+        kind
+    );
     check_eq!(vmm::device_log_len(), 0, "accesses that reached the VMM");
 }
 
@@ -139,16 +144,60 @@ const fn scratch_spec(name: &'static str, summary: &'static str) -> Spec {
     Spec::new(name, Area::Isolation, summary).host(HostCheck::Scratch)
 }
 
-case_table!(user_port_denied, scratch_spec, [
-    ("isolation.user_port.in8", 0, "IN (1 byte) at CPL3 without permission: #GP(0), no access", "X86-IO-PERM-1,PVM-ISO-3"),
-    ("isolation.user_port.in16", 1, "IN (2 bytes) at CPL3 without permission: #GP(0), no access", "X86-IO-PERM-1,PVM-ISO-3"),
-    ("isolation.user_port.in32", 2, "IN (4 bytes) at CPL3 without permission: #GP(0), no access", "X86-IO-PERM-1,PVM-ISO-3"),
-    ("isolation.user_port.out8", 3, "OUT (1 byte) at CPL3 without permission: #GP(0), no access", "X86-IO-PERM-1,PVM-ISO-3"),
-    ("isolation.user_port.out16", 4, "OUT (2 bytes) at CPL3 without permission: #GP(0), no access", "X86-IO-PERM-1,PVM-ISO-3"),
-    ("isolation.user_port.out32", 5, "OUT (4 bytes) at CPL3 without permission: #GP(0), no access", "X86-IO-PERM-1,PVM-ISO-3"),
-    ("isolation.user_port.insb", 6, "REP INSB at CPL3 without permission: #GP(0), no access", "X86-IO-PERM-1,PVM-ISO-3"),
-    ("isolation.user_port.outsb", 7, "REP OUTSB at CPL3 without permission: #GP(0), no access", "X86-IO-PERM-1,PVM-ISO-3"),
-]);
+case_table!(
+    user_port_denied,
+    scratch_spec,
+    [
+        (
+            "isolation.user_port.in8",
+            0,
+            "IN (1 byte) at CPL3 without permission: #GP(0), no access",
+            "X86-IO-PERM-1,PVM-ISO-3"
+        ),
+        (
+            "isolation.user_port.in16",
+            1,
+            "IN (2 bytes) at CPL3 without permission: #GP(0), no access",
+            "X86-IO-PERM-1,PVM-ISO-3"
+        ),
+        (
+            "isolation.user_port.in32",
+            2,
+            "IN (4 bytes) at CPL3 without permission: #GP(0), no access",
+            "X86-IO-PERM-1,PVM-ISO-3"
+        ),
+        (
+            "isolation.user_port.out8",
+            3,
+            "OUT (1 byte) at CPL3 without permission: #GP(0), no access",
+            "X86-IO-PERM-1,PVM-ISO-3"
+        ),
+        (
+            "isolation.user_port.out16",
+            4,
+            "OUT (2 bytes) at CPL3 without permission: #GP(0), no access",
+            "X86-IO-PERM-1,PVM-ISO-3"
+        ),
+        (
+            "isolation.user_port.out32",
+            5,
+            "OUT (4 bytes) at CPL3 without permission: #GP(0), no access",
+            "X86-IO-PERM-1,PVM-ISO-3"
+        ),
+        (
+            "isolation.user_port.insb",
+            6,
+            "REP INSB at CPL3 without permission: #GP(0), no access",
+            "X86-IO-PERM-1,PVM-ISO-3"
+        ),
+        (
+            "isolation.user_port.outsb",
+            7,
+            "REP OUTSB at CPL3 without permission: #GP(0), no access",
+            "X86-IO-PERM-1,PVM-ISO-3"
+        ),
+    ]
+);
 
 static GRANTED: guest_lib::PerCpu<bool> = guest_lib::PerCpu::new(false);
 
@@ -169,13 +218,24 @@ fn iopl3_grant() {
     user::set_fault_hook(Some(grant_iopl));
     let exit = user::run(u_port, 0);
     user::set_fault_hook(None);
-    check!(matches!(exit, UserExit::Returned(_)), "the IN with IOPL 3 ended with {:?}", exit);
-    check_eq!(vmm::device_log_len(), 1, "INs that reached the VMM's device");
+    check!(
+        matches!(exit, UserExit::Returned(_)),
+        "the IN with IOPL 3 ended with {:?}",
+        exit
+    );
+    check_eq!(
+        vmm::device_log_len(),
+        1,
+        "INs that reached the VMM's device"
+    );
 }
 case!(
     iopl3_grant,
-    scratch_spec("isolation.iopl3_grant", "with IOPL 3 granted by the kernel, a user IN reaches the VMM's device")
-        .reqs("X86-IO-PERM-1,PVM-ISO-3")
+    scratch_spec(
+        "isolation.iopl3_grant",
+        "with IOPL 3 granted by the kernel, a user IN reaches the VMM's device"
+    )
+    .reqs("X86-IO-PERM-1,PVM-ISO-3")
 );
 
 // --- Hostile values in the frame of a return to user mode ----------------------------------
@@ -254,21 +314,53 @@ fn hostile_return() {
         exit,
         allowed
     );
-    check_eq!(user::run(u_plain, 7), UserExit::Returned(8), "an ordinary user run afterwards");
+    check_eq!(
+        user::run(u_plain, 7),
+        UserExit::Returned(8),
+        "an ordinary user run afterwards"
+    );
 }
 
 const fn hostile_spec(name: &'static str, summary: &'static str) -> Spec {
     Spec::new(name, Area::Isolation, summary).reqs("PVM-ISO-4,X86-IRET-1")
 }
 
-case_table!(hostile_return, hostile_spec, [
-    ("isolation.return.noncanonical_rip", spoil::RIP, "a return to user mode at a non-canonical RIP is refused"),
-    ("isolation.return.bad_ss", spoil::SS, "a return to user mode with an SS past the GDT is refused"),
-    ("isolation.return.data_cs", spoil::DATA_CS, "a return to user mode with a data selector in CS is refused"),
-    ("isolation.return.null_cs", spoil::NULL_CS, "a return to user mode with a null CS is refused"),
-    ("isolation.return.noncanonical_rsp", spoil::RSP, "a return with a non-canonical user RSP ends in a stack fault"),
-    ("isolation.return.reserved_rflags", spoil::RFLAGS, "reserved RFLAGS bits in a return frame do not reach user code"),
-]);
+case_table!(
+    hostile_return,
+    hostile_spec,
+    [
+        (
+            "isolation.return.noncanonical_rip",
+            spoil::RIP,
+            "a return to user mode at a non-canonical RIP is refused"
+        ),
+        (
+            "isolation.return.bad_ss",
+            spoil::SS,
+            "a return to user mode with an SS past the GDT is refused"
+        ),
+        (
+            "isolation.return.data_cs",
+            spoil::DATA_CS,
+            "a return to user mode with a data selector in CS is refused"
+        ),
+        (
+            "isolation.return.null_cs",
+            spoil::NULL_CS,
+            "a return to user mode with a null CS is refused"
+        ),
+        (
+            "isolation.return.noncanonical_rsp",
+            spoil::RSP,
+            "a return with a non-canonical user RSP ends in a stack fault"
+        ),
+        (
+            "isolation.return.reserved_rflags",
+            spoil::RFLAGS,
+            "reserved RFLAGS bits in a return frame do not reach user code"
+        ),
+    ]
+);
 
 // --- Guest-physical space without memory ---------------------------------------------------
 
@@ -288,7 +380,11 @@ fn outside_memslots() {
     let Some(page) = DevicePage::new(gpa) else {
         guest_lib::error!("{:#x} is not a device page", gpa);
     };
-    map_device(PROBE_VA, &page, guest_lib::paging::PteFlags::RW.union(guest_lib::paging::PteFlags::US));
+    map_device(
+        PROBE_VA,
+        &page,
+        guest_lib::paging::PteFlags::RW.union(guest_lib::paging::PteFlags::US),
+    );
     instr::invlpg(PROBE_VA.get());
     check_eq!(
         instr::read_u64_safe(PROBE_VA.get() + 0x18),
@@ -296,21 +392,63 @@ fn outside_memslots() {
         "read of GPA {:#x}",
         gpa + 0x18
     );
-    check_eq!(instr::write_u64_safe(PROBE_VA, 0x1234), Ok(()), "write to GPA {:#x}", gpa);
-    check_eq!(instr::read_u64_safe(PROBE_VA.get()), Ok(u64::from_ne_bytes([UNBACKED_BYTE; 8])), "read after the write");
+    check_eq!(
+        instr::write_u64_safe(PROBE_VA, 0x1234),
+        Ok(()),
+        "write to GPA {:#x}",
+        gpa
+    );
+    check_eq!(
+        instr::read_u64_safe(PROBE_VA.get()),
+        Ok(u64::from_ne_bytes([UNBACKED_BYTE; 8])),
+        "read after the write"
+    );
     let n = vmm::device_log_len();
     check_eq!(n, 3, "MMIO exits the VMM saw");
     let first = vmm::device_log(0);
-    check_eq!(first.map(|a| (a.mmio, a.addr)), Some((true, gpa + 0x18)), "the first exit's GPA");
+    check_eq!(
+        first.map(|a| (a.mmio, a.addr)),
+        Some((true, gpa + 0x18)),
+        "the first exit's GPA"
+    );
 }
 
-case_table!(outside_memslots, scratch_spec, [
-    ("isolation.gpa.past_ram", 0, "a read just past guest RAM is an MMIO exit, not memory", "PVM-ISO-5,KVM-MEMSLOT-2"),
-    ("isolation.gpa.512m", 1, "a read at 512 MiB (no memslot) is an MMIO exit", "PVM-ISO-5,KVM-MEMSLOT-2"),
-    ("isolation.gpa.below_4g", 2, "a read just below 4 GiB (no memslot) is an MMIO exit", "PVM-ISO-5,KVM-MEMSLOT-2"),
-    ("isolation.gpa.4g", 3, "a read at 4 GiB (no memslot) is an MMIO exit", "PVM-ISO-5,KVM-MEMSLOT-2"),
-    ("isolation.gpa.top", 4, "a read of the last page below MAXPHYADDR is an MMIO exit", "PVM-ISO-5,KVM-MEMSLOT-2"),
-]);
+case_table!(
+    outside_memslots,
+    scratch_spec,
+    [
+        (
+            "isolation.gpa.past_ram",
+            0,
+            "a read just past guest RAM is an MMIO exit, not memory",
+            "PVM-ISO-5,KVM-MEMSLOT-2"
+        ),
+        (
+            "isolation.gpa.512m",
+            1,
+            "a read at 512 MiB (no memslot) is an MMIO exit",
+            "PVM-ISO-5,KVM-MEMSLOT-2"
+        ),
+        (
+            "isolation.gpa.below_4g",
+            2,
+            "a read just below 4 GiB (no memslot) is an MMIO exit",
+            "PVM-ISO-5,KVM-MEMSLOT-2"
+        ),
+        (
+            "isolation.gpa.4g",
+            3,
+            "a read at 4 GiB (no memslot) is an MMIO exit",
+            "PVM-ISO-5,KVM-MEMSLOT-2"
+        ),
+        (
+            "isolation.gpa.top",
+            4,
+            "a read of the last page below MAXPHYADDR is an MMIO exit",
+            "PVM-ISO-5,KVM-MEMSLOT-2"
+        ),
+    ]
+);
 
 /// A paging entry with an address bit at or above MAXPHYADDR is a reserved-bit #PF (RSVD|P),
 /// not an access anywhere.
@@ -323,7 +461,11 @@ fn beyond_maxphyaddr() {
     map(PROBE_VA, &f, PteFlags::RW | PteFlags::US);
     guest_lib::paging::set_pte(
         PROBE_VA,
-        guest_lib::paging::Pte::map_with_high_bit(&f, guest_lib::paging::PteFlags::RW.union(guest_lib::paging::PteFlags::US), maxphys),
+        guest_lib::paging::Pte::map_with_high_bit(
+            &f,
+            guest_lib::paging::PteFlags::RW.union(guest_lib::paging::PteFlags::US),
+            maxphys,
+        ),
     );
     instr::invlpg(PROBE_VA.get());
     use guest_lib::abi::x86::pfec;
@@ -337,8 +479,11 @@ fn beyond_maxphyaddr() {
 }
 case!(
     beyond_maxphyaddr,
-    scratch_spec("isolation.gpa.beyond_maxphyaddr", "an entry with an address bit at MAXPHYADDR is a reserved-bit #PF, not an access")
-        .reqs("X86-PF-RSVD-1,PVM-ISO-5")
+    scratch_spec(
+        "isolation.gpa.beyond_maxphyaddr",
+        "an entry with an address bit at MAXPHYADDR is a reserved-bit #PF, not an access"
+    )
+    .reqs("X86-PF-RSVD-1,PVM-ISO-5")
 );
 
 // --- Hypercalls from user mode (the local dialect) -----------------------------------------
@@ -364,24 +509,63 @@ fn user_hypercall() {
     let vif_before = vmm::get_msr(MSR_VIF);
     let idt_before = instr::sidt();
     let exit = user::run(u_hypercall_args, sel);
-    check!(matches!(exit, UserExit::Exception(_)), "hypercall {} from CPL3 ended with {:?}", sel, exit);
-    check_eq!(instr::rdmsr_safe(crate::common::MSR_SCRATCH), msr_before, "the scratch MSR afterwards");
+    check!(
+        matches!(exit, UserExit::Exception(_)),
+        "hypercall {} from CPL3 ended with {:?}",
+        sel,
+        exit
+    );
+    check_eq!(
+        instr::rdmsr_safe(crate::common::MSR_SCRATCH),
+        msr_before,
+        "the scratch MSR afterwards"
+    );
     check_eq!(vmm::get_msr(MSR_VIF), vif_before, "the VIF MSR afterwards");
     check_eq!(instr::sidt(), idt_before, "the IDT register afterwards");
 }
 
 const fn user_hc_spec(name: &'static str, summary: &'static str) -> Spec {
-    Spec::new(name, Area::Isolation, summary).envs(Env::PvLocal.bit()).reqs("PVM-ISO-1")
+    Spec::new(name, Area::Isolation, summary)
+        .envs(Env::PvLocal.bit())
+        .reqs("PVM-ISO-1")
 }
 
-case_table!(user_hypercall, user_hc_spec, [
-    ("isolation.user_hypercall.flush_tlb", 0, "FLUSH_TLB from CPL3 is refused with an exception"),
-    ("isolation.user_hypercall.set_cr3", 1, "SET_CR3 from CPL3 is refused with an exception"),
-    ("isolation.user_hypercall.wrmsr", 2, "WRMSR hypercall from CPL3 is refused; the MSR is unchanged"),
-    ("isolation.user_hypercall.set_vif_gpa", 3, "SET_VIF_GPA from CPL3 is refused; the registration is unchanged"),
-    ("isolation.user_hypercall.load_idt", 4, "LOAD_IDT from CPL3 is refused; the IDT is unchanged"),
-    ("isolation.user_hypercall.iret_frame", 5, "IRET_FRAME from CPL3 is refused with an exception"),
-]);
+case_table!(
+    user_hypercall,
+    user_hc_spec,
+    [
+        (
+            "isolation.user_hypercall.flush_tlb",
+            0,
+            "FLUSH_TLB from CPL3 is refused with an exception"
+        ),
+        (
+            "isolation.user_hypercall.set_cr3",
+            1,
+            "SET_CR3 from CPL3 is refused with an exception"
+        ),
+        (
+            "isolation.user_hypercall.wrmsr",
+            2,
+            "WRMSR hypercall from CPL3 is refused; the MSR is unchanged"
+        ),
+        (
+            "isolation.user_hypercall.set_vif_gpa",
+            3,
+            "SET_VIF_GPA from CPL3 is refused; the registration is unchanged"
+        ),
+        (
+            "isolation.user_hypercall.load_idt",
+            4,
+            "LOAD_IDT from CPL3 is refused; the IDT is unchanged"
+        ),
+        (
+            "isolation.user_hypercall.iret_frame",
+            5,
+            "IRET_FRAME from CPL3 is refused with an exception"
+        ),
+    ]
+);
 
 // --- Supervisor-only memory: every access kind ---------------------------------------------
 
@@ -416,7 +600,21 @@ const fn iso_spec(name: &'static str, summary: &'static str) -> Spec {
     Spec::new(name, Area::Isolation, summary)
 }
 
-case_table!(user_touches_supervisor_page, iso_spec, [
-    ("isolation.user_writes_supervisor_page", 0, "CPL3 write of a supervisor-only page faults with P|W|U", "X86-PG-US-1,PVM-ISO-2"),
-    ("isolation.user_fetches_supervisor_page", 1, "CPL3 fetch from a supervisor-only page faults with P|U|I", "X86-PG-US-1,PVM-ISO-2"),
-]);
+case_table!(
+    user_touches_supervisor_page,
+    iso_spec,
+    [
+        (
+            "isolation.user_writes_supervisor_page",
+            0,
+            "CPL3 write of a supervisor-only page faults with P|W|U",
+            "X86-PG-US-1,PVM-ISO-2"
+        ),
+        (
+            "isolation.user_fetches_supervisor_page",
+            1,
+            "CPL3 fetch from a supervisor-only page faults with P|U|I",
+            "X86-PG-US-1,PVM-ISO-2"
+        ),
+    ]
+);

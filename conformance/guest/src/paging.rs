@@ -311,56 +311,252 @@ const fn access_spec(name: &'static str, summary: &'static str) -> Spec {
     Spec::new(name, Area::Paging, summary).reqs("X86-PG-ACCESS-1,X86-PTE-AD-1,PVM-SPT-4")
 }
 
-case_table!(access_cell, access_spec, [
-    ("paging.access.uwx.cpl0_read", 3, "CPL0 read of a user writable executable page: allowed, A set"),
-    ("paging.access.uwx.cpl0_write", 19, "CPL0 write of a user writable executable page: allowed, A/D set"),
-    ("paging.access.uwx.cpl0_fetch", 35, "CPL0 fetch of a user writable executable page: allowed, A set"),
-    ("paging.access.uwx.cpl3_read", 11, "CPL3 read of a user writable executable page: allowed, A set"),
-    ("paging.access.uwx.cpl3_write", 27, "CPL3 write of a user writable executable page: allowed, A/D set"),
-    ("paging.access.uwx.cpl3_fetch", 43, "CPL3 fetch of a user writable executable page: allowed, A set"),
-    ("paging.access.uwn.cpl0_read", 7, "CPL0 read of a user writable NX page: allowed, A set"),
-    ("paging.access.uwn.cpl0_write", 23, "CPL0 write of a user writable NX page: allowed, A/D set"),
-    ("paging.access.uwn.cpl0_fetch", 39, "CPL0 fetch of a user writable NX page: #PF(P|I)"),
-    ("paging.access.uwn.cpl3_read", 15, "CPL3 read of a user writable NX page: allowed, A set"),
-    ("paging.access.uwn.cpl3_write", 31, "CPL3 write of a user writable NX page: allowed, A/D set"),
-    ("paging.access.uwn.cpl3_fetch", 47, "CPL3 fetch of a user writable NX page: #PF(P|U|I)"),
-    ("paging.access.urx.cpl0_read", 1, "CPL0 read of a user read-only executable page: allowed, A set"),
-    ("paging.access.urx.cpl0_write", 17, "CPL0 write of a user read-only executable page: #PF(P|W)"),
-    ("paging.access.urx.cpl0_fetch", 33, "CPL0 fetch of a user read-only executable page: allowed, A set"),
-    ("paging.access.urx.cpl3_read", 9, "CPL3 read of a user read-only executable page: allowed, A set"),
-    ("paging.access.urx.cpl3_write", 25, "CPL3 write of a user read-only executable page: #PF(P|W|U)"),
-    ("paging.access.urx.cpl3_fetch", 41, "CPL3 fetch of a user read-only executable page: allowed, A set"),
-    ("paging.access.urn.cpl0_read", 5, "CPL0 read of a user read-only NX page: allowed, A set"),
-    ("paging.access.urn.cpl0_write", 21, "CPL0 write of a user read-only NX page: #PF(P|W)"),
-    ("paging.access.urn.cpl0_fetch", 37, "CPL0 fetch of a user read-only NX page: #PF(P|I)"),
-    ("paging.access.urn.cpl3_read", 13, "CPL3 read of a user read-only NX page: allowed, A set"),
-    ("paging.access.urn.cpl3_write", 29, "CPL3 write of a user read-only NX page: #PF(P|W|U)"),
-    ("paging.access.urn.cpl3_fetch", 45, "CPL3 fetch of a user read-only NX page: #PF(P|U|I)"),
-    ("paging.access.swx.cpl0_read", 2, "CPL0 read of a supervisor writable executable page: allowed, A set"),
-    ("paging.access.swx.cpl0_write", 18, "CPL0 write of a supervisor writable executable page: allowed, A/D set"),
-    ("paging.access.swx.cpl0_fetch", 34, "CPL0 fetch of a supervisor writable executable page: allowed, A set"),
-    ("paging.access.swx.cpl3_read", 10, "CPL3 read of a supervisor writable executable page: #PF(P|U)"),
-    ("paging.access.swx.cpl3_write", 26, "CPL3 write of a supervisor writable executable page: #PF(P|W|U)"),
-    ("paging.access.swx.cpl3_fetch", 42, "CPL3 fetch of a supervisor writable executable page: #PF(P|U|I)"),
-    ("paging.access.swn.cpl0_read", 6, "CPL0 read of a supervisor writable NX page: allowed, A set"),
-    ("paging.access.swn.cpl0_write", 22, "CPL0 write of a supervisor writable NX page: allowed, A/D set"),
-    ("paging.access.swn.cpl0_fetch", 38, "CPL0 fetch of a supervisor writable NX page: #PF(P|I)"),
-    ("paging.access.swn.cpl3_read", 14, "CPL3 read of a supervisor writable NX page: #PF(P|U)"),
-    ("paging.access.swn.cpl3_write", 30, "CPL3 write of a supervisor writable NX page: #PF(P|W|U)"),
-    ("paging.access.swn.cpl3_fetch", 46, "CPL3 fetch of a supervisor writable NX page: #PF(P|U|I)"),
-    ("paging.access.srx.cpl0_read", 0, "CPL0 read of a supervisor read-only executable page: allowed, A set"),
-    ("paging.access.srx.cpl0_write", 16, "CPL0 write of a supervisor read-only executable page: #PF(P|W)"),
-    ("paging.access.srx.cpl0_fetch", 32, "CPL0 fetch of a supervisor read-only executable page: allowed, A set"),
-    ("paging.access.srx.cpl3_read", 8, "CPL3 read of a supervisor read-only executable page: #PF(P|U)"),
-    ("paging.access.srx.cpl3_write", 24, "CPL3 write of a supervisor read-only executable page: #PF(P|W|U)"),
-    ("paging.access.srx.cpl3_fetch", 40, "CPL3 fetch of a supervisor read-only executable page: #PF(P|U|I)"),
-    ("paging.access.srn.cpl0_read", 4, "CPL0 read of a supervisor read-only NX page: allowed, A set"),
-    ("paging.access.srn.cpl0_write", 20, "CPL0 write of a supervisor read-only NX page: #PF(P|W)"),
-    ("paging.access.srn.cpl0_fetch", 36, "CPL0 fetch of a supervisor read-only NX page: #PF(P|I)"),
-    ("paging.access.srn.cpl3_read", 12, "CPL3 read of a supervisor read-only NX page: #PF(P|U)"),
-    ("paging.access.srn.cpl3_write", 28, "CPL3 write of a supervisor read-only NX page: #PF(P|W|U)"),
-    ("paging.access.srn.cpl3_fetch", 44, "CPL3 fetch of a supervisor read-only NX page: #PF(P|U|I)"),
-]);
+case_table!(
+    access_cell,
+    access_spec,
+    [
+        (
+            "paging.access.uwx.cpl0_read",
+            3,
+            "CPL0 read of a user writable executable page: allowed, A set"
+        ),
+        (
+            "paging.access.uwx.cpl0_write",
+            19,
+            "CPL0 write of a user writable executable page: allowed, A/D set"
+        ),
+        (
+            "paging.access.uwx.cpl0_fetch",
+            35,
+            "CPL0 fetch of a user writable executable page: allowed, A set"
+        ),
+        (
+            "paging.access.uwx.cpl3_read",
+            11,
+            "CPL3 read of a user writable executable page: allowed, A set"
+        ),
+        (
+            "paging.access.uwx.cpl3_write",
+            27,
+            "CPL3 write of a user writable executable page: allowed, A/D set"
+        ),
+        (
+            "paging.access.uwx.cpl3_fetch",
+            43,
+            "CPL3 fetch of a user writable executable page: allowed, A set"
+        ),
+        (
+            "paging.access.uwn.cpl0_read",
+            7,
+            "CPL0 read of a user writable NX page: allowed, A set"
+        ),
+        (
+            "paging.access.uwn.cpl0_write",
+            23,
+            "CPL0 write of a user writable NX page: allowed, A/D set"
+        ),
+        (
+            "paging.access.uwn.cpl0_fetch",
+            39,
+            "CPL0 fetch of a user writable NX page: #PF(P|I)"
+        ),
+        (
+            "paging.access.uwn.cpl3_read",
+            15,
+            "CPL3 read of a user writable NX page: allowed, A set"
+        ),
+        (
+            "paging.access.uwn.cpl3_write",
+            31,
+            "CPL3 write of a user writable NX page: allowed, A/D set"
+        ),
+        (
+            "paging.access.uwn.cpl3_fetch",
+            47,
+            "CPL3 fetch of a user writable NX page: #PF(P|U|I)"
+        ),
+        (
+            "paging.access.urx.cpl0_read",
+            1,
+            "CPL0 read of a user read-only executable page: allowed, A set"
+        ),
+        (
+            "paging.access.urx.cpl0_write",
+            17,
+            "CPL0 write of a user read-only executable page: #PF(P|W)"
+        ),
+        (
+            "paging.access.urx.cpl0_fetch",
+            33,
+            "CPL0 fetch of a user read-only executable page: allowed, A set"
+        ),
+        (
+            "paging.access.urx.cpl3_read",
+            9,
+            "CPL3 read of a user read-only executable page: allowed, A set"
+        ),
+        (
+            "paging.access.urx.cpl3_write",
+            25,
+            "CPL3 write of a user read-only executable page: #PF(P|W|U)"
+        ),
+        (
+            "paging.access.urx.cpl3_fetch",
+            41,
+            "CPL3 fetch of a user read-only executable page: allowed, A set"
+        ),
+        (
+            "paging.access.urn.cpl0_read",
+            5,
+            "CPL0 read of a user read-only NX page: allowed, A set"
+        ),
+        (
+            "paging.access.urn.cpl0_write",
+            21,
+            "CPL0 write of a user read-only NX page: #PF(P|W)"
+        ),
+        (
+            "paging.access.urn.cpl0_fetch",
+            37,
+            "CPL0 fetch of a user read-only NX page: #PF(P|I)"
+        ),
+        (
+            "paging.access.urn.cpl3_read",
+            13,
+            "CPL3 read of a user read-only NX page: allowed, A set"
+        ),
+        (
+            "paging.access.urn.cpl3_write",
+            29,
+            "CPL3 write of a user read-only NX page: #PF(P|W|U)"
+        ),
+        (
+            "paging.access.urn.cpl3_fetch",
+            45,
+            "CPL3 fetch of a user read-only NX page: #PF(P|U|I)"
+        ),
+        (
+            "paging.access.swx.cpl0_read",
+            2,
+            "CPL0 read of a supervisor writable executable page: allowed, A set"
+        ),
+        (
+            "paging.access.swx.cpl0_write",
+            18,
+            "CPL0 write of a supervisor writable executable page: allowed, A/D set"
+        ),
+        (
+            "paging.access.swx.cpl0_fetch",
+            34,
+            "CPL0 fetch of a supervisor writable executable page: allowed, A set"
+        ),
+        (
+            "paging.access.swx.cpl3_read",
+            10,
+            "CPL3 read of a supervisor writable executable page: #PF(P|U)"
+        ),
+        (
+            "paging.access.swx.cpl3_write",
+            26,
+            "CPL3 write of a supervisor writable executable page: #PF(P|W|U)"
+        ),
+        (
+            "paging.access.swx.cpl3_fetch",
+            42,
+            "CPL3 fetch of a supervisor writable executable page: #PF(P|U|I)"
+        ),
+        (
+            "paging.access.swn.cpl0_read",
+            6,
+            "CPL0 read of a supervisor writable NX page: allowed, A set"
+        ),
+        (
+            "paging.access.swn.cpl0_write",
+            22,
+            "CPL0 write of a supervisor writable NX page: allowed, A/D set"
+        ),
+        (
+            "paging.access.swn.cpl0_fetch",
+            38,
+            "CPL0 fetch of a supervisor writable NX page: #PF(P|I)"
+        ),
+        (
+            "paging.access.swn.cpl3_read",
+            14,
+            "CPL3 read of a supervisor writable NX page: #PF(P|U)"
+        ),
+        (
+            "paging.access.swn.cpl3_write",
+            30,
+            "CPL3 write of a supervisor writable NX page: #PF(P|W|U)"
+        ),
+        (
+            "paging.access.swn.cpl3_fetch",
+            46,
+            "CPL3 fetch of a supervisor writable NX page: #PF(P|U|I)"
+        ),
+        (
+            "paging.access.srx.cpl0_read",
+            0,
+            "CPL0 read of a supervisor read-only executable page: allowed, A set"
+        ),
+        (
+            "paging.access.srx.cpl0_write",
+            16,
+            "CPL0 write of a supervisor read-only executable page: #PF(P|W)"
+        ),
+        (
+            "paging.access.srx.cpl0_fetch",
+            32,
+            "CPL0 fetch of a supervisor read-only executable page: allowed, A set"
+        ),
+        (
+            "paging.access.srx.cpl3_read",
+            8,
+            "CPL3 read of a supervisor read-only executable page: #PF(P|U)"
+        ),
+        (
+            "paging.access.srx.cpl3_write",
+            24,
+            "CPL3 write of a supervisor read-only executable page: #PF(P|W|U)"
+        ),
+        (
+            "paging.access.srx.cpl3_fetch",
+            40,
+            "CPL3 fetch of a supervisor read-only executable page: #PF(P|U|I)"
+        ),
+        (
+            "paging.access.srn.cpl0_read",
+            4,
+            "CPL0 read of a supervisor read-only NX page: allowed, A set"
+        ),
+        (
+            "paging.access.srn.cpl0_write",
+            20,
+            "CPL0 write of a supervisor read-only NX page: #PF(P|W)"
+        ),
+        (
+            "paging.access.srn.cpl0_fetch",
+            36,
+            "CPL0 fetch of a supervisor read-only NX page: #PF(P|I)"
+        ),
+        (
+            "paging.access.srn.cpl3_read",
+            12,
+            "CPL3 read of a supervisor read-only NX page: #PF(P|U)"
+        ),
+        (
+            "paging.access.srn.cpl3_write",
+            28,
+            "CPL3 write of a supervisor read-only NX page: #PF(P|W|U)"
+        ),
+        (
+            "paging.access.srn.cpl3_fetch",
+            44,
+            "CPL3 fetch of a supervisor read-only NX page: #PF(P|U|I)"
+        ),
+    ]
+);
 
 // --- 2 MiB pages --------------------------------------------------------------------------
 
@@ -382,8 +578,16 @@ fn large_page() {
         0 => {
             guest_lib::paging::map_large(LARGE_VA, &big, RW_US);
             instr::invlpg(va + inner);
-            check_eq!(instr::read_u64_safe(va + inner + 0x458), Ok(0x1a26_e000), "read inside the 2 MiB page");
-            check_eq!(instr::exec_ret_safe(va + inner + 0x800), Ok(()), "fetch inside it");
+            check_eq!(
+                instr::read_u64_safe(va + inner + 0x458),
+                Ok(0x1a26_e000),
+                "read inside the 2 MiB page"
+            );
+            check_eq!(
+                instr::exec_ret_safe(va + inner + 0x800),
+                Ok(()),
+                "fetch inside it"
+            );
         }
         1 => {
             guest_lib::paging::map_large(LARGE_VA, &big, PteFlags::US);
@@ -391,13 +595,25 @@ fn large_page() {
             let Some(t) = TestVa::new(va + inner + 0x458) else {
                 guest_lib::error!("not a test VA");
             };
-            check_eq!(instr::write_u64_safe(t, 1), Err(Exception::pf(pfec::P | pfec::W, t.get())), "write to a read-only 2 MiB page");
-            check_eq!(f.read_u64(0x458), 0x1a26_e000, "the page's contents afterwards");
+            check_eq!(
+                instr::write_u64_safe(t, 1),
+                Err(Exception::pf(pfec::P | pfec::W, t.get())),
+                "write to a read-only 2 MiB page"
+            );
+            check_eq!(
+                f.read_u64(0x458),
+                0x1a26_e000,
+                "the page's contents afterwards"
+            );
         }
         2 => {
             guest_lib::paging::map_large(LARGE_VA, &big, RW_US | PteFlags::NX);
             instr::invlpg(va + inner);
-            check_eq!(instr::exec_ret_safe(va + inner + 0x800), Err(Exception::pf(pfec::P | pfec::I, va + inner + 0x800)), "fetch from an NX 2 MiB page");
+            check_eq!(
+                instr::exec_ret_safe(va + inner + 0x800),
+                Err(Exception::pf(pfec::P | pfec::I, va + inner + 0x800)),
+                "fetch from an NX 2 MiB page"
+            );
         }
         _ => {
             guest_lib::paging::map_large(LARGE_VA, &big, RW_US);
@@ -419,12 +635,36 @@ const fn large_spec(name: &'static str, summary: &'static str) -> Spec {
     Spec::new(name, Area::Paging, summary)
 }
 
-case_table!(large_page, large_spec, [
-    ("paging.large.read_fetch", 0, "a 2 MiB page maps all of its 2 MiB for reads and fetches", "X86-PG-PS-1,PVM-SPT-5"),
-    ("paging.large.write_readonly", 1, "a write to a read-only 2 MiB page faults with P|W", "X86-PG-PS-1,PVM-SPT-5"),
-    ("paging.large.nx", 2, "a fetch from an NX 2 MiB page faults with P|I", "X86-PG-PS-1,X86-NX-1"),
-    ("paging.large.accessed_dirty", 3, "the CPU sets A (and D on a write) in the PDE of a 2 MiB page", "X86-PG-PS-1,X86-PTE-AD-1"),
-]);
+case_table!(
+    large_page,
+    large_spec,
+    [
+        (
+            "paging.large.read_fetch",
+            0,
+            "a 2 MiB page maps all of its 2 MiB for reads and fetches",
+            "X86-PG-PS-1,PVM-SPT-5"
+        ),
+        (
+            "paging.large.write_readonly",
+            1,
+            "a write to a read-only 2 MiB page faults with P|W",
+            "X86-PG-PS-1,PVM-SPT-5"
+        ),
+        (
+            "paging.large.nx",
+            2,
+            "a fetch from an NX 2 MiB page faults with P|I",
+            "X86-PG-PS-1,X86-NX-1"
+        ),
+        (
+            "paging.large.accessed_dirty",
+            3,
+            "the CPU sets A (and D on a write) in the PDE of a 2 MiB page",
+            "X86-PG-PS-1,X86-PTE-AD-1"
+        ),
+    ]
+);
 
 /// With EFER.NXE clear, bit 63 of a paging entry is reserved: an access through it is a
 /// reserved-bit #PF (P|RSVD), not an NX check.
@@ -435,12 +675,20 @@ fn nx_reserved_without_nxe() {
     instr::set_efer_nxe(false);
     let r = instr::read_u64_safe(TEST_VA.get());
     instr::set_efer_nxe(true);
-    check_eq!(r, Err(Exception::pf(pfec::P | pfec::RSVD, TEST_VA.get())), "read through an NX entry with EFER.NXE=0");
+    check_eq!(
+        r,
+        Err(Exception::pf(pfec::P | pfec::RSVD, TEST_VA.get())),
+        "read through an NX entry with EFER.NXE=0"
+    );
 }
 case!(
     nx_reserved_without_nxe,
-    Spec::new("paging.nx_reserved_without_nxe", Area::Paging, "with EFER.NXE=0 the NX bit is reserved: #PF(P|RSVD)")
-        .reqs("X86-PF-RSVD-1,X86-NX-1")
+    Spec::new(
+        "paging.nx_reserved_without_nxe",
+        Area::Paging,
+        "with EFER.NXE=0 the NX bit is reserved: #PF(P|RSVD)"
+    )
+    .reqs("X86-PF-RSVD-1,X86-NX-1")
 );
 
 // --- Every part of the address space ------------------------------------------------------
@@ -448,7 +696,11 @@ case!(
 /// A VA in PML4 slot `slot` (sign-extended for the upper half).
 const fn slot_va(slot: u64) -> u64 {
     let va = (slot << 39) | 0x1234_5000;
-    if slot >= 256 { va | 0xffff_0000_0000_0000 } else { va }
+    if slot >= 256 {
+        va | 0xffff_0000_0000_0000
+    } else {
+        va
+    }
 }
 
 /// Data and code mapped in one PML4 slot: CPL0 writes, reads and fetches work there.
@@ -464,28 +716,91 @@ fn pml4_slot() {
     let Some(data) = TestVa::new(va.get() + 8) else {
         guest_lib::error!("not a test VA");
     };
-    check_eq!(instr::write_u64_safe(data, 0x5107_0000 | slot), Ok(()), "write in slot {}", slot);
-    check_eq!(instr::read_u64_safe(data.get()), Ok(0x5107_0000 | slot), "read back in slot {}", slot);
-    check_eq!(f.read_u64(8), 0x5107_0000 | slot, "the frame holds the write");
-    check_eq!(instr::exec_ret_safe(va.get() + 0x100), Ok(()), "fetch in slot {}", slot);
+    check_eq!(
+        instr::write_u64_safe(data, 0x5107_0000 | slot),
+        Ok(()),
+        "write in slot {}",
+        slot
+    );
+    check_eq!(
+        instr::read_u64_safe(data.get()),
+        Ok(0x5107_0000 | slot),
+        "read back in slot {}",
+        slot
+    );
+    check_eq!(
+        f.read_u64(8),
+        0x5107_0000 | slot,
+        "the frame holds the write"
+    );
+    check_eq!(
+        instr::exec_ret_safe(va.get() + 0x100),
+        Ok(()),
+        "fetch in slot {}",
+        slot
+    );
 }
 
 const fn slot_spec(name: &'static str, summary: &'static str) -> Spec {
     Spec::new(name, Area::Paging, summary).reqs("X86-PG-2,PVM-SPT-6")
 }
 
-case_table!(pml4_slot, slot_spec, [
-    ("paging.pml4_slot.1", 1, "PML4 slot 1 holds data and code for CPL0"),
-    ("paging.pml4_slot.2", 2, "PML4 slot 2 holds data and code for CPL0"),
-    ("paging.pml4_slot.64", 64, "PML4 slot 64 holds data and code for CPL0"),
-    ("paging.pml4_slot.128", 128, "PML4 slot 128 holds data and code for CPL0"),
-    ("paging.pml4_slot.255", 255, "PML4 slot 255 (top of the lower half) holds data and code"),
-    ("paging.pml4_slot.256", 256, "PML4 slot 256 (bottom of the upper half) holds data and code"),
-    ("paging.pml4_slot.300", 300, "PML4 slot 300 holds data and code for CPL0"),
-    ("paging.pml4_slot.384", 384, "PML4 slot 384 holds data and code for CPL0"),
-    ("paging.pml4_slot.448", 448, "PML4 slot 448 holds data and code for CPL0"),
-    ("paging.pml4_slot.510", 510, "PML4 slot 510 (below the kernel alias) holds data and code"),
-]);
+case_table!(
+    pml4_slot,
+    slot_spec,
+    [
+        (
+            "paging.pml4_slot.1",
+            1,
+            "PML4 slot 1 holds data and code for CPL0"
+        ),
+        (
+            "paging.pml4_slot.2",
+            2,
+            "PML4 slot 2 holds data and code for CPL0"
+        ),
+        (
+            "paging.pml4_slot.64",
+            64,
+            "PML4 slot 64 holds data and code for CPL0"
+        ),
+        (
+            "paging.pml4_slot.128",
+            128,
+            "PML4 slot 128 holds data and code for CPL0"
+        ),
+        (
+            "paging.pml4_slot.255",
+            255,
+            "PML4 slot 255 (top of the lower half) holds data and code"
+        ),
+        (
+            "paging.pml4_slot.256",
+            256,
+            "PML4 slot 256 (bottom of the upper half) holds data and code"
+        ),
+        (
+            "paging.pml4_slot.300",
+            300,
+            "PML4 slot 300 holds data and code for CPL0"
+        ),
+        (
+            "paging.pml4_slot.384",
+            384,
+            "PML4 slot 384 holds data and code for CPL0"
+        ),
+        (
+            "paging.pml4_slot.448",
+            448,
+            "PML4 slot 448 holds data and code for CPL0"
+        ),
+        (
+            "paging.pml4_slot.510",
+            510,
+            "PML4 slot 510 (below the kernel alias) holds data and code"
+        ),
+    ]
+);
 
 /// PCID (when the VMM offers it): CR4.PCIDE can be set, and a CR3 load with NOFLUSH keeps the
 /// address space working.
@@ -496,13 +811,30 @@ fn pcid() {
     }
     use guest_lib::abi::x86::cr4;
     let old = instr::read_cr4();
-    check_eq!(instr::write_cr4_probe_safe(old | cr4::PCIDE), Ok(()), "setting CR4.PCIDE");
-    check_eq!(instr::read_cr4() & cr4::PCIDE, cr4::PCIDE, "CR4.PCIDE reads back");
-    check_eq!(instr::write_cr4_probe_safe(old), Ok(()), "clearing CR4.PCIDE");
+    check_eq!(
+        instr::write_cr4_probe_safe(old | cr4::PCIDE),
+        Ok(()),
+        "setting CR4.PCIDE"
+    );
+    check_eq!(
+        instr::read_cr4() & cr4::PCIDE,
+        cr4::PCIDE,
+        "CR4.PCIDE reads back"
+    );
+    check_eq!(
+        instr::write_cr4_probe_safe(old),
+        Ok(()),
+        "clearing CR4.PCIDE"
+    );
 }
 case!(
     pcid,
-    Spec::new("paging.pcid", Area::Paging, "PCID, when offered: CR4.PCIDE can be set and cleared").reqs("X86-PCID-1")
+    Spec::new(
+        "paging.pcid",
+        Area::Paging,
+        "PCID, when offered: CR4.PCIDE can be set and cleared"
+    )
+    .reqs("X86-PCID-1")
 );
 
 // --- Several vCPUs -------------------------------------------------------------------------
@@ -518,7 +850,10 @@ fn remote_flush_handler(_: &mut guest_lib::exception::Frame, ex: Exception) -> b
         return false;
     }
     instr::invlpg(TEST_VA.get());
-    REMOTE_SEEN.store(instr::read_u64_safe(TEST_VA.get()).unwrap_or(u64::MAX), SeqCst);
+    REMOTE_SEEN.store(
+        instr::read_u64_safe(TEST_VA.get()).unwrap_or(u64::MAX),
+        SeqCst,
+    );
     REMOTE_DONE.fetch_add(1, SeqCst);
     guest_lib::apic::eoi();
     true
@@ -545,19 +880,31 @@ fn remote_flush() {
         REMOTE_DONE.load(SeqCst) >= round
     };
     check!(shoot(1), "vCPU 1 did not answer the first IPI");
-    check_eq!(REMOTE_SEEN.load(SeqCst), 0xaaaa, "what vCPU 1 reads before the remap");
+    check_eq!(
+        REMOTE_SEEN.load(SeqCst),
+        0xaaaa,
+        "what vCPU 1 reads before the remap"
+    );
     set_pte(TEST_VA, Pte::map(&b, RW_US));
     instr::invlpg(TEST_VA.get());
     check!(shoot(2), "vCPU 1 did not answer the shootdown IPI");
-    check_eq!(REMOTE_SEEN.load(SeqCst), 0xbbbb, "what vCPU 1 reads after the shootdown");
+    check_eq!(
+        REMOTE_SEEN.load(SeqCst),
+        0xbbbb,
+        "what vCPU 1 reads after the shootdown"
+    );
     guest_lib::exception::set_hook(None);
 }
 case!(
     remote_flush,
-    Spec::new("paging.remote_flush", Area::Paging, "a remap on vCPU 0 plus a shootdown IPI reaches vCPU 1's translations")
-        .vcpus(2)
-        .flags(guest_lib::abi::case::FLAG_IRQCHIP)
-        .reqs("X86-TLB-2,PVM-SPT-1")
+    Spec::new(
+        "paging.remote_flush",
+        Area::Paging,
+        "a remap on vCPU 0 plus a shootdown IPI reaches vCPU 1's translations"
+    )
+    .vcpus(2)
+    .flags(guest_lib::abi::case::FLAG_IRQCHIP)
+    .reqs("X86-TLB-2,PVM-SPT-1")
 );
 
 /// Pages of the stress case.
@@ -676,19 +1023,47 @@ fn stress() {
     guest_lib::exception::set_hook(None);
     check!(FINAL_DONE.load(SeqCst), "vCPU 1 did not finish");
     let (ok, faulted) = (WRITES_OK.load(SeqCst), WRITES_FAULTED.load(SeqCst));
-    log!("{} table changes; vCPU 1: {} writes went through, {} faulted", round, ok, faulted);
-    check!(round >= full_cycle, "only {} table changes (every page through every state is {})", round, full_cycle);
-    check!(ok > 0 && faulted > 0, "writes through: {}, faulted: {} (both must happen)", ok, faulted);
+    log!(
+        "{} table changes; vCPU 1: {} writes went through, {} faulted",
+        round,
+        ok,
+        faulted
+    );
+    check!(
+        round >= full_cycle,
+        "only {} table changes (every page through every state is {})",
+        round,
+        full_cycle
+    );
+    check!(
+        ok > 0 && faulted > 0,
+        "writes through: {}, faulted: {} (both must happen)",
+        ok,
+        faulted
+    );
     for i in 0..STRESS_PAGES {
-        check_eq!(first[i as usize].read_u64(0), FINAL | i, "page {}'s final write, in its frame", i);
-        check!(second[i as usize].read_u64(0) != FINAL | i, "page {}'s final write reached the stale frame", i);
+        check_eq!(
+            first[i as usize].read_u64(0),
+            FINAL | i,
+            "page {}'s final write, in its frame",
+            i
+        );
+        check!(
+            second[i as usize].read_u64(0) != FINAL | i,
+            "page {}'s final write reached the stale frame",
+            i
+        );
     }
 }
 case!(
     stress,
-    Spec::new("paging.stress", Area::Paging, "two vCPUs remap, write-protect and zap the pages they write for 300 ms; no write is lost")
-        .vcpus(2)
-        .timeout_ms(5_000)
-        .flags(guest_lib::abi::case::FLAG_IRQCHIP)
-        .reqs("X86-TLB-2,PVM-SPT-1,PVM-SPT-7")
+    Spec::new(
+        "paging.stress",
+        Area::Paging,
+        "two vCPUs remap, write-protect and zap the pages they write for 300 ms; no write is lost"
+    )
+    .vcpus(2)
+    .timeout_ms(5_000)
+    .flags(guest_lib::abi::case::FLAG_IRQCHIP)
+    .reqs("X86-TLB-2,PVM-SPT-1,PVM-SPT-7")
 );

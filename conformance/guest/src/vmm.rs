@@ -32,9 +32,21 @@ fn msr_sync() {
     let index = rt::case_param() as u32;
     let (guest_v, host_v) = msr_values(index);
     let sync = || {
-        check_eq!(vmm::get_msr(index), Some(guest_v), "what the VMM reads after the guest's write");
-        check!(vmm::set_msr(index, host_v), "the VMM's write of {:#x} was refused", host_v);
-        check_eq!(instr::rdmsr_safe(index), Ok(host_v), "what the guest reads after the VMM's write");
+        check_eq!(
+            vmm::get_msr(index),
+            Some(guest_v),
+            "what the VMM reads after the guest's write"
+        );
+        check!(
+            vmm::set_msr(index, host_v),
+            "the VMM's write of {:#x} was refused",
+            host_v
+        );
+        check_eq!(
+            instr::rdmsr_safe(index),
+            Ok(host_v),
+            "what the guest reads after the VMM's write"
+        );
     };
     // The MSRs the library relies on are borrowed (and restored); the others are scratch.
     let borrowed = matches!(
@@ -57,18 +69,62 @@ const fn msr_sync_spec(name: &'static str, summary: &'static str) -> Spec {
     Spec::new(name, Area::Vmm, summary).reqs("KVM-MSR-1")
 }
 
-case_table!(msr_sync, msr_sync_spec, [
-    ("vmm.msr_sync.sysenter_cs", msr::SYSENTER_CS, "SYSENTER_CS: guest and VMM (GET/SET_MSRS) see each other's writes"),
-    ("vmm.msr_sync.sysenter_esp", msr::SYSENTER_ESP, "SYSENTER_ESP: guest and VMM (GET/SET_MSRS) see each other's writes"),
-    ("vmm.msr_sync.sysenter_eip", msr::SYSENTER_EIP, "SYSENTER_EIP: guest and VMM (GET/SET_MSRS) see each other's writes"),
-    ("vmm.msr_sync.star", msr::STAR, "STAR: guest and VMM (GET/SET_MSRS) see each other's writes"),
-    ("vmm.msr_sync.lstar", msr::LSTAR, "LSTAR: guest and VMM (GET/SET_MSRS) see each other's writes"),
-    ("vmm.msr_sync.cstar", msr::CSTAR, "CSTAR: guest and VMM (GET/SET_MSRS) see each other's writes"),
-    ("vmm.msr_sync.sfmask", msr::SFMASK, "SFMASK: guest and VMM (GET/SET_MSRS) see each other's writes"),
-    ("vmm.msr_sync.kernel_gs_base", msr::KERNEL_GS_BASE, "KERNEL_GS_BASE: guest and VMM (GET/SET_MSRS) see each other's writes"),
-    ("vmm.msr_sync.fs_base", msr::FS_BASE, "FS_BASE: guest and VMM (GET/SET_MSRS) see each other's writes"),
-    ("vmm.msr_sync.pat", msr::PAT, "PAT: guest and VMM (GET/SET_MSRS) see each other's writes"),
-]);
+case_table!(
+    msr_sync,
+    msr_sync_spec,
+    [
+        (
+            "vmm.msr_sync.sysenter_cs",
+            msr::SYSENTER_CS,
+            "SYSENTER_CS: guest and VMM (GET/SET_MSRS) see each other's writes"
+        ),
+        (
+            "vmm.msr_sync.sysenter_esp",
+            msr::SYSENTER_ESP,
+            "SYSENTER_ESP: guest and VMM (GET/SET_MSRS) see each other's writes"
+        ),
+        (
+            "vmm.msr_sync.sysenter_eip",
+            msr::SYSENTER_EIP,
+            "SYSENTER_EIP: guest and VMM (GET/SET_MSRS) see each other's writes"
+        ),
+        (
+            "vmm.msr_sync.star",
+            msr::STAR,
+            "STAR: guest and VMM (GET/SET_MSRS) see each other's writes"
+        ),
+        (
+            "vmm.msr_sync.lstar",
+            msr::LSTAR,
+            "LSTAR: guest and VMM (GET/SET_MSRS) see each other's writes"
+        ),
+        (
+            "vmm.msr_sync.cstar",
+            msr::CSTAR,
+            "CSTAR: guest and VMM (GET/SET_MSRS) see each other's writes"
+        ),
+        (
+            "vmm.msr_sync.sfmask",
+            msr::SFMASK,
+            "SFMASK: guest and VMM (GET/SET_MSRS) see each other's writes"
+        ),
+        (
+            "vmm.msr_sync.kernel_gs_base",
+            msr::KERNEL_GS_BASE,
+            "KERNEL_GS_BASE: guest and VMM (GET/SET_MSRS) see each other's writes"
+        ),
+        (
+            "vmm.msr_sync.fs_base",
+            msr::FS_BASE,
+            "FS_BASE: guest and VMM (GET/SET_MSRS) see each other's writes"
+        ),
+        (
+            "vmm.msr_sync.pat",
+            msr::PAT,
+            "PAT: guest and VMM (GET/SET_MSRS) see each other's writes"
+        ),
+    ]
+);
 
 /// The host clock advances between two requests, by about what the TSC says.
 fn host_clock() {
@@ -80,7 +136,11 @@ fn host_clock() {
     let (n1, t1) = (vmm::host_nanos(), instr::rdtsc());
     let host_us = (n1 - n0) / 1000;
     let tsc_us = (t1 - t0) * 1000 / khz.max(1);
-    log!("20 ms by the TSC: host clock {} us, TSC {} us", host_us, tsc_us);
+    log!(
+        "20 ms by the TSC: host clock {} us, TSC {} us",
+        host_us,
+        tsc_us
+    );
     check!(n1 > n0, "the host clock did not advance");
     // Both measure the same interval, give or take the two exits (well under 2 ms).
     check!(
@@ -111,25 +171,51 @@ fn round_trip() {
         extra.get(1).copied().unwrap_or(0),
     );
     let before_a = (a != 0).then(|| instr::rdmsr_safe(a));
-    check_eq!(instr::wrmsr_safe(msr::KERNEL_GS_BASE, 0xffff_8888_0000_1000), Ok(()), "setup");
-    check_eq!(instr::wrmsr_safe(msr::SYSENTER_ESP, 0xffff_8888_0000_2000), Ok(()), "setup");
+    check_eq!(
+        instr::wrmsr_safe(msr::KERNEL_GS_BASE, 0xffff_8888_0000_1000),
+        Ok(()),
+        "setup"
+    );
+    check_eq!(
+        instr::wrmsr_safe(msr::SYSENTER_ESP, 0xffff_8888_0000_2000),
+        Ok(()),
+        "setup"
+    );
     instr::set_fs_base(0x7777_0000);
     let cr0 = instr::read_cr0();
     let cr3 = instr::read_cr3();
     let cr4 = instr::read_cr4();
     let mode_before = env.mode();
     let r = vmm::must(Op::RoundTrip, [u64::from(a), u64::from(b), 0]);
-    log!("{} MSRs carried; PV MSRs read {:#x} {:#x}", r[0], r[1], r[2]);
+    log!(
+        "{} MSRs carried; PV MSRs read {:#x} {:#x}",
+        r[0],
+        r[1],
+        r[2]
+    );
     check!(r[0] > 10, "only {} MSRs carried", r[0]);
-    check_eq!(instr::rdmsr_safe(msr::KERNEL_GS_BASE), Ok(0xffff_8888_0000_1000), "KERNEL_GS_BASE");
-    check_eq!(instr::rdmsr_safe(msr::SYSENTER_ESP), Ok(0xffff_8888_0000_2000), "SYSENTER_ESP");
+    check_eq!(
+        instr::rdmsr_safe(msr::KERNEL_GS_BASE),
+        Ok(0xffff_8888_0000_1000),
+        "KERNEL_GS_BASE"
+    );
+    check_eq!(
+        instr::rdmsr_safe(msr::SYSENTER_ESP),
+        Ok(0xffff_8888_0000_2000),
+        "SYSENTER_ESP"
+    );
     check_eq!(instr::rdmsr_safe(msr::FS_BASE), Ok(0x7777_0000), "FS_BASE");
     check_eq!(instr::read_cr0(), cr0, "CR0");
     check_eq!(instr::read_cr3(), cr3, "CR3");
     check_eq!(instr::read_cr4(), cr4, "CR4");
     check_eq!(env.mode(), mode_before, "the environment's mode");
     if let Some(Ok(v)) = before_a {
-        check_eq!(instr::rdmsr_safe(a), Ok(v), "PV MSR {:#x} after the round trip", a);
+        check_eq!(
+            instr::rdmsr_safe(a),
+            Ok(v),
+            "PV MSR {:#x} after the round trip",
+            a
+        );
     }
 }
 case!(
@@ -201,9 +287,17 @@ fn memslot_add_remove() {
             i
         );
     }
-    check_eq!(instr::write_u64_safe(SLOT_VA, 0x1234), Ok(()), "write to the new slot");
+    check_eq!(
+        instr::write_u64_safe(SLOT_VA, 0x1234),
+        Ok(()),
+        "write to the new slot"
+    );
     check_eq!(instr::read_u64_safe(SLOT_VA.get()), Ok(0x1234), "read back");
-    check_eq!(vmm::request(Op::RemoveMemslot, [1, 0, 0]).map(drop), Ok(()), "removing it");
+    check_eq!(
+        vmm::request(Op::RemoveMemslot, [1, 0, 0]).map(drop),
+        Ok(()),
+        "removing it"
+    );
     // Now MMIO: the case's host device is not there, so the read must reach the VMM as an
     // exit; the run would end as unexpected. Instead check the slot cannot be removed twice.
     check!(
@@ -224,7 +318,10 @@ case!(
 /// A read-only memslot reads as memory and a write to it exits to the VMM (MMIO), leaving the
 /// memory unchanged; the guest sees no fault.
 fn memslot_readonly() {
-    let r = vmm::request(Op::AddMemslot, [2, EXTRA_SLOT_GPA, (SLOT_PAGES * 4096) | READONLY]);
+    let r = vmm::request(
+        Op::AddMemslot,
+        [2, EXTRA_SLOT_GPA, (SLOT_PAGES * 4096) | READONLY],
+    );
     check_eq!(r.map(drop), Ok(()), "adding the read-only memslot");
     map_slot(true);
     check_eq!(
@@ -289,7 +386,11 @@ fn vif_write() {
         guest_lib::error!("the VMM cannot read the VIF MSR");
     };
     log!("the VMM reads the VIF MSR as {:#x}", now);
-    check!(now & VIF_ENABLE != 0, "the registered VIF MSR lacks the enable bit: {:#x}", now);
+    check!(
+        now & VIF_ENABLE != 0,
+        "the registered VIF MSR lacks the enable bit: {:#x}",
+        now
+    );
     let low = now & 0xfff;
     let maxphys = instr::cpuid(0x8000_0008, 0)[0] & 0xff;
     // (value, Some(mode afterwards) when it must be accepted, None when refused)
@@ -307,7 +408,10 @@ fn vif_write() {
             check_eq!(r.map(drop), Ok(()), "adding a read-only memslot");
             (EXTRA_SLOT_GPA | low, None)
         }
-        vif::OTHER_PAGE => (guest_lib::paging::alloc_frame().pa() | low, Some(Mode::PvNative)),
+        vif::OTHER_PAGE => (
+            guest_lib::paging::alloc_frame().pa() | low,
+            Some(Mode::PvNative),
+        ),
         _ => guest_lib::error!("unknown VIF scenario {}", scenario),
     };
     let accepted = vmm::set_msr(MSR_VIF, value);
@@ -320,7 +424,12 @@ fn vif_write() {
         after,
         mode
     );
-    check_eq!(accepted, accept.is_some(), "whether the VMM's write of {:#x} is accepted", value);
+    check_eq!(
+        accepted,
+        accept.is_some(),
+        "whether the VMM's write of {:#x} is accepted",
+        value
+    );
     match accept {
         Some(want_mode) if accepted => {
             check_eq!(
@@ -337,8 +446,15 @@ fn vif_write() {
         _ => {}
     }
     if accepted && value != now {
-        check!(vmm::set_msr(MSR_VIF, now), "restoring the VIF MSR was refused");
-        check_eq!(env.mode(), Mode::PvNative, "the mode once the VMM restored the VIF MSR");
+        check!(
+            vmm::set_msr(MSR_VIF, now),
+            "restoring the VIF MSR was refused"
+        );
+        check_eq!(
+            env.mode(),
+            Mode::PvNative,
+            "the mode once the VMM restored the VIF MSR"
+        );
     }
 }
 
@@ -348,18 +464,62 @@ const fn vif_spec(name: &'static str, summary: &'static str) -> Spec {
         .reqs("PVM-VMM-2")
 }
 
-case_table!(vif_write, vif_spec, [
-    ("vmm.vif.same_value", vif::SAME, "the VMM writing back the VIF MSR value it read is accepted; nothing changes"),
-    ("vmm.vif.no_enable", vif::NO_ENABLE, "a VMM write of the registered page without the enable bit is accepted and reads back"),
-    ("vmm.vif.zero", vif::ZERO, "a VMM write of 0 unregisters the page (emulated CPL0), and the old value restores it"),
-    ("vmm.vif.user_mode_bit", vif::USER_MODE_BIT, "a VMM write setting the host's user-mode bit 11 is refused; nothing changes"),
-    ("vmm.vif.reserved_bit", vif::RESERVED_BIT, "a VMM write of the VIF MSR with a reserved bit is refused; nothing changes"),
-    ("vmm.vif.beyond_maxphyaddr", vif::BEYOND_MAXPHYADDR, "a VMM write of a VIF page above MAXPHYADDR is refused; nothing changes"),
-    ("vmm.vif.wrap", vif::WRAP, "a VMM write of the last page of the address space is refused; nothing changes"),
-    ("vmm.vif.unbacked", vif::UNBACKED, "a VMM write of a VIF page with no memory behind it is refused; nothing changes"),
-    ("vmm.vif.readonly_slot", vif::READONLY_SLOT, "a VMM write of a VIF page in a read-only memslot is refused; nothing changes"),
-    ("vmm.vif.other_page", vif::OTHER_PAGE, "a VMM write moving the VIF page to other RAM is accepted (and moved back)"),
-]);
+case_table!(
+    vif_write,
+    vif_spec,
+    [
+        (
+            "vmm.vif.same_value",
+            vif::SAME,
+            "the VMM writing back the VIF MSR value it read is accepted; nothing changes"
+        ),
+        (
+            "vmm.vif.no_enable",
+            vif::NO_ENABLE,
+            "a VMM write of the registered page without the enable bit is accepted and reads back"
+        ),
+        (
+            "vmm.vif.zero",
+            vif::ZERO,
+            "a VMM write of 0 unregisters the page (emulated CPL0), and the old value restores it"
+        ),
+        (
+            "vmm.vif.user_mode_bit",
+            vif::USER_MODE_BIT,
+            "a VMM write setting the host's user-mode bit 11 is refused; nothing changes"
+        ),
+        (
+            "vmm.vif.reserved_bit",
+            vif::RESERVED_BIT,
+            "a VMM write of the VIF MSR with a reserved bit is refused; nothing changes"
+        ),
+        (
+            "vmm.vif.beyond_maxphyaddr",
+            vif::BEYOND_MAXPHYADDR,
+            "a VMM write of a VIF page above MAXPHYADDR is refused; nothing changes"
+        ),
+        (
+            "vmm.vif.wrap",
+            vif::WRAP,
+            "a VMM write of the last page of the address space is refused; nothing changes"
+        ),
+        (
+            "vmm.vif.unbacked",
+            vif::UNBACKED,
+            "a VMM write of a VIF page with no memory behind it is refused; nothing changes"
+        ),
+        (
+            "vmm.vif.readonly_slot",
+            vif::READONLY_SLOT,
+            "a VMM write of a VIF page in a read-only memslot is refused; nothing changes"
+        ),
+        (
+            "vmm.vif.other_page",
+            vif::OTHER_PAGE,
+            "a VMM write moving the VIF page to other RAM is accepted (and moved back)"
+        ),
+    ]
+);
 
 /// The MSRs that hold the environment's PV state are in `KVM_GET_MSR_INDEX_LIST`, so a VMM
 /// that saves what the list names carries them.
@@ -369,7 +529,12 @@ fn pv_msrs_listed() {
         guest_lib::skip!("this environment has no PV state MSRs");
     }
     for &m in msrs {
-        check_eq!(vmm::must(Op::MsrListed, [u64::from(m), 0, 0])[0], 1, "MSR {:#x} listed", m);
+        check_eq!(
+            vmm::must(Op::MsrListed, [u64::from(m), 0, 0])[0],
+            1,
+            "MSR {:#x} listed",
+            m
+        );
     }
 }
 case!(
@@ -392,7 +557,11 @@ fn vif_restore_unregistered() {
         guest_lib::skip!("the host has no VIF MSR");
     };
     log!("the VMM reads the unregistered VIF MSR as {:#x}", v);
-    check!(vmm::set_msr(MSR_VIF, v), "writing back {:#x} was refused", v);
+    check!(
+        vmm::set_msr(MSR_VIF, v),
+        "writing back {:#x} was refused",
+        v
+    );
     check_eq!(vmm::get_msr(MSR_VIF), Some(v), "the VIF MSR afterwards");
 }
 case!(
@@ -415,11 +584,26 @@ fn pv_msr_views() {
     let index = rt::case_param() as u32;
     let guest = instr::rdmsr_safe(index);
     let host = vmm::get_msr(index);
-    log!("MSR {:#x}: guest rdmsr {:x?}, VMM {:x?}", index, guest, host);
-    check_eq!(host.is_some(), guest.is_ok(), "whether MSR {:#x} exists (VMM vs guest)", index);
+    log!(
+        "MSR {:#x}: guest rdmsr {:x?}, VMM {:x?}",
+        index,
+        guest,
+        host
+    );
+    check_eq!(
+        host.is_some(),
+        guest.is_ok(),
+        "whether MSR {:#x} exists (VMM vs guest)",
+        index
+    );
     if let (Ok(g), Some(h)) = (guest, host) {
         let mask = if index == MSR_VIF { !VIF_HOST_BIT } else { !0 };
-        check_eq!(h & mask, g & mask, "MSR {:#x} as the VMM and the guest read it", index);
+        check_eq!(
+            h & mask,
+            g & mask,
+            "MSR {:#x} as the VMM and the guest read it",
+            index
+        );
     }
 }
 
@@ -427,20 +611,72 @@ const fn pv_msr_spec(name: &'static str, summary: &'static str) -> Spec {
     Spec::new(name, Area::Vmm, summary).reqs("KVM-MSR-2")
 }
 
-case_table!(pv_msr_views, pv_msr_spec, [
-    ("vmm.pv_msr.kvm_wall_clock", guest_lib::abi::x86::kvm_msr::WALL_CLOCK_NEW, "MSR_KVM_WALL_CLOCK_NEW exists for the VMM iff for the guest"),
-    ("vmm.pv_msr.kvm_system_time", guest_lib::abi::x86::kvm_msr::SYSTEM_TIME_NEW, "MSR_KVM_SYSTEM_TIME_NEW: VMM and guest views agree"),
-    ("vmm.pv_msr.kvm_async_pf_en", guest_lib::abi::x86::kvm_msr::ASYNC_PF_EN, "MSR_KVM_ASYNC_PF_EN: VMM and guest views agree"),
-    ("vmm.pv_msr.kvm_steal_time", guest_lib::abi::x86::kvm_msr::STEAL_TIME, "MSR_KVM_STEAL_TIME: VMM and guest views agree"),
-    ("vmm.pv_msr.kvm_pv_eoi", guest_lib::abi::x86::kvm_msr::PV_EOI_EN, "MSR_KVM_PV_EOI_EN: VMM and guest views agree"),
-    ("vmm.pv_msr.kvm_poll_control", guest_lib::abi::x86::kvm_msr::POLL_CONTROL, "MSR_KVM_POLL_CONTROL: VMM and guest views agree"),
-    ("vmm.pv_msr.local_vif", guest_lib::abi::local::MSR_VIF, "the local dialect's VIF MSR: VMM and guest views agree"),
-    ("vmm.pv_msr.local_signature", guest_lib::abi::local::MSR_SIGNATURE, "the local dialect's signature MSR: VMM and guest views agree"),
-    ("vmm.pv_msr.local_12", guest_lib::abi::local::MSR_UNKNOWN_12, "the local dialect's MSR 0x4b564d12: VMM and guest views agree"),
-    ("vmm.pv_msr.local_tsc_khz", guest_lib::abi::local::MSR_TSC_KHZ, "the local dialect's TSC kHz MSR: VMM and guest views agree"),
-    ("vmm.pv_msr.local_14", 0x4b56_4d14, "MSR 0x4b564d14 (past the dialect's MSRs): VMM and guest views agree"),
-    ("vmm.pv_msr.local_ff", 0x4b56_4dff, "MSR 0x4b564dff (end of the range): VMM and guest views agree"),
-]);
+case_table!(
+    pv_msr_views,
+    pv_msr_spec,
+    [
+        (
+            "vmm.pv_msr.kvm_wall_clock",
+            guest_lib::abi::x86::kvm_msr::WALL_CLOCK_NEW,
+            "MSR_KVM_WALL_CLOCK_NEW exists for the VMM iff for the guest"
+        ),
+        (
+            "vmm.pv_msr.kvm_system_time",
+            guest_lib::abi::x86::kvm_msr::SYSTEM_TIME_NEW,
+            "MSR_KVM_SYSTEM_TIME_NEW: VMM and guest views agree"
+        ),
+        (
+            "vmm.pv_msr.kvm_async_pf_en",
+            guest_lib::abi::x86::kvm_msr::ASYNC_PF_EN,
+            "MSR_KVM_ASYNC_PF_EN: VMM and guest views agree"
+        ),
+        (
+            "vmm.pv_msr.kvm_steal_time",
+            guest_lib::abi::x86::kvm_msr::STEAL_TIME,
+            "MSR_KVM_STEAL_TIME: VMM and guest views agree"
+        ),
+        (
+            "vmm.pv_msr.kvm_pv_eoi",
+            guest_lib::abi::x86::kvm_msr::PV_EOI_EN,
+            "MSR_KVM_PV_EOI_EN: VMM and guest views agree"
+        ),
+        (
+            "vmm.pv_msr.kvm_poll_control",
+            guest_lib::abi::x86::kvm_msr::POLL_CONTROL,
+            "MSR_KVM_POLL_CONTROL: VMM and guest views agree"
+        ),
+        (
+            "vmm.pv_msr.local_vif",
+            guest_lib::abi::local::MSR_VIF,
+            "the local dialect's VIF MSR: VMM and guest views agree"
+        ),
+        (
+            "vmm.pv_msr.local_signature",
+            guest_lib::abi::local::MSR_SIGNATURE,
+            "the local dialect's signature MSR: VMM and guest views agree"
+        ),
+        (
+            "vmm.pv_msr.local_12",
+            guest_lib::abi::local::MSR_UNKNOWN_12,
+            "the local dialect's MSR 0x4b564d12: VMM and guest views agree"
+        ),
+        (
+            "vmm.pv_msr.local_tsc_khz",
+            guest_lib::abi::local::MSR_TSC_KHZ,
+            "the local dialect's TSC kHz MSR: VMM and guest views agree"
+        ),
+        (
+            "vmm.pv_msr.local_14",
+            0x4b56_4d14,
+            "MSR 0x4b564d14 (past the dialect's MSRs): VMM and guest views agree"
+        ),
+        (
+            "vmm.pv_msr.local_ff",
+            0x4b56_4dff,
+            "MSR 0x4b564dff (end of the range): VMM and guest views agree"
+        ),
+    ]
+);
 
 /// The VMM cannot change the dialect's read-only MSRs (signature, TSC kHz, 0x4b564d12):
 /// `KVM_SET_MSRS` refuses, and the value stays.
@@ -449,20 +685,44 @@ fn pv_msr_readonly_for_vmm() {
     let Some(v) = vmm::get_msr(index) else {
         guest_lib::skip!("the host has no MSR {:#x}", index);
     };
-    check!(!vmm::set_msr(index, v ^ 0x10), "the VMM's write of MSR {:#x} was accepted", index);
+    check!(
+        !vmm::set_msr(index, v ^ 0x10),
+        "the VMM's write of MSR {:#x} was accepted",
+        index
+    );
     check_eq!(vmm::get_msr(index), Some(v), "MSR {:#x} afterwards", index);
-    check_eq!(instr::rdmsr_safe(index), Ok(v), "what the guest reads afterwards");
+    check_eq!(
+        instr::rdmsr_safe(index),
+        Ok(v),
+        "what the guest reads afterwards"
+    );
 }
 
 const fn pv_ro_spec(name: &'static str, summary: &'static str) -> Spec {
     Spec::new(name, Area::Vmm, summary).reqs("PVM-VMM-2")
 }
 
-case_table!(pv_msr_readonly_for_vmm, pv_ro_spec, [
-    ("vmm.pv_msr_ro.signature", guest_lib::abi::local::MSR_SIGNATURE, "the VMM cannot change the signature MSR"),
-    ("vmm.pv_msr_ro.tsc_khz", guest_lib::abi::local::MSR_TSC_KHZ, "the VMM cannot change the TSC kHz MSR"),
-    ("vmm.pv_msr_ro.local_12", guest_lib::abi::local::MSR_UNKNOWN_12, "the VMM cannot change MSR 0x4b564d12"),
-]);
+case_table!(
+    pv_msr_readonly_for_vmm,
+    pv_ro_spec,
+    [
+        (
+            "vmm.pv_msr_ro.signature",
+            guest_lib::abi::local::MSR_SIGNATURE,
+            "the VMM cannot change the signature MSR"
+        ),
+        (
+            "vmm.pv_msr_ro.tsc_khz",
+            guest_lib::abi::local::MSR_TSC_KHZ,
+            "the VMM cannot change the TSC kHz MSR"
+        ),
+        (
+            "vmm.pv_msr_ro.local_12",
+            guest_lib::abi::local::MSR_UNKNOWN_12,
+            "the VMM cannot change MSR 0x4b564d12"
+        ),
+    ]
+);
 
 /// What the dialect's TSC kHz MSR says is the rate `KVM_GET_TSC_KHZ` gave the VMM (the boot
 /// info carries that).
@@ -470,7 +730,11 @@ fn tsc_khz_matches_vmm() {
     let Ok(khz) = instr::rdmsr_safe(guest_lib::abi::local::MSR_TSC_KHZ) else {
         guest_lib::skip!("no TSC kHz MSR");
     };
-    check_eq!(khz, rt::boot_info().tsc_khz, "TSC kHz MSR vs KVM_GET_TSC_KHZ");
+    check_eq!(
+        khz,
+        rt::boot_info().tsc_khz,
+        "TSC kHz MSR vs KVM_GET_TSC_KHZ"
+    );
 }
 case!(
     tsc_khz_matches_vmm,

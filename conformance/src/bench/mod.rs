@@ -238,13 +238,18 @@ pub fn run(
         c.rows.insert(("vm_lifecycle".into(), o.env.clone()), reps);
     }
     for o in by_env.iter().filter(|o| !o.instance_overhead_ns.is_empty()) {
-        let chunk = o.instance_overhead_ns.len().div_ceil(opts.repetitions).max(1);
+        let chunk = o
+            .instance_overhead_ns
+            .len()
+            .div_ceil(opts.repetitions)
+            .max(1);
         let reps: Vec<Vec<f64>> = o
             .instance_overhead_ns
             .chunks(chunk)
             .map(<[f64]>::to_vec)
             .collect();
-        c.rows.insert(("instance_overhead".into(), o.env.clone()), reps);
+        c.rows
+            .insert(("instance_overhead".into(), o.env.clone()), reps);
     }
     let native_median = |b: Baseline| {
         native

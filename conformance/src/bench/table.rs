@@ -47,10 +47,11 @@ pub fn table(r: &BenchReport) -> String {
             o.runner_to_raw,
             o.case_overhead_ms
                 .map_or("not measured".into(), |ms| format!("{ms:.2} ms (median)")),
-            o.instance_overhead_ms.map_or("not measured".into(), |ms| format!(
-                "{ms:.3} ms (median; goal <= 1 ms: {})",
-                if ms <= 1.0 { "met" } else { "NOT met" }
-            ))
+            o.instance_overhead_ms
+                .map_or("not measured".into(), |ms| format!(
+                    "{ms:.3} ms (median; goal <= 1 ms: {})",
+                    if ms <= 1.0 { "met" } else { "NOT met" }
+                ))
         );
     }
     out

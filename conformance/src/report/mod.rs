@@ -402,10 +402,14 @@ mod tests {
              wall time 1.50 s (per-instance overhead 0.500 ms median)"
         );
         // Without VM runs (all SKIP, say) there is no overhead to speak of.
-        let skipped: Vec<_> = rs.iter().cloned().map(|mut r| {
-            r.run_ms = 0.0;
-            r
-        }).collect();
+        let skipped: Vec<_> = rs
+            .iter()
+            .cloned()
+            .map(|mut r| {
+                r.run_ms = 0.0;
+                r
+            })
+            .collect();
         assert_eq!(Summary::of(&skipped, 6, 10).overhead_median_ms, None);
     }
 

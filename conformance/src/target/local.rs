@@ -53,7 +53,12 @@ impl LocalTarget {
     fn prepare(&self, inst: &Instance) -> Prepared {
         let kvm = match &self.kvm {
             Ok(k) => k,
-            Err(why) => return Prepared::Result(CaseResult::skipped(inst, format!("no usable /dev/kvm: {why}"))),
+            Err(why) => {
+                return Prepared::Result(CaseResult::skipped(
+                    inst,
+                    format!("no usable /dev/kvm: {why}"),
+                ));
+            }
         };
         if let Some(why) = skip_reason(&self.host, inst.env) {
             return Prepared::Result(CaseResult::skipped(inst, why));

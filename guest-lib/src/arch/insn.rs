@@ -85,7 +85,10 @@ pub fn atomics() -> u64 {
              options(att_syntax));
         x = px.read();
     }
-    x | (xadd_old << 8) | (xchg_old << 16) | (pair.0[0] << 24) | (pair.0[1] << 32)
+    x | (xadd_old << 8)
+        | (xchg_old << 16)
+        | (pair.0[0] << 24)
+        | (pair.0[1] << 32)
         | (u64::from(zf) << 40)
 }
 
@@ -153,9 +156,14 @@ pub const MUL_DIV_RESULT: u64 = {
     let (q, r) = ((n / 7) as u64, (n % 7) as u64);
     let im = (-3i64 as i128) * 5;
     let (iq, ir) = (-100i64 / 7, -100i64 % 7);
-    (m as u64) ^ ((m >> 64) as u64).rotate_left(7) ^ q.rotate_left(14) ^ r.rotate_left(21)
-        ^ (im as u64).rotate_left(28) ^ ((im >> 64) as u64).rotate_left(35)
-        ^ (iq as u64).rotate_left(42) ^ (ir as u64).rotate_left(49)
+    (m as u64)
+        ^ ((m >> 64) as u64).rotate_left(7)
+        ^ q.rotate_left(14)
+        ^ r.rotate_left(21)
+        ^ (im as u64).rotate_left(28)
+        ^ ((im >> 64) as u64).rotate_left(35)
+        ^ (iq as u64).rotate_left(42)
+        ^ (ir as u64).rotate_left(49)
 };
 
 /// MUL, DIV, IMUL and IDIV with 128-bit RDX:RAX operands.
@@ -172,8 +180,13 @@ pub fn mul_div() -> u64 {
         asm!("cqto", "idivq {d}", d = in(reg) 7i64, inout("rax") -100i64 => iq, out("rdx") ir,
              options(att_syntax, nostack, nomem));
     }
-    mlo ^ mhi.rotate_left(7) ^ q.rotate_left(14) ^ r.rotate_left(21) ^ ilo.rotate_left(28)
-        ^ ihi.rotate_left(35) ^ iq.rotate_left(42) ^ ir.rotate_left(49)
+    mlo ^ mhi.rotate_left(7)
+        ^ q.rotate_left(14)
+        ^ r.rotate_left(21)
+        ^ ilo.rotate_left(28)
+        ^ ihi.rotate_left(35)
+        ^ iq.rotate_left(42)
+        ^ ir.rotate_left(49)
 }
 
 #[repr(C, align(16))]
@@ -319,7 +332,11 @@ const fn crc32c_u64(mut crc: u32, v: u64) -> u32 {
         crc ^= ((v >> (8 * i)) & 0xff) as u32;
         let mut k = 0;
         while k < 8 {
-            crc = if crc & 1 != 0 { (crc >> 1) ^ 0x82f6_3b78 } else { crc >> 1 };
+            crc = if crc & 1 != 0 {
+                (crc >> 1) ^ 0x82f6_3b78
+            } else {
+                crc >> 1
+            };
             k += 1;
         }
         i += 1;

@@ -1026,7 +1026,11 @@ pub fn with_cr3<R>(space: &crate::paging::AddressSpace, f: impl FnOnce() -> R) -
 /// loader's entries have NX clear, so only test mappings are affected.
 pub fn set_efer_nxe(on: bool) {
     let v = rdmsr(msr::EFER);
-    let v = if on { v | abi::x86::efer::NXE } else { v & !abi::x86::efer::NXE };
+    let v = if on {
+        v | abi::x86::efer::NXE
+    } else {
+        v & !abi::x86::efer::NXE
+    };
     // SAFETY: NXE only changes the meaning of bit 63 of paging entries, which is clear in every
     // entry the guest's own memory depends on.
     unsafe { wrmsr(msr::EFER, v) }
@@ -1063,10 +1067,18 @@ pub fn mmio_write(a: MmioAddr, size: u8, v: u64) {
     // which holds no Rust object; the store exits to the VMM.
     unsafe {
         match size {
-            1 => asm!("movb {v}, ({p})", p = in(reg) p, v = in(reg_byte) v as u8, options(att_syntax, nostack)),
-            2 => asm!("movw {v:x}, ({p})", p = in(reg) p, v = in(reg) v as u16, options(att_syntax, nostack)),
-            4 => asm!("movl {v:e}, ({p})", p = in(reg) p, v = in(reg) v as u32, options(att_syntax, nostack)),
-            _ => asm!("movq {v}, ({p})", p = in(reg) p, v = in(reg) v, options(att_syntax, nostack)),
+            1 => {
+                asm!("movb {v}, ({p})", p = in(reg) p, v = in(reg_byte) v as u8, options(att_syntax, nostack))
+            }
+            2 => {
+                asm!("movw {v:x}, ({p})", p = in(reg) p, v = in(reg) v as u16, options(att_syntax, nostack))
+            }
+            4 => {
+                asm!("movl {v:e}, ({p})", p = in(reg) p, v = in(reg) v as u32, options(att_syntax, nostack))
+            }
+            _ => {
+                asm!("movq {v}, ({p})", p = in(reg) p, v = in(reg) v, options(att_syntax, nostack))
+            }
         }
     }
 }
@@ -1124,11 +1136,21 @@ pub fn mmio_read_extend(a: MmioAddr, how: Extend) -> u64 {
     // SAFETY: as in `mmio_read`.
     unsafe {
         match how {
-            Extend::ZeroByte => asm!("movzbq ({p}), {v}", p = in(reg) p, v = out(reg) v, options(att_syntax, nostack)),
-            Extend::ZeroWord => asm!("movzwq ({p}), {v}", p = in(reg) p, v = out(reg) v, options(att_syntax, nostack)),
-            Extend::SignByte => asm!("movsbq ({p}), {v}", p = in(reg) p, v = out(reg) v, options(att_syntax, nostack)),
-            Extend::SignWord => asm!("movswq ({p}), {v}", p = in(reg) p, v = out(reg) v, options(att_syntax, nostack)),
-            Extend::SignDword => asm!("movslq ({p}), {v}", p = in(reg) p, v = out(reg) v, options(att_syntax, nostack)),
+            Extend::ZeroByte => {
+                asm!("movzbq ({p}), {v}", p = in(reg) p, v = out(reg) v, options(att_syntax, nostack))
+            }
+            Extend::ZeroWord => {
+                asm!("movzwq ({p}), {v}", p = in(reg) p, v = out(reg) v, options(att_syntax, nostack))
+            }
+            Extend::SignByte => {
+                asm!("movsbq ({p}), {v}", p = in(reg) p, v = out(reg) v, options(att_syntax, nostack))
+            }
+            Extend::SignWord => {
+                asm!("movswq ({p}), {v}", p = in(reg) p, v = out(reg) v, options(att_syntax, nostack))
+            }
+            Extend::SignDword => {
+                asm!("movslq ({p}), {v}", p = in(reg) p, v = out(reg) v, options(att_syntax, nostack))
+            }
         }
     }
     v
@@ -1230,12 +1252,24 @@ pub fn rep_outs(port: u16, size: u8, buf: &[u8], backwards: bool) {
     // again before the block ends, as the ABI requires.
     unsafe {
         match (size, backwards) {
-            (1, false) => asm!("rep outsb", in("dx") port, inout("rsi") src => _, inout("rcx") count => _, options(att_syntax, nostack)),
-            (2, false) => asm!("rep outsw", in("dx") port, inout("rsi") src => _, inout("rcx") count => _, options(att_syntax, nostack)),
-            (4, false) => asm!("rep outsl", in("dx") port, inout("rsi") src => _, inout("rcx") count => _, options(att_syntax, nostack)),
-            (1, true) => asm!("std", "rep outsb", "cld", in("dx") port, inout("rsi") src => _, inout("rcx") count => _, options(att_syntax, nostack)),
-            (2, true) => asm!("std", "rep outsw", "cld", in("dx") port, inout("rsi") src => _, inout("rcx") count => _, options(att_syntax, nostack)),
-            _ => asm!("std", "rep outsl", "cld", in("dx") port, inout("rsi") src => _, inout("rcx") count => _, options(att_syntax, nostack)),
+            (1, false) => {
+                asm!("rep outsb", in("dx") port, inout("rsi") src => _, inout("rcx") count => _, options(att_syntax, nostack))
+            }
+            (2, false) => {
+                asm!("rep outsw", in("dx") port, inout("rsi") src => _, inout("rcx") count => _, options(att_syntax, nostack))
+            }
+            (4, false) => {
+                asm!("rep outsl", in("dx") port, inout("rsi") src => _, inout("rcx") count => _, options(att_syntax, nostack))
+            }
+            (1, true) => {
+                asm!("std", "rep outsb", "cld", in("dx") port, inout("rsi") src => _, inout("rcx") count => _, options(att_syntax, nostack))
+            }
+            (2, true) => {
+                asm!("std", "rep outsw", "cld", in("dx") port, inout("rsi") src => _, inout("rcx") count => _, options(att_syntax, nostack))
+            }
+            _ => {
+                asm!("std", "rep outsl", "cld", in("dx") port, inout("rsi") src => _, inout("rcx") count => _, options(att_syntax, nostack))
+            }
         }
     }
 }
@@ -1259,12 +1293,24 @@ pub fn rep_ins(port: u16, size: u8, buf: &mut [u8], backwards: bool) {
     // again before the block ends.
     unsafe {
         match (size, backwards) {
-            (1, false) => asm!("rep insb", in("dx") port, inout("rdi") dst => _, inout("rcx") count => _, options(att_syntax, nostack)),
-            (2, false) => asm!("rep insw", in("dx") port, inout("rdi") dst => _, inout("rcx") count => _, options(att_syntax, nostack)),
-            (4, false) => asm!("rep insl", in("dx") port, inout("rdi") dst => _, inout("rcx") count => _, options(att_syntax, nostack)),
-            (1, true) => asm!("std", "rep insb", "cld", in("dx") port, inout("rdi") dst => _, inout("rcx") count => _, options(att_syntax, nostack)),
-            (2, true) => asm!("std", "rep insw", "cld", in("dx") port, inout("rdi") dst => _, inout("rcx") count => _, options(att_syntax, nostack)),
-            _ => asm!("std", "rep insl", "cld", in("dx") port, inout("rdi") dst => _, inout("rcx") count => _, options(att_syntax, nostack)),
+            (1, false) => {
+                asm!("rep insb", in("dx") port, inout("rdi") dst => _, inout("rcx") count => _, options(att_syntax, nostack))
+            }
+            (2, false) => {
+                asm!("rep insw", in("dx") port, inout("rdi") dst => _, inout("rcx") count => _, options(att_syntax, nostack))
+            }
+            (4, false) => {
+                asm!("rep insl", in("dx") port, inout("rdi") dst => _, inout("rcx") count => _, options(att_syntax, nostack))
+            }
+            (1, true) => {
+                asm!("std", "rep insb", "cld", in("dx") port, inout("rdi") dst => _, inout("rcx") count => _, options(att_syntax, nostack))
+            }
+            (2, true) => {
+                asm!("std", "rep insw", "cld", in("dx") port, inout("rdi") dst => _, inout("rcx") count => _, options(att_syntax, nostack))
+            }
+            _ => {
+                asm!("std", "rep insl", "cld", in("dx") port, inout("rdi") dst => _, inout("rcx") count => _, options(att_syntax, nostack))
+            }
         }
     }
 }

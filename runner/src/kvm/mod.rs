@@ -330,7 +330,11 @@ impl Vm for Machine {
                 let id = ids.get(i + 1).copied().unwrap_or_default();
                 s.spawn(move || run_vcpu(vcpu, id, shared));
             }
-            run_vcpu(&mut first[0], ids.first().copied().unwrap_or_default(), &shared);
+            run_vcpu(
+                &mut first[0],
+                ids.first().copied().unwrap_or_default(),
+                &shared,
+            );
         });
         match shared.end.into_inner() {
             Ok(Some(end)) => end,
@@ -627,7 +631,10 @@ fn vcpu_loop(vcpu: &mut VcpuFd, id: u64, shared: &Shared<'_, '_>) -> Result<RunE
                 write_reply(mem, reply_at, req, reply)?;
             }
             Action::Reply(values) => {
-                let req = VmmRequest { op: 0, args: [0; 3] };
+                let req = VmmRequest {
+                    op: 0,
+                    args: [0; 3],
+                };
                 write_reply(mem, reply_at, req, values)?;
             }
         }
@@ -641,7 +648,8 @@ fn io_item_size(run_page: *const kvm_bindings::kvm_run, len: usize) -> usize {
     // exit reason is KVM_EXIT_IO, so the kernel filled the `io` member of the union. Only
     // `io.size` is read, through a raw pointer, while the exit's data slice (a different part
     // of the page) is borrowed.
-    let size = unsafe { usize::from(std::ptr::addr_of!((*run_page).__bindgen_anon_1.io.size).read()) };
+    let size =
+        unsafe { usize::from(std::ptr::addr_of!((*run_page).__bindgen_anon_1.io.size).read()) };
     if size == 0 || !len.is_multiple_of(size) {
         len.max(1)
     } else {
@@ -662,12 +670,7 @@ fn per_item<T>(items: impl Iterator<Item = T>, mut f: impl FnMut(T) -> Action) -
 }
 
 /// Writes a request's reply into its message (`abi::report::VALUES_OFFSET`).
-fn write_reply(
-    mem: &MmapRam,
-    at: Option<u64>,
-    req: VmmRequest,
-    values: [u64; 4],
-) -> Result<()> {
+fn write_reply(mem: &MmapRam, at: Option<u64>, req: VmmRequest, values: [u64; 4]) -> Result<()> {
     let Some(gpa) = at else {
         return Err(RunnerError::Setup(format!(
             "a reply to VMM request {req:?} outside a report exit"

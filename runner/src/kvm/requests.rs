@@ -53,7 +53,12 @@ fn failed(e: &kvm_ioctls::Error) -> Reply {
     [Status::Failed as u64, e.errno() as u64, 0, 0]
 }
 
-vmm_sys_util::ioctl_iow_nr!(KVM_INTERRUPT, kvm_bindings::KVMIO, 0x86, kvm_bindings::kvm_interrupt);
+vmm_sys_util::ioctl_iow_nr!(
+    KVM_INTERRUPT,
+    kvm_bindings::KVMIO,
+    0x86,
+    kvm_bindings::kvm_interrupt
+);
 
 /// `KVM_INTERRUPT` (kvm-ioctls has no wrapper for it).
 fn kvm_interrupt(vcpu: &VcpuFd, vector: u8) -> std::result::Result<(), kvm_ioctls::Error> {
@@ -280,8 +285,7 @@ fn host_nanos() -> u64 {
 
 fn configured_cpuid(cpuid: &CpuId, leaf: u32, subleaf: u32) -> Reply {
     let hit = cpuid.as_slice().iter().find(|e| {
-        e.function == leaf
-            && (e.flags & KVM_CPUID_FLAG_SIGNIFCANT_INDEX == 0 || e.index == subleaf)
+        e.function == leaf && (e.flags & KVM_CPUID_FLAG_SIGNIFCANT_INDEX == 0 || e.index == subleaf)
     });
     match hit {
         Some(e) => ok([
@@ -468,7 +472,10 @@ fn with_eventfd(ctx: &Ctx<'_>, id: u64, f: impl FnOnce(&EventFd) -> Reply) -> Re
     let Ok(extras) = ctx.extras.lock() else {
         return status(Status::Failed);
     };
-    match usize::try_from(id).ok().and_then(|i| extras.eventfds.get(i)) {
+    match usize::try_from(id)
+        .ok()
+        .and_then(|i| extras.eventfds.get(i))
+    {
         Some(fd) => f(fd),
         None => status(Status::BadArgs),
     }

@@ -83,8 +83,24 @@ pub fn hypercall_preserving(nr: u64, a0: u64, a1: u64, a2: u64) -> Result<(u64, 
         inout("r12") r[4], inout("r13") r[5], inout("r14") r[6], inout("r15") r[7],
         v = const HYPERCALL_VECTOR)?;
     let mut mask = 0u32;
-    let got = [b, c, d, si, di, r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7]];
-    let want = [a0, a1, a2, p(3), p(4), p(5), p(6), p(7), p(8), p(9), p(10), p(11), p(12)];
+    let got = [
+        b, c, d, si, di, r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7],
+    ];
+    let want = [
+        a0,
+        a1,
+        a2,
+        p(3),
+        p(4),
+        p(5),
+        p(6),
+        p(7),
+        p(8),
+        p(9),
+        p(10),
+        p(11),
+        p(12),
+    ];
     for (i, (g, w)) in got.iter().zip(want).enumerate() {
         if *g != w {
             mask |= 1 << i;
