@@ -17,6 +17,7 @@ mod interrupts;
 mod io;
 mod irq;
 mod isolation;
+mod optin;
 mod paging;
 mod privilege;
 mod selftest;

@@ -1,7 +1,7 @@
 //! The `local` target: this machine's `/dev/kvm`, through the KVM backend, with `jobs` worker
 //! threads. Each instance gets a fresh VM (`crate::exec`), created and booted ahead of time by
-//! a preparer thread (up to `jobs` instances ahead) while the current ones run, and torn down
-//! by a reaper thread behind them: an instance's critical path is its run, not VM setup.
+//! a helper thread (up to `jobs` instances ahead) while the current ones run, and torn down by
+//! the same thread behind them: an instance's critical path is its run, not VM setup.
 //!
 //! Per-instance overhead (`duration_ms - run_ms` of a result) is what remains: handing the
 //! prepared VM over, arming the run's timer, classifying the result.
@@ -160,6 +160,9 @@ impl Target for LocalTarget {
         let ready_rx = Arc::new(Mutex::new(ready_rx));
         let (reap_tx, reap_rx) = mpsc::channel::<Box<dyn Vm>>();
         std::thread::scope(|s| {
+            // One thread creates and destroys the VMs, never both at once: KVM names a VM's
+            // debugfs directory after its fd, and a VM created while another is being torn
+            // down on a second thread can reuse the fd before the old directory is gone.
             s.spawn(move || {
                 for (i, inst) in instances.iter().enumerate() {
                     if opts.cancel.is_cancelled() {
@@ -168,9 +171,11 @@ impl Target for LocalTarget {
                     if ready_tx.send((i, self.prepare(inst))).is_err() {
                         break;
                     }
+                    while let Ok(vm) = reap_rx.try_recv() {
+                        drop(vm);
+                    }
                 }
-            });
-            s.spawn(move || {
+                drop(ready_tx);
                 for vm in reap_rx {
                     drop(vm);
                 }

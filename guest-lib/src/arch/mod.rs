@@ -9,6 +9,7 @@
 //! - [`cell`]: [`PerCpu`], [`BootCell`], [`AtomicHook`]: global state that is sound with
 //!   several vCPUs.
 //! - [`instr`]: single instructions and their `_safe` forms.
+//! - [`optin`]: instructions only opt-in cases may execute (VMCALL).
 //! - [`insn`]: instruction-class probes (string ops, atomics, SSE, XSAVE ...) for the CPU
 //!   cases, with their architectural results.
 //! - `tables`: GDT, TSS and IDT.
@@ -20,6 +21,7 @@ pub mod cell;
 pub mod insn;
 pub mod instr;
 pub(crate) mod mem;
+pub mod optin;
 pub(crate) mod stubs;
 pub(crate) mod tables;
 
