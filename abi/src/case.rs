@@ -66,6 +66,10 @@ pub enum HostCheck {
     /// host logs every access, which the guest reads back with the `abi::vmm::Op::DeviceLog`
     /// request. Port I/O elsewhere is unexpected.
     Scratch = 7,
+    /// A second VM at the same time: at checkpoint 0 the host starts another VM running the
+    /// same case with [`io::SIBLING_PARAM`] added to its parameter (while this one goes on
+    /// running); at checkpoint 1 it waits for that VM's result, which must be PASS.
+    Sibling = 8,
 }
 
 impl HostCheck {
@@ -80,6 +84,7 @@ impl HostCheck {
             5 => Self::ExitLoop,
             6 => Self::Lifecycle,
             7 => Self::Scratch,
+            8 => Self::Sibling,
             _ => return None,
         })
     }
@@ -133,6 +138,8 @@ pub mod io {
     /// What [`super::HostCheck::Scratch`] answers for each byte of an MMIO read outside its
     /// register file (guest-physical space without memory).
     pub const UNBACKED_BYTE: u8 = 0xff;
+    /// Added to the case parameter of the second VM [`super::HostCheck::Sibling`] starts.
+    pub const SIBLING_PARAM: u64 = 1 << 32;
     /// A logged access's flags (`abi::vmm::Op::DeviceLog` `r0`): a write (else a read).
     pub const LOG_WRITE: u64 = 1 << 0;
     /// A logged access's flags: MMIO (else port I/O).

@@ -74,7 +74,7 @@ pub fn execute(
     limits: &RunLimits,
 ) -> Executed {
     match boot_instance(backend, image, inst) {
-        Ok(mut vm) => execute_booted(vm.as_mut(), inst, limits),
+        Ok(mut vm) => execute_booted(vm.as_mut(), inst, limits, None),
         Err(e) => setup_failed(&e),
     }
 }
@@ -89,9 +89,14 @@ pub fn setup_failed(e: &runner::RunnerError) -> Executed {
 }
 
 /// Runs `inst` on a VM [`boot_instance`] booted for it (a target that prepares VMs ahead of
-/// time runs them with this).
-pub fn execute_booted(vm: &mut dyn Vm, inst: &Instance, limits: &RunLimits) -> Executed {
-    let mut handler = CaseHandler::new(inst.case.host);
+/// time runs them with this); `sibling` starts the second VM of a `HostCheck::Sibling` case.
+pub fn execute_booted(
+    vm: &mut dyn Vm,
+    inst: &Instance,
+    limits: &RunLimits,
+    sibling: Option<crate::host_check::SiblingLauncher>,
+) -> Executed {
+    let mut handler = CaseHandler::with_sibling(inst.case.host, sibling);
     let end = vm.run(&mut handler, limits);
     if matches!(end, Ok(RunEnd::Cancelled)) {
         return Executed::Cancelled;

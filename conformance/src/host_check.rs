@@ -58,9 +58,21 @@ pub trait Device: Send + std::fmt::Debug {
     fn finish(&mut self, failures: &mut Vec<String>) -> u32;
 }
 
-/// The device of `check` (the exhaustive `match`).
-pub fn device_for(check: HostCheck) -> Box<dyn Device> {
+/// Starts the second VM of a [`HostCheck::Sibling`] case on a thread of its own; the thread
+/// yields that VM's outcome and detail.
+pub type SiblingLauncher = std::sync::Arc<
+    dyn Fn() -> std::thread::JoinHandle<(crate::outcome::Outcome, String)> + Send + Sync,
+>;
+
+/// The device of `check` (the exhaustive `match`); `sibling` starts the second VM of a
+/// [`HostCheck::Sibling`] case (without it, that case's checkpoints fail).
+pub fn device_for(check: HostCheck, sibling: Option<SiblingLauncher>) -> Box<dyn Device> {
     match check {
+        HostCheck::Sibling => Box::new(Sibling {
+            launcher: sibling,
+            running: None,
+            result: None,
+        }),
         HostCheck::None => Box::new(Nothing),
         HostCheck::PortIo => Box::new(PortIoEcho::default()),
         HostCheck::Mmio => Box::new(MmioDevice::default()),
@@ -68,6 +80,62 @@ pub fn device_for(check: HostCheck) -> Box<dyn Device> {
         HostCheck::Bench | HostCheck::ExitLoop => Box::new(BenchSink),
         HostCheck::Lifecycle => Box::new(Lifecycle),
         HostCheck::Scratch => Box::new(Scratch::new()),
+    }
+}
+
+/// [`HostCheck::Sibling`]: starts the second VM at checkpoint 0, waits for it at checkpoint 1.
+struct Sibling {
+    launcher: Option<SiblingLauncher>,
+    running: Option<std::thread::JoinHandle<(crate::outcome::Outcome, String)>>,
+    result: Option<(crate::outcome::Outcome, String)>,
+}
+
+impl std::fmt::Debug for Sibling {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Sibling(result {:?})", self.result)
+    }
+}
+
+impl Device for Sibling {
+    fn checkpoint(&mut self, n: u64) -> Result<(), String> {
+        match n {
+            0 => match (&self.launcher, &self.running) {
+                (Some(l), None) => {
+                    self.running = Some(l());
+                    Ok(())
+                }
+                (None, _) => Err("checkpoint 0: no second VM can be started here".into()),
+                (_, Some(_)) => Err("checkpoint 0 twice".into()),
+            },
+            1 => match self.running.take() {
+                Some(h) => {
+                    self.result = Some(h.join().unwrap_or_else(|_| {
+                        (
+                            crate::outcome::Outcome::Error,
+                            "the second VM's thread panicked".into(),
+                        )
+                    }));
+                    Ok(())
+                }
+                None => Err("checkpoint 1 before checkpoint 0".into()),
+            },
+            n => Err(format!("checkpoint {n}: this host check takes 0 and 1")),
+        }
+    }
+
+    fn finish(&mut self, failures: &mut Vec<String>) -> u32 {
+        if self.launcher.is_none() {
+            // The second VM itself: nothing to check on the host.
+            return 0;
+        }
+        match &self.result {
+            Some((crate::outcome::Outcome::Pass, _)) => {}
+            Some((o, detail)) => {
+                failures.push(format!("the second VM ended {}: {detail}", o.label()))
+            }
+            None => failures.push("the second VM was never waited for (no checkpoint 1)".into()),
+        }
+        1
     }
 }
 
@@ -434,9 +502,14 @@ pub struct CaseHandler {
 impl CaseHandler {
     /// A handler for a case with `check`.
     pub fn new(check: HostCheck) -> Self {
+        Self::with_sibling(check, None)
+    }
+
+    /// A handler for a case with `check` that can start a second VM ([`HostCheck::Sibling`]).
+    pub fn with_sibling(check: HostCheck, sibling: Option<SiblingLauncher>) -> Self {
         Self {
             check,
-            device: device_for(check),
+            device: device_for(check, sibling),
             lines: Vec::new(),
             result: None,
             host_failures: Vec::new(),
@@ -636,6 +709,41 @@ mod tests {
         h.report(&result_msg(GuestStatus::Pass, 0));
         assert!(h.host_failures.is_empty());
         assert_eq!(h.host_checks, 1);
+    }
+
+    #[test]
+    fn sibling_check_starts_the_second_vm_and_needs_it_to_pass() {
+        use crate::outcome::Outcome;
+        let launch = |o: Outcome| -> SiblingLauncher {
+            std::sync::Arc::new(move || std::thread::spawn(move || (o, "detail".into())))
+        };
+        let cp = |n: u64| {
+            let mut m = Message::new(MessageKind::Checkpoint);
+            m.values[0] = n;
+            m
+        };
+        let mut ok = CaseHandler::with_sibling(HostCheck::Sibling, Some(launch(Outcome::Pass)));
+        ok.report(&cp(0));
+        ok.report(&cp(1));
+        ok.report(&result_msg(GuestStatus::Pass, 1));
+        assert!(ok.host_failures.is_empty(), "{:?}", ok.host_failures);
+        assert_eq!(ok.host_checks, 1);
+        let mut bad = CaseHandler::with_sibling(HostCheck::Sibling, Some(launch(Outcome::Fail)));
+        bad.report(&cp(0));
+        bad.report(&cp(1));
+        bad.report(&result_msg(GuestStatus::Pass, 1));
+        assert!(
+            bad.host_failures[0].contains("second VM ended FAIL"),
+            "{:?}",
+            bad.host_failures
+        );
+        let mut never = CaseHandler::with_sibling(HostCheck::Sibling, Some(launch(Outcome::Pass)));
+        never.report(&cp(0));
+        never.report(&result_msg(GuestStatus::Pass, 1));
+        assert_eq!(never.host_failures.len(), 1);
+        let mut no_launcher = CaseHandler::new(HostCheck::Sibling);
+        no_launcher.report(&cp(0));
+        assert_eq!(no_launcher.host_failures.len(), 1);
     }
 
     #[test]

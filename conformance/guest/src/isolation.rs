@@ -618,3 +618,84 @@ case_table!(
         ),
     ]
 );
+
+// --- Two VMs at once -----------------------------------------------------------------------
+
+/// Frames each VM fills (the same GPAs in both: a host that shared memory between them would
+/// show the other's pattern there).
+const SIBLING_FRAMES: usize = 32;
+
+fn pattern(sibling: bool, frame: usize, word: u64) -> u64 {
+    let who = if sibling {
+        0x5b1b_0000_0000_0000
+    } else {
+        0x3a1a_0000_0000_0000
+    };
+    who | ((frame as u64) << 16) | word
+}
+
+/// Whether any word of `frames` holds the other VM's pattern; whether all of ours is intact.
+fn scan(frames: &[guest_lib::paging::Frame], sibling: bool) -> (u64, u64) {
+    let (mut foreign, mut damaged) = (0, 0);
+    for (i, f) in frames.iter().enumerate() {
+        for w in (0..512u64).step_by(8) {
+            let v = f.read_u64(w * 8);
+            if v == pattern(!sibling, i, w) {
+                foreign += 1;
+            } else if v != pattern(sibling, i, w) {
+                damaged += 1;
+            }
+        }
+    }
+    (foreign, damaged)
+}
+
+/// Two VMs running at the same time (the host starts the second at checkpoint 0) fill the same
+/// guest-physical frames with their own patterns and scan them while the other runs: neither
+/// ever sees the other's pattern, and neither's memory changes.
+fn two_vms() {
+    use guest_lib::report::checkpoint;
+    let sibling = rt::case_param() & guest_lib::abi::case::io::SIBLING_PARAM != 0;
+    let frames: [guest_lib::paging::Frame; SIBLING_FRAMES] =
+        core::array::from_fn(|_| alloc_frame());
+    for (i, f) in frames.iter().enumerate() {
+        for w in (0..512u64).step_by(8) {
+            f.write_u64(w * 8, pattern(sibling, i, w));
+        }
+    }
+    if !sibling {
+        checkpoint(0, [0; 3]);
+    }
+    let t0 = instr::rdtsc();
+    let mut rounds = 0u64;
+    let (mut foreign, mut damaged) = (0, 0);
+    while instr::rdtsc() - t0 < 30 * rt::cycles_per_ms() || rounds < 2 {
+        let (f, d) = scan(&frames, sibling);
+        foreign += f;
+        damaged += d;
+        rounds += 1;
+    }
+    if !sibling {
+        checkpoint(1, [0; 3]);
+        let (f, d) = scan(&frames, sibling);
+        foreign += f;
+        damaged += d;
+    }
+    log!(
+        "{} VM: {} scans",
+        if sibling { "second" } else { "first" },
+        rounds
+    );
+    check_eq!(foreign, 0, "words holding the other VM's pattern");
+    check_eq!(damaged, 0, "words of this VM's pattern that changed");
+}
+case!(
+    two_vms,
+    Spec::new(
+        "isolation.two_vms",
+        Area::Isolation,
+        "two VMs at once fill and scan the same GPAs: neither sees the other's memory"
+    )
+    .host(HostCheck::Sibling)
+    .reqs("PVM-ISO-7")
+);

@@ -81,6 +81,7 @@ impl LocalTarget {
     /// `waiting_since` is when the worker started waiting for this instance's VM: the time it
     /// waited for the preparer counts as the instance's (it is on the critical path).
     fn run_prepared(
+        image: &Arc<GuestImage>,
         inst: &Instance,
         mut vm: Box<dyn Vm>,
         opts: &TargetOptions,
@@ -93,7 +94,9 @@ impl LocalTarget {
             cancel: opts.cancel.clone(),
             no_progress: Some(runner::vm::NO_PROGRESS),
         };
-        let executed = exec::execute_booted(vm.as_mut(), inst, &limits);
+        let sibling = (inst.case.host == abi::case::HostCheck::Sibling)
+            .then(|| sibling_launcher(image, inst, limits.clone()));
+        let executed = exec::execute_booted(vm.as_mut(), inst, &limits, sibling);
         let run_ms = start.elapsed().as_secs_f64() * 1e3;
         // Teardown (closing the VM and unmapping its memory) happens behind us; if the reaper
         // is gone, drop it here.
@@ -110,6 +113,35 @@ impl LocalTarget {
             Executed::Cancelled => None,
         }
     }
+}
+
+/// Starts the second VM of a `HostCheck::Sibling` case: the same case, its parameter plus
+/// `SIBLING_PARAM`, in a VM of its own (its own `/dev/kvm` handle) on a thread of its own.
+fn sibling_launcher(
+    image: &Arc<GuestImage>,
+    inst: &Instance,
+    limits: RunLimits,
+) -> crate::host_check::SiblingLauncher {
+    let image = Arc::clone(image);
+    let mut case = (*inst.case).clone();
+    case.param |= abi::case::io::SIBLING_PARAM;
+    let sibling = Instance {
+        case: Arc::new(case),
+        env: inst.env,
+    };
+    Arc::new(move || {
+        let (image, sibling, limits) = (Arc::clone(&image), sibling.clone(), limits.clone());
+        std::thread::spawn(move || {
+            let kvm = match Kvm::open() {
+                Ok(k) => k,
+                Err(e) => return (crate::outcome::Outcome::Error, format!("/dev/kvm: {e}")),
+            };
+            match exec::execute(&kvm, &image, &sibling, &limits) {
+                Executed::Done(raw) => (raw.outcome, raw.detail),
+                Executed::Cancelled => (crate::outcome::Outcome::Error, "cancelled".into()),
+            }
+        })
+    })
 }
 
 /// An instance ready to run ([`LocalTarget::prepare`]).
@@ -194,9 +226,14 @@ impl Target for LocalTarget {
                         let Ok((i, prepared)) = next else { break };
                         let Some(inst) = instances.get(i) else { break };
                         let r = match prepared {
-                            Prepared::Vm(vm) => {
-                                Self::run_prepared(inst, vm, opts, &reap_tx, waiting_since)
-                            }
+                            Prepared::Vm(vm) => Self::run_prepared(
+                                &self.image,
+                                inst,
+                                vm,
+                                opts,
+                                &reap_tx,
+                                waiting_since,
+                            ),
                             Prepared::Result(r) => Some(r),
                             Prepared::Cancelled => None,
                         };
