@@ -161,6 +161,65 @@ pub fn frame_gprs(f: &Frame) -> [u64; 15] {
     f.gprs.to_array()
 }
 
+/// A 32-bit compatibility-mode probe (CS = `USER32_CS` at CPL3), entered from 64-bit user
+/// mode by a far return.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Compat32 {
+    /// `ud2`.
+    Ud,
+    /// `int3`, then (if the kernel resumes it) `ud2`.
+    BpThenUd,
+    /// A 32-bit load from 0xdead0000 (unmapped), then `ud2`.
+    Read,
+}
+
+/// Where a [`Compat32`] probe's instructions are: (the probe, its trapping `int3`'s next
+/// instruction or 0, its faulting load or 0).
+pub fn compat32_sites(p: Compat32) -> (u64, u64, u64) {
+    let a = arch::compat32();
+    match p {
+        Compat32::Ud => (a[1], 0, 0),
+        Compat32::BpThenUd => (a[2], a[3], 0),
+        Compat32::Read => (a[4], 0, a[5]),
+    }
+}
+
+/// How user code gets into compatibility mode.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CompatEntry {
+    /// 64-bit user code far-returns (LRET) to the compatibility CS.
+    FarReturn,
+    /// 64-bit user code traps (INT3) and the kernel returns to the probe with the
+    /// compatibility CS in the frame (how a kernel starts 32-bit user code); the case's fault
+    /// hook must call [`compat32_switch`] for that first #BP.
+    Kernel,
+}
+
+/// Runs probe `p` in compatibility mode at CPL3, entered `how`, and reports how it ended (an
+/// exception: the probes never return).
+pub fn run_compat32(p: Compat32, how: CompatEntry) -> UserExit {
+    let (probe, _, _) = compat32_sites(p);
+    let a = arch::compat32();
+    let stub = match how {
+        CompatEntry::FarReturn => a[0],
+        CompatEntry::Kernel => a[6],
+    };
+    run_raw(stub, probe)
+}
+
+/// For a fault hook: if `frame` is the #BP of a [`CompatEntry::Kernel`] entry (from the
+/// 64-bit stub), turns it into a return to the probe (RDI) in compatibility mode and returns
+/// `true` (resume); else returns `false`.
+pub fn compat32_switch(frame: &mut Frame, ex: Exception) -> bool {
+    let stub = arch::compat32()[6];
+    if ex.vector != vector::BP || frame.rip != stub + 1 {
+        return false;
+    }
+    frame.cs = u64::from(abi::layout::sel::USER32_CS);
+    frame.rip = frame.gprs.rdi;
+    true
+}
+
 /// Entry of the GPR probe (for [`run_raw`]) and the address of its trapping `ud2`.
 pub fn gpr_probe() -> (u64, u64) {
     arch::gpr_probe()

@@ -909,3 +909,123 @@ case_table!(
         ),
     ]
 );
+
+// --- 32-bit compatibility mode ------------------------------------------------------------
+
+/// Events the compatibility-mode probes raised: (vector, frame RIP, frame CS), in order.
+static COMPAT_EVENTS: PerCpu<[(u8, u64, u64); 2]> = PerCpu::new([(0, 0, 0); 2]);
+static COMPAT_COUNT: PerCpu<usize> = PerCpu::new(0);
+
+/// Switches to compatibility mode at the entry trap, then records each event; resumes after
+/// the first #BP from the probe (which then goes on in compatibility mode), ends the run on
+/// anything else.
+fn compat_hook(frame: &mut Frame, ex: Exception) -> bool {
+    if user::compat32_switch(frame, ex) {
+        return true;
+    }
+    let n = COMPAT_COUNT.get();
+    if n < 2 {
+        let mut ev = COMPAT_EVENTS.get();
+        ev[n] = (ex.vector, frame.rip, frame.cs);
+        COMPAT_EVENTS.set(ev);
+    }
+    COMPAT_COUNT.set(n + 1);
+    ex.vector == vector::BP && n == 0
+}
+
+/// Code in a 32-bit compatibility-mode segment (CS 0x23) at CPL3, entered through the kernel
+/// (IRET to CS 0x23) or by a far return from 64-bit user code: its events reach the
+/// 64-bit kernel with a 64-bit frame whose CS is the compatibility selector and whose RIP is
+/// the 32-bit instruction's; a kernel's return to it (after #BP) resumes compatibility mode.
+fn compat32() {
+    use guest_lib::abi::layout::sel::USER32_CS;
+    use guest_lib::user::{Compat32, CompatEntry};
+    let (probe, how) = match rt::case_param() {
+        0 => (Compat32::Ud, CompatEntry::Kernel),
+        1 => (Compat32::BpThenUd, CompatEntry::Kernel),
+        2 => (Compat32::Read, CompatEntry::Kernel),
+        _ => (Compat32::Ud, CompatEntry::FarReturn),
+    };
+    let (start, after_bp, load) = user::compat32_sites(probe);
+    COMPAT_COUNT.set(0);
+    user::set_fault_hook(Some(compat_hook));
+    let exit = user::run_compat32(probe, how);
+    user::set_fault_hook(None);
+    let ev = COMPAT_EVENTS.get();
+    let cs = u64::from(USER32_CS);
+    match probe {
+        Compat32::Ud => {
+            check_eq!(
+                exit,
+                UserExit::Exception(Exception::new(vector::UD)),
+                "UD2 in compatibility mode"
+            );
+            check_eq!(
+                ev[0],
+                (vector::UD, start, cs),
+                "the #UD frame (vector, RIP, CS)"
+            );
+        }
+        Compat32::BpThenUd => {
+            check_eq!(
+                exit,
+                UserExit::Exception(Exception::new(vector::UD)),
+                "the probe's end after INT3"
+            );
+            check_eq!(
+                ev[0],
+                (vector::BP, after_bp, cs),
+                "the #BP frame (trap: RIP after INT3)"
+            );
+            check_eq!(
+                ev[1],
+                (vector::UD, after_bp, cs),
+                "the #UD after the return to compatibility mode"
+            );
+        }
+        Compat32::Read => {
+            use guest_lib::exception::pfec;
+            check_eq!(
+                exit,
+                UserExit::Exception(Exception::pf(pfec::U, 0xdead_0000)),
+                "a 32-bit load of an unmapped address"
+            );
+            check_eq!(
+                ev[0],
+                (vector::PF, load, cs),
+                "the #PF frame (vector, RIP, CS)"
+            );
+        }
+    }
+}
+
+const fn compat_spec(name: &'static str, summary: &'static str) -> Spec {
+    Spec::new(name, Area::Priv, summary).reqs("X86-COMPAT-1,PVM-SWITCH-2")
+}
+
+case_table!(
+    compat32,
+    compat_spec,
+    [
+        (
+            "priv.compat32.ud",
+            0,
+            "UD2 in a 32-bit compatibility-mode segment: #UD with CS 0x23 and the 32-bit RIP"
+        ),
+        (
+            "priv.compat32.bp_return",
+            1,
+            "INT3 in compatibility mode: #BP, and the return resumes compatibility mode"
+        ),
+        (
+            "priv.compat32.pf",
+            2,
+            "a 32-bit load of an unmapped address: #PF(U) with CS 0x23, CR2"
+        ),
+        (
+            "priv.compat32.far_return",
+            3,
+            "64-bit user code far-returns to CS 0x23 and runs 32-bit code (#UD there)"
+        ),
+    ]
+);

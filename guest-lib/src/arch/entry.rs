@@ -122,6 +122,50 @@ pvmc_supervisor_rsp:
     options(att_syntax)
 );
 
+// The 32-bit compatibility-mode probes (CPL3, CS = USER32_CS): entered from 64-bit user
+// mode by `pvmc_compat32_enter` (RDI = the probe's address), which far-returns to it. Each
+// probe raises events from compatibility mode; none of them returns.
+global_asm!(
+    r#"
+    .text
+    .global pvmc_compat32_enter
+pvmc_compat32_enter:
+    pushq ${user32_cs}
+    pushq %rdi
+    lretq
+
+    # The other way in: trap to the kernel, which returns to the probe (RDI) with the
+    # compatibility CS in the frame (`crate::user::compat32_switch`).
+    .global pvmc_compat32_via_kernel
+pvmc_compat32_via_kernel:
+    int3
+    ud2
+
+    .code32
+    .global pvmc_compat32_ud
+pvmc_compat32_ud:
+    ud2
+
+    .global pvmc_compat32_bp_then_ud
+pvmc_compat32_bp_then_ud:
+    int3
+    .global pvmc_compat32_after_bp
+pvmc_compat32_after_bp:
+    ud2
+
+    .global pvmc_compat32_read
+pvmc_compat32_read:
+    movl $0xdead0000, %eax
+    .global pvmc_compat32_read_insn
+pvmc_compat32_read_insn:
+    movl (%eax), %eax
+    ud2
+    .code64
+"#,
+    user32_cs = const abi::layout::sel::USER32_CS,
+    options(att_syntax)
+);
+
 // SAFETY (for the declarations): these are the symbols of the assembly above, with the
 // signatures its comments give.
 unsafe extern "C" {
@@ -132,6 +176,13 @@ unsafe extern "C" {
     safe static pvmc_user_exit: u8;
     safe static pvmc_gpr_probe: u8;
     safe static pvmc_gpr_probe_trap: u8;
+    safe static pvmc_compat32_enter: u8;
+    safe static pvmc_compat32_via_kernel: u8;
+    safe static pvmc_compat32_ud: u8;
+    safe static pvmc_compat32_bp_then_ud: u8;
+    safe static pvmc_compat32_after_bp: u8;
+    safe static pvmc_compat32_read: u8;
+    safe static pvmc_compat32_read_insn: u8;
     /// Abandons the current (trap) stack and returns from the last `pvmc_user_enter`.
     fn pvmc_user_resume() -> !;
 }
@@ -139,6 +190,20 @@ unsafe extern "C" {
 /// Address of the trampoline's exit `ud2`.
 pub fn user_exit_rip() -> u64 {
     core::ptr::addr_of!(pvmc_user_exit) as u64
+}
+
+/// Addresses of the compatibility-mode entry stubs and probes: (enter by far return, ud,
+/// bp_then_ud, after_bp, read, read_insn, enter through the kernel).
+pub fn compat32() -> [u64; 7] {
+    [
+        core::ptr::addr_of!(pvmc_compat32_enter) as u64,
+        core::ptr::addr_of!(pvmc_compat32_ud) as u64,
+        core::ptr::addr_of!(pvmc_compat32_bp_then_ud) as u64,
+        core::ptr::addr_of!(pvmc_compat32_after_bp) as u64,
+        core::ptr::addr_of!(pvmc_compat32_read) as u64,
+        core::ptr::addr_of!(pvmc_compat32_read_insn) as u64,
+        core::ptr::addr_of!(pvmc_compat32_via_kernel) as u64,
+    ]
 }
 
 /// Addresses of the GPR probe and of its `ud2`.

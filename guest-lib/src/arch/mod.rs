@@ -147,6 +147,20 @@ pub fn user_resume() -> ! {
     panic!("user mode exists only in the guest")
 }
 
+/// Addresses of the compatibility-mode entry stubs and probes (see `crate::user::Compat32`):
+/// (enter by far return, ud, bp_then_ud, after_bp, read, read_insn, enter through the
+/// kernel).
+pub fn compat32() -> [u64; 7] {
+    #[cfg(target_os = "none")]
+    {
+        entry::compat32()
+    }
+    #[cfg(not(target_os = "none"))]
+    {
+        [0; 7]
+    }
+}
+
 /// Address of the GPR probe (a CPL3 routine, see [`crate::user::gpr_pattern`]) and of the
 /// `ud2` in it.
 pub fn gpr_probe() -> (u64, u64) {
