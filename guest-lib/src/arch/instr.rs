@@ -1233,84 +1233,74 @@ pub fn mmio_movs_from(a: MmioAddr, dst: &mut [u8]) {
     }
 }
 
-/// `rep outs` of `size`-byte (1, 2 or 4) items of `buf` to `port`: all of them, in memory
-/// order, or with RFLAGS.DF set from the last item down.
-pub fn rep_outs(port: u16, size: u8, buf: &[u8], backwards: bool) {
-    let size = match size {
+/// The item size of a string-I/O primitive: 1, 2 or (anything else) 4 bytes.
+const fn string_io_size(size: u8) -> usize {
+    match size {
         1 => 1,
         2 => 2,
         _ => 4,
+    }
+}
+
+/// One `rep` string-I/O instruction of each item size and direction, with RCX = `$count`,
+/// DX = `$port` and the buffer pointer in `$ptr_reg` (`"rsi"` for OUTS, `"rdi"` for INS); DF
+/// is set around the instruction for `backwards` and cleared again before the block ends.
+macro_rules! rep_string_io {
+    ($size:expr, $backwards:expr, $port:expr, $count:expr, $ptr_reg:tt, $ptr:expr,
+     $b:literal, $w:literal, $l:literal) => {
+        // SAFETY: see the callers: the instruction moves `$count` items of `$size` bytes
+        // between the port and the buffer `$ptr` points into (inside it in both directions).
+        unsafe {
+            match ($size, $backwards) {
+                (1, false) => asm!($b, in("dx") $port, inout($ptr_reg) $ptr => _, inout("rcx") $count => _, options(att_syntax, nostack)),
+                (2, false) => asm!($w, in("dx") $port, inout($ptr_reg) $ptr => _, inout("rcx") $count => _, options(att_syntax, nostack)),
+                (_, false) => asm!($l, in("dx") $port, inout($ptr_reg) $ptr => _, inout("rcx") $count => _, options(att_syntax, nostack)),
+                (1, true) => asm!("std", $b, "cld", in("dx") $port, inout($ptr_reg) $ptr => _, inout("rcx") $count => _, options(att_syntax, nostack)),
+                (2, true) => asm!("std", $w, "cld", in("dx") $port, inout($ptr_reg) $ptr => _, inout("rcx") $count => _, options(att_syntax, nostack)),
+                (_, true) => asm!("std", $l, "cld", in("dx") $port, inout($ptr_reg) $ptr => _, inout("rcx") $count => _, options(att_syntax, nostack)),
+            }
+        }
     };
+}
+
+/// `rep outs` of `size`-byte (1, 2 or 4) items of `buf` to `port`: all of them, in memory
+/// order, or with RFLAGS.DF set from the last item down.
+pub fn rep_outs(port: u16, size: u8, buf: &[u8], backwards: bool) {
+    let size = string_io_size(size);
     let count = buf.len() / size;
     if count == 0 {
         return;
     }
     let start = if backwards { (count - 1) * size } else { 0 };
     let src = buf[start..].as_ptr();
-    // SAFETY: OUTS reads `count` items of `size` bytes from RSI, which stays inside `buf`
-    // (ascending from its start, or with DF descending from its last item). DF is cleared
-    // again before the block ends, as the ABI requires.
-    unsafe {
-        match (size, backwards) {
-            (1, false) => {
-                asm!("rep outsb", in("dx") port, inout("rsi") src => _, inout("rcx") count => _, options(att_syntax, nostack))
-            }
-            (2, false) => {
-                asm!("rep outsw", in("dx") port, inout("rsi") src => _, inout("rcx") count => _, options(att_syntax, nostack))
-            }
-            (4, false) => {
-                asm!("rep outsl", in("dx") port, inout("rsi") src => _, inout("rcx") count => _, options(att_syntax, nostack))
-            }
-            (1, true) => {
-                asm!("std", "rep outsb", "cld", in("dx") port, inout("rsi") src => _, inout("rcx") count => _, options(att_syntax, nostack))
-            }
-            (2, true) => {
-                asm!("std", "rep outsw", "cld", in("dx") port, inout("rsi") src => _, inout("rcx") count => _, options(att_syntax, nostack))
-            }
-            _ => {
-                asm!("std", "rep outsl", "cld", in("dx") port, inout("rsi") src => _, inout("rcx") count => _, options(att_syntax, nostack))
-            }
-        }
-    }
+    // OUTS reads `count` items of `size` bytes from RSI, which stays inside `buf` (ascending
+    // from its start, or with DF descending from its last item).
+    rep_string_io!(
+        size,
+        backwards,
+        port,
+        count,
+        "rsi",
+        src,
+        "rep outsb",
+        "rep outsw",
+        "rep outsl"
+    );
 }
 
 /// `rep ins` of `size`-byte (1, 2 or 4) items from `port` into `buf`: in memory order, or with
 /// RFLAGS.DF set from the last item down.
 pub fn rep_ins(port: u16, size: u8, buf: &mut [u8], backwards: bool) {
-    let size = match size {
-        1 => 1,
-        2 => 2,
-        _ => 4,
-    };
+    let size = string_io_size(size);
     let count = buf.len() / size;
     if count == 0 {
         return;
     }
     let start = if backwards { (count - 1) * size } else { 0 };
     let dst = buf[start..].as_mut_ptr();
-    // SAFETY: INS writes `count` items of `size` bytes at RDI, which stays inside `buf`
-    // (mutably borrowed; ascending, or with DF descending from its last item). DF is cleared
-    // again before the block ends.
-    unsafe {
-        match (size, backwards) {
-            (1, false) => {
-                asm!("rep insb", in("dx") port, inout("rdi") dst => _, inout("rcx") count => _, options(att_syntax, nostack))
-            }
-            (2, false) => {
-                asm!("rep insw", in("dx") port, inout("rdi") dst => _, inout("rcx") count => _, options(att_syntax, nostack))
-            }
-            (4, false) => {
-                asm!("rep insl", in("dx") port, inout("rdi") dst => _, inout("rcx") count => _, options(att_syntax, nostack))
-            }
-            (1, true) => {
-                asm!("std", "rep insb", "cld", in("dx") port, inout("rdi") dst => _, inout("rcx") count => _, options(att_syntax, nostack))
-            }
-            (2, true) => {
-                asm!("std", "rep insw", "cld", in("dx") port, inout("rdi") dst => _, inout("rcx") count => _, options(att_syntax, nostack))
-            }
-            _ => {
-                asm!("std", "rep insl", "cld", in("dx") port, inout("rdi") dst => _, inout("rcx") count => _, options(att_syntax, nostack))
-            }
-        }
-    }
+    // INS writes `count` items of `size` bytes at RDI, which stays inside `buf` (mutably
+    // borrowed; ascending, or with DF descending from its last item).
+    rep_string_io!(
+        size, backwards, port, count, "rdi", dst, "rep insb", "rep insw", "rep insl"
+    );
 }
