@@ -80,11 +80,15 @@ pub enum Op {
     DeviceLogLen = 22,
     /// Answered by the case's host device: empties its access log.
     DeviceLogClear = 23,
+    /// Entry `a0` of the CPUID table the VMM configured (`KVM_SET_CPUID2`), in its order:
+    /// `r0` = leaf | subleaf << 32 | 1 << 63 when the subleaf is significant, `r1` = EAX |
+    /// EBX << 32, `r2` = ECX | EDX << 32. `BadArgs` past the end.
+    ConfiguredCpuidEntry = 24,
 }
 
 impl Op {
     /// Every op, in number order.
-    pub const ALL: [Op; 23] = [
+    pub const ALL: [Op; 24] = [
         Op::GetMsr,
         Op::SetMsr,
         Op::Nmi,
@@ -108,6 +112,7 @@ impl Op {
         Op::DeviceLog,
         Op::DeviceLogLen,
         Op::DeviceLogClear,
+        Op::ConfiguredCpuidEntry,
     ];
 
     /// Decodes the raw op.

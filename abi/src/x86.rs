@@ -337,6 +337,8 @@ pub mod pfec {
     pub const RSVD: u32 = 1 << 3;
     /// Instruction fetch.
     pub const I: u32 = 1 << 4;
+    /// Protection-key violation.
+    pub const PK: u32 = 1 << 5;
 }
 
 /// CPUID feature bits, as (leaf, register index in EAX..EDX order, bit).

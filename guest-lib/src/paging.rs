@@ -173,6 +173,12 @@ impl Pte {
         Self(Self::map(frame, flags).0 | (1 << bit))
     }
 
+    /// The same entry with protection key `key` (bits 62:59; only the low 4 bits of `key`),
+    /// which CR4.PKE makes PKRU govern for user pages.
+    pub fn with_protection_key(self, key: u8) -> Self {
+        Self((self.0 & !(0xf << 59)) | (u64::from(key & 0xf) << 59))
+    }
+
     /// The raw entry.
     pub fn bits(self) -> u64 {
         self.0

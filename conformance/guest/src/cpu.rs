@@ -237,6 +237,85 @@ case_table!(
     ]
 );
 
+/// Every entry of the CPUID table the VMM configured, read one way: each must match (static
+/// bits only); the log lists the leaves that differ.
+fn cpuid_every_leaf() {
+    let how = rt::case_param();
+    let mut mismatched = 0u32;
+    let mut compared = 0u32;
+    for index in 0..1024u64 {
+        let Ok(e) = vmm::request(guest_lib::vmm::Op::ConfiguredCpuidEntry, [index, 0, 0]) else {
+            break;
+        };
+        let (leaf, sub) = (e[0] as u32, ((e[0] >> 32) & 0x7fff_ffff) as u32);
+        let want = [
+            e[1] as u32,
+            (e[1] >> 32) as u32,
+            e[2] as u32,
+            (e[2] >> 32) as u32,
+        ];
+        let got = match how {
+            via::CPL0 => instr::cpuid(leaf, sub),
+            via::CPL3 => cpuid_at_cpl3(leaf, sub),
+            _ => match guest_lib::env::current().pv_cpuid(leaf, sub) {
+                Ok(r) => r,
+                Err(guest_lib::env::EnvError::Unsupported(why)) => guest_lib::skip!("{}", why),
+                Err(err) => {
+                    check!(false, "PV CPUID {:#x}.{} failed: {:?}", leaf, sub, err);
+                    return;
+                }
+            },
+        };
+        let mask = static_bits(leaf, sub);
+        compared += 1;
+        if (0..4).any(|i| got[i] & mask[i] != want[i] & mask[i]) {
+            mismatched += 1;
+            log!(
+                "{:#x}.{}: configured {:x?}, seen {:x?}",
+                leaf,
+                sub,
+                want,
+                got
+            );
+        }
+    }
+    check!(compared > 10, "only {} configured CPUID entries", compared);
+    check_eq!(
+        mismatched,
+        0,
+        "entries (of {}) that differ from what the VMM configured",
+        compared
+    );
+}
+
+const fn every_leaf_spec(name: &'static str, summary: &'static str) -> Spec {
+    Spec::new(name, Area::Cpu, summary)
+        .reqs("KVM-CPUID-1")
+        .timeout_ms(30_000)
+}
+
+case_table!(
+    cpuid_every_leaf,
+    every_leaf_spec,
+    [
+        (
+            "cpu.cpuid.every_leaf.cpl0",
+            via::CPL0,
+            "every CPUID entry the VMM configured, read at CPL0, matches"
+        ),
+        (
+            "cpu.cpuid.every_leaf.cpl3",
+            via::CPL3,
+            "every CPUID entry the VMM configured, read at CPL3, matches"
+        ),
+        (
+            "cpu.cpuid.every_leaf.pv",
+            via::PV,
+            "every CPUID entry the VMM configured, read through the PV CPUID, matches"
+        ),
+    ]
+);
+
 /// Features a PVM host must hide (it offers no hardware virtualization to its guests) or show
 /// (a guest must be able to tell it runs on a hypervisor, and which), in what the VMM
 /// configured and in what the guest kernel sees.

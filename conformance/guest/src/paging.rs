@@ -1067,3 +1067,121 @@ case!(
     .flags(guest_lib::abi::case::FLAG_IRQCHIP)
     .reqs("X86-TLB-2,PVM-SPT-1,PVM-SPT-7")
 );
+
+// --- SMEP, SMAP and protection keys, when the VMM offers them ------------------------------
+
+fn offered(reg: usize, bit: u32) -> bool {
+    vmm::configured_cpuid(7, 0).is_some_and(|r| r[reg] & (1 << bit) != 0)
+}
+
+/// With CR4 bit `bit` set, runs `f`; clears it again. `Err` if the bit cannot be set.
+fn with_cr4<R>(bit: u64, f: impl FnOnce() -> R) -> Result<R, Exception> {
+    let old = instr::read_cr4();
+    instr::write_cr4_probe_safe(old | bit)?;
+    let r = f();
+    instr::write_cr4_probe_safe(old)?;
+    Ok(r)
+}
+
+/// SMEP, SMAP and protection keys (each when the configured CPUID offers it): a CPL0 fetch
+/// from a user page faults under SMEP (P|I); a CPL0 read of a user page faults under SMAP (P)
+/// unless RFLAGS.AC is set; a CPL3 read of a page whose key PKRU denies faults (P|U|PK).
+fn protection_features() {
+    use guest_lib::abi::x86::cr4;
+    let f = alloc_frame();
+    f.write_u64(0, RET);
+    map(TEST_VA, &f, RW_US);
+    instr::invlpg(TEST_VA.get());
+    let va = TEST_VA.get();
+    match rt::case_param() {
+        0 => {
+            if !offered(1, 7) {
+                guest_lib::skip!("the VMM does not offer SMEP (CPUID.7.0:EBX bit 7)");
+            }
+            let r = with_cr4(cr4::SMEP, || instr::exec_ret_safe(va));
+            check_eq!(
+                r,
+                Ok(Err(Exception::pf(pfec::P | pfec::I, va))),
+                "CPL0 fetch from a user page with SMEP"
+            );
+            check_eq!(
+                instr::exec_ret_safe(va),
+                Ok(()),
+                "the same fetch without SMEP"
+            );
+        }
+        1 => {
+            if !offered(1, 20) {
+                guest_lib::skip!("the VMM does not offer SMAP (CPUID.7.0:EBX bit 20)");
+            }
+            let r = with_cr4(cr4::SMAP, || {
+                (instr::read_u64_safe(va), instr::read_u64_stac_safe(va))
+            });
+            check_eq!(
+                r.map(|x| x.0),
+                Ok(Err(Exception::pf(pfec::P, va))),
+                "CPL0 read of a user page with SMAP"
+            );
+            check_eq!(
+                r.map(|x| x.1),
+                Ok(Ok(RET)),
+                "the same read with RFLAGS.AC set"
+            );
+        }
+        _ => {
+            if !offered(2, 3) {
+                guest_lib::skip!("the VMM does not offer protection keys (CPUID.7.0:ECX bit 3)");
+            }
+            set_pte(TEST_VA, Pte::map(&f, RW_US).with_protection_key(1));
+            instr::invlpg(va);
+            let r = with_cr4(cr4::PKE, || {
+                // Access-disable for key 1 (PKRU bit 2).
+                let set = instr::wrpkru_safe(1 << 2);
+                let denied = user::run(user::read_probe, va);
+                let _ = instr::wrpkru_safe(0);
+                let allowed = user::run(user::read_probe, va);
+                (set, denied, allowed)
+            });
+            check_eq!(r.map(|x| x.0), Ok(Ok(())), "WRPKRU");
+            check_eq!(
+                r.map(|x| x.1),
+                Ok(UserExit::Exception(Exception::pf(
+                    pfec::P | pfec::U | pfec::PK,
+                    va
+                ))),
+                "CPL3 read of a key-1 page with access disabled"
+            );
+            check_eq!(
+                r.map(|x| x.2),
+                Ok(UserExit::Returned(RET)),
+                "the same read with PKRU 0"
+            );
+        }
+    }
+}
+
+const fn protection_spec(name: &'static str, summary: &'static str) -> Spec {
+    Spec::new(name, Area::Paging, summary).reqs("X86-PG-PROT-1")
+}
+
+case_table!(
+    protection_features,
+    protection_spec,
+    [
+        (
+            "paging.smep",
+            0,
+            "SMEP (when offered): CPL0 fetch from a user page faults with P|I"
+        ),
+        (
+            "paging.smap",
+            1,
+            "SMAP (when offered): CPL0 read of a user page faults unless RFLAGS.AC"
+        ),
+        (
+            "paging.pke",
+            2,
+            "protection keys (when offered): PKRU access-disable faults a CPL3 read with PK"
+        ),
+    ]
+);

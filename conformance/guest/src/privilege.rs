@@ -648,6 +648,12 @@ extern "C" fn u_x87_pending(_: u64) -> u64 {
 extern "C" fn u_sse_div0(_: u64) -> u64 {
     ran(instr::sse_zero_divide_safe())
 }
+extern "C" fn u_int80(_: u64) -> u64 {
+    ran(instr::int_n_safe::<0x80>())
+}
+extern "C" fn u_int21(_: u64) -> u64 {
+    ran(instr::int_n_safe::<0x21>())
+}
 extern "C" fn u_misaligned_ac(va: u64) -> u64 {
     instr::misaligned_read_with_ac_safe(va).unwrap_or(0)
 }
@@ -748,6 +754,13 @@ fn user_exc() {
                 Instruction,
             );
         }
+        10 => expect_user_exception(u_int80, 0, Exception::new(0x80), After),
+        11 => expect_user_exception(
+            u_int21,
+            0,
+            Exception::gp(guest_lib::abi::x86::idt_error_code(0x21)),
+            Instruction,
+        ),
         n => guest_lib::error!("no user exception {}", n),
     }
 }
@@ -805,6 +818,16 @@ case_table!(
             "priv.user_exc.ac",
             9,
             "a misaligned read at CPL3 with CR0.AM and RFLAGS.AC: #AC(0)"
+        ),
+        (
+            "priv.user_exc.int80",
+            10,
+            "INT $0x80 at CPL3 through a DPL3 gate: vector 0x80 to the kernel, RIP after it"
+        ),
+        (
+            "priv.user_exc.int_dpl0_gp",
+            11,
+            "INT $0x21 at CPL3 through a DPL0 gate: #GP(0x10a)"
         ),
     ]
 );

@@ -272,9 +272,32 @@ fn map_slot(writable: bool) {
     }
 }
 
-/// A memslot the VMM adds while the guest runs is memory with the VMM's contents; once
-/// removed, the same GPAs are MMIO (an exit the VMM sees, not stale memory).
+static REMOTE_READ: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU64::new(0);
+
+/// vCPU 1's side of [`memslot_add_remove`]: reads the new slot when pinged.
+fn read_slot_on_ap(_: &mut guest_lib::exception::Frame, ex: guest_lib::Exception) -> bool {
+    if ex.vector != crate::common::PING_VECTOR {
+        return false;
+    }
+    instr::invlpg(SLOT_VA.get());
+    let v = instr::read_u64_safe(SLOT_VA.get() + 8).unwrap_or(u64::MAX);
+    REMOTE_READ.store(v, core::sync::atomic::Ordering::SeqCst);
+    guest_lib::apic::eoi();
+    true
+}
+
+/// A memslot the VMM adds while vCPUs run (vCPU 1 sits halted inside KVM_RUN) is memory with
+/// the VMM's contents, for both vCPUs; once removed, the same GPAs are not memory any more: a
+/// read is an MMIO exit the VMM answers (all ones here), not stale memory.
 fn memslot_add_remove() {
+    use core::sync::atomic::Ordering::SeqCst;
+    use guest_lib::{apic, smp};
+    if let Err(e) = apic::enable_x2apic(apic::SPURIOUS_VECTOR) {
+        guest_lib::skip!("no usable x2APIC: {:?}", e);
+    }
+    if !smp::wait_for_aps(1000 * rt::cycles_per_ms()) {
+        guest_lib::error!("vCPU 1 did not come online");
+    }
     let r = vmm::request(Op::AddMemslot, [1, EXTRA_SLOT_GPA, SLOT_PAGES * 4096]);
     check_eq!(r.map(drop), Ok(()), "adding the memslot");
     map_slot(true);
@@ -287,6 +310,18 @@ fn memslot_add_remove() {
             i
         );
     }
+    guest_lib::exception::set_hook(Some(read_slot_on_ap));
+    apic::send_ipi(1, crate::common::PING_VECTOR);
+    let t0 = instr::rdtsc();
+    while REMOTE_READ.load(SeqCst) == 0 && instr::rdtsc() - t0 < 50 * rt::cycles_per_ms() {
+        core::hint::spin_loop();
+    }
+    guest_lib::exception::set_hook(None);
+    check_eq!(
+        REMOTE_READ.load(SeqCst),
+        slot_pattern(EXTRA_SLOT_GPA + 8),
+        "what vCPU 1 reads in the new slot"
+    );
     check_eq!(
         instr::write_u64_safe(SLOT_VA, 0x1234),
         Ok(()),
@@ -294,12 +329,22 @@ fn memslot_add_remove() {
     );
     check_eq!(instr::read_u64_safe(SLOT_VA.get()), Ok(0x1234), "read back");
     check_eq!(
+        vmm::device_log_len(),
+        0,
+        "MMIO exits while the slot is memory"
+    );
+    check_eq!(
         vmm::request(Op::RemoveMemslot, [1, 0, 0]).map(drop),
         Ok(()),
         "removing it"
     );
-    // Now MMIO: the case's host device is not there, so the read must reach the VMM as an
-    // exit; the run would end as unexpected. Instead check the slot cannot be removed twice.
+    instr::invlpg(SLOT_VA.get());
+    check_eq!(
+        instr::read_u64_safe(SLOT_VA.get()),
+        Ok(u64::MAX),
+        "a read of the removed slot (the VMM answers all ones)"
+    );
+    check_eq!(vmm::device_log_len(), 1, "MMIO exits after the removal");
     check!(
         vmm::request(Op::RemoveMemslot, [1, 0, 0]).is_err(),
         "a second removal of the same slot succeeded"
@@ -310,12 +355,15 @@ case!(
     Spec::new(
         "vmm.memslot_add_remove",
         Area::Vmm,
-        "a memslot added while the guest runs is memory with the VMM's contents"
+        "a memslot added while vCPUs run is memory for both; once removed, reads are MMIO exits"
     )
+    .vcpus(2)
+    .flags(FLAG_IRQCHIP)
+    .host(guest_lib::abi::case::HostCheck::Scratch)
     .reqs("KVM-MEMSLOT-1")
 );
 
-/// A read-only memslot reads as memory and a write to it exits to the VMM (MMIO), leaving the
+/// A read-only memslot reads as memory; a write to it exits to the VMM (MMIO) and leaves the
 /// memory unchanged; the guest sees no fault.
 fn memslot_readonly() {
     let r = vmm::request(
@@ -334,14 +382,30 @@ fn memslot_readonly() {
         Ok(slot_pattern(EXTRA_SLOT_GPA + 4096 + 0x18)),
         "read of its second page"
     );
+    check_eq!(
+        instr::write_u64_safe(SLOT_VA, 0x1234),
+        Ok(()),
+        "a write to the read-only slot (no fault)"
+    );
+    check_eq!(
+        vmm::device_log(0).map(|a| (a.write, a.mmio, a.addr, a.value)),
+        Some((true, true, EXTRA_SLOT_GPA, 0x1234)),
+        "the write as an MMIO exit"
+    );
+    check_eq!(
+        instr::read_u64_safe(SLOT_VA.get()),
+        Ok(slot_pattern(EXTRA_SLOT_GPA)),
+        "the slot's memory after the write"
+    );
 }
 case!(
     memslot_readonly,
     Spec::new(
         "vmm.memslot_readonly",
         Area::Vmm,
-        "a read-only memslot reads as the VMM's memory"
+        "a read-only memslot reads as the VMM's memory; writes exit as MMIO and change nothing"
     )
+    .host(guest_lib::abi::case::HostCheck::Scratch)
     .reqs("KVM-MEMSLOT-1")
 );
 

@@ -689,6 +689,19 @@ pub fn xgetbv_safe(index: u32) -> Result<u64, Exception> {
     Ok(u64::from(lo) | u64::from(hi) << 32)
 }
 
+/// A u64 read at `va` with RFLAGS.AC set around it (`stac`/`clac`: SMAP lets CPL0 access user
+/// pages then), with a fixup. Needs SMAP (STAC/CLAC #UD without it).
+pub fn read_u64_stac_safe(va: u64) -> Result<u64, Exception> {
+    let mut v: u64 = 0;
+    with_fixup!(pre "stac", "movq ({a}), {v}", post "clac", a = in(reg) va, v = inout(reg) v)?;
+    Ok(v)
+}
+
+/// `wrpkru`: PKRU = `v`, with a fixup (needs CR4.PKE).
+pub fn wrpkru_safe(v: u32) -> Result<(), Exception> {
+    with_fixup!("wrpkru", in("eax") v, in("ecx") 0u32, in("edx") 0u32)
+}
+
 /// DR6 (the debug status), with a fixup.
 pub fn read_dr6_safe() -> Result<u64, Exception> {
     let mut v: u64 = 0;

@@ -256,6 +256,24 @@ impl VcpuLocal {
                 ok([n, first, last])
             }
             Op::VcpuId => ok([self.id, 0, 0]),
+            Op::ConfiguredCpuidEntry => {
+                match usize::try_from(a0)
+                    .ok()
+                    .and_then(|i| ctx.cpuid.as_slice().get(i))
+                {
+                    Some(e) => {
+                        let significant = e.flags & KVM_CPUID_FLAG_SIGNIFCANT_INDEX != 0;
+                        ok([
+                            u64::from(e.function)
+                                | (u64::from(e.index) << 32)
+                                | (u64::from(significant) << 63),
+                            u64::from(e.eax) | (u64::from(e.ebx) << 32),
+                            u64::from(e.ecx) | (u64::from(e.edx) << 32),
+                        ])
+                    }
+                    None => status(Status::BadArgs),
+                }
+            }
             Op::RunFlags => {
                 let run = vcpu.get_kvm_run();
                 ok([
