@@ -46,6 +46,7 @@ case!(
         "MSR 0x4b564d11 reads \"PVM\"; it and 0x4b564d12 reject writes"
     )
     .envs(PV)
+    .smoke()
     .reqs("LOCAL-DETECT-1")
 );
 
@@ -230,6 +231,7 @@ case!(
         "WRMSR hypercall: RBX=index, RCX=value; 0 ok, 2 unknown/read-only"
     )
     .envs(PV)
+    .smoke()
     .reqs("LOCAL-HC-WRMSR")
 );
 
@@ -625,5 +627,6 @@ case!(
         "an x86 guest detects the local dialect (signature MSR, KVM CPUID leaves)"
     )
     .envs(Env::Hvm64.bit())
+    .smoke()
     .reqs("LOCAL-DETECT-1")
 );

@@ -810,6 +810,7 @@ case!(
         Area::Cpu,
         "the TSC never goes backwards, across exits and privilege changes"
     )
+    .smoke()
     .reqs("X86-TSC-2")
 );
 

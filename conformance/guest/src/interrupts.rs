@@ -303,6 +303,7 @@ case!(
         Area::Interrupts,
         "rdmsr/wrmsr of an unknown MSR raise #GP(0)"
     )
+    .smoke()
     .reqs("X86-EXC-GP,X86-MSR-1")
 );
 
@@ -348,6 +349,7 @@ case!(
         Area::Interrupts,
         "the 64-bit exception frame: CS, SS, RFLAGS, RSP"
     )
+    .smoke()
     .reqs("X86-EVT-1")
 );
 

@@ -36,6 +36,7 @@ case!(
         "OUT/IN of 1, 2 and 4 bytes reach the VMM with their values"
     )
     .host(HostCheck::PortIo)
+    .smoke()
     .reqs("X86-IO-1,PVM-IO-1")
 );
 
@@ -56,6 +57,7 @@ case!(
         "MMIO write and read at an unbacked GPA exit to the VMM"
     )
     .host(HostCheck::Mmio)
+    .smoke()
     .reqs("X86-MMIO-1,PVM-IO-2")
 );
 
@@ -73,6 +75,7 @@ case!(
         "HLT without an irqchip exits to the VMM, and execution resumes after it"
     )
     .host(HostCheck::HltExit)
+    .smoke()
     .reqs("X86-HLT-1")
 );
 
@@ -662,6 +665,7 @@ case!(
         "io.coalesced_mmio",
         "writes to a coalesced MMIO zone are queued in the ring, not exits"
     )
+    .smoke()
     .reqs("KVM-IO-1")
 );
 

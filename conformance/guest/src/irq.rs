@@ -113,6 +113,7 @@ case!(
         "a one-shot LVT timer interrupts exactly once"
     )
     .flags(FLAG_IRQCHIP)
+    .smoke()
     .reqs("X86-APIC-TIMER-2")
 );
 
@@ -350,6 +351,7 @@ case!(
         Area::Interrupts,
         "an NMI injected by the VMM is delivered once"
     )
+    .smoke()
     .reqs("KVM-NMI-1")
 );
 

@@ -235,6 +235,7 @@ case!(
         "isolation.iopl3_grant",
         "with IOPL 3 granted by the kernel, a user IN reaches the VMM's device"
     )
+    .smoke()
     .reqs("X86-IO-PERM-1,PVM-ISO-3")
 );
 
@@ -483,6 +484,7 @@ case!(
         "isolation.gpa.beyond_maxphyaddr",
         "an entry with an address bit at MAXPHYADDR is a reserved-bit #PF, not an access"
     )
+    .smoke()
     .reqs("X86-PF-RSVD-1,PVM-ISO-5")
 );
 
@@ -697,5 +699,6 @@ case!(
         "two VMs at once fill and scan the same GPAs: neither sees the other's memory"
     )
     .host(HostCheck::Sibling)
+    .smoke()
     .reqs("PVM-ISO-7")
 );

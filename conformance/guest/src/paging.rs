@@ -40,6 +40,7 @@ case!(
         Area::Paging,
         "#PF with CR2 and error code for absent pages"
     )
+    .smoke()
     .reqs("X86-PF-1,X86-PF-2")
 );
 
@@ -92,6 +93,7 @@ case!(
         Area::Paging,
         "PTE changes take effect after INVLPG (shadow invalidation)"
     )
+    .smoke()
     .reqs("X86-TLB-1,PVM-SPT-1")
 );
 
@@ -117,6 +119,7 @@ case!(
         Area::Paging,
         "the CPU sets PTE.A on access and PTE.D on write"
     )
+    .smoke()
     .reqs("X86-PTE-AD-1,PVM-SPT-2")
 );
 

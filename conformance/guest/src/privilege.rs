@@ -348,6 +348,7 @@ case!(
         Area::Priv,
         "`mov %cs` at CPL0 reads the kernel selector (RPL 0)"
     )
+    .smoke()
     .reqs("X86-PRIV-2,PVM-RING-2")
     .host(HostCheck::None)
 );

@@ -157,6 +157,7 @@ case!(
         Area::Vmm,
         "the guest TSC (at its advertised rate) and the host clock agree over 20 ms"
     )
+    .smoke()
     .reqs("X86-TSC-1")
 );
 
@@ -228,6 +229,7 @@ case!(
     // As every VMM that migrates: with the in-kernel irqchip (without one KVM itself refuses
     // some of its own PV MSRs, MSR_KVM_ASYNC_PF_INT among them).
     .flags(FLAG_IRQCHIP)
+    .smoke()
     .reqs("KVM-STATE-1,PVM-VMM-1")
 );
 
@@ -406,6 +408,7 @@ case!(
         "a read-only memslot reads as the VMM's memory; writes exit as MMIO and change nothing"
     )
     .host(guest_lib::abi::case::HostCheck::Scratch)
+    .smoke()
     .reqs("KVM-MEMSLOT-1")
 );
 
