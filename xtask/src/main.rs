@@ -5,6 +5,7 @@
 //! - `cargo xtask coverage`: requirement -> cases -> last outcome, and what no case checks.
 //! - `cargo xtask certify [...]`: a report's verdict against a profile, and the HTML
 //!   certificate (exit 0 certified, 1 not certified, 2 bad input).
+//! - `cargo xtask diff A.json B.json`: the instances whose outcome differs (exit 1 if any).
 //! - `cargo xtask build-guests`: only build the guest image.
 //!
 //! Exit status of `conformance`: 0 when nothing failed, crashed or errored; 1 otherwise;
@@ -16,6 +17,7 @@ mod bench_cmd;
 mod certify_cmd;
 mod conformance_cmd;
 mod coverage_cmd;
+mod diff_cmd;
 mod out;
 mod plot;
 mod tidy;
@@ -41,6 +43,8 @@ enum Cmd {
     Coverage(coverage_cmd::Args),
     /// Certify a conformance report against a profile: verdict, reasons, HTML certificate.
     Certify(certify_cmd::Args),
+    /// The case instances whose outcome differs between two reports (exit 1 if any).
+    Diff(diff_cmd::Args),
     /// Build the guest image (x86_64-unknown-none) and print its path.
     BuildGuests,
 }
@@ -52,6 +56,7 @@ fn main() -> ExitCode {
         Cmd::Bench(args) => bench_cmd::run(args),
         Cmd::Coverage(args) => coverage_cmd::run(args),
         Cmd::Certify(args) => certify_cmd::run(args),
+        Cmd::Diff(args) => diff_cmd::run(args),
         Cmd::BuildGuests => {
             conformance::guest_build::build(&conformance::guest_build::workspace_root())
                 .map_err(anyhow::Error::from)

@@ -8,6 +8,7 @@
 //! - `--require-kvm` without a usable KVM device exits 2; without the flag everything SKIPs;
 //! - `certify`: bad reports, profiles and outputs are one-line errors with status 2; the
 //!   verdict decides between 0 (certified, with or without deviations) and 1;
+//! - `diff`: exactly the changed instances, exit 0/1 by them, 2 for bad input;
 //! - host health: a bad-class kernel-log line (fed through a FIFO standing in for
 //!   `/dev/kmsg`) fails the run with exit 1 and lands in the report with its instance; an
 //!   unreadable log is reported as unwatched.
@@ -923,5 +924,34 @@ fn a_bad_kernel_log_line_fails_the_run_and_an_unreadable_log_is_unwatched() {
     assert!(
         err.contains("host health: unwatched: /nonexistent/kmsg"),
         "{err}"
+    );
+}
+
+#[test]
+fn diff_lists_exactly_the_changed_instances_and_exits_by_them() {
+    let d = tempfile::tempdir().expect("tempdir");
+    let a = support::write_report(d.path(), "a.json", support::Variant::Deviating);
+    let b = support::write_report(d.path(), "b.json", support::Variant::Failing);
+    let same = run(xtask().args(["diff"]).arg(&a).arg(&a));
+    let out = String::from_utf8_lossy(&same.stdout);
+    assert_eq!(same.status.code(), Some(0), "{out}");
+    assert!(out.contains("0 instance(s) differ"), "{out}");
+    let changed = run(xtask().args(["diff"]).arg(&a).arg(&b));
+    let out = String::from_utf8_lossy(&changed.stdout);
+    assert_eq!(changed.status.code(), Some(1), "{out}");
+    // The failing variant changes one instance from PASS to FAIL.
+    assert!(out.contains("1 instance(s) differ"), "{out}");
+    assert!(out.contains("PASS -> FAIL"), "{out}");
+    let missing = run(xtask()
+        .args(["diff"])
+        .arg(&a)
+        .arg(d.path().join("none.json")));
+    assert_bad(&missing, "diff of a missing report", "none.json");
+    let not_json = d.path().join("x.json");
+    std::fs::write(&not_json, "{").expect("write");
+    assert_bad(
+        &run(xtask().args(["diff"]).arg(&not_json).arg(&a)),
+        "diff of bad JSON",
+        "x.json",
     );
 }

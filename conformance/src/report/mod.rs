@@ -4,11 +4,13 @@
 //!   completes (a crash of the harness or the host loses nothing that already ran), which
 //!   `--resume` reads back;
 //! - TAP13 ([`tap`]) and JUnit XML ([`junit`]);
-//! - the text summary line ([`summary_line`]).
+//! - the text summary line ([`summary_line`]);
+//! - [`diff`]: the instances whose outcome differs between two reports.
 //!
 //! Every JSON report and progress line carries the run's identity ([`RunInfo`]: run id, start
 //! time, target, host, guest image hash, selection fingerprint).
 
+pub mod diff;
 pub mod junit;
 pub mod progress;
 pub mod tap;
