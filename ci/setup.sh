@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Installs what pvm-conformance needs on a fresh machine: the pinned Rust toolchain with the
 # bare-metal guest target (x86_64-unknown-none), clippy and rustfmt, the DejaVu font the
-# benchmark plot draws its text with, and Chromium and tesseract for the certificate's browser
-# test. The KVM layer itself is pure Rust over /dev/kvm.
+# benchmark plot draws its text with, cmake/cc/libclang for the reference model's Unicorn build,
+# and Chromium and tesseract for the certificate's browser test. The KVM layer itself is pure
+# Rust over /dev/kvm.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if ! command -v rustup >/dev/null; then
@@ -17,6 +18,12 @@ rustup toolchain install "$channel" --profile minimal \
 # browser test (xtask/tests/certify_browser.rs; .ci/run requires it with PVMC_REQUIRE_BROWSER=1).
 packages=()
 [ -e /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf ] || packages+=(fonts-dejavu-core)
+# The reference model (model/) builds the Unicorn CPU emulator from source: cmake, a C
+# compiler, and libclang for its bindings.
+command -v cmake >/dev/null || packages+=(cmake)
+command -v cc >/dev/null || packages+=(gcc g++ make)
+ls /usr/lib/llvm-*/lib/libclang*.so* >/dev/null 2>&1 || ls /usr/lib/x86_64-linux-gnu/libclang*.so* \
+    >/dev/null 2>&1 || packages+=(libclang-dev)
 if [ "${PVMC_SETUP_BROWSER:-1}" != 0 ]; then
     command -v chromium >/dev/null || command -v chromium-browser >/dev/null \
         || packages+=(chromium)
@@ -28,6 +35,7 @@ if [ ${#packages[@]} -gt 0 ]; then
             && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${packages[@]}") >&2
     else
         echo "ci/setup.sh: missing Debian packages ${packages[*]} (fonts-dejavu-core for the" \
-            "benchmark plot, chromium and tesseract-ocr for the certificate's browser test)" >&2
+            "benchmark plot, cmake, a C compiler and libclang-dev for the reference model," \
+            "chromium and tesseract-ocr for the certificate's browser test)" >&2
     fi
 fi

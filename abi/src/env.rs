@@ -59,8 +59,8 @@ impl Env {
     /// these.
     pub const fn guest_support(self) -> GuestSupport {
         match self {
-            Env::Hvm64 | Env::PvLocal => GuestSupport::Implemented,
-            Env::PvV1 | Env::PvMid | Env::PvV2 => GuestSupport::NotYet,
+            Env::Hvm64 | Env::PvLocal | Env::PvV2 => GuestSupport::Implemented,
+            Env::PvV1 | Env::PvMid => GuestSupport::NotYet,
         }
     }
 
@@ -69,6 +69,13 @@ impl Env {
         Env::ALL
             .into_iter()
             .filter(|e| e.guest_support() == GuestSupport::Implemented)
+    }
+
+    /// Whether the VMM maps the guest image supervisor-only (U/S=0): a host that forces SMEP
+    /// (the v2 line does when it has NX) cannot run supervisor code from user pages. The
+    /// loader reads this; everything else the VMM maps stays U/S=1.
+    pub const fn image_supervisor_only(self) -> bool {
+        matches!(self, Env::PvV2)
     }
 
     /// The host dialect this environment needs, or `None` if any KVM host will do.

@@ -2,7 +2,7 @@
 //!
 //! Sources: virt-pvm/linux `arch/x86/include/uapi/asm/pvm_para.h` at the commits listed in
 //! `docs/abi-generations.md`. The host uses these to detect which generation a host speaks;
-//! the guest library does not implement them yet.
+//! the guest library's `pv-v2` environment and the reference model (`model/`) speak them.
 
 /// `invlpg 0xffffffffff4d5650; cpuid`: the synthetic CPUID every generation understands.
 pub const SYNTHETIC_CPUID: [u8; 10] = [0x0f, 0x01, 0x3c, 0x25, 0x50, 0x56, 0x4d, 0xff, 0x0f, 0xa2];
@@ -12,6 +12,69 @@ pub const CPUID_VENDOR_FEATURES: u32 = 0x4000_0002;
 pub const CPUID_SIGNATURE: u32 = 0x4d_5650;
 /// First PVM hypercall number (`PVM_HC_LOAD_PGTBL`).
 pub const HC_BASE: u64 = 0x1708_8200;
+
+/// `__USER_CS` of an x86-64 Linux host: the hardware CS of a PVM guest in both modes.
+pub const HOST_USER_CS: u16 = 0x33;
+/// `__USER_DS` of an x86-64 Linux host: the hardware SS of a PVM guest.
+pub const HOST_USER_DS: u16 = 0x2b;
+/// `__USER32_CS` of an x86-64 Linux host (compatibility-mode user code).
+pub const HOST_USER32_CS: u16 = 0x23;
+
+/// PVM hypercall numbers (`PVM_HC_*`, the same in every generation; +1 is `EVENT_WIN` in
+/// "mid").
+pub mod hc {
+    use super::HC_BASE;
+    /// `PVM_HC_LOAD_PGTBL`.
+    pub const LOAD_PGTBL: u64 = HC_BASE;
+    /// `PVM_HC_IRQ_WIN`.
+    pub const IRQ_WIN: u64 = HC_BASE + 1;
+    /// `PVM_HC_IRQ_HALT`.
+    pub const IRQ_HALT: u64 = HC_BASE + 2;
+    /// `PVM_HC_TLB_FLUSH`.
+    pub const TLB_FLUSH: u64 = HC_BASE + 3;
+    /// `PVM_HC_TLB_FLUSH_CURRENT`.
+    pub const TLB_FLUSH_CURRENT: u64 = HC_BASE + 4;
+    /// `PVM_HC_TLB_INVLPG`.
+    pub const TLB_INVLPG: u64 = HC_BASE + 5;
+    /// `PVM_HC_LOAD_GS`.
+    pub const LOAD_GS: u64 = HC_BASE + 6;
+    /// `PVM_HC_RDMSR`.
+    pub const RDMSR: u64 = HC_BASE + 7;
+    /// `PVM_HC_WRMSR`.
+    pub const WRMSR: u64 = HC_BASE + 8;
+    /// `PVM_HC_LOAD_TLS`.
+    pub const LOAD_TLS: u64 = HC_BASE + 9;
+    /// One past the PVM range (`PVM_HC_SPECIAL_MAX_NR` = 256).
+    pub const END: u64 = HC_BASE + 256;
+}
+
+/// What a KVM hypercall with an unknown number returns (`-KVM_ENOSYS`); PVM hosts answer
+/// every number outside their own calls this way.
+pub const KVM_ENOSYS: i64 = -1000;
+/// What `PVM_HC_WRMSR` returns on failure (`-EIO` in the host code; the spec says -EINVAL).
+pub const HC_WRMSR_EIO: i64 = -5;
+
+/// `event_flags` bits of the PVCS (every generation).
+pub mod event_flags {
+    /// Interrupt pending: the host has an interrupt the guest's IF held off.
+    pub const IP: u64 = 1 << 8;
+    /// The supervisor's interrupt flag.
+    pub const IF: u64 = 1 << 9;
+}
+
+/// v2 `event_vector` high-byte bits (`PVM_PVCS_EVENT_VECTOR_*_BIT`).
+pub mod vector_bits {
+    /// A synchronous event was delivered and not yet consumed.
+    pub const STD: u16 = 1 << 8;
+    /// NMI pending.
+    pub const NMI: u16 = 1 << 9;
+    /// #MC pending.
+    pub const MCE: u16 = 1 << 10;
+}
+
+/// Offset of the supervisor-mode entry from `MSR_PVM_EVENT_ENTRY` (v2; v1 has +256 for
+/// exceptions and +512 for interrupts).
+pub const SUPERVISOR_ENTRY_OFFSET: u64 = 512;
 
 /// MSRs common to every generation.
 pub const MSR_LINEAR_ADDRESS_RANGE: u32 = 0x4b56_4df0;

@@ -66,6 +66,9 @@ pub fn run_raw(entry: u64, arg: u64) -> UserExit {
     if crate::smp::current_cpu() != 0 {
         crate::error!("user mode runs on vCPU 0 only");
     }
+    if let Err(crate::env::EnvError::Unsupported(why)) = crate::env::current().user_mode() {
+        crate::skip!("{why}");
+    }
     if crate::arch::instr::msr_borrowed() {
         crate::error!("user mode entered while instr::with_msr has a SYSCALL MSR borrowed");
     }

@@ -22,8 +22,9 @@ const TABLE: u64 = pte::P | pte::RW | pte::US;
 
 /// Writes the page tables: RAM identity mapped (first 2 MiB with 4 KiB pages and page 0 absent,
 /// the rest with 2 MiB pages), the MMIO window, the upper-half alias (`HIGH_ALIAS`) and the
-/// user-PML4 mirror the local host uses.
-pub fn write_page_tables(mem: &dyn GuestRam) -> Result<()> {
+/// user-PML4 mirror the local host uses. The image's 2 MiB page is supervisor-only when the
+/// environment says so (`Env::image_supervisor_only`).
+pub fn write_page_tables(mem: &dyn GuestRam, env: abi::env::Env) -> Result<()> {
     for pml4 in [PML4_GPA, USER_PML4_GPA] {
         mem.write_u64(pml4, PDPT_GPA | TABLE)?;
         mem.write_u64(pml4 + 8 * 511, PDPT_GPA | TABLE)?;
@@ -33,8 +34,14 @@ pub fn write_page_tables(mem: &dyn GuestRam) -> Result<()> {
     for i in 1..512 {
         mem.write_u64(PT0_GPA + 8 * i, (i * PAGE_SIZE) | TABLE)?;
     }
+    let image_pde = abi::layout::IMAGE_BASE / LARGE_PAGE_SIZE;
     for i in 1..RAM_SIZE / LARGE_PAGE_SIZE {
-        mem.write_u64(PD_GPA + 8 * i, (i * LARGE_PAGE_SIZE) | TABLE | pte::PS)?;
+        let flags = if i == image_pde && env.image_supervisor_only() {
+            TABLE & !pte::US
+        } else {
+            TABLE
+        };
+        mem.write_u64(PD_GPA + 8 * i, (i * LARGE_PAGE_SIZE) | flags | pte::PS)?;
     }
     let window = MMIO_WINDOW / LARGE_PAGE_SIZE;
     mem.write_u64(PD_GPA + 8 * window, MMIO_WINDOW | TABLE | pte::PS)
@@ -94,7 +101,7 @@ mod tests {
     fn page_tables_identity_map_ram_and_leave_page_zero_out() {
         let m = MmapRam::new(RAM_SIZE).expect("mmap");
         let m: &dyn GuestRam = &m;
-        write_page_tables(m).expect("fits");
+        write_page_tables(m, abi::env::Env::Hvm64).expect("fits");
         assert_eq!(
             m.read_u64(PML4_GPA).expect("r"),
             m.read_u64(USER_PML4_GPA).expect("r")

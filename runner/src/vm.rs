@@ -325,6 +325,59 @@ pub trait Backend: Send + Sync {
     fn create_vm(&self, opts: &VmOptions) -> Result<Box<dyn Vm>>;
 }
 
+/// Decodes a write of `data` to the report port (`abi::report::REPORT_PORT`: the 4-byte GPA
+/// of a message) and hands the message to the handler; returns its action and the message's
+/// GPA (where a request's reply goes), or how the run ends when the write is malformed. Every
+/// backend decodes the channel with this.
+pub fn report_exit(
+    mem: &dyn GuestRam,
+    handler: &mut (dyn ExitHandler + Send),
+    data: &[u8],
+) -> std::result::Result<(Action, u64), RunEnd> {
+    let gpa = match <[u8; 4]>::try_from(data) {
+        Ok(b) => u64::from(u32::from_le_bytes(b)),
+        Err(_) => {
+            return Err(RunEnd::Unexpected(format!(
+                "report port written with {} bytes (want a 4-byte GPA)",
+                data.len()
+            )));
+        }
+    };
+    let mut raw = [0u8; abi::report::MESSAGE_SIZE];
+    let action = match mem.read(gpa, &mut raw) {
+        Ok(()) => {
+            let msg = Message::from_bytes(&raw);
+            if msg.magic == abi::report::MESSAGE_MAGIC {
+                handler.report(&msg)
+            } else {
+                Action::Unexpected(format!("report message at {gpa:#x} has bad magic"))
+            }
+        }
+        Err(_) => Action::Unexpected(format!("report message at {gpa:#x} outside RAM")),
+    };
+    Ok((action, gpa))
+}
+
+/// Writes the reply `values` of request `req` into the message at `at` (the GPA
+/// [`report_exit`] returned).
+pub fn write_reply(
+    mem: &dyn GuestRam,
+    at: Option<u64>,
+    req: VmmRequest,
+    values: [u64; 4],
+) -> Result<()> {
+    let Some(gpa) = at else {
+        return Err(crate::RunnerError::Setup(format!(
+            "a reply to VMM request {req:?} outside a report exit"
+        )));
+    };
+    let mut bytes = [0u8; 32];
+    for (chunk, v) in bytes.chunks_exact_mut(8).zip(values) {
+        chunk.copy_from_slice(&v.to_le_bytes());
+    }
+    mem.write(gpa + abi::report::VALUES_OFFSET as u64, &bytes)
+}
+
 #[cfg(test)]
 mod tests {
     use std::sync::atomic::AtomicUsize;

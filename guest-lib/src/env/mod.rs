@@ -17,6 +17,7 @@
 
 pub mod hvm64;
 pub mod pv_local;
+pub mod pv_v2;
 
 use abi::env::Env;
 use abi::layout::BootInfo;
@@ -85,6 +86,11 @@ pub trait Environment: Sync {
         &[]
     }
 
+    /// Whether the environment can run code in user mode (`crate::user`).
+    fn user_mode(&self) -> Result<(), EnvError> {
+        Ok(())
+    }
+
     /// How the guest kernel is executing, as far as the guest can tell (an environment with
     /// several execution modes says which one is in force).
     fn mode(&self) -> Mode {
@@ -108,7 +114,8 @@ pub fn select(env: Env) -> Option<&'static dyn Environment> {
     match env {
         Env::Hvm64 => Some(&hvm64::Hvm64),
         Env::PvLocal => Some(&pv_local::PvLocal),
-        Env::PvV1 | Env::PvMid | Env::PvV2 => None,
+        Env::PvV2 => Some(&pv_v2::PvV2),
+        Env::PvV1 | Env::PvMid => None,
     }
 }
 

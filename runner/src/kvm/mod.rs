@@ -23,7 +23,7 @@ use std::cell::Cell;
 use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-use abi::report::{MESSAGE_MAGIC, MESSAGE_SIZE, Message, REPORT_PORT};
+use abi::report::REPORT_PORT;
 use kvm_bindings::{
     CpuId, KVM_MAX_CPUID_ENTRIES, Msrs, kvm_msr_entry, kvm_segment, kvm_sregs,
     kvm_userspace_memory_region,
@@ -458,37 +458,6 @@ fn must_stop(shared: &Shared<'_, '_>) -> Option<RunEnd> {
     }
 }
 
-/// Decodes a report exit and hands the message to the handler; returns its action and the
-/// message's GPA (where a request's reply goes).
-fn report_exit(
-    mem: &MmapRam,
-    handler: &mut (dyn ExitHandler + Send),
-    data: &[u8],
-) -> std::result::Result<(Action, u64), RunEnd> {
-    let gpa = match <[u8; 4]>::try_from(data) {
-        Ok(b) => u64::from(u32::from_le_bytes(b)),
-        Err(_) => {
-            return Err(RunEnd::Unexpected(format!(
-                "report port written with {} bytes (want a 4-byte GPA)",
-                data.len()
-            )));
-        }
-    };
-    let mut raw = [0u8; MESSAGE_SIZE];
-    let action = match mem.read(gpa, &mut raw) {
-        Ok(()) => {
-            let msg = Message::from_bytes(&raw);
-            if msg.magic == MESSAGE_MAGIC {
-                handler.report(&msg)
-            } else {
-                Action::Unexpected(format!("report message at {gpa:#x} has bad magic"))
-            }
-        }
-        Err(_) => Action::Unexpected(format!("report message at {gpa:#x} outside RAM")),
-    };
-    Ok((action, gpa))
-}
-
 /// Progress of one vCPU between samples (see [`RunLimits::no_progress`]).
 #[derive(Default)]
 struct Progress {
@@ -569,7 +538,7 @@ fn vcpu_loop(vcpu: &mut VcpuFd, id: u64, shared: &Shared<'_, '_>) -> Result<RunE
         let mut interrupted = false;
         let action = match exit {
             Ok(VcpuExit::IoOut(port, data)) if port == REPORT_PORT => {
-                match report_exit(mem, handler, data) {
+                match crate::vm::report_exit(mem, handler, data) {
                     Ok((a, gpa)) => {
                         reply_at = Some(gpa);
                         a
@@ -628,14 +597,14 @@ fn vcpu_loop(vcpu: &mut VcpuFd, id: u64, shared: &Shared<'_, '_>) -> Result<RunE
             Action::Unexpected(why) => return Ok(RunEnd::Unexpected(why)),
             Action::Serve(req) => {
                 let reply = local.serve(vcpu, &shared.ctx, req);
-                write_reply(mem, reply_at, req, reply)?;
+                crate::vm::write_reply(mem, reply_at, req, reply)?;
             }
             Action::Reply(values) => {
                 let req = VmmRequest {
                     op: 0,
                     args: [0; 3],
                 };
-                write_reply(mem, reply_at, req, values)?;
+                crate::vm::write_reply(mem, reply_at, req, values)?;
             }
         }
     }
@@ -667,20 +636,6 @@ fn per_item<T>(items: impl Iterator<Item = T>, mut f: impl FnMut(T) -> Action) -
         }
     }
     Action::Continue
-}
-
-/// Writes a request's reply into its message (`abi::report::VALUES_OFFSET`).
-fn write_reply(mem: &MmapRam, at: Option<u64>, req: VmmRequest, values: [u64; 4]) -> Result<()> {
-    let Some(gpa) = at else {
-        return Err(RunnerError::Setup(format!(
-            "a reply to VMM request {req:?} outside a report exit"
-        )));
-    };
-    let mut bytes = [0u8; 32];
-    for (chunk, v) in bytes.chunks_exact_mut(8).zip(values) {
-        chunk.copy_from_slice(&v.to_le_bytes());
-    }
-    mem.write(gpa + abi::report::VALUES_OFFSET as u64, &bytes)
 }
 
 thread_local! {

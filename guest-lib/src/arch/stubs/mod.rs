@@ -7,7 +7,9 @@
 //!   which differ only in how they return to CPL3);
 //! - [`hvm64`]: return to CPL3 with `iretq` / `sysretq`;
 //! - [`pv_local`]: return to CPL3 with the local dialect's IRET_FRAME hypercall, and the
-//!   dialect's other instructions (hypercall, PV CPUID, VIF registration).
+//!   dialect's other instructions (hypercall, PV CPUID, VIF registration);
+//! - [`pv_v2`]: the upstream v2 event entry block (+0, +512), the return to supervisor code,
+//!   the `syscall` hypercall and the synthetic CPUID.
 //!
 //! What every environment installs is a [`UserReturns`]: the stubs that leave for CPL3 from an
 //! interrupt frame and from a SYSCALL frame. `crate::arch::user_enter` uses the first one too,
@@ -16,6 +18,7 @@
 pub mod hvm64;
 pub mod idt;
 pub mod pv_local;
+pub mod pv_v2;
 
 use super::BootCell;
 

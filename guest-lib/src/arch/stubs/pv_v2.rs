@@ -1,0 +1,197 @@
+//! pv-v2: the upstream v2 ABI's entry and return stubs (the 6.12 line, notes §11 and
+//! docs/research/pvm-v2-host-semantics.md).
+//!
+//! - the event entry block at `MSR_PVM_EVENT_ENTRY`: +0 for events from user mode, +512 for
+//!   events from supervisor mode. The host saved RIP, RFLAGS, RCX, R11, the vector and error
+//!   code in the PVCS and left RSP alone; the +512 stub builds the common frame from them on
+//!   the interrupted stack (16-byte aligned, as the CPU would), marks the event consumed
+//!   (clears the vector's high byte) and calls the dispatcher;
+//! - the return to supervisor code is the guest's own (the 6.12 host has no ERETS): the
+//!   interrupt flag goes back into the PVCS, an interrupt the host marked pending is asked for
+//!   with IRQ_WIN, and `iretq` (same privilege level in hardware) restores RIP, RFLAGS, RSP;
+//! - the hypercall: `syscall` with RAX = number, RBX, R10 (the caller's RCX), RDX; RCX and R11
+//!   are clobbered.
+//!
+//! The PVCS of the vCPU is found from RSP (`abi::layout` gives each vCPU its stack): at or
+//! below `USER_STACK_TOP` it is vCPU 0's, above it vCPU `(rsp - USER_STACK_TOP - 1) /
+//! AP_STACK_SIZE + 1`'s. Events from user mode are not supported yet (user mode on this
+//! environment needs a user alias of the image: SMEP is forced).
+
+use abi::upstream::{PvcsV2, SYNTHETIC_CPUID};
+
+use crate::arch::instr::with_fixup;
+use crate::exception::Exception;
+
+const _: () = assert!(abi::layout::AP_STACK_SIZE == 1 << 16);
+
+#[cfg(target_os = "none")]
+core::arch::global_asm!(
+    r#"
+    .text
+    # RCX = an RSP value; leaves the PVCS address of its vCPU in RCX.
+    .macro pvmc_v2_pvcs_of_rsp
+    cmpq ${ust}, %rcx
+    ja 91f
+    movq ${pvcs0}, %rcx
+    jmp 92f
+91: subq ${ust}+1, %rcx
+    shrq $16, %rcx
+    incq %rcx
+    shlq $12, %rcx
+    addq ${pvcs0}, %rcx
+92:
+    .endm
+
+    .balign 4096
+    .global pvmc_v2_event_entry
+pvmc_v2_event_entry:
+    # +0: an event from user mode.
+    jmp pvmc_v2_user_event
+    .org pvmc_v2_event_entry + 512
+    # +512: an event from supervisor mode. RCX = entry and R11 = 0x202 (the originals are in
+    # the PVCS); RSP as interrupted.
+    movq %rsp, %rcx
+    andq $-16, %rsp
+    pushq ${kernel_ds}
+    pushq %rcx
+    pvmc_v2_pvcs_of_rsp
+    movl {eflags}(%rcx), %r11d
+    pushq %r11
+    pushq ${kernel_cs}
+    pushq {rip}(%rcx)
+    movzwl {errcode}(%rcx), %r11d
+    pushq %r11
+    movzbl {vector}(%rcx), %r11d
+    pushq %r11
+"#,
+    super::push_gprs!(),
+    r#"
+    movq {rcx}(%rcx), %r11
+    movq %r11, 16(%rsp)
+    movq {r11}(%rcx), %r11
+    movq %r11, 80(%rsp)
+    movb $0, {vector}+1(%rcx)
+    movq %rsp, %rdi
+    cld
+    call pvmc_exception_dispatch
+"#,
+    super::pop_gprs!(),
+    r#"
+    addq $16, %rsp
+    # Stack: RIP, CS, RFLAGS, RSP, SS with the kernel's selectors; back in hardware CPL3 on
+    # the host's.
+    movq ${user_cs}, 8(%rsp)
+    movq ${user_ds}, 32(%rsp)
+    testl $0x200, 16(%rsp)
+    jz 2f
+    pushq %rcx
+    leaq 8(%rsp), %rcx
+    pvmc_v2_pvcs_of_rsp
+    orq $0x200, (%rcx)
+    btq $8, (%rcx)
+    popq %rcx
+    jnc 2f
+    pushq %rax
+    pushq %rcx
+    pushq %r11
+    movl ${irq_win}, %eax
+    syscall
+    popq %r11
+    popq %rcx
+    popq %rax
+2:  iretq
+
+pvmc_v2_user_event:
+    ud2
+"#,
+    ust = const abi::layout::USER_STACK_TOP,
+    pvcs0 = const abi::layout::VIF_GPA,
+    kernel_cs = const abi::layout::sel::KERNEL_CS,
+    kernel_ds = const abi::layout::sel::KERNEL_DS,
+    user_cs = const abi::upstream::HOST_USER_CS,
+    user_ds = const abi::upstream::HOST_USER_DS,
+    eflags = const core::mem::offset_of!(PvcsV2, eflags),
+    rip = const core::mem::offset_of!(PvcsV2, rip),
+    rcx = const core::mem::offset_of!(PvcsV2, rcx),
+    r11 = const core::mem::offset_of!(PvcsV2, r11),
+    errcode = const core::mem::offset_of!(PvcsV2, event_errcode),
+    vector = const core::mem::offset_of!(PvcsV2, event_vector),
+    irq_win = const abi::upstream::hc::IRQ_WIN,
+    options(att_syntax)
+);
+
+#[cfg(target_os = "none")]
+unsafe extern "C" {
+    safe static pvmc_v2_event_entry: u8;
+}
+
+/// Address of the event entry block (for `MSR_PVM_EVENT_ENTRY`).
+pub fn event_entry() -> u64 {
+    #[cfg(target_os = "none")]
+    {
+        core::ptr::addr_of!(pvmc_v2_event_entry) as u64
+    }
+    #[cfg(not(target_os = "none"))]
+    0
+}
+
+/// The hypercall (`syscall` in supervisor mode) with a fixup; returns RAX.
+pub fn hypercall_safe(nr: u64, a0: u64, a1: u64, a2: u64) -> Result<u64, Exception> {
+    let mut rax = nr;
+    // RBX cannot be an asm operand (LLVM reserves it): swap it in and out around `syscall`.
+    with_fixup!(pre "xchgq {b}, %rbx", "syscall", post "xchgq {b}, %rbx",
+        b = inout(reg) a0 => _, inout("rax") rax, in("r10") a1, in("rdx") a2,
+        out("rcx") _, out("r11") _)?;
+    Ok(rax)
+}
+
+/// The synthetic CPUID (`invlpg 0xffffffffff4d5650; cpuid`) with a fixup; EAX..EDX.
+pub fn synthetic_cpuid_safe(leaf: u32, sub: u32) -> Result<[u32; 4], Exception> {
+    let (mut a, mut c) = (leaf, sub);
+    let (mut b, mut d) = (0u64, 0u32);
+    with_fixup!(pre "xchgq {b}, %rbx",
+        ".byte {s0}, {s1}, {s2}, {s3}, {s4}, {s5}, {s6}, {s7}, {s8}, {s9}",
+        post "xchgq {b}, %rbx",
+        b = inout(reg) b, inout("eax") a, inout("ecx") c, inout("edx") d,
+        s0 = const SYNTHETIC_CPUID[0], s1 = const SYNTHETIC_CPUID[1],
+        s2 = const SYNTHETIC_CPUID[2], s3 = const SYNTHETIC_CPUID[3],
+        s4 = const SYNTHETIC_CPUID[4], s5 = const SYNTHETIC_CPUID[5],
+        s6 = const SYNTHETIC_CPUID[6], s7 = const SYNTHETIC_CPUID[7],
+        s8 = const SYNTHETIC_CPUID[8], s9 = const SYNTHETIC_CPUID[9])?;
+    Ok([a, b as u32, c, d])
+}
+
+/// Reads `event_flags` of the PVCS at `pvcs` (identity-mapped guest RAM).
+pub fn read_event_flags(pvcs: u64) -> u64 {
+    let p = (pvcs + core::mem::offset_of!(PvcsV2, event_flags) as u64) as *const u64;
+    // SAFETY: the PVCS pages are guest RAM reserved for them in the layout (identity mapped,
+    // aligned); the host writes them too, so the access is volatile.
+    unsafe { core::ptr::read_volatile(p) }
+}
+
+/// Writes `event_flags` of the PVCS at `pvcs`.
+pub fn write_event_flags(pvcs: u64, v: u64) {
+    let p = (pvcs + core::mem::offset_of!(PvcsV2, event_flags) as u64) as *mut u64;
+    // SAFETY: as in `read_event_flags`; only the owning vCPU's code writes its PVCS.
+    unsafe { core::ptr::write_volatile(p, v) }
+}
+
+/// Zeroes the PVCS page at `pvcs`, puts the host's user selectors in it and registers it and
+/// the event entry block with the host (on the vCPU that owns it).
+pub fn register(pvcs: u64) {
+    // SAFETY: the PVCS page is reserved for this vCPU in the guest layout (identity mapped
+    // RAM); nothing else uses it, and the host reads it only once it is registered below.
+    unsafe {
+        core::ptr::write_bytes(pvcs as *mut u8, 0, abi::layout::PAGE_SIZE as usize);
+        let cs = (pvcs + core::mem::offset_of!(PvcsV2, user_cs) as u64) as *mut u16;
+        core::ptr::write_volatile(cs, abi::upstream::HOST_USER_CS);
+        let ss = (pvcs + core::mem::offset_of!(PvcsV2, user_ss) as u64) as *mut u16;
+        core::ptr::write_volatile(ss, abi::upstream::HOST_USER_DS);
+    }
+    // SAFETY: these MSRs change where the host delivers events and which page it shares; both
+    // are the guest's own (the entry block is in the image, the PVCS page reserved above).
+    unsafe {
+        crate::arch::instr::wrmsr(abi::upstream::MSR_VCPU_STRUCT, pvcs);
+        crate::arch::instr::wrmsr(abi::upstream::MSR_EVENT_ENTRY, event_entry());
+    }
+}

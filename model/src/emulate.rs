@@ -1,0 +1,225 @@
+//! Trapped privileged instructions: what the host does when the guest's supervisor code
+//! executes one in hardware ring 3 and the CPU raises #GP (notes §6: the KVM emulator runs it
+//! with CPL0 semantics). The instruction is decoded with iced-x86; [`decode`] says what it is
+//! and the engine carries it out (it owns the registers, memory and the exit handler).
+
+use iced_x86::{Code, Decoder, DecoderOptions, Instruction, Mnemonic, OpKind, Register};
+
+/// A trapped instruction the host emulates.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Op {
+    /// The synthetic CPUID (`invlpg 0xffffffffff4d5650; cpuid`, 10 bytes).
+    SyntheticCpuid,
+    /// RDMSR.
+    Rdmsr,
+    /// WRMSR.
+    Wrmsr,
+    /// OUT of `size` bytes from AL/AX/EAX to `port` (None: DX).
+    Out {
+        /// Immediate port, or DX.
+        port: Option<u16>,
+        /// Bytes.
+        size: usize,
+    },
+    /// IN of `size` bytes.
+    In {
+        /// Immediate port, or DX.
+        port: Option<u16>,
+        /// Bytes.
+        size: usize,
+    },
+    /// OUTS of `size`-byte items (with REP when `rep`).
+    Outs {
+        /// Item size.
+        size: usize,
+        /// REP prefix.
+        rep: bool,
+    },
+    /// INS.
+    Ins {
+        /// Item size.
+        size: usize,
+        /// REP prefix.
+        rep: bool,
+    },
+    /// HLT.
+    Hlt,
+    /// CLI.
+    Cli,
+    /// STI.
+    Sti,
+    /// MOV to CRn from a register.
+    MovToCr {
+        /// CR number.
+        cr: u8,
+        /// Source register.
+        reg: Register,
+    },
+    /// MOV from CRn to a register.
+    MovFromCr {
+        /// CR number.
+        cr: u8,
+        /// Destination register.
+        reg: Register,
+    },
+    /// MOV to DRn (stored as written, no effect).
+    MovToDr,
+    /// MOV from DRn to a register.
+    MovFromDr {
+        /// DR number.
+        dr: u8,
+        /// Destination register.
+        reg: Register,
+    },
+    /// INVLPG.
+    Invlpg,
+    /// SWAPGS.
+    Swapgs,
+    /// Instructions the host stores or ignores (LGDT, LIDT, LTR, LLDT, WBINVD, INVD, CLTS).
+    Ignored,
+}
+
+/// The synthetic CPUID's bytes.
+pub const SYNTHETIC_CPUID: [u8; 10] = abi::upstream::SYNTHETIC_CPUID;
+
+/// What the bytes at RIP are, and the instruction's length; `None` for an instruction the host
+/// does not emulate (the #GP is delivered to the guest).
+pub fn decode(bytes: &[u8], rip: u64) -> Option<(Op, usize)> {
+    if bytes.starts_with(&SYNTHETIC_CPUID) {
+        return Some((Op::SyntheticCpuid, SYNTHETIC_CPUID.len()));
+    }
+    let mut d = Decoder::with_ip(64, bytes, rip, DecoderOptions::NONE);
+    let insn: Instruction = d.decode();
+    if insn.is_invalid() {
+        return None;
+    }
+    let len = insn.len();
+    let size_of = |r: Register| r.size();
+    let port = |i: &Instruction, op: u32| match i.op_kind(op) {
+        OpKind::Immediate8 => Some(u16::from(i.immediate8())),
+        _ => None,
+    };
+    let op = match insn.mnemonic() {
+        Mnemonic::Rdmsr => Op::Rdmsr,
+        Mnemonic::Wrmsr => Op::Wrmsr,
+        Mnemonic::Out => Op::Out {
+            port: port(&insn, 0),
+            size: size_of(insn.op1_register()),
+        },
+        Mnemonic::In => Op::In {
+            port: port(&insn, 1),
+            size: size_of(insn.op0_register()),
+        },
+        Mnemonic::Outsb | Mnemonic::Outsw | Mnemonic::Outsd => Op::Outs {
+            size: string_size(insn.code()),
+            rep: insn.has_rep_prefix(),
+        },
+        Mnemonic::Insb | Mnemonic::Insw | Mnemonic::Insd => Op::Ins {
+            size: string_size(insn.code()),
+            rep: insn.has_rep_prefix(),
+        },
+        Mnemonic::Hlt => Op::Hlt,
+        Mnemonic::Cli => Op::Cli,
+        Mnemonic::Sti => Op::Sti,
+        Mnemonic::Mov if insn.op0_register().is_cr() => Op::MovToCr {
+            cr: cr_number(insn.op0_register())?,
+            reg: insn.op1_register(),
+        },
+        Mnemonic::Mov if insn.op1_register().is_cr() => Op::MovFromCr {
+            cr: cr_number(insn.op1_register())?,
+            reg: insn.op0_register(),
+        },
+        Mnemonic::Mov if insn.op0_register().is_dr() => Op::MovToDr,
+        Mnemonic::Mov if insn.op1_register().is_dr() => Op::MovFromDr {
+            dr: (insn.op1_register() as u32 - Register::DR0 as u32) as u8,
+            reg: insn.op0_register(),
+        },
+        Mnemonic::Invlpg => Op::Invlpg,
+        Mnemonic::Swapgs => Op::Swapgs,
+        Mnemonic::Lgdt
+        | Mnemonic::Lidt
+        | Mnemonic::Ltr
+        | Mnemonic::Lldt
+        | Mnemonic::Wbinvd
+        | Mnemonic::Invd
+        | Mnemonic::Clts => Op::Ignored,
+        _ => return None,
+    };
+    Some((op, len))
+}
+
+fn string_size(code: Code) -> usize {
+    match code {
+        Code::Outsb_DX_m8 | Code::Insb_m8_DX => 1,
+        Code::Outsw_DX_m16 | Code::Insw_m16_DX => 2,
+        _ => 4,
+    }
+}
+
+fn cr_number(r: Register) -> Option<u8> {
+    Some(match r {
+        Register::CR0 => 0,
+        Register::CR2 => 2,
+        Register::CR3 => 3,
+        Register::CR4 => 4,
+        Register::CR8 => 8,
+        _ => return None,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_privileged_forms_the_guest_uses_decode() {
+        assert_eq!(decode(&SYNTHETIC_CPUID, 0), Some((Op::SyntheticCpuid, 10)));
+        assert_eq!(decode(&[0x0f, 0x32], 0), Some((Op::Rdmsr, 2)));
+        assert_eq!(
+            decode(&[0xe6, 0x80], 0),
+            Some((
+                Op::Out {
+                    port: Some(0x80),
+                    size: 1
+                },
+                2
+            ))
+        );
+        assert_eq!(
+            decode(&[0xef], 0),
+            Some((
+                Op::Out {
+                    port: None,
+                    size: 4
+                },
+                1
+            ))
+        );
+        assert_eq!(
+            decode(&[0x66, 0xed], 0),
+            Some((
+                Op::In {
+                    port: None,
+                    size: 2
+                },
+                2
+            ))
+        );
+        assert_eq!(
+            decode(&[0xf3, 0x6e], 0),
+            Some((Op::Outs { size: 1, rep: true }, 2))
+        );
+        assert_eq!(
+            decode(&[0x0f, 0x22, 0xd8], 0),
+            Some((
+                Op::MovToCr {
+                    cr: 3,
+                    reg: Register::RAX
+                },
+                3
+            ))
+        );
+        assert_eq!(decode(&[0xf4], 0), Some((Op::Hlt, 1)));
+        assert_eq!(decode(&[0x0f, 0x0b], 0), None, "ud2 is not emulated");
+    }
+}

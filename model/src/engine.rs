@@ -1,0 +1,1025 @@
+//! One vCPU on Unicorn: the emulated hardware a PVM host would run the guest on, and the
+//! run loop that plays the host around it.
+//!
+//! Hardware: 64-bit mode at CPL 3 on the host's selectors (a host GDT in a page only the
+//! model maps), CR0.PE|PG|WP, CR4.PAE|FSGSBASE, EFER.LME|LMA|SCE|NXE; Unicorn's virtual TLB,
+//! filled by [`crate::mmu::walk`]. Guest RAM is shared with the backend's mapping, and every
+//! guest-physical address above it is MMIO, handed to the exit handler.
+//!
+//! The loop: deliver what is pending (timer, IPIs), run until Unicorn stops for an exception
+//! (interrupt hook), a `syscall` (instruction hook), a failed translation (TLB hook), an MMIO
+//! access the handler ends the run on, or the watchdog (every [`SLICE`], so timeouts,
+//! cancellation and timers are seen); then do what the host does.
+
+use std::cell::RefCell;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use runner::memory::MmapRam;
+use runner::vm::{Action, ExitHandler, GuestRam, RunEnd, RunLimits};
+use unicorn_engine::{Arch, MemType, Mode, Prot, RegisterX86, TlbEntry, TlbType, Unicorn, X86Insn};
+
+use crate::emulate::{self, Op};
+use crate::faults::Fault;
+use crate::mmu::{self, Access, PageFault, WalkCtx};
+use crate::pvm::{Event, Pvm, Regs, SupervisorSyscall, TripleFault, sel};
+
+/// How often the watchdog stops the emulator to look at the clock.
+pub const SLICE: Duration = Duration::from_millis(2);
+
+/// Guest-virtual address of the host GDT (in the host's top 2 GiB, never legal for a guest).
+const HOST_GDT_VA: u64 = 0xffff_ffff_ff5f_0000;
+/// Where the model keeps the host GDT in Unicorn's physical space (above any guest RAM+MMIO).
+const HOST_GDT_PA: u64 = 0x10_0000_0000;
+/// The model's code page (right after the GDT): an `iretq` that loads CS and SS. Unicorn's
+/// register writes in 64-bit mode set only the selectors (not the descriptors, nor the CPL),
+/// so every change of the hardware CS/SS goes through a real IRETQ on this page, with the
+/// frame at [`IRET_FRAME_OFFSET`].
+const HOST_CODE_VA: u64 = HOST_GDT_VA + 0x1000;
+/// Physical page of [`HOST_CODE_VA`].
+const HOST_CODE_PA: u64 = HOST_GDT_PA + 0x1000;
+/// Offset of the IRETQ frame in the code page.
+const IRET_FRAME_OFFSET: u64 = 0x800;
+/// End of the MMIO space (guest-physical addresses from the end of RAM to here are MMIO).
+const MMIO_END: u64 = 0x1_0000_0000;
+
+/// The TSC of the machine the model runs on (Unicorn's RDTSC reads it too).
+pub fn host_tsc() -> u64 {
+    // SAFETY: RDTSC has no memory effects; x86-64 always has it.
+    unsafe { core::arch::x86_64::_rdtsc() }
+}
+
+/// The state of one vCPU between runs.
+#[derive(Clone, Debug)]
+pub struct Vcpu {
+    /// Registers.
+    pub regs: Regs,
+    /// The PVM side.
+    pub pvm: Pvm,
+}
+
+/// Why Unicorn stopped.
+#[derive(Clone, Debug)]
+enum Stop {
+    /// An exception or `int n`.
+    Intr(u32),
+    /// `syscall`.
+    Syscall,
+    /// The exit handler asked for this on an MMIO or port access.
+    Handler(Action),
+    /// `out` of `size` bytes of `value` to `port` in supervisor mode (done: RIP is past it).
+    Out {
+        /// Port.
+        port: u16,
+        /// Bytes.
+        size: usize,
+        /// The value.
+        value: u32,
+    },
+    /// Port I/O in user mode: a #GP at `pc`.
+    UserIo {
+        /// The instruction.
+        pc: u64,
+    },
+}
+
+/// The data the hooks share.
+struct Hw {
+    walk: WalkCtx,
+    pf: Option<PageFault>,
+    stop: Option<Stop>,
+}
+
+type Uc<'a> = Unicorn<'a, Hw>;
+
+/// Records why the engine must stop, unless a stop is already recorded: a hook's stop takes
+/// effect at the end of the translation block, and what a later instruction of the block
+/// raised was not architecturally reached (the instruction runs again when the guest
+/// resumes at the first stop's RIP).
+fn set_stop(uc: &mut Unicorn<'_, Hw>, stop: Stop) {
+    let d = uc.get_data_mut();
+    if d.stop.is_none() {
+        d.stop = Some(stop);
+    }
+    let _ = uc.emu_stop();
+}
+
+fn uc_err(what: &str) -> impl Fn(unicorn_engine::uc_error) -> runner::RunnerError + '_ {
+    move |e| runner::RunnerError::Setup(format!("unicorn: {what}: {e:?}"))
+}
+
+/// The Linux host GDT (`arch/x86/include/asm/segment.h`): KERNEL32_CS, KERNEL_CS, KERNEL_DS,
+/// USER32_CS, USER_DS, USER_CS at entries 1..6.
+const HOST_GDT: [u64; 7] = [
+    0,
+    0x00cf_9b00_0000_ffff,
+    0x00af_9b00_0000_ffff,
+    0x00cf_9300_0000_ffff,
+    0x00cf_fb00_0000_ffff,
+    0x00cf_f300_0000_ffff,
+    0x00af_fb00_0000_ffff,
+];
+
+fn mmr(base: u64, limit: u32) -> [u8; 24] {
+    let mut b = [0u8; 24];
+    b[8..16].copy_from_slice(&base.to_le_bytes());
+    b[16..20].copy_from_slice(&limit.to_le_bytes());
+    b
+}
+
+fn msr_bytes(rid: u32, value: u64) -> [u8; 16] {
+    let mut b = [0u8; 16];
+    b[0..4].copy_from_slice(&rid.to_le_bytes());
+    b[8..16].copy_from_slice(&value.to_le_bytes());
+    b
+}
+
+const GPRS: [RegisterX86; 16] = [
+    RegisterX86::RAX,
+    RegisterX86::RBX,
+    RegisterX86::RCX,
+    RegisterX86::RDX,
+    RegisterX86::RSI,
+    RegisterX86::RDI,
+    RegisterX86::RBP,
+    RegisterX86::RSP,
+    RegisterX86::R8,
+    RegisterX86::R9,
+    RegisterX86::R10,
+    RegisterX86::R11,
+    RegisterX86::R12,
+    RegisterX86::R13,
+    RegisterX86::R14,
+    RegisterX86::R15,
+];
+
+fn gpr_slots(r: &mut Regs) -> [&mut u64; 16] {
+    [
+        &mut r.rax, &mut r.rbx, &mut r.rcx, &mut r.rdx, &mut r.rsi, &mut r.rdi, &mut r.rbp,
+        &mut r.rsp, &mut r.r8, &mut r.r9, &mut r.r10, &mut r.r11, &mut r.r12, &mut r.r13,
+        &mut r.r14, &mut r.r15,
+    ]
+}
+
+fn read_regs(uc: &Uc<'_>, r: &mut Regs) {
+    for (slot, reg) in gpr_slots(r).into_iter().zip(GPRS) {
+        *slot = uc.reg_read(reg).unwrap_or(0);
+    }
+    r.rip = uc.reg_read(RegisterX86::RIP).unwrap_or(0);
+    r.rflags = uc.reg_read(RegisterX86::RFLAGS).unwrap_or(0);
+    r.fs_base = uc.reg_read(RegisterX86::FS_BASE).unwrap_or(0);
+    r.gs_base = uc.reg_read(RegisterX86::GS_BASE).unwrap_or(0);
+    r.cs = uc.reg_read(RegisterX86::CS).unwrap_or(0) as u16;
+    r.ss = uc.reg_read(RegisterX86::SS).unwrap_or(0) as u16;
+}
+
+fn write_regs(uc: &mut Uc<'_>, r: &Regs, segments: bool) -> runner::Result<()> {
+    let mut r = *r;
+    let values: Vec<u64> = gpr_slots(&mut r).into_iter().map(|v| *v).collect();
+    for (reg, v) in GPRS.into_iter().zip(values) {
+        uc.reg_write(reg, v).map_err(uc_err("write a register"))?;
+    }
+    uc.reg_write(RegisterX86::FS_BASE, r.fs_base)
+        .map_err(uc_err("FS base"))?;
+    uc.reg_write(RegisterX86::GS_BASE, r.gs_base)
+        .map_err(uc_err("GS base"))?;
+    if segments {
+        // Through the IRETQ stub (see HOST_CODE_VA): RIP, CS, RFLAGS, RSP, SS.
+        let frame: Vec<u8> = [r.rip, u64::from(r.cs), r.rflags, r.rsp, u64::from(r.ss)]
+            .iter()
+            .flat_map(|v| v.to_le_bytes())
+            .collect();
+        uc.mem_write(HOST_CODE_PA + IRET_FRAME_OFFSET, &frame)
+            .map_err(uc_err("IRETQ frame"))?;
+        uc.reg_write(RegisterX86::RSP, HOST_CODE_VA + IRET_FRAME_OFFSET)
+            .map_err(uc_err("RSP"))?;
+        uc.reg_write(RegisterX86::RIP, HOST_CODE_VA)
+            .map_err(uc_err("RIP"))?;
+        return Ok(());
+    }
+    uc.reg_write(RegisterX86::RIP, r.rip)
+        .map_err(uc_err("RIP"))?;
+    uc.reg_write(RegisterX86::RFLAGS, r.rflags)
+        .map_err(uc_err("RFLAGS"))?;
+    Ok(())
+}
+
+fn walk_ctx(p: &Pvm) -> WalkCtx {
+    WalkCtx {
+        cr3: p.cr3,
+        user: !p.smod,
+        nxe: p.efer & (1 << 11) != 0,
+        // The 6.12 host forces SMEP when the host has NX (host MMU `__link_shadow_page`):
+        // supervisor mode cannot execute user pages.
+        smep: true,
+        range: p.range(),
+        us_split: true,
+        faults: p.faults,
+    }
+}
+
+/// A raw handle the watchdog may stop the engine through.
+struct StopHandle(*mut unicorn_engine::uc_engine);
+// SAFETY: `uc_emu_stop` is documented as callable from another thread (Unicorn's own timeout
+// thread does exactly that); the watchdog only calls it while the engine is alive (the
+// thread is joined before the engine is dropped).
+unsafe impl Send for StopHandle {}
+
+/// Translates `va` for `access` without side effects on the guest beyond A/D bits.
+fn translate(mem: &dyn GuestRam, p: &Pvm, va: u64, access: Access) -> Result<u64, PageFault> {
+    mmu::walk(mem, &walk_ctx(p), va, access).map(|t| t.page + (va & 0xfff))
+}
+
+/// Reads `out.len()` bytes of guest-virtual memory.
+fn read_virt(
+    mem: &dyn GuestRam,
+    p: &Pvm,
+    va: u64,
+    out: &mut [u8],
+    access: Access,
+) -> Result<(), PageFault> {
+    let mut done = 0;
+    while done < out.len() {
+        let a = va + done as u64;
+        let n = (0x1000 - (a & 0xfff) as usize).min(out.len() - done);
+        let pa = translate(mem, p, a, access)?;
+        if mem.read(pa, &mut out[done..done + n]).is_err() {
+            return Err(PageFault { addr: a, code: 0 });
+        }
+        done += n;
+    }
+    Ok(())
+}
+
+fn write_virt(mem: &dyn GuestRam, p: &Pvm, va: u64, data: &[u8]) -> Result<(), PageFault> {
+    let mut done = 0;
+    while done < data.len() {
+        let a = va + done as u64;
+        let n = (0x1000 - (a & 0xfff) as usize).min(data.len() - done);
+        let pa = translate(mem, p, a, Access::Write)?;
+        if mem.write(pa, &data[done..done + n]).is_err() {
+            return Err(PageFault { addr: a, code: 2 });
+        }
+        done += n;
+    }
+    Ok(())
+}
+
+/// What handling a stop decided.
+enum Next {
+    /// Keep running.
+    Go,
+    /// The run ends.
+    End(RunEnd),
+}
+
+/// Runs `v` on `ram` with `handler` until the run ends.
+pub fn run(
+    ram: &MmapRam,
+    v: &mut Vcpu,
+    handler: &mut (dyn ExitHandler + Send),
+    limits: &RunLimits,
+    first: bool,
+) -> runner::Result<RunEnd> {
+    let handler = RefCell::new(handler);
+    let mem: &dyn GuestRam = ram;
+    let ram_size = ram.size();
+    let mut uc: Uc<'_> = Unicorn::new_with_data(
+        Arch::X86,
+        Mode::MODE_64,
+        Hw {
+            walk: walk_ctx(&v.pvm),
+            pf: None,
+            stop: None,
+        },
+    )
+    .map_err(uc_err("open"))?;
+    uc.ctl_set_tlb_type(TlbType::VIRTUAL)
+        .map_err(uc_err("virtual TLB"))?;
+    // Run until a hook or the watchdog stops the engine: with exits enabled and none set,
+    // `emu_start`'s `until` address is ignored (Unicorn would otherwise translate its page).
+    uc.ctl_exits_enable().map_err(uc_err("exits"))?;
+    // SAFETY: the mapping is `ram_size` bytes long and outlives `uc` (both live for this
+    // call; `uc` is dropped first, at the end of it). The guest and the host share these bytes
+    // by design; host code reaches them only through `GuestRam`'s raw-pointer copies.
+    unsafe {
+        uc.mem_map_ptr(
+            0,
+            ram_size,
+            Prot::ALL,
+            ram.host_addr() as *mut core::ffi::c_void,
+        )
+        .map_err(uc_err("map RAM"))?;
+    }
+    uc.mem_map(HOST_GDT_PA, 0x2000, Prot::READ | Prot::EXEC)
+        .map_err(uc_err("map the host pages"))?;
+    uc.mem_write(HOST_CODE_PA, &[0x48, 0xcf])
+        .map_err(uc_err("write the IRETQ stub"))?;
+    let gdt: Vec<u8> = HOST_GDT.iter().flat_map(|d| d.to_le_bytes()).collect();
+    uc.mem_write(HOST_GDT_PA, &gdt)
+        .map_err(uc_err("write the host GDT"))?;
+    let h = &handler;
+    uc.mmio_map(
+        ram_size,
+        MMIO_END - ram_size,
+        Some(move |uc: &mut Unicorn<'_, Hw>, off: u64, size: usize| {
+            let mut b = [0u8; 8];
+            let n = size.min(8);
+            let a = h.borrow_mut().mmio_read(ram_size + off, &mut b[..n]);
+            if a != Action::Continue {
+                set_stop(uc, Stop::Handler(a));
+                let _ = uc.emu_stop();
+            }
+            u64::from_le_bytes(b)
+        }),
+        Some(
+            move |uc: &mut Unicorn<'_, Hw>, off: u64, size: usize, value: u64| {
+                let b = value.to_le_bytes();
+                let a = h.borrow_mut().mmio_write(ram_size + off, &b[..size.min(8)]);
+                if a != Action::Continue {
+                    set_stop(uc, Stop::Handler(a));
+                    let _ = uc.emu_stop();
+                }
+            },
+        ),
+    )
+    .map_err(uc_err("map MMIO"))?;
+    uc.add_intr_hook(|uc, n| {
+        set_stop(uc, Stop::Intr(n));
+        let _ = uc.emu_stop();
+    })
+    .map_err(uc_err("interrupt hook"))?;
+    // Unicorn runs IN and OUT without the IOPL check, calling these hooks: port I/O in user
+    // mode is a #GP on a PVM host (IOPL 0, no I/O bitmap: notes §9).
+    uc.add_insn_out_hook(|uc, port, size, value| {
+        let stop = if uc.get_data().walk.user {
+            Stop::UserIo {
+                pc: uc.pc_read().unwrap_or(0),
+            }
+        } else {
+            Stop::Out {
+                port: port as u16,
+                size,
+                value,
+            }
+        };
+        set_stop(uc, stop);
+        let _ = uc.emu_stop();
+    })
+    .map_err(uc_err("OUT hook"))?;
+    uc.add_insn_in_hook(move |uc, port, size| {
+        if uc.get_data().walk.user {
+            let pc = uc.pc_read().unwrap_or(0);
+            set_stop(uc, Stop::UserIo { pc });
+            let _ = uc.emu_stop();
+            return 0;
+        }
+        let mut b = [0u8; 4];
+        let a = h.borrow_mut().io_in(port as u16, &mut b[..size.min(4)]);
+        if a != Action::Continue {
+            set_stop(uc, Stop::Handler(a));
+            let _ = uc.emu_stop();
+        }
+        u32::from_le_bytes(b)
+    })
+    .map_err(uc_err("IN hook"))?;
+    uc.add_insn_sys_hook(X86Insn::SYSCALL, 1, 0, |uc| {
+        set_stop(uc, Stop::Syscall);
+        let _ = uc.emu_stop();
+    })
+    .map_err(uc_err("syscall hook"))?;
+    uc.add_tlb_hook(1, 0, move |uc, va, ty| {
+        if va & !0xfff == HOST_GDT_VA {
+            return Some(TlbEntry {
+                paddr: HOST_GDT_PA,
+                perms: Prot::READ,
+            });
+        }
+        if va & !0xfff == HOST_CODE_VA {
+            return Some(TlbEntry {
+                paddr: HOST_CODE_PA,
+                perms: Prot::READ | Prot::EXEC,
+            });
+        }
+        let access = match ty {
+            MemType::WRITE => Access::Write,
+            MemType::FETCH => Access::Fetch,
+            _ => Access::Read,
+        };
+        let ctx = uc.get_data().walk;
+        match mmu::walk(mem, &ctx, va, access) {
+            Ok(t) => {
+                let mut perms = Prot::NONE;
+                if t.read {
+                    perms |= Prot::READ;
+                }
+                if t.write {
+                    perms |= Prot::WRITE;
+                }
+                if t.exec {
+                    perms |= Prot::EXEC;
+                }
+                Some(TlbEntry {
+                    paddr: t.page,
+                    perms,
+                })
+            }
+            Err(pf) => {
+                uc.get_data_mut().pf = Some(pf);
+                None
+            }
+        }
+    })
+    .map_err(uc_err("TLB hook"))?;
+
+    // Hardware state: long mode at CPL3 on the host's selectors.
+    uc.reg_write_long(
+        RegisterX86::GDTR,
+        &mmr(HOST_GDT_VA, (HOST_GDT.len() * 8 - 1) as u32),
+    )
+    .map_err(uc_err("GDTR"))?;
+    uc.reg_write_long(
+        RegisterX86::MSR,
+        &msr_bytes(0xc000_0080, (1 << 0) | (1 << 8) | (1 << 10) | (1 << 11)),
+    )
+    .map_err(uc_err("EFER"))?;
+    uc.reg_write(
+        RegisterX86::CR4,
+        (1 << 5) | (1 << 9) | (1 << 10) | (1 << 16),
+    )
+    .map_err(uc_err("CR4"))?;
+    uc.reg_write(RegisterX86::CR0, 0x8005_0033)
+        .map_err(uc_err("CR0"))?;
+    if first {
+        v.regs.cs = sel::USER_CS;
+        v.regs.ss = sel::USER_DS;
+    }
+    for seg in [
+        RegisterX86::DS,
+        RegisterX86::ES,
+        RegisterX86::FS,
+        RegisterX86::GS,
+    ] {
+        uc.reg_write(seg, 0).map_err(uc_err("data segments"))?;
+    }
+    // A clean CPU state to go back to after each exception: Unicorn hands exceptions to the
+    // hook without delivering them, so QEMU's record of the exception in progress
+    // (`old_exception`) is never reset, and the next contributory one would become a #DF.
+    // Restoring this context resets it; the registers are written again after it.
+    let clean = uc.context_init().map_err(uc_err("save a context"))?;
+    write_regs(&mut uc, &v.regs, true)?;
+
+    let running = AtomicBool::new(true);
+    let stopper = StopHandle(uc.get_handle());
+    let start = Instant::now();
+    std::thread::scope(|s| {
+        let running = &running;
+        s.spawn(move || {
+            let stopper = stopper;
+            while running.load(Ordering::Acquire) {
+                std::thread::sleep(SLICE);
+                // SAFETY: see `StopHandle`: the engine lives until this thread is joined.
+                unsafe {
+                    let _ = unicorn_engine::uc_emu_stop(stopper.0);
+                }
+            }
+        });
+        let end = run_loop(&mut uc, &clean, mem, v, &handler, limits, start);
+        running.store(false, Ordering::Release);
+        end
+    })
+}
+
+fn must_stop(limits: &RunLimits, start: Instant) -> Option<RunEnd> {
+    if limits.cancel.is_cancelled() {
+        Some(RunEnd::Cancelled)
+    } else if start.elapsed() >= limits.timeout {
+        Some(RunEnd::Timeout(start.elapsed()))
+    } else {
+        None
+    }
+}
+
+fn run_loop(
+    uc: &mut Uc<'_>,
+    clean: &unicorn_engine::Context,
+    mem: &dyn GuestRam,
+    v: &mut Vcpu,
+    handler: &RefCell<&mut (dyn ExitHandler + Send)>,
+    limits: &RunLimits,
+    start: Instant,
+) -> runner::Result<RunEnd> {
+    let mut segments_dirty = false;
+    loop {
+        if let Some(end) = must_stop(limits, start) {
+            return Ok(end);
+        }
+        // Pending interrupts (notes §5.6): delivered when IF allows, else marked pending.
+        v.pvm.tick(host_tsc());
+        if v.pvm.interrupt_waiting() {
+            if v.pvm.interrupts_enabled(mem) {
+                if let Some(vec) = v.pvm.take_interrupt() {
+                    let was_user = !v.pvm.smod;
+                    if let Err(TripleFault(why)) =
+                        v.pvm.deliver(mem, &mut v.regs, Event::Vector(vec))
+                    {
+                        return Ok(shutdown(why));
+                    }
+                    segments_dirty |= was_user;
+                    write_regs(uc, &v.regs, segments_dirty)?;
+                    segments_dirty = false;
+                }
+            } else {
+                v.pvm.mark_pending(mem);
+            }
+        }
+        if v.pvm.halted {
+            std::thread::sleep(Duration::from_micros(200));
+            continue;
+        }
+        if v.pvm.flush_tlb {
+            uc.ctl_flush_tlb().map_err(uc_err("flush the TLB"))?;
+            v.pvm.flush_tlb = false;
+        }
+        uc.get_data_mut().walk = walk_ctx(&v.pvm);
+        uc.get_data_mut().stop = None;
+        uc.get_data_mut().pf = None;
+        let pc = uc.pc_read().map_err(uc_err("PC"))?;
+        let res = uc.emu_start(pc, u64::MAX, 0, 0);
+        read_regs(uc, &mut v.regs);
+        let stop = uc.get_data_mut().stop.take();
+        let pf = uc.get_data_mut().pf.take();
+        let was_user = !v.pvm.smod;
+        if std::env::var_os(TRACE_VAR).is_some() {
+            eprintln!(
+                "pvmc-model: stop {stop:?} pf {pf:?} res {res:?} at {:#x}",
+                v.regs.rip
+            );
+        }
+        let next = match (pf, stop.clone()) {
+            (Some(pf), _) => deliver(
+                mem,
+                v,
+                Event::Exception {
+                    vector: 14,
+                    code: Some(pf.code),
+                    cr2: Some(pf.addr),
+                },
+            ),
+            (None, Some(Stop::Intr(n))) => exception(mem, v, handler, n),
+            (None, Some(Stop::Syscall)) => syscall(mem, v),
+            (None, Some(Stop::Handler(a))) => action(a),
+            (None, Some(Stop::Out { port, size, value })) => {
+                let mut data = value.to_le_bytes()[..size.min(4)].to_vec();
+                if v.pvm.faults.on(Fault::OutTruncated) {
+                    data[1..].fill(0);
+                }
+                match io_action(mem, handler, port, &data) {
+                    Ok(a) => action(a),
+                    Err(end) => Next::End(end),
+                }
+            }
+            (None, Some(Stop::UserIo { pc })) => {
+                v.regs.rip = pc;
+                gp(mem, v)
+            }
+            (None, None) => match res {
+                Ok(()) => Next::Go,
+                Err(e) => Next::End(RunEnd::Unexpected(format!(
+                    "emulator error {e:?} at RIP {:#x} ({} mode)",
+                    v.regs.rip,
+                    if v.pvm.smod { "supervisor" } else { "user" }
+                ))),
+            },
+        };
+        match next {
+            Next::Go => {}
+            Next::End(end) => return Ok(end),
+        }
+        segments_dirty |= was_user == v.pvm.smod;
+        if pf.is_some() || stop.is_some() {
+            uc.context_restore(clean)
+                .map_err(uc_err("restore the clean context"))?;
+            segments_dirty = true;
+        }
+        write_regs(uc, &v.regs, segments_dirty)?;
+        segments_dirty = false;
+    }
+}
+
+/// Environment variable that makes the model print why it triple-faults a vCPU (stderr).
+pub const TRACE_VAR: &str = "PVMC_MODEL_TRACE";
+
+fn shutdown(why: String) -> RunEnd {
+    if std::env::var_os(TRACE_VAR).is_some() {
+        eprintln!("pvmc-model: triple fault: {why}");
+    }
+    RunEnd::Shutdown
+}
+
+fn deliver(mem: &dyn GuestRam, v: &mut Vcpu, ev: Event) -> Next {
+    match v.pvm.deliver(mem, &mut v.regs, ev) {
+        Ok(()) => Next::Go,
+        Err(TripleFault(why)) => Next::End(shutdown(why)),
+    }
+}
+
+fn action(a: Action) -> Next {
+    match a {
+        Action::Continue | Action::Serve(_) | Action::Reply(_) => Next::Go,
+        Action::Stop => Next::End(RunEnd::Stopped),
+        Action::Unexpected(why) => Next::End(RunEnd::Unexpected(why)),
+    }
+}
+
+fn has_error_code(v: u8) -> bool {
+    matches!(v, 8 | 10..=14 | 17 | 21 | 29 | 30)
+}
+
+/// An exception or `int n` from Unicorn's interrupt hook.
+fn exception(
+    mem: &dyn GuestRam,
+    v: &mut Vcpu,
+    handler: &RefCell<&mut (dyn ExitHandler + Send)>,
+    n: u32,
+) -> Next {
+    let vector = n as u8;
+    // Unicorn leaves RIP after an `int n` and at the instruction for an exception; the bytes
+    // before RIP tell them apart (`cd n`, `cc`, `ce`).
+    let mut before = [0u8; 2];
+    let soft = read_virt(
+        mem,
+        &v.pvm,
+        v.regs.rip.wrapping_sub(2),
+        &mut before,
+        Access::Read,
+    )
+    .is_ok()
+        && (before == [0xcd, vector]
+            || (vector == 3 && before[1] == 0xcc)
+            || (vector == 4 && before[1] == 0xce));
+    if soft || n >= 32 {
+        // Only vectors 3, 4 and 0x80 have DPL 3 in the host's IDT (notes §5.1); any other
+        // `int n` is a #GP with the IDT error code, at the instruction.
+        return match vector {
+            3 | 4 => deliver(
+                mem,
+                v,
+                Event::Exception {
+                    vector,
+                    code: None,
+                    cr2: None,
+                },
+            ),
+            0x80 => deliver(mem, v, Event::Vector(0x80)),
+            _ => {
+                v.regs.rip -= 2;
+                deliver(
+                    mem,
+                    v,
+                    Event::Exception {
+                        vector: 13,
+                        code: Some(u32::from(vector) << 3 | 2),
+                        cr2: None,
+                    },
+                )
+            }
+        };
+    }
+    if vector == 13 {
+        if v.pvm.smod {
+            return privileged(mem, v, handler);
+        }
+        let vector = if v.pvm.faults.on(Fault::UserGpAsUd) {
+            6
+        } else {
+            13
+        };
+        let code = if vector == 13 { Some(0) } else { None };
+        return deliver(
+            mem,
+            v,
+            Event::Exception {
+                vector,
+                code,
+                cr2: None,
+            },
+        );
+    }
+    let code = has_error_code(vector).then_some(0);
+    deliver(
+        mem,
+        v,
+        Event::Exception {
+            vector,
+            code,
+            cr2: None,
+        },
+    )
+}
+
+fn gp(mem: &dyn GuestRam, v: &mut Vcpu) -> Next {
+    let code = if v.pvm.faults.on(Fault::GpErrcodeNonZero) {
+        1
+    } else {
+        0
+    };
+    deliver(
+        mem,
+        v,
+        Event::Exception {
+            vector: 13,
+            code: Some(code),
+            cr2: None,
+        },
+    )
+}
+
+fn reg_slot(r: &mut Regs, reg: iced_x86::Register) -> Option<&mut u64> {
+    use iced_x86::Register as R;
+    Some(match reg.full_register() {
+        R::RAX => &mut r.rax,
+        R::RBX => &mut r.rbx,
+        R::RCX => &mut r.rcx,
+        R::RDX => &mut r.rdx,
+        R::RSI => &mut r.rsi,
+        R::RDI => &mut r.rdi,
+        R::RBP => &mut r.rbp,
+        R::RSP => &mut r.rsp,
+        R::R8 => &mut r.r8,
+        R::R9 => &mut r.r9,
+        R::R10 => &mut r.r10,
+        R::R11 => &mut r.r11,
+        R::R12 => &mut r.r12,
+        R::R13 => &mut r.r13,
+        R::R14 => &mut r.r14,
+        R::R15 => &mut r.r15,
+        _ => return None,
+    })
+}
+
+fn io_action(
+    mem: &dyn GuestRam,
+    handler: &RefCell<&mut (dyn ExitHandler + Send)>,
+    port: u16,
+    data: &[u8],
+) -> Result<Action, RunEnd> {
+    if port == abi::report::REPORT_PORT {
+        let mut h = handler.borrow_mut();
+        let (a, gpa) = runner::vm::report_exit(mem, &mut **h, data)?;
+        return Ok(match a {
+            Action::Serve(req) => {
+                // The model's VMM serves no requests yet: it says so, and the case decides.
+                let reply = [abi::vmm::Status::Unsupported as u64, 0, 0, 0];
+                runner::vm::write_reply(mem, Some(gpa), req, reply)
+                    .map_err(|e| RunEnd::Unexpected(e.to_string()))?;
+                Action::Continue
+            }
+            Action::Reply(values) => {
+                let req = runner::vm::VmmRequest {
+                    op: 0,
+                    args: [0; 3],
+                };
+                runner::vm::write_reply(mem, Some(gpa), req, values)
+                    .map_err(|e| RunEnd::Unexpected(e.to_string()))?;
+                Action::Continue
+            }
+            other => other,
+        });
+    }
+    Ok(handler.borrow_mut().io_out(port, data))
+}
+
+/// A #GP in supervisor mode: the synthetic CPUID, or a privileged instruction the host
+/// emulates with CPL0 semantics (notes §6), or the #GP goes to the guest.
+fn privileged(
+    mem: &dyn GuestRam,
+    v: &mut Vcpu,
+    handler: &RefCell<&mut (dyn ExitHandler + Send)>,
+) -> Next {
+    let mut bytes = [0u8; 15];
+    let mut n = 15;
+    while n > 0 && read_virt(mem, &v.pvm, v.regs.rip, &mut bytes[..n], Access::Fetch).is_err() {
+        n -= 1;
+    }
+    let Some((op, len)) = emulate::decode(&bytes[..n], v.regs.rip) else {
+        return gp(mem, v);
+    };
+    let next_rip = v.regs.rip + len as u64;
+    let r = &mut v.regs;
+    match op {
+        Op::SyntheticCpuid => {
+            let out = v.pvm.cpuid(r.rax as u32, r.rcx as u32);
+            r.rax = u64::from(out[0]);
+            r.rbx = u64::from(out[1]);
+            r.rcx = u64::from(out[2]);
+            r.rdx = u64::from(out[3]);
+        }
+        Op::Rdmsr => match v.pvm.rdmsr(r.rcx as u32) {
+            Some(val) => {
+                r.rax = val & 0xffff_ffff;
+                r.rdx = val >> 32;
+            }
+            None => return gp(mem, v),
+        },
+        Op::Wrmsr => {
+            let val = (r.rdx << 32) | (r.rax & 0xffff_ffff);
+            let idx = r.rcx as u32;
+            if idx == abi::upstream::MSR_EVENT_ENTRY
+                && !(canonical(val) && canonical(val.wrapping_add(512)))
+                && !v.pvm.faults.on(Fault::EventEntryNonCanonical)
+            {
+                // A non-canonical EVENT_ENTRY is a triple fault (6.12 host `pvm_set_msr`).
+                return Next::End(shutdown(format!(
+                    "non-canonical MSR_PVM_EVENT_ENTRY {val:#x}"
+                )));
+            }
+            if v.pvm.wrmsr(idx, val).is_err() {
+                return gp(mem, v);
+            }
+        }
+        Op::Out { port, size } => {
+            let port = port.unwrap_or(r.rdx as u16);
+            let mut data = r.rax.to_le_bytes()[..size].to_vec();
+            if v.pvm.faults.on(Fault::OutTruncated) {
+                data[1..].fill(0);
+            }
+            r.rip = next_rip;
+            return match io_action(mem, handler, port, &data) {
+                Ok(a) => action(a),
+                Err(end) => Next::End(end),
+            };
+        }
+        Op::In { port, size } => {
+            let port = port.unwrap_or(r.rdx as u16);
+            let mut data = [0u8; 4];
+            let a = handler.borrow_mut().io_in(port, &mut data[..size]);
+            let mut val = r.rax.to_le_bytes();
+            val[..size].copy_from_slice(&data[..size]);
+            r.rax = if size == 4 {
+                u64::from(u32::from_le_bytes([val[0], val[1], val[2], val[3]]))
+            } else {
+                u64::from_le_bytes(val)
+            };
+            r.rip = next_rip;
+            return action(a);
+        }
+        Op::Outs { size, rep } => {
+            let count = if rep { r.rcx } else { 1 };
+            let port = r.rdx as u16;
+            for _ in 0..count {
+                let mut item = [0u8; 4];
+                if let Err(pf) = read_virt(mem, &v.pvm, v.regs.rsi, &mut item[..size], Access::Read)
+                {
+                    return deliver(
+                        mem,
+                        v,
+                        Event::Exception {
+                            vector: 14,
+                            code: Some(pf.code),
+                            cr2: Some(pf.addr),
+                        },
+                    );
+                }
+                match io_action(mem, handler, port, &item[..size]) {
+                    Ok(Action::Continue) => {}
+                    Ok(a) => return action(a),
+                    Err(end) => return Next::End(end),
+                }
+                v.regs.rsi = v.regs.rsi.wrapping_add(size as u64);
+                if rep {
+                    v.regs.rcx -= 1;
+                }
+            }
+        }
+        Op::Ins { size, rep } => {
+            let count = if rep { r.rcx } else { 1 };
+            let port = r.rdx as u16;
+            for _ in 0..count {
+                let mut item = [0u8; 4];
+                let a = handler.borrow_mut().io_in(port, &mut item[..size]);
+                if let Err(pf) = write_virt(mem, &v.pvm, v.regs.rdi, &item[..size]) {
+                    return deliver(
+                        mem,
+                        v,
+                        Event::Exception {
+                            vector: 14,
+                            code: Some(pf.code),
+                            cr2: Some(pf.addr),
+                        },
+                    );
+                }
+                if a != Action::Continue {
+                    return action(a);
+                }
+                v.regs.rdi = v.regs.rdi.wrapping_add(size as u64);
+                if rep {
+                    v.regs.rcx -= 1;
+                }
+            }
+        }
+        Op::Hlt => {
+            v.pvm.halted = !v.pvm.faults.on(Fault::HltReturnsAtOnce);
+        }
+        Op::Cli | Op::Sti => {
+            let on = op == Op::Sti;
+            let at = v.pvm.vcpu_struct;
+            if at != 0
+                && let Ok(f) = mem.read_u64(at)
+            {
+                let f = if on {
+                    (f | 1 << 9) & !(1 << 8)
+                } else {
+                    f & !(1 << 9)
+                };
+                let _ = mem.write_u64(at, f);
+            }
+        }
+        Op::MovToCr { cr, reg } => {
+            let val = reg_slot(r, reg).map_or(0, |s| *s);
+            match cr {
+                0 => v.pvm.cr0 = val,
+                2 => v.pvm.cr2 = val,
+                3 => {
+                    v.pvm.cr3 = val & !(1 << 63);
+                    if !v.pvm.faults.on(Fault::Cr3KeepsStale) {
+                        v.pvm.flush_tlb = true;
+                    }
+                }
+                4 => {
+                    v.pvm.cr4 = val;
+                    v.pvm.flush_tlb = true;
+                }
+                _ => v.pvm.cr8 = val & 0xf,
+            }
+        }
+        Op::MovFromCr { cr, reg } => {
+            let val = match cr {
+                0 => v.pvm.cr0,
+                2 => v.pvm.cr2,
+                3 => v.pvm.cr3,
+                4 => v.pvm.cr4,
+                _ => v.pvm.cr8,
+            };
+            if let Some(s) = reg_slot(r, reg) {
+                *s = val;
+            }
+        }
+        Op::MovToDr => {}
+        Op::MovFromDr { dr, reg } => {
+            let val = match dr {
+                6 => 0xffff_0ff0,
+                7 => 0x400,
+                _ => 0,
+            };
+            if let Some(s) = reg_slot(r, reg) {
+                *s = val;
+            }
+        }
+        Op::Invlpg => {
+            if !v.pvm.faults.on(Fault::InvlpgKeepsStale) {
+                v.pvm.flush_tlb = true;
+            }
+        }
+        Op::Swapgs => {
+            std::mem::swap(&mut r.gs_base, &mut v.pvm.kernel_gs_base);
+        }
+        Op::Ignored => {}
+    }
+    v.regs.rip = next_rip;
+    Next::Go
+}
+
+fn canonical(v: u64) -> bool {
+    let top = (v as i64) >> 47;
+    top == 0 || top == -1
+}
+
+/// A `syscall`: from user mode an event (LSTAR), from supervisor mode ERETU or a hypercall.
+fn syscall(mem: &dyn GuestRam, v: &mut Vcpu) -> Next {
+    if !v.pvm.smod {
+        // Unicorn already advanced RIP past the instruction; SYSCALL leaves RCX = that RIP and
+        // R11 = RFLAGS, which the host saves in the PVCS.
+        v.regs.rcx = v.regs.rip;
+        v.regs.r11 = v.regs.rflags;
+        return deliver(mem, v, Event::UserSyscall);
+    }
+    match v.pvm.supervisor_syscall(mem, &mut v.regs) {
+        Ok((SupervisorSyscall::Eretu, Some(ev))) | Ok((SupervisorSyscall::Hypercall, Some(ev))) => {
+            deliver(mem, v, ev)
+        }
+        Ok(_) => Next::Go,
+        Err(TripleFault(why)) => Next::End(shutdown(why)),
+    }
+}
+
+/// The host's TSC frequency in kHz, measured once against the monotonic clock.
+pub fn tsc_khz() -> u32 {
+    static KHZ: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+    *KHZ.get_or_init(|| {
+        let (t0, c0) = (Instant::now(), host_tsc());
+        std::thread::sleep(Duration::from_millis(10));
+        let (dt, dc) = (t0.elapsed(), host_tsc() - c0);
+        (dc as f64 / dt.as_secs_f64() / 1e3) as u32
+    })
+}

@@ -1,0 +1,157 @@
+//! `pvmc-model`: the reference model of the upstream PVM host as a target process.
+//!
+//! `pvmc-model run --image IMG [--fault NAME]... [--timeout-ms N]` reads case-instance ids
+//! (`<case>~<env>`, one per line) on standard input and writes one JSON `CaseResult` per line
+//! on standard output as each instance finishes; the harness (`--target model`) drives it.
+//! `pvmc-model faults` lists the fault switches.
+
+use std::collections::HashMap;
+use std::io::{BufRead, Write};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use clap::{Parser, Subcommand};
+use conformance::catalog::{Catalog, Selection, Suite};
+use conformance::exec::{self, Executed};
+use conformance::result::CaseResult;
+use pvmc_model::faults::{Fault, Faults};
+use pvmc_model::{Generation, ModelBackend};
+use runner::image::GuestImage;
+use runner::vm::RunLimits;
+
+#[derive(Parser)]
+#[command(
+    name = "pvmc-model",
+    about = "Reference model of the upstream PVM host"
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Runs the instances named on standard input; one JSON result per line on standard output.
+    Run {
+        /// The guest image.
+        #[arg(long)]
+        image: PathBuf,
+        /// A fault switch to turn on (repeatable; `pvmc-model faults` lists them).
+        #[arg(long = "fault", value_name = "NAME")]
+        faults: Vec<String>,
+        /// Timeout of an instance whose case does not set its own.
+        #[arg(long, default_value_t = 5000)]
+        timeout_ms: u64,
+    },
+    /// Lists the fault switches, one name per line.
+    Faults,
+}
+
+fn main() -> Result<()> {
+    match Cli::parse().cmd {
+        Cmd::Faults => {
+            let mut out = std::io::stdout().lock();
+            for f in Fault::ALL {
+                writeln!(out, "{}", f.name())?;
+            }
+            Ok(())
+        }
+        Cmd::Run {
+            image,
+            faults,
+            timeout_ms,
+        } => run(&image, &faults, Duration::from_millis(timeout_ms)),
+    }
+}
+
+fn run(image: &std::path::Path, fault_names: &[String], timeout: Duration) -> Result<()> {
+    let mut faults = Faults::NONE;
+    for name in fault_names {
+        match Fault::from_name(name) {
+            Some(f) => faults = faults.with(f),
+            None => bail!("--fault {name}: no such fault switch (see `pvmc-model faults`)"),
+        }
+    }
+    let img = GuestImage::load(image)
+        .with_context(|| format!("{}: cannot load the guest image", image.display()))?;
+    let catalog =
+        Catalog::new(img).with_context(|| format!("{}: bad case table", image.display()))?;
+    // Every instance the image has: cases and benchmarks, self-tests and opt-in cases (an
+    // empty filter matches every id, which opt-in cases need).
+    let mut by_id = HashMap::new();
+    for bench in [false, true] {
+        let sel = Selection {
+            envs: abi::env::Env::ALL.to_vec(),
+            filters: vec![String::new()],
+            selftest: true,
+            bench,
+            suite: Suite::Full,
+            opt_in: true,
+        };
+        by_id.extend(catalog.instances(&sel).into_iter().map(|i| (i.id(), i)));
+    }
+    let mut out = std::io::stdout().lock();
+    for line in std::io::stdin().lock().lines() {
+        let id = line.context("reading instance ids from standard input")?;
+        let id = id.trim();
+        if id.is_empty() {
+            continue;
+        }
+        let Some(inst) = by_id.get(id) else {
+            bail!("instance {id}: not in the image's case table");
+        };
+        let result = run_one(&catalog, inst, faults, timeout);
+        serde_json::to_writer(&mut out, &result)?;
+        writeln!(out)?;
+        out.flush()?;
+    }
+    Ok(())
+}
+
+/// Why the model cannot run `inst`, if it cannot.
+fn skip_reason(inst: &conformance::catalog::Instance) -> Option<String> {
+    let Some(generation) = Generation::of_env(inst.env) else {
+        return Some(format!(
+            "the reference model plays upstream PVM hosts only, not {}",
+            inst.env.name()
+        ));
+    };
+    if let Some(why) = generation.unsupported() {
+        return Some(why.into());
+    }
+    if inst.env.guest_support() == abi::env::GuestSupport::NotYet {
+        return Some(format!(
+            "guest-lib does not implement environment {} yet",
+            inst.env.name()
+        ));
+    }
+    if inst.case.vcpus > 1 {
+        return Some(format!(
+            "the reference model runs one vCPU; the case needs {}",
+            inst.case.vcpus
+        ));
+    }
+    None
+}
+
+fn run_one(
+    catalog: &Catalog,
+    inst: &conformance::catalog::Instance,
+    faults: Faults,
+    timeout: Duration,
+) -> CaseResult {
+    if let Some(why) = skip_reason(inst) {
+        return CaseResult::skipped(inst, why);
+    }
+    let Some(generation) = Generation::of_env(inst.env) else {
+        return CaseResult::skipped(inst, "not an upstream environment".into());
+    };
+    let backend = ModelBackend::new(generation, faults);
+    let limits = RunLimits::timeout(exec::timeout_of(inst, timeout));
+    let start = Instant::now();
+    match exec::execute(&backend, &catalog.image, inst, &limits) {
+        Executed::Done(raw) => CaseResult::new(inst, raw, start.elapsed().as_secs_f64() * 1e3),
+        Executed::Cancelled => CaseResult::skipped(inst, "cancelled".into()),
+    }
+}

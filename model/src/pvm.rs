@@ -1,0 +1,932 @@
+//! The per-generation host rules: PVM MSRs and their validity checks, the PVCS and event
+//! delivery, ERETU, hypercalls, the synthetic CPUID. Each rule cites its source
+//! (shared/notes/pvm-abi-upstream.md sections, which cite virt-pvm/linux files and commits);
+//! where spec and code disagree, the code wins and the choice is written down here and in
+//! docs/model.md.
+//!
+//! Only `pv-v2` (the 6.12 line, notes §11 and §14) is implemented so far; the model refuses
+//! the other generations with a reason the harness turns into SKIP.
+
+use std::mem::offset_of;
+
+use abi::upstream::{self as up, PvcsV2};
+use runner::vm::GuestRam;
+
+use crate::faults::{Fault, Faults};
+
+/// The ABI generation the model plays.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Generation {
+    /// RFC v1.
+    V1,
+    /// "mid".
+    Mid,
+    /// v2, the 6.12 line.
+    V2,
+}
+
+impl Generation {
+    /// The generation of an upstream environment (from the dialect it needs).
+    pub fn of_env(env: abi::env::Env) -> Option<Generation> {
+        match env.required_dialect()? {
+            abi::env::Dialect::UpstreamV1 => Some(Generation::V1),
+            abi::env::Dialect::UpstreamMid => Some(Generation::Mid),
+            abi::env::Dialect::UpstreamV2 => Some(Generation::V2),
+            abi::env::Dialect::Local => None,
+        }
+    }
+
+    /// Why the model cannot play this generation yet, if it cannot.
+    pub fn unsupported(self) -> Option<&'static str> {
+        match self {
+            Generation::V2 => None,
+            Generation::V1 | Generation::Mid => {
+                Some("the reference model implements only the v2 generation so far")
+            }
+        }
+    }
+}
+
+/// Host selectors of an x86-64 Linux host (`__USER32_CS`, `__USER_DS`, `__USER_CS`), which a
+/// PVM guest runs on in hardware (notes §6).
+pub mod sel {
+    /// `__KERNEL_CS`.
+    pub const KERNEL_CS: u16 = 0x10;
+    /// `__KERNEL_DS`.
+    pub const KERNEL_DS: u16 = 0x18;
+    /// `__USER32_CS`.
+    pub const USER32_CS: u16 = 0x23;
+    /// `__USER_DS`.
+    pub const USER_DS: u16 = 0x2b;
+    /// `__USER_CS`.
+    pub const USER_CS: u16 = 0x33;
+}
+
+/// RFLAGS bits.
+pub mod rflags {
+    /// Reserved bit 1 (always set).
+    pub const FIXED: u64 = 1 << 1;
+    /// Interrupt flag.
+    pub const IF: u64 = 1 << 9;
+    /// The flags a guest controls in hardware (`SWITCH_ENTER_EFLAGS_ALLOWED`, notes §6):
+    /// CF PF AF ZF SF TF IF DF OF NT RF AC ID.
+    pub const ALLOWED: u64 = 0x1
+        | 0x4
+        | 0x10
+        | 0x40
+        | 0x80
+        | 0x100
+        | 0x200
+        | 0x400
+        | 0x800
+        | 0x4000
+        | 0x1_0000
+        | 0x4_0000
+        | 0x20_0000;
+}
+
+/// `event_flags` bits of the PVCS.
+pub mod event_flags {
+    /// Interrupt pending.
+    pub const IP: u64 = 1 << 8;
+    /// Interrupt enable.
+    pub const IF: u64 = 1 << 9;
+}
+
+/// `event_vector` high-byte bits of the v2 PVCS ([HDR-v2] `PVM_PVCS_EVENT_VECTOR_*_BIT`).
+pub mod vector_bits {
+    /// A synchronous event was delivered and not yet consumed.
+    pub const STD: u16 = 1 << 8;
+    /// NMI pending.
+    pub const NMI: u16 = 1 << 9;
+    /// #MC pending.
+    pub const MCE: u16 = 1 << 10;
+}
+
+/// The MSRs the model knows.
+pub mod msr {
+    /// IA32_TIME_STAMP_COUNTER.
+    pub const TSC: u32 = 0x10;
+    /// IA32_APIC_BASE.
+    pub const APIC_BASE: u32 = 0x1b;
+    /// IA32_MISC_ENABLE.
+    pub const MISC_ENABLE: u32 = 0x1a0;
+    /// IA32_PAT.
+    pub const PAT: u32 = 0x277;
+    /// IA32_TSC_DEADLINE.
+    pub const TSC_DEADLINE: u32 = 0x6e0;
+    /// IA32_EFER.
+    pub const EFER: u32 = 0xc000_0080;
+    /// STAR.
+    pub const STAR: u32 = 0xc000_0081;
+    /// LSTAR.
+    pub const LSTAR: u32 = 0xc000_0082;
+    /// CSTAR.
+    pub const CSTAR: u32 = 0xc000_0083;
+    /// SFMASK.
+    pub const FMASK: u32 = 0xc000_0084;
+    /// FS_BASE.
+    pub const FS_BASE: u32 = 0xc000_0100;
+    /// GS_BASE.
+    pub const GS_BASE: u32 = 0xc000_0101;
+    /// KERNEL_GS_BASE.
+    pub const KERNEL_GS_BASE: u32 = 0xc000_0102;
+    /// TSC_AUX.
+    pub const TSC_AUX: u32 = 0xc000_0103;
+    /// First x2APIC MSR.
+    pub const X2APIC_FIRST: u32 = 0x800;
+    /// Last x2APIC MSR.
+    pub const X2APIC_LAST: u32 = 0x8ff;
+}
+
+/// Standard KVM hypercall result for an unknown number (`-KVM_ENOSYS`).
+pub const KVM_ENOSYS: i64 = -1000;
+/// `-EIO`: `PVM_HC_WRMSR` failure (RFC code; the spec says -EINVAL).
+pub const EIO: i64 = -5;
+
+/// PVM hypercall numbers (notes §4.2, same in every generation).
+pub mod hc {
+    use abi::upstream::HC_BASE;
+    /// LOAD_PGTBL.
+    pub const LOAD_PGTBL: u64 = HC_BASE;
+    /// IRQ_WIN (EVENT_WIN in "mid").
+    pub const IRQ_WIN: u64 = HC_BASE + 1;
+    /// IRQ_HALT.
+    pub const IRQ_HALT: u64 = HC_BASE + 2;
+    /// TLB_FLUSH.
+    pub const TLB_FLUSH: u64 = HC_BASE + 3;
+    /// TLB_FLUSH_CURRENT.
+    pub const TLB_FLUSH_CURRENT: u64 = HC_BASE + 4;
+    /// TLB_INVLPG.
+    pub const TLB_INVLPG: u64 = HC_BASE + 5;
+    /// LOAD_GS.
+    pub const LOAD_GS: u64 = HC_BASE + 6;
+    /// RDMSR.
+    pub const RDMSR: u64 = HC_BASE + 7;
+    /// WRMSR.
+    pub const WRMSR: u64 = HC_BASE + 8;
+    /// LOAD_TLS.
+    pub const LOAD_TLS: u64 = HC_BASE + 9;
+    /// One past the PVM range (`PVM_HC_SPECIAL_MAX_NR` = 256).
+    pub const END: u64 = HC_BASE + 256;
+}
+
+/// The general registers, RIP, RFLAGS and the bases the rules touch.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[allow(missing_docs, reason = "register names")]
+pub struct Regs {
+    pub rax: u64,
+    pub rbx: u64,
+    pub rcx: u64,
+    pub rdx: u64,
+    pub rsi: u64,
+    pub rdi: u64,
+    pub rbp: u64,
+    pub rsp: u64,
+    pub r8: u64,
+    pub r9: u64,
+    pub r10: u64,
+    pub r11: u64,
+    pub r12: u64,
+    pub r13: u64,
+    pub r14: u64,
+    pub r15: u64,
+    pub rip: u64,
+    pub rflags: u64,
+    pub fs_base: u64,
+    pub gs_base: u64,
+    /// Hardware CS.
+    pub cs: u16,
+    /// Hardware SS.
+    pub ss: u16,
+}
+
+/// An event to deliver.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Event {
+    /// An exception: vector, error code (if the vector has one), CR2 (for #PF).
+    Exception {
+        /// Vector (0..31).
+        vector: u8,
+        /// Error code.
+        code: Option<u32>,
+        /// Faulting address of a #PF.
+        cr2: Option<u64>,
+    },
+    /// A software `int n` the host lets through (3, 4, 0x80) or an external interrupt.
+    Vector(u8),
+    /// `syscall` from user mode.
+    UserSyscall,
+}
+
+/// Why the vCPU cannot go on: the host triple-faults it (`KVM_EXIT_SHUTDOWN`), with the rule.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TripleFault(pub String);
+
+/// The model's state of one vCPU's PVM side.
+#[derive(Clone, Debug)]
+pub struct Pvm {
+    /// Generation played.
+    pub generation: Generation,
+    /// Fault switches.
+    pub faults: Faults,
+    /// Supervisor mode (else user mode).
+    pub smod: bool,
+    /// Virtual control registers (stored, no hardware effect but CR3 and CR4.SMEP).
+    pub cr0: u64,
+    /// CR2 as the guest reads it.
+    pub cr2: u64,
+    /// CR3 (the guest page table; v2 has one for both modes).
+    pub cr3: u64,
+    /// CR4.
+    pub cr4: u64,
+    /// CR8 / TPR.
+    pub cr8: u64,
+    /// EFER.
+    pub efer: u64,
+    /// MSR_PVM_LINEAR_ADDRESS_RANGE.
+    pub range_msr: u64,
+    /// MSR_PVM_VCPU_STRUCT.
+    pub vcpu_struct: u64,
+    /// MSR_PVM_EVENT_ENTRY.
+    pub event_entry: u64,
+    /// MSR_PVM_RETU_RIP.
+    pub retu_rip: u64,
+    /// STAR.
+    pub star: u64,
+    /// LSTAR.
+    pub lstar: u64,
+    /// CSTAR.
+    pub cstar: u64,
+    /// SFMASK (stored, ignored: notes §2).
+    pub fmask: u64,
+    /// KERNEL_GS_BASE (soft; loaded into GS_BASE on user->supervisor).
+    pub kernel_gs_base: u64,
+    /// TSC_AUX.
+    pub tsc_aux: u64,
+    /// PAT.
+    pub pat: u64,
+    /// APIC base.
+    pub apic_base: u64,
+    /// NMI masked until ERETU.
+    pub nmi_masked: bool,
+    /// The TLB must be flushed before the guest runs again.
+    pub flush_tlb: bool,
+    /// Halted until an interrupt.
+    pub halted: bool,
+    /// Pending external interrupt vectors (IRR), as a bitmap.
+    pub irr: [u64; 4],
+    /// In-service vectors (ISR).
+    pub isr: [u64; 4],
+    /// x2APIC registers the model stores (SVR, LVTs, timer).
+    pub apic: std::collections::BTreeMap<u32, u64>,
+    /// TSC deadline (0 = disarmed).
+    pub tsc_deadline: u64,
+}
+
+/// Host default of the range MSR: upper-half PML4 indexes 0x1e0..0x1f0 (16 slots, 8 TiB), a
+/// value of the RFC format (filler bits set, PML5 fields 0x1ff). Real hosts choose theirs at
+/// module load (notes §7).
+pub const DEFAULT_RANGE: (u64, u64) = (0x1e0, 0x1f0);
+
+/// Encodes a range MSR value (notes §7).
+pub const fn range_value(l4s: u64, l4e: u64) -> u64 {
+    (0xfe00 | l4s) | (0xfe00 | l4e) << 16 | (0xfe00 | 0x1ff) << 32 | (0xfe00 | 0x1ff) << 48
+}
+
+/// Decodes the PML4 fields of a range MSR value.
+pub const fn range_of(v: u64) -> (u64, u64) {
+    (v & 0x1ff, (v >> 16) & 0x1ff)
+}
+
+fn canonical(v: u64) -> bool {
+    let top = (v as i64) >> 47;
+    top == 0 || top == -1
+}
+
+/// Which way a `syscall` in supervisor mode went.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SupervisorSyscall {
+    /// ERETU: now in user mode.
+    Eretu,
+    /// A hypercall was served.
+    Hypercall,
+}
+
+impl Pvm {
+    /// A vCPU after reset in `generation`, entering PVM mode in supervisor mode with the
+    /// boot state's control registers (notes §8.2).
+    pub fn new(
+        generation: Generation,
+        faults: Faults,
+        cr0: u64,
+        cr3: u64,
+        cr4: u64,
+        efer: u64,
+    ) -> Self {
+        Self {
+            generation,
+            faults,
+            smod: true,
+            // The host forces NE|AM|WP|PG|PE and clears NW|CD on conversion (notes §8.2).
+            cr0: (cr0 & !((1 << 29) | (1 << 30)))
+                | (1 << 5)
+                | (1 << 18)
+                | (1 << 16)
+                | (1 << 31)
+                | 1,
+            cr2: 0,
+            cr3,
+            cr4,
+            cr8: 0,
+            // EFER.SCE is set on conversion.
+            efer: efer | 1,
+            range_msr: range_value(DEFAULT_RANGE.0, DEFAULT_RANGE.1),
+            vcpu_struct: 0,
+            event_entry: 0,
+            retu_rip: 0,
+            // STAR kernel CS 0 at conversion: the host sets it from CS (notes §8.2).
+            star: (u64::from(sel::KERNEL_CS) << 32) | (u64::from(sel::USER32_CS) << 48),
+            lstar: 0,
+            cstar: 0,
+            fmask: 0,
+            kernel_gs_base: 0,
+            tsc_aux: 0,
+            pat: 0x0007_0406_0007_0406,
+            apic_base: 0xfee0_0000 | (1 << 11) | (1 << 10) | (1 << 8),
+            nmi_masked: false,
+            flush_tlb: true,
+            halted: false,
+            irr: [0; 4],
+            isr: [0; 4],
+            apic: std::collections::BTreeMap::new(),
+            tsc_deadline: 0,
+        }
+    }
+
+    /// The legal upper-half PML4 indexes.
+    pub fn range(&self) -> (u64, u64) {
+        range_of(self.range_msr)
+    }
+
+    /// Supervisor interrupt flag: PVCS.event_flags.IF (0 while no PVCS is registered, notes
+    /// §3).
+    pub fn interrupts_enabled(&self, mem: &dyn GuestRam) -> bool {
+        if !self.smod {
+            return true;
+        }
+        self.vcpu_struct != 0
+            && mem
+                .read_u64(self.vcpu_struct + offset_of!(PvcsV2, event_flags) as u64)
+                .is_ok_and(|f| f & event_flags::IF != 0)
+    }
+
+    fn pvcs(&self, field: usize) -> u64 {
+        self.vcpu_struct + field as u64
+    }
+
+    fn write16(&self, mem: &dyn GuestRam, field: usize, v: u16) -> Result<(), TripleFault> {
+        mem.write(self.pvcs(field), &v.to_le_bytes())
+            .map_err(|e| TripleFault(format!("PVCS write: {e}")))
+    }
+
+    fn write32(&self, mem: &dyn GuestRam, field: usize, v: u32) -> Result<(), TripleFault> {
+        mem.write(self.pvcs(field), &v.to_le_bytes())
+            .map_err(|e| TripleFault(format!("PVCS write: {e}")))
+    }
+
+    fn write64(&self, mem: &dyn GuestRam, field: usize, v: u64) -> Result<(), TripleFault> {
+        mem.write_u64(self.pvcs(field), v)
+            .map_err(|e| TripleFault(format!("PVCS write: {e}")))
+    }
+
+    fn read16(&self, mem: &dyn GuestRam, field: usize) -> Result<u16, TripleFault> {
+        let mut b = [0u8; 2];
+        mem.read(self.pvcs(field), &mut b)
+            .map_err(|e| TripleFault(format!("PVCS read: {e}")))?;
+        Ok(u16::from_le_bytes(b))
+    }
+
+    fn read32(&self, mem: &dyn GuestRam, field: usize) -> Result<u32, TripleFault> {
+        let mut b = [0u8; 4];
+        mem.read(self.pvcs(field), &mut b)
+            .map_err(|e| TripleFault(format!("PVCS read: {e}")))?;
+        Ok(u32::from_le_bytes(b))
+    }
+
+    fn read64(&self, mem: &dyn GuestRam, field: usize) -> Result<u64, TripleFault> {
+        mem.read_u64(self.pvcs(field))
+            .map_err(|e| TripleFault(format!("PVCS read: {e}")))
+    }
+
+    fn set_if(&self, mem: &dyn GuestRam, on: bool) -> Result<(), TripleFault> {
+        let f = self.read64(mem, offset_of!(PvcsV2, event_flags))?;
+        let f = if on {
+            (f | event_flags::IF) & !event_flags::IP
+        } else {
+            f & !event_flags::IF
+        };
+        self.write64(mem, offset_of!(PvcsV2, event_flags), f)
+    }
+
+    /// Marks an interrupt pending for a guest whose IF is clear (notes §5.6).
+    pub fn mark_pending(&self, mem: &dyn GuestRam) {
+        if self.vcpu_struct == 0 {
+            return;
+        }
+        let at = offset_of!(PvcsV2, event_flags);
+        if let Ok(f) = self.read64(mem, at) {
+            let _ = self.write64(mem, at, f | event_flags::IP);
+        }
+    }
+
+    /// Delivers `ev` (v2 rules, notes §11: every event saves its context in the PVCS and
+    /// leaves RSP alone; user events enter at EVENT_ENTRY, supervisor events at
+    /// EVENT_ENTRY+512, user `syscall` at LSTAR; RCX = RIP = entry, R11 = 0x202, virtual
+    /// RFLAGS = 0x2 with IF cleared; a synchronous event while the vector's high byte is not
+    /// zero in supervisor mode is a triple fault).
+    pub fn deliver(
+        &mut self,
+        mem: &dyn GuestRam,
+        r: &mut Regs,
+        ev: Event,
+    ) -> Result<(), TripleFault> {
+        let f = self.faults;
+        if self.vcpu_struct == 0 {
+            return Err(TripleFault(format!(
+                "event {ev:?} with no PVCS registered (MSR_PVM_VCPU_STRUCT = 0)"
+            )));
+        }
+        if self.event_entry == 0 && ev != Event::UserSyscall {
+            return Err(TripleFault(format!(
+                "event {ev:?} with MSR_PVM_EVENT_ENTRY = 0"
+            )));
+        }
+        let (vector, code, cr2) = match ev {
+            Event::Exception { vector, code, cr2 } => (vector, code, cr2),
+            Event::Vector(v) => (v, None, None),
+            Event::UserSyscall => (0, None, None),
+        };
+        if vector == 8 {
+            return Err(TripleFault(
+                "#DF is a triple fault in PVM (no IDT, notes §5)".into(),
+            ));
+        }
+        let from_user = !self.smod;
+        let vec_at = offset_of!(PvcsV2, event_vector);
+        if !from_user {
+            let busy = self.read16(mem, vec_at)? & 0xff00;
+            if busy != 0 {
+                return Err(TripleFault(format!(
+                    "event {ev:?} in supervisor mode while PVCS.event_vector's high byte is {:#x} \
+                     (the previous event not consumed, [SPEC-v2])",
+                    busy >> 8
+                )));
+            }
+        }
+        let mut eflags = r.rflags;
+        if self.smod {
+            eflags = (eflags & !rflags::IF)
+                | if self.interrupts_enabled(mem) {
+                    rflags::IF
+                } else {
+                    0
+                };
+        }
+        if f.on(Fault::PvcsEflagsLost) {
+            eflags &= !0x8d5;
+        }
+        let rip = if f.on(Fault::PvcsRipOffByOne) {
+            r.rip + 1
+        } else {
+            r.rip
+        };
+        self.write32(mem, offset_of!(PvcsV2, eflags), eflags as u32)?;
+        self.write64(mem, offset_of!(PvcsV2, rip), rip)?;
+        self.write64(mem, offset_of!(PvcsV2, rcx), r.rcx)?;
+        self.write64(mem, offset_of!(PvcsV2, r11), r.r11)?;
+        // The vector is left alone for SYSCALL, and the error code written only when the
+        // event has one (6.12 host `__do_pvm_event`).
+        if ev != Event::UserSyscall {
+            let std = if f.on(Fault::NoStdBit) {
+                0
+            } else {
+                vector_bits::STD
+            };
+            self.write16(mem, vec_at, u16::from(vector) | std)?;
+        }
+        if let Some(code) = code {
+            self.write16(mem, offset_of!(PvcsV2, event_errcode), code as u16)?;
+        }
+        if let Some(a) = cr2 {
+            let a = if f.on(Fault::WrongCr2) { a ^ 0x1000 } else { a };
+            self.write64(mem, offset_of!(PvcsV2, cr2), a)?;
+            self.cr2 = a;
+        }
+        let mut entry_offset = if from_user { 0 } else { 512 };
+        if from_user {
+            self.write16(mem, offset_of!(PvcsV2, user_cs), r.cs)?;
+            self.write16(mem, offset_of!(PvcsV2, user_ss), r.ss)?;
+            self.write64(mem, offset_of!(PvcsV2, user_gsbase), r.gs_base)?;
+            self.write32(mem, offset_of!(PvcsV2, pkru), 0)?;
+            r.gs_base = self.kernel_gs_base;
+            r.cs = sel::USER_CS;
+            r.ss = sel::USER_DS;
+            self.smod = true;
+            self.flush_tlb = true;
+            if f.on(Fault::UserEventAtSupervisorEntry) {
+                entry_offset = 512;
+            }
+        } else if f.on(Fault::SupervisorEventAtUserEntry) {
+            entry_offset = 0;
+        }
+        let entry = if ev == Event::UserSyscall {
+            self.lstar
+        } else {
+            self.event_entry + entry_offset
+        };
+        r.rip = entry;
+        r.rcx = entry;
+        r.r11 = rflags::FIXED | rflags::IF;
+        r.rflags = rflags::FIXED | rflags::IF;
+        if !f.on(Fault::IfNotClearedOnDelivery) {
+            self.set_if(mem, false)?;
+        }
+        self.halted = false;
+        Ok(())
+    }
+
+    /// ERETU (notes §11: loads CS, SS, GSBASE, PKRU, RFLAGS, RIP, RCX, R11 from the PVCS; RSP
+    /// as is). Selectors other than the host's user ones are refused with #GP, as a failed VM
+    /// entry is (notes §5.1, exit reason 1025).
+    fn eretu(&mut self, mem: &dyn GuestRam, r: &mut Regs) -> Result<Option<Event>, TripleFault> {
+        let cs = self.read16(mem, offset_of!(PvcsV2, user_cs))? | 3;
+        let ss = self.read16(mem, offset_of!(PvcsV2, user_ss))? | 3;
+        if !(cs == sel::USER_CS || cs == sel::USER32_CS) || ss != sel::USER_DS {
+            return Ok(Some(Event::Exception {
+                vector: 13,
+                code: Some(0),
+                cr2: None,
+            }));
+        }
+        let eflags = u64::from(self.read32(mem, offset_of!(PvcsV2, eflags))?);
+        r.rflags = (eflags & rflags::ALLOWED) | rflags::FIXED | rflags::IF;
+        r.rip = self.read64(mem, offset_of!(PvcsV2, rip))?;
+        r.rcx = self.read64(mem, offset_of!(PvcsV2, rcx))?;
+        if !self.faults.on(Fault::EretuIgnoresR11) {
+            r.r11 = self.read64(mem, offset_of!(PvcsV2, r11))?;
+        }
+        if !self.faults.on(Fault::EretuIgnoresUserGsbase) {
+            r.gs_base = self.read64(mem, offset_of!(PvcsV2, user_gsbase))?;
+        }
+        r.cs = cs;
+        r.ss = ss;
+        self.smod = false;
+        self.nmi_masked = false;
+        self.flush_tlb = true;
+        // The 6.12 slow path sets event_vector to STD (dropping any pending bits: NMI and #MC
+        // are not modelled yet) and leaves event_flags alone (IP is not cleared, contrary to
+        // the spec), docs/research/pvm-v2-host-semantics.md §2.
+        self.write16(mem, offset_of!(PvcsV2, event_vector), vector_bits::STD)?;
+        Ok(None)
+    }
+
+    /// A `syscall` executed in supervisor mode; `r.rip` is the address after it. Returns an
+    /// event to deliver when the instruction itself faulted.
+    pub fn supervisor_syscall(
+        &mut self,
+        mem: &dyn GuestRam,
+        r: &mut Regs,
+    ) -> Result<(SupervisorSyscall, Option<Event>), TripleFault> {
+        if self.retu_rip != 0 && r.rip == self.retu_rip.wrapping_add(2) {
+            let ev = self.eretu(mem, r)?;
+            return Ok((SupervisorSyscall::Eretu, ev));
+        }
+        // The hypercall convention: RAX = number, RBX, R10 (the caller's RCX), RDX, RSI;
+        // result in RAX; the host copies R10 into RCX and back (notes §4.1).
+        let (nr, a0, a1) = (r.rax, r.rbx, r.r10);
+        let result = self.hypercall(mem, nr, a0, a1);
+        r.rax = result as u64;
+        // SYSCALL left RCX = next RIP and R11 = RFLAGS in hardware; the guest's stub restores
+        // its own copies.
+        r.rcx = r.r10;
+        r.r11 = r.rflags;
+        Ok((SupervisorSyscall::Hypercall, None))
+    }
+
+    fn hypercall(&mut self, mem: &dyn GuestRam, nr: u64, a0: u64, a1: u64) -> i64 {
+        let f = self.faults;
+        match nr {
+            hc::LOAD_PGTBL => {
+                // v2: LOAD_PGTBL(flags, cr3); flags bit 0 flushes (notes §11).
+                self.cr3 = a1;
+                if a0 & 1 != 0 || !f.on(Fault::Cr3KeepsStale) {
+                    self.flush_tlb = true;
+                }
+                0
+            }
+            hc::IRQ_WIN => {
+                let at = offset_of!(PvcsV2, event_flags);
+                if let Ok(fl) = self.read64(mem, at) {
+                    let _ = self.write64(mem, at, fl & !event_flags::IP);
+                }
+                0
+            }
+            hc::IRQ_HALT => {
+                let _ = self.set_if(mem, true);
+                self.halted = !f.on(Fault::HltReturnsAtOnce);
+                0
+            }
+            hc::TLB_FLUSH | hc::TLB_FLUSH_CURRENT => {
+                if !f.on(Fault::TlbFlushKeepsStale) {
+                    self.flush_tlb = true;
+                }
+                0
+            }
+            hc::TLB_INVLPG => {
+                if !f.on(Fault::InvlpgKeepsStale) {
+                    self.flush_tlb = true;
+                }
+                0
+            }
+            hc::LOAD_GS => 0,
+            hc::RDMSR => match self.rdmsr(a0 as u32) {
+                Some(v) if f.on(Fault::HcRdmsrWrong) => (v + 1) as i64,
+                Some(v) => v as i64,
+                None => 0,
+            },
+            hc::WRMSR => match self.wrmsr(a0 as u32, a1) {
+                Ok(()) => 0,
+                Err(_) if f.on(Fault::HcWrmsrAcceptsUnknown) => 0,
+                Err(_) => EIO,
+            },
+            hc::LOAD_TLS => 0,
+            _ if f.on(Fault::UnknownHypercallSucceeds) => 0,
+            _ => KVM_ENOSYS,
+        }
+    }
+
+    /// RDMSR: the value, or `None` (#GP).
+    pub fn rdmsr(&self, idx: u32) -> Option<u64> {
+        Some(match idx {
+            up::MSR_LINEAR_ADDRESS_RANGE => self.range_msr,
+            up::MSR_VCPU_STRUCT => self.vcpu_struct,
+            up::MSR_EVENT_ENTRY => self.event_entry,
+            up::MSR_RETU_RIP => self.retu_rip,
+            msr::EFER => self.efer,
+            msr::STAR => self.star,
+            msr::LSTAR => self.lstar,
+            msr::CSTAR => self.cstar,
+            msr::FMASK => self.fmask,
+            msr::KERNEL_GS_BASE => self.kernel_gs_base,
+            msr::TSC_AUX => self.tsc_aux,
+            msr::PAT => self.pat,
+            msr::APIC_BASE => self.apic_base,
+            msr::TSC => {
+                if self.faults.on(Fault::TscMsrZero) {
+                    0
+                } else {
+                    crate::engine::host_tsc()
+                }
+            }
+            msr::TSC_DEADLINE => self.tsc_deadline,
+            msr::MISC_ENABLE => 1,
+            msr::X2APIC_FIRST..=msr::X2APIC_LAST => return self.apic_read(idx),
+            _ => return None,
+        })
+    }
+
+    /// WRMSR: `Err` is #GP, with the rule (v2 validity checks, notes §2 and §11).
+    pub fn wrmsr(&mut self, idx: u32, v: u64) -> Result<(), String> {
+        let f = self.faults;
+        match idx {
+            up::MSR_LINEAR_ADDRESS_RANGE => {
+                let (s, e) = range_of(v);
+                let (hs, he) = range_of(self.range_msr);
+                if v & 0xff00_ff00_ff00_ff00 != 0xff00_ff00_ff00_ff00
+                    || s < 256
+                    || s >= e
+                    || s < hs
+                    || e > he
+                {
+                    return Err(format!(
+                        "range MSR value {v:#x} is not a sub-range of the host's"
+                    ));
+                }
+                self.range_msr = v;
+                self.flush_tlb = true;
+            }
+            up::MSR_VCPU_STRUCT => {
+                if v & 0xfff != 0 && !f.on(Fault::VcpuStructUnaligned) {
+                    return Err(format!("MSR_PVM_VCPU_STRUCT {v:#x} not page aligned"));
+                }
+                self.vcpu_struct = v;
+            }
+            up::MSR_EVENT_ENTRY => {
+                let ok = canonical(v) && canonical(v.wrapping_add(512));
+                if !ok && !f.on(Fault::EventEntryNonCanonical) {
+                    return Err(format!(
+                        "MSR_PVM_EVENT_ENTRY {v:#x} (or +512) not canonical"
+                    ));
+                }
+                self.event_entry = v;
+            }
+            up::MSR_RETU_RIP => self.retu_rip = v,
+            msr::EFER => {
+                if v & !(1 | (1 << 8) | (1 << 10) | (1 << 11)) != 0 {
+                    return Err(format!("EFER {v:#x} sets reserved bits"));
+                }
+                self.efer = v | 1 | (1 << 8) | (1 << 10);
+            }
+            msr::STAR => {
+                let kernel_cs = (v >> 32) & 0xfffc;
+                let user_cs = ((v >> 48) | 3) + 16;
+                if kernel_cs == 0 || user_cs != u64::from(sel::USER_CS) {
+                    return Err(format!("STAR {v:#x}: kernel CS 0 or user CS not __USER_CS"));
+                }
+                self.star = v;
+            }
+            msr::LSTAR => {
+                if !canonical(v) {
+                    return Err(format!("LSTAR {v:#x} not canonical"));
+                }
+                self.lstar = v;
+            }
+            msr::CSTAR => self.cstar = v,
+            msr::FMASK => self.fmask = v,
+            msr::KERNEL_GS_BASE => {
+                if !canonical(v) {
+                    return Err(format!("KERNEL_GS_BASE {v:#x} not canonical"));
+                }
+                self.kernel_gs_base = v;
+            }
+            msr::TSC_AUX => {
+                if v >> 32 != 0 {
+                    return Err(format!("TSC_AUX {v:#x} has high bits"));
+                }
+                self.tsc_aux = v;
+            }
+            msr::PAT => self.pat = v,
+            msr::TSC_DEADLINE => self.tsc_deadline = v,
+            msr::APIC_BASE => self.apic_base = v,
+            msr::MISC_ENABLE => {}
+            msr::X2APIC_FIRST..=msr::X2APIC_LAST => return self.apic_write(idx, v),
+            _ => return Err(format!("unknown MSR {idx:#x}")),
+        }
+        Ok(())
+    }
+
+    fn apic_read(&self, idx: u32) -> Option<u64> {
+        match idx {
+            0x802 => Some(0),
+            0x803 => Some(0x5_0014),
+            0x808 => Some(self.cr8 << 4),
+            0x80f => Some(*self.apic.get(&idx).unwrap_or(&0xff)),
+            0x810..=0x817 => Some(
+                self.isr[((idx - 0x810) / 2) as usize] >> (32 * ((idx - 0x810) % 2)) & 0xffff_ffff,
+            ),
+            0x820..=0x827 => Some(
+                self.irr[((idx - 0x820) / 2) as usize] >> (32 * ((idx - 0x820) % 2)) & 0xffff_ffff,
+            ),
+            0x832 | 0x835..=0x838 | 0x83e | 0x830 => Some(*self.apic.get(&idx).unwrap_or(&0)),
+            0x839 => Some(0),
+            _ => None,
+        }
+    }
+
+    fn apic_write(&mut self, idx: u32, v: u64) -> Result<(), String> {
+        match idx {
+            0x808 => self.cr8 = (v >> 4) & 0xf,
+            0x80b => {
+                // EOI: clear the highest in-service vector.
+                if let Some(vec) = highest(&self.isr) {
+                    self.isr[usize::from(vec / 64)] &= !(1 << (vec % 64));
+                }
+            }
+            0x80f | 0x832 | 0x835..=0x838 | 0x83e => {
+                self.apic.insert(idx, v);
+            }
+            0x83f => self.request_interrupt((v & 0xff) as u8),
+            0x830 => {
+                self.apic.insert(idx, v);
+                // Fixed delivery to self (destination 0, the only vCPU) or the self shorthand.
+                let shorthand = (v >> 18) & 3;
+                if (v >> 8) & 7 == 0
+                    && (shorthand == 1 || (shorthand == 0 && v >> 32 == 0) || shorthand == 2)
+                {
+                    self.request_interrupt((v & 0xff) as u8);
+                }
+            }
+            _ => return Err(format!("x2APIC MSR {idx:#x} is not writable")),
+        }
+        Ok(())
+    }
+
+    /// Sets vector `v` in the IRR.
+    pub fn request_interrupt(&mut self, v: u8) {
+        if v >= 16 {
+            self.irr[usize::from(v / 64)] |= 1 << (v % 64);
+        }
+    }
+
+    /// The vector to deliver now, if any (highest IRR above the ISR's and the TPR's class),
+    /// moved from the IRR to the ISR.
+    pub fn take_interrupt(&mut self) -> Option<u8> {
+        let v = highest(&self.irr)?;
+        let class = u64::from(v >> 4);
+        if highest(&self.isr).is_some_and(|s| u64::from(s >> 4) >= class) || self.cr8 >= class {
+            return None;
+        }
+        self.irr[usize::from(v / 64)] &= !(1 << (v % 64));
+        self.isr[usize::from(v / 64)] |= 1 << (v % 64);
+        Some(v)
+    }
+
+    /// Whether an interrupt waits in the IRR.
+    pub fn interrupt_waiting(&self) -> bool {
+        highest(&self.irr).is_some()
+    }
+
+    /// Fires the TSC-deadline timer if it expired.
+    pub fn tick(&mut self, now: u64) {
+        if self.tsc_deadline != 0 && now >= self.tsc_deadline {
+            self.tsc_deadline = 0;
+            let lvt = *self.apic.get(&0x832).unwrap_or(&(1 << 16));
+            if lvt & (1 << 16) == 0 {
+                self.request_interrupt((lvt & 0xff) as u8);
+            }
+        }
+    }
+
+    /// The synthetic CPUID (notes §1): KVM leaves with the PVM signature, a modest x86-64 CPU
+    /// for the rest.
+    pub fn cpuid(&self, leaf: u32, _sub: u32) -> [u32; 4] {
+        let kvm = u32::from_le_bytes(*b"KVMK");
+        let vmk = u32::from_le_bytes(*b"VMKV");
+        let m = u32::from_le_bytes(*b"M\0\0\0");
+        match leaf {
+            0 => [
+                0xd,
+                u32::from_le_bytes(*b"Genu"),
+                u32::from_le_bytes(*b"ntel"),
+                u32::from_le_bytes(*b"ineI"),
+            ],
+            // SSE3, SSSE3, CX16, SSE4.1/4.2, x2APIC, TSC-deadline, hypervisor; FPU..SSE2.
+            1 => [
+                0x000306a9,
+                0x0000_0800,
+                0x8198_2201 | (1 << 21) | (1 << 24),
+                0x078b_fbff,
+            ],
+            0x4000_0000 => [up::CPUID_VENDOR_FEATURES, kvm, vmk, m],
+            0x4000_0001 => [0; 4],
+            up::CPUID_VENDOR_FEATURES => {
+                let sig = if self.faults.on(Fault::WrongSignature) {
+                    0x6d7670
+                } else {
+                    up::CPUID_SIGNATURE
+                };
+                [0, sig, 0, 0]
+            }
+            0x8000_0000 => [0x8000_0008, 0, 0, 0],
+            // LAHF, NX, 1 GiB pages, RDTSCP, long mode.
+            0x8000_0001 => [0, 0, 1, (1 << 20) | (1 << 26) | (1 << 27) | (1 << 29)],
+            0x8000_0008 => [0x3028, 0, 0, 0],
+            _ => [0; 4],
+        }
+    }
+}
+
+fn highest(bits: &[u64; 4]) -> Option<u8> {
+    (0..4)
+        .rev()
+        .find(|&i| bits[i] != 0)
+        .map(|i| (i * 64 + 63 - bits[i].leading_zeros() as usize) as u8)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn range_values_round_trip_and_have_the_filler_bits() {
+        let v = range_value(0x1e0, 0x1f0);
+        assert_eq!(v & 0xff00_ff00_ff00_ff00, 0xff00_ff00_ff00_ff00);
+        assert_eq!(range_of(v), (0x1e0, 0x1f0));
+    }
+
+    #[test]
+    fn interrupts_go_by_priority_class() {
+        let mut p = Pvm::new(Generation::V2, Faults::NONE, 0, 0, 0, 0);
+        p.request_interrupt(0x40);
+        p.request_interrupt(0x80);
+        assert_eq!(p.take_interrupt(), Some(0x80));
+        assert_eq!(
+            p.take_interrupt(),
+            None,
+            "0x40 is below the in-service class"
+        );
+        p.wrmsr(0x80b, 0).expect("eoi");
+        assert_eq!(p.take_interrupt(), Some(0x40));
+    }
+}
