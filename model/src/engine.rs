@@ -22,7 +22,7 @@ use unicorn_engine::{Arch, MemType, Mode, Prot, RegisterX86, TlbEntry, TlbType, 
 use crate::emulate::{self, Op};
 use crate::faults::Fault;
 use crate::mmu::{self, Access, PageFault, WalkCtx};
-use crate::pvm::{Event, Pvm, Regs, SupervisorSyscall, TripleFault, sel};
+use crate::pvm::{Event, Pvm, Regs, SupervisorSyscall, TripleFault, canonical, sel};
 
 /// How often the watchdog stops the emulator to look at the clock.
 pub const SLICE: Duration = Duration::from_millis(2);
@@ -988,11 +988,6 @@ fn privileged(
     }
     v.regs.rip = next_rip;
     Next::Go
-}
-
-fn canonical(v: u64) -> bool {
-    let top = (v as i64) >> 47;
-    top == 0 || top == -1
 }
 
 /// A `syscall`: from user mode an event (LSTAR), from supervisor mode ERETU or a hypercall.

@@ -19,25 +19,8 @@ use runner::vm::GuestRam;
 
 use crate::faults::{Fault, Faults};
 
-/// Page-table entry bits.
-pub mod pte {
-    /// Present.
-    pub const P: u64 = 1;
-    /// Writable.
-    pub const RW: u64 = 1 << 1;
-    /// User.
-    pub const US: u64 = 1 << 2;
-    /// Accessed.
-    pub const A: u64 = 1 << 5;
-    /// Dirty.
-    pub const D: u64 = 1 << 6;
-    /// Large page.
-    pub const PS: u64 = 1 << 7;
-    /// No execute.
-    pub const NX: u64 = 1 << 63;
-    /// The frame address bits (MAXPHYADDR 52).
-    pub const ADDR: u64 = 0x000f_ffff_ffff_f000;
-}
+/// Page-table entry bits (`abi::layout::pte`; the frame mask is `pte::ADDR_MASK`).
+pub use abi::layout::pte;
 
 /// Error-code bits of a #PF.
 pub mod pfec {
@@ -145,7 +128,7 @@ pub fn walk(
     if !legal(va, ctx.range) {
         return Err(fault(code));
     }
-    let mut table = ctx.cr3 & pte::ADDR;
+    let mut table = ctx.cr3 & pte::ADDR_MASK;
     let (mut rw, mut us, mut nx) = (true, true, false);
     let mut entries = [(0u64, 0u64); 4];
     let mut depth = 0;
@@ -168,10 +151,10 @@ pub fn walk(
         let large = level > 0 && level < 3 && e & pte::PS != 0;
         if level == 0 || large {
             let size_mask = (1u64 << (12 + 9 * level)) - 1;
-            page = ((e & pte::ADDR) & !size_mask) + (va & size_mask & !0xfff);
+            page = ((e & pte::ADDR_MASK) & !size_mask) + (va & size_mask & !0xfff);
             break;
         }
-        table = e & pte::ADDR;
+        table = e & pte::ADDR_MASK;
     }
     let present = code | pfec::P;
     if ctx.user && !us && ctx.us_split && !f.on(Fault::UserReadsSupervisor) {

@@ -9,7 +9,9 @@
 
 use std::mem::offset_of;
 
-use abi::upstream::{self as up, PvcsV2};
+use abi::upstream::{
+    self as up, HC_WRMSR_EIO as EIO, KVM_ENOSYS, PvcsV2, event_flags, hc, vector_bits,
+};
 use runner::vm::GuestRam;
 
 use crate::faults::{Fault, Faults};
@@ -85,24 +87,6 @@ pub mod rflags {
         | 0x20_0000;
 }
 
-/// `event_flags` bits of the PVCS.
-pub mod event_flags {
-    /// Interrupt pending.
-    pub const IP: u64 = 1 << 8;
-    /// Interrupt enable.
-    pub const IF: u64 = 1 << 9;
-}
-
-/// `event_vector` high-byte bits of the v2 PVCS ([HDR-v2] `PVM_PVCS_EVENT_VECTOR_*_BIT`).
-pub mod vector_bits {
-    /// A synchronous event was delivered and not yet consumed.
-    pub const STD: u16 = 1 << 8;
-    /// NMI pending.
-    pub const NMI: u16 = 1 << 9;
-    /// #MC pending.
-    pub const MCE: u16 = 1 << 10;
-}
-
 /// The MSRs the model knows.
 pub mod msr {
     /// IA32_TIME_STAMP_COUNTER.
@@ -137,38 +121,6 @@ pub mod msr {
     pub const X2APIC_FIRST: u32 = 0x800;
     /// Last x2APIC MSR.
     pub const X2APIC_LAST: u32 = 0x8ff;
-}
-
-/// Standard KVM hypercall result for an unknown number (`-KVM_ENOSYS`).
-pub const KVM_ENOSYS: i64 = -1000;
-/// `-EIO`: `PVM_HC_WRMSR` failure (RFC code; the spec says -EINVAL).
-pub const EIO: i64 = -5;
-
-/// PVM hypercall numbers (notes §4.2, same in every generation).
-pub mod hc {
-    use abi::upstream::HC_BASE;
-    /// LOAD_PGTBL.
-    pub const LOAD_PGTBL: u64 = HC_BASE;
-    /// IRQ_WIN (EVENT_WIN in "mid").
-    pub const IRQ_WIN: u64 = HC_BASE + 1;
-    /// IRQ_HALT.
-    pub const IRQ_HALT: u64 = HC_BASE + 2;
-    /// TLB_FLUSH.
-    pub const TLB_FLUSH: u64 = HC_BASE + 3;
-    /// TLB_FLUSH_CURRENT.
-    pub const TLB_FLUSH_CURRENT: u64 = HC_BASE + 4;
-    /// TLB_INVLPG.
-    pub const TLB_INVLPG: u64 = HC_BASE + 5;
-    /// LOAD_GS.
-    pub const LOAD_GS: u64 = HC_BASE + 6;
-    /// RDMSR.
-    pub const RDMSR: u64 = HC_BASE + 7;
-    /// WRMSR.
-    pub const WRMSR: u64 = HC_BASE + 8;
-    /// LOAD_TLS.
-    pub const LOAD_TLS: u64 = HC_BASE + 9;
-    /// One past the PVM range (`PVM_HC_SPECIAL_MAX_NR` = 256).
-    pub const END: u64 = HC_BASE + 256;
 }
 
 /// The general registers, RIP, RFLAGS and the bases the rules touch.
@@ -299,7 +251,8 @@ pub const fn range_of(v: u64) -> (u64, u64) {
     (v & 0x1ff, (v >> 16) & 0x1ff)
 }
 
-fn canonical(v: u64) -> bool {
+/// Whether `v` is a canonical 48-bit address.
+pub fn canonical(v: u64) -> bool {
     let top = (v as i64) >> 47;
     top == 0 || top == -1
 }
