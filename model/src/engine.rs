@@ -632,10 +632,6 @@ fn action(a: Action) -> Next {
     }
 }
 
-fn has_error_code(v: u8) -> bool {
-    matches!(v, 8 | 10..=14 | 17 | 21 | 29 | 30)
-}
-
 /// An exception or `int n` from Unicorn's interrupt hook.
 fn exception(
     mem: &dyn GuestRam,
@@ -706,7 +702,7 @@ fn exception(
             },
         );
     }
-    let code = has_error_code(vector).then_some(0);
+    let code = abi::x86::vector::has_error_code(vector).then_some(0);
     deliver(
         mem,
         v,
