@@ -67,15 +67,11 @@ enum Stop {
     Syscall,
     /// The exit handler asked for this on an MMIO or port access.
     Handler(Action),
-    /// `out` of `size` bytes of `value` to `port` in supervisor mode (done: RIP is past it).
-    Out {
-        /// Port.
-        port: u16,
-        /// Bytes.
-        size: usize,
-        /// The value.
-        value: u32,
-    },
+    /// The run ends (an OUT to the report channel that could not be handled).
+    End(RunEnd),
+    /// Nothing to handle, but the loop must look at the vCPU again (a VMM request changed
+    /// it).
+    Resync,
     /// Port I/O in user mode: a #GP at `pc`.
     UserIo {
         /// The instruction.
@@ -284,11 +280,14 @@ pub fn run(
     let handler = RefCell::new(handler);
     let mem: &dyn GuestRam = ram;
     let ram_size = ram.size();
+    // The port hooks serve VMM requests synchronously and need the vCPU; the run loop holds
+    // it only while the engine is stopped, the hooks only while it runs.
+    let vc = RefCell::new(v);
     let mut uc: Uc<'_> = Unicorn::new_with_data(
         Arch::X86,
         Mode::MODE_64,
         Hw {
-            walk: walk_ctx(&v.pvm),
+            walk: walk_ctx(&vc.borrow().pvm),
             pf: None,
             stop: None,
         },
@@ -351,20 +350,48 @@ pub fn run(
     .map_err(uc_err("interrupt hook"))?;
     // Unicorn runs IN and OUT without the IOPL check, calling these hooks: port I/O in user
     // mode is a #GP on a PVM host (IOPL 0, no I/O bitmap: notes §9).
-    uc.add_insn_out_hook(|uc, port, size, value| {
-        let stop = if uc.get_data().walk.user {
-            Stop::UserIo {
-                pc: uc.pc_read().unwrap_or(0),
-            }
-        } else {
-            Stop::Out {
-                port: port as u16,
-                size,
-                value,
-            }
+    let vcr = &vc;
+    // OUT is done here, inside the instruction, not after the engine stops: a stop requested
+    // in a hook takes effect only at the end of the translation block, and a later IN of the
+    // same block must see the OUT's effect (and a VMM request's reply must be in memory when
+    // the guest reads it, maybe in the same block).
+    uc.add_insn_out_hook(move |uc, port, size, value| {
+        if uc.get_data().walk.user {
+            let pc = uc.pc_read().unwrap_or(0);
+            set_stop(uc, Stop::UserIo { pc });
+            let _ = uc.emu_stop();
+            return;
+        }
+        let mut data = value.to_le_bytes()[..size.min(4)].to_vec();
+        let Ok(mut guard) = vcr.try_borrow_mut() else {
+            set_stop(
+                uc,
+                Stop::Handler(Action::Unexpected("OUT while the vCPU is busy".into())),
+            );
+            let _ = uc.emu_stop();
+            return;
         };
-        set_stop(uc, stop);
-        let _ = uc.emu_stop();
+        let v: &mut Vcpu = &mut guard;
+        if v.pvm.faults.on(Fault::OutTruncated) {
+            data[1..].fill(0);
+        }
+        match io_action(mem, v, h, port as u16, &data) {
+            Ok(Action::Continue) => {}
+            Ok(a) => {
+                set_stop(uc, Stop::Handler(a));
+                let _ = uc.emu_stop();
+            }
+            Err(end) => {
+                set_stop(uc, Stop::End(end));
+                let _ = uc.emu_stop();
+            }
+        }
+        if v.pvm.resync {
+            // A VMM request changed the vCPU (an interrupt to inject, an MSR): stop at the
+            // end of the block so the loop looks at it.
+            set_stop(uc, Stop::Resync);
+            let _ = uc.emu_stop();
+        }
     })
     .map_err(uc_err("OUT hook"))?;
     uc.add_insn_in_hook(move |uc, port, size| {
@@ -383,6 +410,28 @@ pub fn run(
         u32::from_le_bytes(b)
     })
     .map_err(uc_err("IN hook"))?;
+    // CPUID traps on the host (CPUID faulting) and is answered from the VMM's table. The
+    // crate's instruction hook returns nothing, but Unicorn's CPUID hook must return whether
+    // it handled the instruction, so this one is registered by hand.
+    let cpuid_faults: Box<crate::faults::Faults> = Box::new(vc.borrow().pvm.faults);
+    let mut cpuid_hook: unicorn_engine::uc_hook = 0;
+    // SAFETY: `cpuid_proxy` has the signature Unicorn calls CPUID hooks with
+    // (`uc_cb_insn_cpuid_t`); its user data points to `cpuid_faults`, a box that lives until
+    // this function returns, and the engine runs (and calls hooks) only inside this function;
+    // `cpuid_hook` is a live out-parameter. begin > end means every address.
+    let added = unsafe {
+        unicorn_engine::uc_hook_add(
+            uc.get_handle(),
+            &raw mut cpuid_hook,
+            unicorn_engine::HookType::INSN.0 as i32,
+            cpuid_proxy as *mut core::ffi::c_void,
+            (&raw const *cpuid_faults).cast_mut().cast(),
+            1,
+            0,
+            X86Insn::CPUID,
+        )
+    };
+    added.and_then(|| Ok(())).map_err(uc_err("CPUID hook"))?;
     uc.add_insn_sys_hook(X86Insn::SYSCALL, 1, 0, |uc| {
         set_stop(uc, Stop::Syscall);
         let _ = uc.emu_stop();
@@ -451,6 +500,7 @@ pub fn run(
     uc.reg_write(RegisterX86::CR0, 0x8005_0033)
         .map_err(uc_err("CR0"))?;
     if first {
+        let mut v = vc.borrow_mut();
         v.regs.cs = sel::USER_CS;
         v.regs.ss = sel::USER_DS;
     }
@@ -467,7 +517,7 @@ pub fn run(
     // (`old_exception`) is never reset, and the next contributory one would become a #DF.
     // Restoring this context resets it; the registers are written again after it.
     let clean = uc.context_init().map_err(uc_err("save a context"))?;
-    write_regs(&mut uc, &v.regs, true)?;
+    write_regs(&mut uc, &vc.borrow().regs, true)?;
 
     let running = AtomicBool::new(true);
     let stopper = StopHandle(uc.get_handle());
@@ -484,7 +534,7 @@ pub fn run(
                 }
             }
         });
-        let end = run_loop(&mut uc, &clean, mem, v, &handler, limits, start);
+        let end = run_loop(&mut uc, &clean, mem, &vc, &handler, limits, start);
         running.store(false, Ordering::Release);
         end
     })
@@ -504,13 +554,15 @@ fn run_loop(
     uc: &mut Uc<'_>,
     clean: &unicorn_engine::Context,
     mem: &dyn GuestRam,
-    v: &mut Vcpu,
+    vc: &RefCell<&mut Vcpu>,
     handler: &RefCell<&mut (dyn ExitHandler + Send)>,
     limits: &RunLimits,
     start: Instant,
 ) -> runner::Result<RunEnd> {
     let mut segments_dirty = false;
     loop {
+        let mut guard = vc.borrow_mut();
+        let v: &mut Vcpu = &mut guard;
         if let Some(end) = must_stop(limits, start) {
             return Ok(end);
         }
@@ -518,7 +570,7 @@ fn run_loop(
         v.pvm.tick(host_tsc());
         if v.pvm.interrupt_waiting() {
             if v.pvm.interrupts_enabled(mem) {
-                if let Some(vec) = v.pvm.take_interrupt() {
+                if let Some(vec) = v.pvm.next_interrupt() {
                     let was_user = !v.pvm.smod;
                     if let Err(TripleFault(why)) =
                         v.pvm.deliver(mem, &mut v.regs, Event::Vector(vec))
@@ -545,7 +597,12 @@ fn run_loop(
         uc.get_data_mut().stop = None;
         uc.get_data_mut().pf = None;
         let pc = uc.pc_read().map_err(uc_err("PC"))?;
+        // The hooks may need the vCPU while the engine runs.
+        drop(guard);
         let res = uc.emu_start(pc, u64::MAX, 0, 0);
+        let mut guard = vc.borrow_mut();
+        let v: &mut Vcpu = &mut guard;
+        v.pvm.resync = false;
         read_regs(uc, &mut v.regs);
         let stop = uc.get_data_mut().stop.take();
         let pf = uc.get_data_mut().pf.take();
@@ -569,16 +626,8 @@ fn run_loop(
             (None, Some(Stop::Intr(n))) => exception(mem, v, handler, n),
             (None, Some(Stop::Syscall)) => syscall(mem, v),
             (None, Some(Stop::Handler(a))) => action(a),
-            (None, Some(Stop::Out { port, size, value })) => {
-                let mut data = value.to_le_bytes()[..size.min(4)].to_vec();
-                if v.pvm.faults.on(Fault::OutTruncated) {
-                    data[1..].fill(0);
-                }
-                match io_action(mem, handler, port, &data) {
-                    Ok(a) => action(a),
-                    Err(end) => Next::End(end),
-                }
-            }
+            (None, Some(Stop::End(end))) => Next::End(end),
+            (None, Some(Stop::Resync)) => Next::Go,
             (None, Some(Stop::UserIo { pc })) => {
                 v.regs.rip = pc;
                 gp(mem, v)
@@ -605,6 +654,44 @@ fn run_loop(
         write_regs(uc, &v.regs, segments_dirty)?;
         segments_dirty = false;
     }
+}
+
+/// Unicorn's CPUID hook: EAX/ECX in, EAX..EDX from the model's table (`pvm::cpuid`) out;
+/// returns 1 (the instruction is done).
+///
+/// # Safety
+///
+/// `uc` is the engine calling the hook and `faults` the pointer registered with it.
+unsafe extern "C" fn cpuid_proxy(
+    uc: *mut unicorn_engine::uc_engine,
+    faults: *mut core::ffi::c_void,
+) -> i32 {
+    use unicorn_engine::{uc_reg_read, uc_reg_write};
+    // SAFETY: registered with a pointer to a live `Faults` (see the registration).
+    let faults = unsafe { *faults.cast::<crate::faults::Faults>() };
+    let (mut eax, mut ecx) = (0u64, 0u64);
+    // SAFETY: `uc` is the live engine; each register is read into a live u64.
+    unsafe {
+        uc_reg_read(uc, RegisterX86::RAX as i32, (&raw mut eax).cast());
+        uc_reg_read(uc, RegisterX86::RCX as i32, (&raw mut ecx).cast());
+    }
+    let out = crate::pvm::cpuid(faults, eax as u32, ecx as u32);
+    for (reg, val) in [
+        RegisterX86::RAX,
+        RegisterX86::RBX,
+        RegisterX86::RCX,
+        RegisterX86::RDX,
+    ]
+    .into_iter()
+    .zip(out)
+    {
+        let v = u64::from(val);
+        // SAFETY: `uc` is the live engine; the value is a live u64.
+        unsafe {
+            uc_reg_write(uc, reg as i32, (&raw const v).cast());
+        }
+    }
+    1
 }
 
 /// Environment variable that makes the model print why it triple-faults a vCPU (stderr).
@@ -754,8 +841,11 @@ fn reg_slot(r: &mut Regs, reg: iced_x86::Register) -> Option<&mut u64> {
     })
 }
 
+/// An OUT of `data` to `port`: the report channel (with the model's VMM serving requests on
+/// `v`) or the case's exit handler.
 fn io_action(
     mem: &dyn GuestRam,
+    v: &mut Vcpu,
     handler: &RefCell<&mut (dyn ExitHandler + Send)>,
     port: u16,
     data: &[u8],
@@ -765,8 +855,7 @@ fn io_action(
         let (a, gpa) = runner::vm::report_exit(mem, &mut **h, data)?;
         return Ok(match a {
             Action::Serve(req) => {
-                // The model's VMM serves no requests yet: it says so, and the case decides.
-                let reply = [abi::vmm::Status::Unsupported as u64, 0, 0, 0];
+                let reply = crate::vmm::serve(mem, v, req);
                 runner::vm::write_reply(mem, Some(gpa), req, reply)
                     .map_err(|e| RunEnd::Unexpected(e.to_string()))?;
                 Action::Continue
@@ -834,32 +923,9 @@ fn privileged(
                 return gp(mem, v);
             }
         }
-        Op::Out { port, size } => {
-            let port = port.unwrap_or(r.rdx as u16);
-            let mut data = r.rax.to_le_bytes()[..size].to_vec();
-            if v.pvm.faults.on(Fault::OutTruncated) {
-                data[1..].fill(0);
-            }
-            r.rip = next_rip;
-            return match io_action(mem, handler, port, &data) {
-                Ok(a) => action(a),
-                Err(end) => Next::End(end),
-            };
-        }
-        Op::In { port, size } => {
-            let port = port.unwrap_or(r.rdx as u16);
-            let mut data = [0u8; 4];
-            let a = handler.borrow_mut().io_in(port, &mut data[..size]);
-            let mut val = r.rax.to_le_bytes();
-            val[..size].copy_from_slice(&data[..size]);
-            r.rax = if size == 4 {
-                u64::from(u32::from_le_bytes([val[0], val[1], val[2], val[3]]))
-            } else {
-                u64::from_le_bytes(val)
-            };
-            r.rip = next_rip;
-            return action(a);
-        }
+        // Unicorn runs IN and OUT itself and calls the port hooks (it skips the IOPL check),
+        // so they never trap here.
+        Op::Out { .. } | Op::In { .. } => return gp(mem, v),
         Op::Outs { size, rep } => {
             let count = if rep { r.rcx } else { 1 };
             let port = r.rdx as u16;
@@ -877,7 +943,7 @@ fn privileged(
                         },
                     );
                 }
-                match io_action(mem, handler, port, &item[..size]) {
+                match io_action(mem, v, handler, port, &item[..size]) {
                     Ok(Action::Continue) => {}
                     Ok(a) => return action(a),
                     Err(end) => return Next::End(end),

@@ -16,6 +16,7 @@
 //! - [`mmu`]: the guest page walk with the host's rules (allowed ranges, the U/S split);
 //! - [`emulate`]: trapped privileged instructions, decoded with iced-x86;
 //! - [`pvm`]: the per-generation rules (MSRs, PVCS, events, ERETU/ERETS, hypercalls);
+//! - [`vmm`]: the VMM requests a case sends, answered from the model's vCPU state;
 //! - [`faults`]: named fault switches that break one rule each (`--fault NAME`).
 //!
 //! Licence: Unicorn is GPL-2.0, so this crate is too; it is a separate binary that the
@@ -27,6 +28,7 @@ pub mod engine;
 pub mod faults;
 pub mod mmu;
 pub mod pvm;
+pub mod vmm;
 
 pub use backend::ModelBackend;
 pub use pvm::Generation;

@@ -234,6 +234,10 @@ pub struct Pvm {
     pub apic: std::collections::BTreeMap<u32, u64>,
     /// TSC deadline (0 = disarmed).
     pub tsc_deadline: u64,
+    /// An interrupt the VMM injected (`KVM_INTERRUPT`: no APIC, no ISR), waiting for IF.
+    pub ext_irq: Option<u8>,
+    /// A VMM request changed this state while the engine ran: the run loop must look again.
+    pub resync: bool,
 }
 
 /// Host default of the range MSR: upper-half PML4 indexes 0x1e0..0x1f0 (16 slots, 8 TiB), a
@@ -314,6 +318,8 @@ impl Pvm {
             isr: [0; 4],
             apic: std::collections::BTreeMap::new(),
             tsc_deadline: 0,
+            ext_irq: None,
+            resync: false,
         }
     }
 
@@ -795,9 +801,15 @@ impl Pvm {
         Some(v)
     }
 
-    /// Whether an interrupt waits in the IRR.
+    /// Whether an interrupt waits (in the IRR, or injected by the VMM).
     pub fn interrupt_waiting(&self) -> bool {
-        highest(&self.irr).is_some()
+        self.ext_irq.is_some() || highest(&self.irr).is_some()
+    }
+
+    /// The interrupt to deliver now, if any: the VMM's injected one first (it sits in no
+    /// APIC register), else [`Pvm::take_interrupt`].
+    pub fn next_interrupt(&mut self) -> Option<u8> {
+        self.ext_irq.take().or_else(|| self.take_interrupt())
     }
 
     /// Fires the TSC-deadline timer if it expired.
@@ -811,42 +823,77 @@ impl Pvm {
         }
     }
 
-    /// The synthetic CPUID (notes §1): KVM leaves with the PVM signature, a modest x86-64 CPU
-    /// for the rest.
-    pub fn cpuid(&self, leaf: u32, _sub: u32) -> [u32; 4] {
-        let kvm = u32::from_le_bytes(*b"KVMK");
-        let vmk = u32::from_le_bytes(*b"VMKV");
-        let m = u32::from_le_bytes(*b"M\0\0\0");
-        match leaf {
-            0 => [
-                0xd,
-                u32::from_le_bytes(*b"Genu"),
-                u32::from_le_bytes(*b"ntel"),
-                u32::from_le_bytes(*b"ineI"),
-            ],
-            // SSE3, SSSE3, CX16, SSE4.1/4.2, x2APIC, TSC-deadline, hypervisor; FPU..SSE2.
-            1 => [
-                0x000306a9,
-                0x0000_0800,
-                0x8198_2201 | (1 << 21) | (1 << 24),
-                0x078b_fbff,
-            ],
-            0x4000_0000 => [up::CPUID_VENDOR_FEATURES, kvm, vmk, m],
-            0x4000_0001 => [0; 4],
-            up::CPUID_VENDOR_FEATURES => {
-                let sig = if self.faults.on(Fault::WrongSignature) {
-                    0x6d7670
-                } else {
-                    up::CPUID_SIGNATURE
-                };
-                [0, sig, 0, 0]
-            }
-            0x8000_0000 => [0x8000_0008, 0, 0, 0],
-            // LAHF, NX, 1 GiB pages, RDTSCP, long mode.
-            0x8000_0001 => [0, 0, 1, (1 << 20) | (1 << 26) | (1 << 27) | (1 << 29)],
-            0x8000_0008 => [0x3028, 0, 0, 0],
-            _ => [0; 4],
+    /// The CPUID the guest sees ([`cpuid`]).
+    pub fn cpuid(&self, leaf: u32, sub: u32) -> [u32; 4] {
+        cpuid(self.faults, leaf, sub)
+    }
+}
+
+/// The leaves (and subleaves) the model's VMM configures, in table order: what
+/// `KVM_SET_CPUID2` would have been given. Leaves 7 and 0xd have significant subleaves.
+pub const CPUID_LEAVES: [(u32, u32); 11] = [
+    (0, 0),
+    (1, 0),
+    (7, 0),
+    (0xd, 0),
+    (0xd, 1),
+    (0x4000_0000, 0),
+    (0x4000_0001, 0),
+    (up::CPUID_VENDOR_FEATURES, 0),
+    (0x8000_0000, 0),
+    (0x8000_0001, 0),
+    (0x8000_0008, 0),
+];
+
+/// Whether `leaf` has significant subleaves in [`CPUID_LEAVES`].
+pub const fn subleaf_significant(leaf: u32) -> bool {
+    matches!(leaf, 7 | 0xd)
+}
+
+/// The configured entry for `leaf`/`sub`, if the VMM configured one.
+pub fn configured_cpuid(faults: Faults, leaf: u32, sub: u32) -> Option<[u32; 4]> {
+    CPUID_LEAVES
+        .iter()
+        .any(|&(l, s)| l == leaf && (!subleaf_significant(l) || s == sub))
+        .then(|| cpuid(faults, leaf, sub))
+}
+
+/// CPUID as the guest sees it, plain or synthetic (notes §1): the host traps CPUID (CPUID
+/// faulting) and answers from the VMM's table, KVM leaves with the PVM signature, a modest
+/// x86-64 CPU for the rest; zeros for a leaf the VMM did not configure.
+pub fn cpuid(faults: Faults, leaf: u32, _sub: u32) -> [u32; 4] {
+    let kvm = u32::from_le_bytes(*b"KVMK");
+    let vmk = u32::from_le_bytes(*b"VMKV");
+    let m = u32::from_le_bytes(*b"M\0\0\0");
+    match leaf {
+        0 => [
+            0xd,
+            u32::from_le_bytes(*b"Genu"),
+            u32::from_le_bytes(*b"ntel"),
+            u32::from_le_bytes(*b"ineI"),
+        ],
+        // SSE3, SSSE3, CX16, SSE4.1/4.2, x2APIC, TSC-deadline, hypervisor; FPU..SSE2.
+        1 => [
+            0x000306a9,
+            0x0000_0800,
+            0x8198_2201 | (1 << 21) | (1 << 24),
+            0x078b_fbff,
+        ],
+        0x4000_0000 => [up::CPUID_VENDOR_FEATURES, kvm, vmk, m],
+        0x4000_0001 => [0; 4],
+        up::CPUID_VENDOR_FEATURES => {
+            let sig = if faults.on(Fault::WrongSignature) {
+                0x6d7670
+            } else {
+                up::CPUID_SIGNATURE
+            };
+            [0, sig, 0, 0]
         }
+        0x8000_0000 => [0x8000_0008, 0, 0, 0],
+        // LAHF, NX, 1 GiB pages, RDTSCP, long mode.
+        0x8000_0001 => [0, 0, 1, (1 << 20) | (1 << 26) | (1 << 27) | (1 << 29)],
+        0x8000_0008 => [0x3028, 0, 0, 0],
+        _ => [0; 4],
     }
 }
 

@@ -57,7 +57,13 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         crate::out::stdout(&bench::compare(&a, &b))?;
         return Ok(ExitCode::SUCCESS);
     }
-    args.on.check_target()?;
+    conformance::target::available(args.on.target).map_err(anyhow::Error::msg)?;
+    if args.on.target != conformance::target::TargetKind::Local {
+        bail!(
+            "--target {}: benchmarks run on --target local (the model's speed: cargo xtask bench-model)",
+            args.on.target.name()
+        );
+    }
     let envs = args.on.envs()?;
     if !(2..=1000).contains(&args.repetitions) {
         bail!(

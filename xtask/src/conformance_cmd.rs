@@ -23,7 +23,7 @@ use conformance::output::Outputs;
 use conformance::report::{self, RunInfo, RunStart, tap};
 use conformance::session::Session;
 use conformance::suite::{self, SuiteOptions};
-use conformance::target::{TargetKind, TargetOptions};
+use conformance::target::{TargetKind, TargetOptions, TargetSpec};
 use runner::vm::Cancel;
 
 use crate::out::{errln, outln};
@@ -37,7 +37,7 @@ pub const MAX_TIMEOUT_MS: u64 = 3_600_000;
 /// Where and what to run: shared by `conformance` and `bench`.
 #[derive(Debug, clap::Args)]
 pub struct Where {
-    /// Where to run (local; qemu, ssh, gce and model are not implemented yet).
+    /// Where to run (local, model; qemu, ssh and gce are not implemented yet).
     #[arg(long, default_value = "local", value_parser = target_kind)]
     pub target: TargetKind,
     /// Environments, comma separated (default: every one the guest implements).
@@ -63,9 +63,14 @@ fn target_kind(s: &str) -> Result<TargetKind, String> {
 }
 
 impl Where {
-    /// Refuses targets that do not exist yet (before anything is built).
-    pub fn check_target(&self) -> anyhow::Result<()> {
-        conformance::target::available(self.target).map_err(anyhow::Error::msg)
+    /// The target with its options, checked (before anything is built).
+    pub fn spec(&self, faults: &[String]) -> anyhow::Result<TargetSpec> {
+        let spec = TargetSpec {
+            faults: faults.to_vec(),
+            ..TargetSpec::new(self.target)
+        };
+        spec.check().map_err(anyhow::Error::msg)?;
+        Ok(spec)
     }
 
     /// The environments, parsed and with duplicates merged.
@@ -94,6 +99,10 @@ impl Where {
 pub struct Args {
     #[command(flatten)]
     on: Where,
+    /// --target model: turn on this fault switch of the model (repeatable; `cargo xtask
+    /// mutants-model` lists them)
+    #[arg(long = "fault", value_name = "NAME")]
+    faults: Vec<String>,
     /// List the selected instances instead of running them.
     #[arg(long)]
     list: bool,
@@ -144,7 +153,7 @@ pub struct Args {
 
 /// Checks the numbers and flags that need no file system.
 fn check_args(args: &Args) -> anyhow::Result<()> {
-    args.on.check_target()?;
+    args.on.spec(&args.faults)?;
     if !(MIN_TIMEOUT_MS..=MAX_TIMEOUT_MS).contains(&args.timeout_ms) {
         bail!(
             "--timeout-ms {}: must be between {MIN_TIMEOUT_MS} and {MAX_TIMEOUT_MS}",
@@ -162,15 +171,20 @@ fn check_args(args: &Args) -> anyhow::Result<()> {
 
 /// Builds (or loads) and validates the guest image; says so when a cached one was rebuilt.
 pub fn guest_catalog(image: Option<&PathBuf>) -> anyhow::Result<Catalog> {
+    Ok(guest_image(image)?.0)
+}
+
+/// [`guest_catalog`] and the image's path.
+pub fn guest_image(image: Option<&PathBuf>) -> anyhow::Result<(Catalog, PathBuf)> {
     Ok(match image {
-        Some(p) => conformance::guest_build::load(p)?,
+        Some(p) => (conformance::guest_build::load(p)?, p.clone()),
         None => {
             let built =
                 conformance::guest_build::build(&conformance::guest_build::workspace_root())?;
             if let Some(why) = &built.rebuilt {
                 errln!("note: rebuilt the guest image: {why}");
             }
-            built.catalog
+            (built.catalog, built.path)
         }
     })
 }
@@ -229,7 +243,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         .as_ref()
         .map(|p| Expectations::load(p))
         .transpose()?;
-    let catalog = guest_catalog(args.image.as_ref())?;
+    let (catalog, image_path) = guest_image(args.image.as_ref())?;
     let known = catalog.all_ids();
     for e in Expectations::all_builtin()?
         .iter()
@@ -260,7 +274,8 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         bail!("internal: outputs not validated");
     };
 
-    let target = conformance::target::open(args.on.target, Arc::clone(&catalog.image))
+    let spec = args.on.spec(&args.faults)?;
+    let target = conformance::target::open(&spec, Arc::clone(&catalog.image), &image_path)
         .map_err(anyhow::Error::msg)?;
     if args.require_kvm
         && let Err(why) = target.usable()

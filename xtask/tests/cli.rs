@@ -224,6 +224,21 @@ fn bad_inputs_are_one_line_errors_with_status_2() {
             "not implemented",
         ),
         (
+            "fault switch on the local target",
+            conf(&["--fault", "out-truncated"]),
+            "--target model",
+        ),
+        (
+            "unknown fault switch",
+            conf(&["--target", "model", "--env", "pv-v2", "--fault", "bogus"]),
+            "no such fault switch",
+        ),
+        (
+            "bench on the model",
+            vec!["bench".into(), "--target".into(), "model".into()],
+            "--target local",
+        ),
+        (
             "report is a directory",
             conf(&["--report", dir.to_str().expect("utf-8")]),
             "directory",

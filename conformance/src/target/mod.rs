@@ -5,12 +5,15 @@
 //! the suite nor the reports.
 //!
 //! - [`local`]: this machine's `/dev/kvm`.
+//! - [`model`]: the reference model of the upstream PVM host, a separate process.
 //!
 //! [`open`] turns a [`TargetKind`] into a target; adding a target is its module here and its
 //! arm in [`open`].
 
 pub mod local;
+pub mod model;
 
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -67,7 +70,7 @@ impl TargetKind {
 
 fn not_implemented(kind: TargetKind) -> String {
     format!(
-        "--target {} is not implemented yet; only --target local is",
+        "--target {} is not implemented yet; only --target local and --target model are",
         kind.name()
     )
 }
@@ -75,20 +78,67 @@ fn not_implemented(kind: TargetKind) -> String {
 /// Whether `kind` exists yet (cheap: for refusing it before anything is built).
 pub fn available(kind: TargetKind) -> Result<(), String> {
     match kind {
-        TargetKind::Local => Ok(()),
-        TargetKind::Qemu | TargetKind::Ssh | TargetKind::Gce | TargetKind::Model => {
-            Err(not_implemented(kind))
-        }
+        TargetKind::Local | TargetKind::Model => Ok(()),
+        TargetKind::Qemu | TargetKind::Ssh | TargetKind::Gce => Err(not_implemented(kind)),
     }
 }
 
-/// The target `kind`, ready to run instances of `image`; `Err` names what is missing.
-pub fn open(kind: TargetKind, image: Arc<GuestImage>) -> Result<Box<dyn Target>, String> {
-    match kind {
-        TargetKind::Local => Ok(Box::new(local::LocalTarget::new(image))),
-        TargetKind::Qemu | TargetKind::Ssh | TargetKind::Gce | TargetKind::Model => {
-            Err(not_implemented(kind))
+/// A target as the command line names it: its kind and the options of that kind.
+#[derive(Clone, Debug)]
+pub struct TargetSpec {
+    /// Which target.
+    pub kind: TargetKind,
+    /// `model`: the fault switches to turn on.
+    pub faults: Vec<String>,
+    /// `model`: the `pvmc-model` binary ([`model::binary`] finds or builds it).
+    pub model_binary: Option<PathBuf>,
+}
+
+impl TargetSpec {
+    /// `kind` with no options.
+    pub fn new(kind: TargetKind) -> Self {
+        Self {
+            kind,
+            faults: Vec::new(),
+            model_binary: None,
         }
+    }
+
+    /// `Err` when an option does not belong to the kind (checked before anything is built).
+    pub fn check(&self) -> Result<(), String> {
+        available(self.kind)?;
+        if !self.faults.is_empty() && self.kind != TargetKind::Model {
+            return Err(format!(
+                "--fault: fault switches belong to --target model, not --target {}",
+                self.kind.name()
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// The target `spec` names, ready to run instances of `image` (the file at `image_path`);
+/// `Err` names what is missing.
+pub fn open(
+    spec: &TargetSpec,
+    image: Arc<GuestImage>,
+    image_path: &std::path::Path,
+) -> Result<Box<dyn Target>, String> {
+    spec.check()?;
+    match spec.kind {
+        TargetKind::Local => Ok(Box::new(local::LocalTarget::new(image))),
+        TargetKind::Model => {
+            let binary = match &spec.model_binary {
+                Some(b) => b.clone(),
+                None => model::binary(&crate::guest_build::workspace_root())?,
+            };
+            Ok(Box::new(model::ModelTarget::new(
+                binary,
+                image_path.to_path_buf(),
+                spec.faults.clone(),
+            )?))
+        }
+        TargetKind::Qemu | TargetKind::Ssh | TargetKind::Gce => Err(not_implemented(spec.kind)),
     }
 }
 

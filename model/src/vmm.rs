@@ -1,0 +1,108 @@
+//! The model's VMM side: the requests of `abi::vmm` a case sends over the report channel,
+//! answered from the model's own vCPU state, the way the KVM backend answers them with ioctls
+//! (`runner::kvm::requests`). Ops the model has no counterpart for (memslots, eventfds,
+//! coalesced MMIO, an in-kernel irqchip, NMIs, save/restore) answer `Unsupported`, which the
+//! guest turns into SKIP with the op's name.
+
+use std::sync::OnceLock;
+use std::time::Instant;
+
+use abi::vmm::{Op, Status};
+use runner::vm::{GuestRam, VmmRequest};
+
+use crate::engine::Vcpu;
+use crate::pvm;
+
+type Reply = [u64; 4];
+
+fn ok(r: [u64; 3]) -> Reply {
+    [Status::Ok as u64, r[0], r[1], r[2]]
+}
+
+fn status(s: Status) -> Reply {
+    [s as u64, 0, 0, 0]
+}
+
+/// The host's monotonic clock: nanoseconds since the process first asked.
+fn host_nanos() -> u64 {
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    EPOCH.get_or_init(Instant::now).elapsed().as_nanos() as u64
+}
+
+/// Answers `req` for vCPU `v` (the only one).
+pub fn serve(mem: &dyn GuestRam, v: &mut Vcpu, req: VmmRequest) -> Reply {
+    let Some(op) = Op::from_raw(u64::from(req.op)) else {
+        return status(Status::UnknownOp);
+    };
+    let [a0, a1, _] = req.args;
+    match op {
+        // KVM_GET_MSRS returns no entry for an MSR the host does not know.
+        Op::GetMsr => match v.pvm.rdmsr(a0 as u32) {
+            Some(val) => ok([1, val, 0]),
+            None => ok([0; 3]),
+        },
+        Op::SetMsr => {
+            let accepted = v.pvm.wrmsr(a0 as u32, a1).is_ok();
+            v.pvm.resync = true;
+            ok([u64::from(accepted), 0, 0])
+        }
+        // KVM_INTERRUPT: a vector of 32 or more, delivered once IF allows.
+        Op::Interrupt => match u8::try_from(a0) {
+            Ok(vec) if vec >= 32 => {
+                v.pvm.ext_irq = Some(vec);
+                v.pvm.resync = true;
+                ok([0; 3])
+            }
+            _ => status(Status::BadArgs),
+        },
+        Op::HostNanos => ok([host_nanos(), 0, 0]),
+        Op::ConfiguredCpuid => match pvm::configured_cpuid(v.pvm.faults, a0 as u32, a1 as u32) {
+            Some([a, b, c, d]) => ok([
+                1,
+                u64::from(a) | u64::from(b) << 32,
+                u64::from(c) | u64::from(d) << 32,
+            ]),
+            None => ok([0; 3]),
+        },
+        Op::ConfiguredCpuidEntry => match usize::try_from(a0)
+            .ok()
+            .and_then(|i| pvm::CPUID_LEAVES.get(i))
+        {
+            Some(&(leaf, sub)) => {
+                let [a, b, c, d] = pvm::cpuid(v.pvm.faults, leaf, sub);
+                let significant = u64::from(pvm::subleaf_significant(leaf)) << 63;
+                ok([
+                    u64::from(leaf) | (u64::from(sub) << 32) | significant,
+                    u64::from(a) | (u64::from(b) << 32),
+                    u64::from(c) | (u64::from(d) << 32),
+                ])
+            }
+            None => status(Status::BadArgs),
+        },
+        Op::VcpuId => ok([0; 3]),
+        // What the model's VMM would save: every MSR it knows.
+        Op::MsrListed => ok([u64::from(v.pvm.rdmsr(a0 as u32).is_some()), 0, 0]),
+        // kvm_run.if_flag and ready_for_interrupt_injection, as KVM computes them for a PVM
+        // vCPU: the virtual IF, and nothing else pending.
+        Op::RunFlags => {
+            let on = v.pvm.interrupts_enabled(mem);
+            let ready = on && v.pvm.ext_irq.is_none();
+            ok([u64::from(on), u64::from(ready), 0])
+        }
+        Op::Nmi
+        | Op::IrqLine
+        | Op::RoundTrip
+        | Op::AddMemslot
+        | Op::RemoveMemslot
+        | Op::VcpuEvents
+        | Op::RegisterIoEventfd
+        | Op::EventfdCount
+        | Op::RegisterIrqfd
+        | Op::SignalEventfd
+        | Op::RegisterCoalesced
+        | Op::DrainCoalesced
+        | Op::DeviceLog
+        | Op::DeviceLogLen
+        | Op::DeviceLogClear => status(Status::Unsupported),
+    }
+}
