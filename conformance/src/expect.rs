@@ -69,6 +69,8 @@ fn one_line(text: &str, e: &toml::de::Error) -> String {
 
 /// The built-in expectations of the local dialect.
 pub const LOCAL: &str = include_str!("../expectations/local.toml");
+/// The built-in expectations of the upstream generations (`--target model`).
+pub const UPSTREAM: &str = include_str!("../expectations/upstream.toml");
 
 impl Expectations {
     /// Parses an expectations file's text; `source` names it in errors.
@@ -121,6 +123,12 @@ impl Expectations {
         }
     }
 
+    /// The built-in expectations of the upstream generations, as the reference model plays
+    /// them.
+    pub fn builtin_upstream() -> Result<Self, Error> {
+        Self::parse(UPSTREAM, "built-in expectations/upstream.toml")
+    }
+
     /// Every listed instance id.
     pub fn ids(&self) -> impl Iterator<Item = &str> {
         self.by_id.keys().map(String::as_str)
@@ -128,10 +136,10 @@ impl Expectations {
 
     /// Every built-in expectations file (for checking them all against a case table).
     pub fn all_builtin() -> Result<Vec<Self>, Error> {
-        Ok(vec![Self::parse(
-            LOCAL,
-            "built-in expectations/local.toml",
-        )?])
+        Ok(vec![
+            Self::parse(LOCAL, "built-in expectations/local.toml")?,
+            Self::builtin_upstream()?,
+        ])
     }
 
     /// Refuses an expectation naming an instance that `known` (every id the guest image

@@ -22,7 +22,8 @@ use unicorn_engine::{Arch, MemType, Mode, Prot, RegisterX86, TlbEntry, TlbType, 
 use crate::emulate::{self, Op};
 use crate::faults::Fault;
 use crate::mmu::{self, Access, PageFault, WalkCtx};
-use crate::pvm::{Event, Pvm, Regs, SupervisorSyscall, TripleFault, canonical, sel};
+use crate::pvm::{Event, Pvm, Regs, SupervisorSyscall, TripleFault, WrmsrError, canonical, sel};
+use abi::x86::msr;
 
 /// How often the watchdog stops the emulator to look at the clock.
 pub const SLICE: Duration = Duration::from_millis(2);
@@ -84,7 +85,16 @@ struct Hw {
     walk: WalkCtx,
     pf: Option<PageFault>,
     stop: Option<Stop>,
+    /// The translations handed to Unicorn since the last flush, by page: what a real TLB
+    /// may still hold.
+    fills: std::collections::HashMap<u64, TlbEntry>,
+    /// Stale translations a fault switch keeps past a flush (see `Pvm::keep_stale`): the TLB
+    /// hook answers from here first, until a real flush.
+    pinned: std::collections::HashMap<u64, TlbEntry>,
 }
+
+/// At most this many recorded fills (a TLB is finite; older ones are forgotten).
+const MAX_FILLS: usize = 4096;
 
 type Uc<'a> = Unicorn<'a, Hw>;
 
@@ -290,6 +300,8 @@ pub fn run(
             walk: walk_ctx(&vc.borrow().pvm),
             pf: None,
             stop: None,
+            fills: std::collections::HashMap::new(),
+            pinned: std::collections::HashMap::new(),
         },
     )
     .map_err(uc_err("open"))?;
@@ -386,6 +398,11 @@ pub fn run(
                 let _ = uc.emu_stop();
             }
         }
+        if v.pvm.bases_dirty {
+            v.pvm.bases_dirty = false;
+            let _ = uc.reg_write(RegisterX86::FS_BASE, v.regs.fs_base);
+            let _ = uc.reg_write(RegisterX86::GS_BASE, v.regs.gs_base);
+        }
         if v.pvm.resync {
             // A VMM request changed the vCPU (an interrupt to inject, an MSR): stop at the
             // end of the block so the loop looks at it.
@@ -450,6 +467,9 @@ pub fn run(
                 perms: Prot::READ | Prot::EXEC,
             });
         }
+        if let Some(e) = uc.get_data().pinned.get(&(va & !0xfff)) {
+            return Some(*e);
+        }
         let access = match ty {
             MemType::WRITE => Access::Write,
             MemType::FETCH => Access::Fetch,
@@ -468,10 +488,16 @@ pub fn run(
                 if t.exec {
                     perms |= Prot::EXEC;
                 }
-                Some(TlbEntry {
+                let e = TlbEntry {
                     paddr: t.page,
                     perms,
-                })
+                };
+                let d = uc.get_data_mut();
+                if d.fills.len() >= MAX_FILLS {
+                    d.fills.clear();
+                }
+                d.fills.insert(va & !0xfff, e);
+                Some(e)
             }
             Err(pf) => {
                 uc.get_data_mut().pf = Some(pf);
@@ -589,9 +615,32 @@ fn run_loop(
             std::thread::sleep(Duration::from_micros(200));
             continue;
         }
+        if let Some(which) = v.pvm.keep_stale.take() {
+            // A fault switch: the flush the guest asked for leaves these entries behind.
+            let d = uc.get_data_mut();
+            let kept: Vec<(u64, TlbEntry)> = match which {
+                Some(va) => d
+                    .fills
+                    .get(&(va & !0xfff))
+                    .map(|e| (va & !0xfff, *e))
+                    .into_iter()
+                    .collect(),
+                None => d.fills.iter().map(|(k, e)| (*k, *e)).collect(),
+            };
+            d.pinned.extend(kept);
+            uc.ctl_flush_tlb().map_err(uc_err("flush the TLB"))?;
+        }
         if v.pvm.flush_tlb {
             uc.ctl_flush_tlb().map_err(uc_err("flush the TLB"))?;
+            let d = uc.get_data_mut();
+            d.fills.clear();
+            d.pinned.clear();
             v.pvm.flush_tlb = false;
+        }
+        if v.pvm.tsc_aux_dirty {
+            uc.reg_write_long(RegisterX86::MSR, &msr_bytes(msr::TSC_AUX, v.pvm.tsc_aux))
+                .map_err(uc_err("TSC_AUX"))?;
+            v.pvm.tsc_aux_dirty = false;
         }
         uc.get_data_mut().walk = walk_ctx(&v.pvm);
         uc.get_data_mut().stop = None;
@@ -613,6 +662,7 @@ fn run_loop(
                 v.regs.rip
             );
         }
+        let failed = res.is_err();
         let next = match (pf, stop.clone()) {
             (Some(pf), _) => deliver(
                 mem,
@@ -634,6 +684,16 @@ fn run_loop(
             }
             (None, None) => match res {
                 Ok(()) => Next::Go,
+                // An opcode the CPU does not know: #UD at the instruction, as hardware raises.
+                Err(unicorn_engine::uc_error::INSN_INVALID) => deliver(
+                    mem,
+                    v,
+                    Event::Exception {
+                        vector: 6,
+                        code: None,
+                        cr2: None,
+                    },
+                ),
                 Err(e) => Next::End(RunEnd::Unexpected(format!(
                     "emulator error {e:?} at RIP {:#x} ({} mode)",
                     v.regs.rip,
@@ -646,13 +706,23 @@ fn run_loop(
             Next::End(end) => return Ok(end),
         }
         segments_dirty |= was_user == v.pvm.smod;
-        if pf.is_some() || stop.is_some() {
+        if pf.is_some() || stop.is_some() || failed {
             uc.context_restore(clean)
                 .map_err(uc_err("restore the clean context"))?;
             segments_dirty = true;
+            v.pvm.tsc_aux_dirty = true;
         }
         write_regs(uc, &v.regs, segments_dirty)?;
         segments_dirty = false;
+    }
+}
+
+/// RDMSR of FS_BASE/GS_BASE: the hardware bases.
+fn fs_gs_msr(r: &Regs, idx: u32) -> Option<u64> {
+    match idx {
+        msr::FS_BASE => Some(r.fs_base),
+        msr::GS_BASE => Some(r.gs_base),
+        _ => None,
     }
 }
 
@@ -692,6 +762,37 @@ unsafe extern "C" fn cpuid_proxy(
         }
     }
     1
+}
+
+/// Instructions of the straight-line benchmark ([`straight_line_rate`]).
+const STRAIGHT_LINE_INSNS: u64 = 1 << 20;
+
+/// Unicorn's speed on straight-line code as the model runs it (64-bit mode, hardware ring 0
+/// of a flat mapping, no hooks but the engine's own): `add rax, 1` repeated, executed once
+/// after a warm-up that translates it. Returns instructions per second.
+pub fn straight_line_rate() -> runner::Result<f64> {
+    const BASE: u64 = 0x10_0000;
+    let code: Vec<u8> =
+        std::iter::repeat_n([0x48u8, 0x83, 0xc0, 0x01], STRAIGHT_LINE_INSNS as usize)
+            .flatten()
+            .collect();
+    let size = (code.len() as u64 + 0xfff) & !0xfff;
+    let mut uc = Unicorn::new(Arch::X86, Mode::MODE_64).map_err(uc_err("open"))?;
+    uc.mem_map(BASE, size, Prot::ALL).map_err(uc_err("map"))?;
+    uc.mem_write(BASE, &code).map_err(uc_err("write"))?;
+    let end = BASE + code.len() as u64;
+    uc.emu_start(BASE, end, 0, 0).map_err(uc_err("warm-up"))?;
+    uc.reg_write(RegisterX86::RAX, 0).map_err(uc_err("RAX"))?;
+    let t = Instant::now();
+    uc.emu_start(BASE, end, 0, 0).map_err(uc_err("run"))?;
+    let secs = t.elapsed().as_secs_f64();
+    let rax = uc.reg_read(RegisterX86::RAX).map_err(uc_err("RAX"))?;
+    if rax != STRAIGHT_LINE_INSNS {
+        return Err(runner::RunnerError::Setup(format!(
+            "straight-line benchmark ran {rax} of {STRAIGHT_LINE_INSNS} instructions"
+        )));
+    }
+    Ok(STRAIGHT_LINE_INSNS as f64 / secs.max(1e-9))
 }
 
 /// Environment variable that makes the model print why it triple-faults a vCPU (stderr).
@@ -900,7 +1001,7 @@ fn privileged(
             r.rcx = u64::from(out[2]);
             r.rdx = u64::from(out[3]);
         }
-        Op::Rdmsr => match v.pvm.rdmsr(r.rcx as u32) {
+        Op::Rdmsr => match fs_gs_msr(r, r.rcx as u32).or_else(|| v.pvm.rdmsr(r.rcx as u32)) {
             Some(val) => {
                 r.rax = val & 0xffff_ffff;
                 r.rdx = val >> 32;
@@ -910,17 +1011,23 @@ fn privileged(
         Op::Wrmsr => {
             let val = (r.rdx << 32) | (r.rax & 0xffff_ffff);
             let idx = r.rcx as u32;
-            if idx == abi::upstream::MSR_EVENT_ENTRY
-                && !(canonical(val) && canonical(val.wrapping_add(512)))
-                && !v.pvm.faults.on(Fault::EventEntryNonCanonical)
-            {
-                // A non-canonical EVENT_ENTRY is a triple fault (6.12 host `pvm_set_msr`).
-                return Next::End(shutdown(format!(
-                    "non-canonical MSR_PVM_EVENT_ENTRY {val:#x}"
-                )));
-            }
-            if v.pvm.wrmsr(idx, val).is_err() {
-                return gp(mem, v);
+            if matches!(idx, msr::FS_BASE | msr::GS_BASE) {
+                // The hardware bases, loaded for the guest (the host writes them on its
+                // behalf: notes §6).
+                if !canonical(val) {
+                    return gp(mem, v);
+                }
+                if idx == msr::FS_BASE {
+                    r.fs_base = val;
+                } else {
+                    r.gs_base = val;
+                }
+            } else {
+                match v.pvm.wrmsr(idx, val) {
+                    Ok(()) => {}
+                    Err(WrmsrError::Gp(_)) => return gp(mem, v),
+                    Err(WrmsrError::TripleFault(why)) => return Next::End(shutdown(why)),
+                }
             }
         }
         // Unicorn runs IN and OUT itself and calls the port hooks (it skips the IOPL check),
@@ -1004,7 +1111,9 @@ fn privileged(
                 2 => v.pvm.cr2 = val,
                 3 => {
                     v.pvm.cr3 = val & !(1 << 63);
-                    if !v.pvm.faults.on(Fault::Cr3KeepsStale) {
+                    if v.pvm.faults.on(Fault::Cr3KeepsStale) {
+                        v.pvm.keep_stale = Some(None);
+                    } else {
                         v.pvm.flush_tlb = true;
                     }
                 }
@@ -1039,7 +1148,9 @@ fn privileged(
             }
         }
         Op::Invlpg => {
-            if !v.pvm.faults.on(Fault::InvlpgKeepsStale) {
+            if v.pvm.faults.on(Fault::InvlpgKeepsStale) {
+                v.pvm.keep_stale = Some(None);
+            } else {
                 v.pvm.flush_tlb = true;
             }
         }

@@ -17,6 +17,7 @@
 //! - [`emulate`]: trapped privileged instructions, decoded with iced-x86;
 //! - [`pvm`]: the per-generation rules (MSRs, PVCS, events, ERETU/ERETS, hypercalls);
 //! - [`vmm`]: the VMM requests a case sends, answered from the model's vCPU state;
+//! - [`gaps`]: the cases the model cannot judge yet (they SKIP with the reason);
 //! - [`faults`]: named fault switches that break one rule each (`--fault NAME`).
 //!
 //! Licence: Unicorn is GPL-2.0, so this crate is too; it is a separate binary that the
@@ -26,6 +27,7 @@ pub mod backend;
 pub mod emulate;
 pub mod engine;
 pub mod faults;
+pub mod gaps;
 pub mod mmu;
 pub mod pvm;
 pub mod vmm;

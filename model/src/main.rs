@@ -46,6 +46,16 @@ enum Cmd {
     },
     /// Lists the fault switches, one name per line.
     Faults,
+    /// The model's speed: guest instructions per second on straight-line code, and the
+    /// benchmark cases (event and exit round trips) on pv-v2; median and spread.
+    Bench {
+        /// The guest image.
+        #[arg(long)]
+        image: PathBuf,
+        /// Repetitions (one VM each) per benchmark.
+        #[arg(long, default_value_t = 5)]
+        repetitions: usize,
+    },
 }
 
 fn main() -> Result<()> {
@@ -62,6 +72,7 @@ fn main() -> Result<()> {
             faults,
             timeout_ms,
         } => run(&image, &faults, Duration::from_millis(timeout_ms)),
+        Cmd::Bench { image, repetitions } => bench(&image, repetitions),
     }
 }
 
@@ -126,6 +137,9 @@ fn skip_reason(inst: &conformance::catalog::Instance) -> Option<String> {
             inst.env.name()
         ));
     }
+    if let Some(why) = pvmc_model::gaps::gap(&inst.case.name) {
+        return Some(format!("not modelled yet: {why}"));
+    }
     if inst.case.vcpus > 1 {
         return Some(format!(
             "the reference model runs one vCPU; the case needs {}",
@@ -154,4 +168,92 @@ fn run_one(
         Executed::Done(raw) => CaseResult::new(inst, raw, start.elapsed().as_secs_f64() * 1e3),
         Executed::Cancelled => CaseResult::skipped(inst, "cancelled".into()),
     }
+}
+
+/// `pvmc-model bench`.
+fn bench(image: &std::path::Path, repetitions: usize) -> Result<()> {
+    if !(2..=100).contains(&repetitions) {
+        bail!("--repetitions {repetitions}: must be between 2 and 100");
+    }
+    let mut out = std::io::stdout().lock();
+    let mut rates = Vec::new();
+    for _ in 0..repetitions {
+        rates.push(pvmc_model::engine::straight_line_rate()?);
+    }
+    let s = conformance::bench::stats::stats(&[rates.clone()]);
+    let (lo, hi) = rates
+        .iter()
+        .fold((f64::MAX, f64::MIN), |(a, b), &x| (a.min(x), b.max(x)));
+    writeln!(
+        out,
+        "{:<28} {:>12.1} M instructions/s (min {:.1}, max {:.1}, {} runs)",
+        "straight-line code",
+        s.median_ns / 1e6,
+        lo / 1e6,
+        hi / 1e6,
+        rates.len()
+    )?;
+    let img = GuestImage::load(image)
+        .with_context(|| format!("{}: cannot load the guest image", image.display()))?;
+    let catalog =
+        Catalog::new(img).with_context(|| format!("{}: bad case table", image.display()))?;
+    let sel = Selection {
+        envs: vec![abi::env::Env::PvV2],
+        filters: vec![String::new()],
+        selftest: false,
+        bench: true,
+        suite: Suite::Full,
+        opt_in: false,
+    };
+    let backend = ModelBackend::new(Generation::V2, Faults::NONE);
+    for inst in catalog.instances(&sel) {
+        if inst.case.host != abi::case::HostCheck::Bench {
+            continue;
+        }
+        if inst.case.vcpus > 1 {
+            writeln!(
+                out,
+                "{:<28} skipped: needs {} vCPUs; the model runs one",
+                inst.case.name, inst.case.vcpus
+            )?;
+            continue;
+        }
+        let mut per_metric: std::collections::BTreeMap<String, Vec<Vec<f64>>> =
+            std::collections::BTreeMap::new();
+        let mut note = String::new();
+        for _ in 0..repetitions {
+            let mut vm = exec::boot_instance(&backend, &catalog.image, &inst)?;
+            let khz = f64::from(vm.tsc_khz()?.max(1));
+            let mut h = conformance::host_check::CaseHandler::new(inst.case.host);
+            let end = vm.run(&mut h, &RunLimits::timeout(Duration::from_secs(60)))?;
+            if !matches!(end, runner::vm::RunEnd::Stopped) || h.samples.is_empty() {
+                note = format!("{end:?}: {}", h.lines.join("; "));
+            }
+            let mut rep: std::collections::BTreeMap<String, Vec<f64>> =
+                std::collections::BTreeMap::new();
+            for smp in h.samples.iter().filter(|s| s.ops > 0) {
+                let ns = smp.cycles as f64 * 1e6 / khz / smp.ops as f64;
+                rep.entry(smp.metric.clone()).or_default().push(ns);
+            }
+            for (m, v) in rep {
+                per_metric.entry(m).or_default().push(v);
+            }
+        }
+        if per_metric.is_empty() {
+            writeln!(out, "{:<28} no figures: {}", inst.case.name, note.trim())?;
+        }
+        for (metric, reps) in per_metric {
+            let st = conformance::bench::stats::stats(&reps);
+            writeln!(
+                out,
+                "{:<28} {:>12.0} ns per op (p99 {:.0} ns, CV {:.1}%, {} samples)",
+                metric,
+                st.median_ns,
+                st.p99_ns,
+                st.cv * 100.0,
+                st.samples
+            )?;
+        }
+    }
+    Ok(())
 }

@@ -9,6 +9,8 @@
 
 use std::mem::offset_of;
 
+use abi::x86::msr;
+
 use abi::upstream::{
     self as up, HC_WRMSR_EIO as EIO, KVM_ENOSYS, PvcsV2, event_flags, hc, vector_bits,
 };
@@ -85,42 +87,6 @@ pub mod rflags {
         | 0x1_0000
         | 0x4_0000
         | 0x20_0000;
-}
-
-/// The MSRs the model knows.
-pub mod msr {
-    /// IA32_TIME_STAMP_COUNTER.
-    pub const TSC: u32 = 0x10;
-    /// IA32_APIC_BASE.
-    pub const APIC_BASE: u32 = 0x1b;
-    /// IA32_MISC_ENABLE.
-    pub const MISC_ENABLE: u32 = 0x1a0;
-    /// IA32_PAT.
-    pub const PAT: u32 = 0x277;
-    /// IA32_TSC_DEADLINE.
-    pub const TSC_DEADLINE: u32 = 0x6e0;
-    /// IA32_EFER.
-    pub const EFER: u32 = 0xc000_0080;
-    /// STAR.
-    pub const STAR: u32 = 0xc000_0081;
-    /// LSTAR.
-    pub const LSTAR: u32 = 0xc000_0082;
-    /// CSTAR.
-    pub const CSTAR: u32 = 0xc000_0083;
-    /// SFMASK.
-    pub const FMASK: u32 = 0xc000_0084;
-    /// FS_BASE.
-    pub const FS_BASE: u32 = 0xc000_0100;
-    /// GS_BASE.
-    pub const GS_BASE: u32 = 0xc000_0101;
-    /// KERNEL_GS_BASE.
-    pub const KERNEL_GS_BASE: u32 = 0xc000_0102;
-    /// TSC_AUX.
-    pub const TSC_AUX: u32 = 0xc000_0103;
-    /// First x2APIC MSR.
-    pub const X2APIC_FIRST: u32 = 0x800;
-    /// Last x2APIC MSR.
-    pub const X2APIC_LAST: u32 = 0x8ff;
 }
 
 /// The general registers, RIP, RFLAGS and the bases the rules touch.
@@ -224,6 +190,9 @@ pub struct Pvm {
     pub nmi_masked: bool,
     /// The TLB must be flushed before the guest runs again.
     pub flush_tlb: bool,
+    /// A fault switch skipped a flush the guest asked for: the engine keeps the translations
+    /// the TLB held (`Some(va)`: that page's, `None`: all) past its own flushes.
+    pub keep_stale: Option<Option<u64>>,
     /// Halted until an interrupt.
     pub halted: bool,
     /// Pending external interrupt vectors (IRR), as a bitmap.
@@ -234,10 +203,44 @@ pub struct Pvm {
     pub apic: std::collections::BTreeMap<u32, u64>,
     /// TSC deadline (0 = disarmed).
     pub tsc_deadline: u64,
+    /// MSRs the model only stores (SYSENTER_*, DEBUGCTL, MTRRs, MCG_STATUS): KVM keeps them
+    /// per vCPU and gives them no effect a case can see.
+    pub stored_msrs: std::collections::BTreeMap<u32, u64>,
+    /// The VMM wrote FS_BASE/GS_BASE into `Regs` while the engine ran: the port hook loads
+    /// them into the emulated CPU.
+    pub bases_dirty: bool,
+    /// TSC_AUX changed: the engine loads it into the emulated CPU (RDTSCP reads it there).
+    pub tsc_aux_dirty: bool,
     /// An interrupt the VMM injected (`KVM_INTERRUPT`: no APIC, no ISR), waiting for IF.
     pub ext_irq: Option<u8>,
     /// A VMM request changed this state while the engine ran: the run loop must look again.
     pub resync: bool,
+}
+
+/// Why a WRMSR failed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum WrmsrError {
+    /// A #GP, with the rule.
+    Gp(String),
+    /// The host shuts the vCPU down, with the rule.
+    TripleFault(String),
+}
+
+/// MSRs the model stores without effect ([`Pvm::stored_msrs`]).
+fn stored(idx: u32) -> bool {
+    matches!(
+        idx,
+        msr::SYSENTER_CS
+            | msr::SYSENTER_ESP
+            | msr::SYSENTER_EIP
+            | msr::DEBUGCTL
+            | msr::MCG_STATUS
+            | msr::MTRR_DEF_TYPE
+            | msr::MTRR_FIX64K
+            | 0x258
+            | 0x259
+            | 0x268..=0x26f
+    ) || (msr::MTRR_PHYSBASE0..msr::MTRR_PHYSBASE0 + 16).contains(&idx)
 }
 
 /// Host default of the range MSR: upper-half PML4 indexes 0x1e0..0x1f0 (16 slots, 8 TiB), a
@@ -313,11 +316,15 @@ impl Pvm {
             apic_base: 0xfee0_0000 | (1 << 11) | (1 << 10) | (1 << 8),
             nmi_masked: false,
             flush_tlb: true,
+            keep_stale: None,
             halted: false,
             irr: [0; 4],
             isr: [0; 4],
             apic: std::collections::BTreeMap::new(),
             tsc_deadline: 0,
+            stored_msrs: std::collections::BTreeMap::new(),
+            tsc_aux_dirty: true,
+            bases_dirty: false,
             ext_irq: None,
             resync: false,
         }
@@ -579,7 +586,11 @@ impl Pvm {
             hc::LOAD_PGTBL => {
                 // v2: LOAD_PGTBL(flags, cr3); flags bit 0 flushes (notes §11).
                 self.cr3 = a1;
-                if a0 & 1 != 0 || !f.on(Fault::Cr3KeepsStale) {
+                // (Without the flag the model flushes too: a host may, and a guest must not
+                // count on stale entries.)
+                if a0 & 1 != 0 && f.on(Fault::Cr3KeepsStale) {
+                    self.keep_stale = Some(None);
+                } else {
                     self.flush_tlb = true;
                 }
                 0
@@ -597,13 +608,17 @@ impl Pvm {
                 0
             }
             hc::TLB_FLUSH | hc::TLB_FLUSH_CURRENT => {
-                if !f.on(Fault::TlbFlushKeepsStale) {
+                if f.on(Fault::TlbFlushKeepsStale) {
+                    self.keep_stale = Some(None);
+                } else {
                     self.flush_tlb = true;
                 }
                 0
             }
             hc::TLB_INVLPG => {
-                if !f.on(Fault::InvlpgKeepsStale) {
+                if f.on(Fault::InvlpgKeepsStale) {
+                    self.keep_stale = Some(Some(a0));
+                } else {
                     self.flush_tlb = true;
                 }
                 0
@@ -636,7 +651,7 @@ impl Pvm {
             msr::STAR => self.star,
             msr::LSTAR => self.lstar,
             msr::CSTAR => self.cstar,
-            msr::FMASK => self.fmask,
+            msr::SFMASK => self.fmask,
             msr::KERNEL_GS_BASE => self.kernel_gs_base,
             msr::TSC_AUX => self.tsc_aux,
             msr::PAT => self.pat,
@@ -650,13 +665,33 @@ impl Pvm {
             }
             msr::TSC_DEADLINE => self.tsc_deadline,
             msr::MISC_ENABLE => 1,
-            msr::X2APIC_FIRST..=msr::X2APIC_LAST => return self.apic_read(idx),
+            msr::X2APIC_FIRST..msr::X2APIC_END => return self.apic_read(idx),
+            // Fixed-range MTRRs, WC, 8 variable ranges (KVM's `KVM_MTRR_CAP`).
+            msr::MTRRCAP => 0x508,
+            // No MCE banks beyond what KVM reports by default: MCG_CAP read-only.
+            msr::MCG_CAP => 0,
+            _ if stored(idx) => self.stored_msrs.get(&idx).copied().unwrap_or(0),
             _ => return None,
         })
     }
 
-    /// WRMSR: `Err` is #GP, with the rule (v2 validity checks, notes §2 and §11).
-    pub fn wrmsr(&mut self, idx: u32, v: u64) -> Result<(), String> {
+    /// WRMSR: `Err` is #GP or a triple fault, with the rule (v2 validity checks, notes §2 and
+    /// §11).
+    pub fn wrmsr(&mut self, idx: u32, v: u64) -> Result<(), WrmsrError> {
+        self.wrmsr_gp(idx, v).map_err(WrmsrError::Gp)?;
+        if idx == up::MSR_EVENT_ENTRY && !self.faults.on(Fault::EventEntryNonCanonical) {
+            let ok = canonical(v) && canonical(v.wrapping_add(512));
+            if !ok {
+                // 6.12 host `pvm_set_msr`: a non-canonical EVENT_ENTRY is a triple fault.
+                return Err(WrmsrError::TripleFault(format!(
+                    "non-canonical MSR_PVM_EVENT_ENTRY {v:#x}"
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    fn wrmsr_gp(&mut self, idx: u32, v: u64) -> Result<(), String> {
         let f = self.faults;
         match idx {
             up::MSR_LINEAR_ADDRESS_RANGE => {
@@ -681,15 +716,8 @@ impl Pvm {
                 }
                 self.vcpu_struct = v;
             }
-            up::MSR_EVENT_ENTRY => {
-                let ok = canonical(v) && canonical(v.wrapping_add(512));
-                if !ok && !f.on(Fault::EventEntryNonCanonical) {
-                    return Err(format!(
-                        "MSR_PVM_EVENT_ENTRY {v:#x} (or +512) not canonical"
-                    ));
-                }
-                self.event_entry = v;
-            }
+            // Checked by `wrmsr` (a triple fault, not a #GP).
+            up::MSR_EVENT_ENTRY => self.event_entry = v,
             up::MSR_RETU_RIP => self.retu_rip = v,
             msr::EFER => {
                 if v & !(1 | (1 << 8) | (1 << 10) | (1 << 11)) != 0 {
@@ -712,7 +740,7 @@ impl Pvm {
                 self.lstar = v;
             }
             msr::CSTAR => self.cstar = v,
-            msr::FMASK => self.fmask = v,
+            msr::SFMASK => self.fmask = v,
             msr::KERNEL_GS_BASE => {
                 if !canonical(v) {
                     return Err(format!("KERNEL_GS_BASE {v:#x} not canonical"));
@@ -724,12 +752,25 @@ impl Pvm {
                     return Err(format!("TSC_AUX {v:#x} has high bits"));
                 }
                 self.tsc_aux = v;
+                self.tsc_aux_dirty = true;
             }
             msr::PAT => self.pat = v,
             msr::TSC_DEADLINE => self.tsc_deadline = v,
             msr::APIC_BASE => self.apic_base = v,
             msr::MISC_ENABLE => {}
-            msr::X2APIC_FIRST..=msr::X2APIC_LAST => return self.apic_write(idx, v),
+            msr::X2APIC_FIRST..msr::X2APIC_END => return self.apic_write(idx, v),
+            msr::MTRRCAP | msr::MCG_CAP => return Err(format!("MSR {idx:#x} is read-only")),
+            msr::MTRR_DEF_TYPE if v & !0xcff != 0 => {
+                return Err(format!("MTRR_DEF_TYPE {v:#x} sets reserved bits"));
+            }
+            msr::DEBUGCTL if v != 0 => {
+                return Err(format!(
+                    "DEBUGCTL {v:#x}: the model offers no debug-control bits"
+                ));
+            }
+            _ if stored(idx) => {
+                self.stored_msrs.insert(idx, v);
+            }
             _ => return Err(format!("unknown MSR {idx:#x}")),
         }
         Ok(())
@@ -890,8 +931,13 @@ pub fn cpuid(faults: Faults, leaf: u32, _sub: u32) -> [u32; 4] {
             [0, sig, 0, 0]
         }
         0x8000_0000 => [0x8000_0008, 0, 0, 0],
-        // LAHF, NX, 1 GiB pages, RDTSCP, long mode.
-        0x8000_0001 => [0, 0, 1, (1 << 20) | (1 << 26) | (1 << 27) | (1 << 29)],
+        // LAHF; SYSCALL, NX, 1 GiB pages, RDTSCP, long mode.
+        0x8000_0001 => [
+            0,
+            0,
+            1,
+            (1 << 11) | (1 << 20) | (1 << 26) | (1 << 27) | (1 << 29),
+        ],
         0x8000_0008 => [0x3028, 0, 0, 0],
         _ => [0; 4],
     }

@@ -285,6 +285,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let host = target.host();
     let expectations = match user_expectations {
         Some(e) => e,
+        None if spec.kind == TargetKind::Model => Expectations::builtin_upstream()?,
         None => Expectations::builtin(host.dialect)?,
     };
     errln!(

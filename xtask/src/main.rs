@@ -18,6 +18,7 @@ mod certify_cmd;
 mod conformance_cmd;
 mod coverage_cmd;
 mod diff_cmd;
+mod mutants_cmd;
 mod out;
 mod plot;
 mod tidy;
@@ -45,6 +46,16 @@ enum Cmd {
     Certify(certify_cmd::Args),
     /// The case instances whose outcome differs between two reports (exit 1 if any).
     Diff(diff_cmd::Args),
+    /// Run the upstream cases on the reference model once per fault switch; print which
+    /// cases caught each switch and `caught N/M`.
+    MutantsModel(mutants_cmd::Args),
+    /// The reference model's speed (release build): guest instructions per second on
+    /// straight-line code and the pv-v2 benchmark cases, median and spread.
+    BenchModel {
+        /// Repetitions (one VM each) per benchmark.
+        #[arg(long, default_value_t = 5)]
+        repetitions: usize,
+    },
     /// Build the guest image (x86_64-unknown-none) and print its path.
     BuildGuests,
 }
@@ -57,6 +68,8 @@ fn main() -> ExitCode {
         Cmd::Coverage(args) => coverage_cmd::run(args),
         Cmd::Certify(args) => certify_cmd::run(args),
         Cmd::Diff(args) => diff_cmd::run(args),
+        Cmd::MutantsModel(args) => mutants_cmd::run(args),
+        Cmd::BenchModel { repetitions } => mutants_cmd::bench_model(repetitions),
         Cmd::BuildGuests => {
             conformance::guest_build::build(&conformance::guest_build::workspace_root())
                 .map_err(anyhow::Error::from)

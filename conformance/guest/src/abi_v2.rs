@@ -1,0 +1,197 @@
+//! ABI cases of the upstream v2 generation (the 6.12 line; docs/research/pvm-v2-host-semantics.md):
+//! hypercall results and errors, MSR validity checks, the PVCS on event delivery, the TLB
+//! hypercalls. They run in `pv-v2` only.
+
+use guest_lib::abi::env::{Area, Env};
+use guest_lib::abi::upstream::{
+    CPUID_SIGNATURE, CPUID_VENDOR_FEATURES, HC_BASE, HC_WRMSR_EIO, KVM_ENOSYS, MSR_VCPU_STRUCT, hc,
+};
+use guest_lib::abi::x86::msr;
+use guest_lib::arch::instr;
+use guest_lib::case::Spec;
+use guest_lib::env::{self, pv_v2};
+use guest_lib::exception::Exception;
+use guest_lib::paging::{Pte, PteFlags, set_pte};
+use guest_lib::{case, check, check_eq};
+
+use crate::common::{TEST_VA, remap_fixture};
+
+const fn v2(name: &'static str, summary: &'static str) -> Spec {
+    Spec::new(name, Area::Abi, summary).envs(Env::PvV2.bit())
+}
+
+/// A hypercall number no generation defines.
+const UNKNOWN_HC: u64 = HC_BASE + 0x100;
+
+fn hc_unknown() {
+    check_eq!(
+        pv_v2::hypercall(UNKNOWN_HC, 0, 0, 0),
+        Ok(KVM_ENOSYS),
+        "an unknown hypercall number returns -KVM_ENOSYS"
+    );
+}
+case!(
+    hc_unknown,
+    v2(
+        "abi.v2.hc_unknown",
+        "an unknown hypercall number returns -KVM_ENOSYS (-1000)"
+    )
+    .reqs("UP-HC-1")
+);
+
+fn hc_wrmsr_unknown() {
+    check_eq!(
+        pv_v2::hypercall(hc::WRMSR, 0x4b56_4dff, 1, 0),
+        Ok(HC_WRMSR_EIO),
+        "PVM_HC_WRMSR of an MSR the host does not know"
+    );
+}
+case!(
+    hc_wrmsr_unknown,
+    v2(
+        "abi.v2.hc_wrmsr_unknown",
+        "PVM_HC_WRMSR of an unknown MSR fails with -EIO"
+    )
+    .reqs("UP-HC-2")
+);
+
+fn hc_rdmsr() {
+    let old = instr::rdmsr(msr::TSC_AUX);
+    let want = 0x5a5au64;
+    check_eq!(
+        instr::wrmsr_safe(msr::TSC_AUX, want),
+        Ok(()),
+        "WRMSR TSC_AUX"
+    );
+    check_eq!(
+        pv_v2::hypercall(hc::RDMSR, u64::from(msr::TSC_AUX), 0, 0),
+        Ok(want as i64),
+        "PVM_HC_RDMSR of TSC_AUX after WRMSR"
+    );
+    check_eq!(
+        instr::wrmsr_safe(msr::TSC_AUX, old),
+        Ok(()),
+        "restoring TSC_AUX"
+    );
+}
+case!(
+    hc_rdmsr,
+    v2("abi.v2.hc_rdmsr", "PVM_HC_RDMSR returns what WRMSR stored").reqs("UP-HC-3")
+);
+
+fn vcpu_struct_unaligned() {
+    let pvcs = pv_v2::pvcs_gpa(0);
+    check_eq!(
+        instr::wrmsr_safe(MSR_VCPU_STRUCT, pvcs + 8),
+        Err(Exception::gp(0)),
+        "MSR_PVM_VCPU_STRUCT not page aligned"
+    );
+    check_eq!(
+        instr::rdmsr_safe(MSR_VCPU_STRUCT),
+        Ok(pvcs),
+        "MSR_PVM_VCPU_STRUCT keeps the registered PVCS"
+    );
+}
+case!(
+    vcpu_struct_unaligned,
+    v2(
+        "abi.v2.vcpu_struct_unaligned",
+        "WRMSR of a PVCS address that is not page aligned is #GP(0)"
+    )
+    .reqs("UP-MSR-1")
+);
+
+fn signature() {
+    let kvm = env::current().pv_cpuid(0x4000_0000, 0);
+    check!(
+        kvm.is_ok_and(|r| [r[1], r[2], r[3]] == [0x4b4d_564b, 0x564b_4d56, 0x0000_004d]),
+        "the KVM signature at CPUID 0x40000000: {:x?}",
+        kvm
+    );
+    let pvm = env::current().pv_cpuid(CPUID_VENDOR_FEATURES, 0);
+    check_eq!(
+        pvm.map(|r| r[1]),
+        Ok(CPUID_SIGNATURE),
+        "the PVM signature in EBX of CPUID {:#x}",
+        CPUID_VENDOR_FEATURES
+    );
+}
+case!(
+    signature,
+    v2(
+        "abi.v2.signature",
+        "the synthetic CPUID shows the KVM and PVM signatures"
+    )
+    .reqs("UP-DETECT-1")
+);
+
+fn tsc_msr() {
+    let a = instr::rdmsr_safe(msr::TSC);
+    let b = instr::rdmsr_safe(msr::TSC);
+    check!(
+        matches!((a, b), (Ok(x), Ok(y)) if x > 0 && y > x),
+        "RDMSR of the TSC twice: {:x?} then {:x?}",
+        a,
+        b
+    );
+}
+case!(
+    tsc_msr,
+    v2("abi.v2.tsc_msr", "RDMSR of IA32_TSC reads a running TSC").reqs("UP-MSR-2")
+);
+
+/// Remaps `TEST_VA` from frame A to frame B, runs `flush` and checks that B is read.
+fn remap_then(flush: impl Fn(), what: &str) {
+    let (_, b) = remap_fixture();
+    set_pte(TEST_VA, Pte::map(&b, PteFlags::RW));
+    flush();
+    check_eq!(
+        instr::read_u64_safe(TEST_VA.get()),
+        Ok(0xbbbb),
+        "after remap + {}",
+        what
+    );
+    set_pte(TEST_VA, Pte::ABSENT);
+    env::current().flush_tlb().ok();
+}
+
+fn tlb_hypercalls() {
+    remap_then(
+        || {
+            check_eq!(
+                pv_v2::hypercall(hc::TLB_INVLPG, TEST_VA.get(), 0, 0),
+                Ok(0),
+                "PVM_HC_TLB_INVLPG"
+            );
+        },
+        "PVM_HC_TLB_INVLPG",
+    );
+    remap_then(
+        || {
+            check_eq!(
+                pv_v2::hypercall(hc::TLB_FLUSH, 0, 0, 0),
+                Ok(0),
+                "PVM_HC_TLB_FLUSH"
+            );
+        },
+        "PVM_HC_TLB_FLUSH",
+    );
+    remap_then(
+        || {
+            check_eq!(
+                pv_v2::hypercall(hc::LOAD_PGTBL, 1, instr::read_cr3(), 0),
+                Ok(0),
+                "PVM_HC_LOAD_PGTBL with the flush flag"
+            );
+        },
+        "PVM_HC_LOAD_PGTBL(flush)",
+    );
+}
+case!(
+    tlb_hypercalls,
+    v2(
+        "abi.v2.tlb_hypercalls",
+        "TLB_INVLPG, TLB_FLUSH and LOAD_PGTBL with the flush flag drop stale translations"
+    )
+    .reqs("UP-TLB-1")
+);
