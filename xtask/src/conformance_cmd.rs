@@ -151,18 +151,21 @@ pub struct Args {
     require_kvm: bool,
 }
 
+/// Checks `--timeout-ms` and `--jobs` (shared by the commands that run instances).
+pub fn check_timeout_and_jobs(timeout_ms: u64, jobs: usize) -> anyhow::Result<()> {
+    if !(MIN_TIMEOUT_MS..=MAX_TIMEOUT_MS).contains(&timeout_ms) {
+        bail!("--timeout-ms {timeout_ms}: must be between {MIN_TIMEOUT_MS} and {MAX_TIMEOUT_MS}");
+    }
+    if !(1..=256).contains(&jobs) {
+        bail!("--jobs {jobs}: must be between 1 and 256");
+    }
+    Ok(())
+}
+
 /// Checks the numbers and flags that need no file system.
 fn check_args(args: &Args) -> anyhow::Result<()> {
     args.on.spec(&args.faults)?;
-    if !(MIN_TIMEOUT_MS..=MAX_TIMEOUT_MS).contains(&args.timeout_ms) {
-        bail!(
-            "--timeout-ms {}: must be between {MIN_TIMEOUT_MS} and {MAX_TIMEOUT_MS}",
-            args.timeout_ms
-        );
-    }
-    if !(1..=256).contains(&args.jobs) {
-        bail!("--jobs {}: must be between 1 and 256", args.jobs);
-    }
+    check_timeout_and_jobs(args.timeout_ms, args.jobs)?;
     if args.list && args.resume {
         bail!("--list and --resume do not go together");
     }

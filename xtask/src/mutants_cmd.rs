@@ -20,7 +20,7 @@ use conformance::target::model::{self, ModelTarget};
 use conformance::target::{Target, TargetOptions};
 use runner::vm::Cancel;
 
-use crate::conformance_cmd::{MAX_TIMEOUT_MS, MIN_TIMEOUT_MS, Where, guest_image};
+use crate::conformance_cmd::{Where, guest_image};
 use crate::out::{errln, outln};
 
 #[derive(Debug, clap::Args)]
@@ -60,15 +60,7 @@ fn outcomes(
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
-    if !(MIN_TIMEOUT_MS..=MAX_TIMEOUT_MS).contains(&args.timeout_ms) {
-        bail!(
-            "--timeout-ms {}: must be between {MIN_TIMEOUT_MS} and {MAX_TIMEOUT_MS}",
-            args.timeout_ms
-        );
-    }
-    if !(1..=256).contains(&args.jobs) {
-        bail!("--jobs {}: must be between 1 and 256", args.jobs);
-    }
+    crate::conformance_cmd::check_timeout_and_jobs(args.timeout_ms, args.jobs)?;
     let envs = if args.on.env.is_empty() {
         vec![
             abi::env::Env::PvV1,
