@@ -70,6 +70,11 @@ pub enum HostCheck {
     /// same case with [`io::SIBLING_PARAM`] added to its parameter (while this one goes on
     /// running); at checkpoint 1 it waits for that VM's result, which must be PASS.
     Sibling = 8,
+    /// The guest reports checkpoint 0, then does what must make the host shut the vCPU down
+    /// (a triple fault, e.g. an invalid PVM entry point): the case passes when the run ends in
+    /// a shutdown after checkpoint 0 and before any final status. A guest that goes on
+    /// reports FAIL itself.
+    Shutdown = 9,
 }
 
 impl HostCheck {
@@ -85,6 +90,7 @@ impl HostCheck {
             6 => Self::Lifecycle,
             7 => Self::Scratch,
             8 => Self::Sibling,
+            9 => Self::Shutdown,
             _ => return None,
         })
     }

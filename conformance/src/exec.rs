@@ -112,6 +112,11 @@ pub fn classify(
     dump: impl FnOnce() -> String,
 ) -> RawResult {
     let mut parts = h.lines.clone();
+    // A HostCheck::Shutdown case whose guest reached checkpoint 0 and no final status.
+    let expected_shutdown = h.check() == abi::case::HostCheck::Shutdown
+        && h.last_checkpoint == Some(0)
+        && h.result.is_none()
+        && h.host_failures.is_empty();
     let host_failures = h.host_failures.iter().map(|f| format!("host check: {f}"));
     let crash = |what: String, mut parts: Vec<String>| {
         parts.push(format!("{what}; registers: {}", dump()));
@@ -162,6 +167,10 @@ pub fn classify(
             ),
             parts,
         ),
+        Ok(RunEnd::Shutdown) if expected_shutdown => {
+            parts.push("the host shut the vCPU down after checkpoint 0, as it must".into());
+            (Outcome::Pass, parts)
+        }
         Ok(RunEnd::Shutdown) => crash("triple fault (KVM_EXIT_SHUTDOWN)".into(), parts),
         Ok(RunEnd::InternalError(sub)) => crash(
             format!(
@@ -186,7 +195,8 @@ pub fn classify(
             .result
             .as_ref()
             .map_or(0, |r| r.checks)
-            .saturating_add(h.host_checks),
+            .saturating_add(h.host_checks)
+            .saturating_add(u32::from(outcome == Outcome::Pass && expected_shutdown)),
     }
 }
 
@@ -243,5 +253,24 @@ mod tests {
         assert!(r.detail.contains("timeout") && r.detail.contains("rip=0x1"));
         let r = classify(Ok(RunEnd::Stopped), &h, String::new);
         assert_eq!(r.outcome, Outcome::Crash);
+    }
+
+    #[test]
+    fn a_shutdown_passes_only_where_the_case_expects_it_after_checkpoint_0() {
+        let mut h = CaseHandler::new(HostCheck::Shutdown);
+        let r = classify(Ok(RunEnd::Shutdown), &h, String::new);
+        assert_eq!(
+            r.outcome,
+            Outcome::Crash,
+            "before checkpoint 0: {}",
+            r.detail
+        );
+        h.report(&Message::new(MessageKind::Checkpoint));
+        let r = classify(Ok(RunEnd::Shutdown), &h, String::new);
+        assert_eq!((r.outcome, r.checks), (Outcome::Pass, 1), "{}", r.detail);
+        let mut other = CaseHandler::new(HostCheck::None);
+        other.report(&Message::new(MessageKind::Checkpoint));
+        let r = classify(Ok(RunEnd::Shutdown), &other, String::new);
+        assert_eq!(r.outcome, Outcome::Crash, "a case that does not expect it");
     }
 }

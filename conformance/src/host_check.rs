@@ -80,6 +80,25 @@ pub fn device_for(check: HostCheck, sibling: Option<SiblingLauncher>) -> Box<dyn
         HostCheck::Bench | HostCheck::ExitLoop => Box::new(BenchSink),
         HostCheck::Lifecycle => Box::new(Lifecycle),
         HostCheck::Scratch => Box::new(Scratch::new()),
+        HostCheck::Shutdown => Box::new(ExpectShutdown),
+    }
+}
+
+/// [`HostCheck::Shutdown`]: only checkpoint 0 (the shutdown itself is judged by
+/// `crate::exec::classify`, from [`CaseHandler::last_checkpoint`]).
+#[derive(Debug)]
+struct ExpectShutdown;
+
+impl Device for ExpectShutdown {
+    fn checkpoint(&mut self, n: u64) -> Result<(), String> {
+        match n {
+            0 => Ok(()),
+            n => Err(format!("checkpoint {n}: this host check takes only 0")),
+        }
+    }
+
+    fn finish(&mut self, _: &mut Vec<String>) -> u32 {
+        0
     }
 }
 
@@ -497,6 +516,8 @@ pub struct CaseHandler {
     pub host_checks: u32,
     /// Benchmark samples.
     pub samples: Vec<Sample>,
+    /// The last checkpoint the guest reported.
+    pub last_checkpoint: Option<u64>,
 }
 
 impl CaseHandler {
@@ -515,7 +536,13 @@ impl CaseHandler {
             host_failures: Vec::new(),
             host_checks: 0,
             samples: Vec::new(),
+            last_checkpoint: None,
         }
+    }
+
+    /// The case's host check.
+    pub fn check(&self) -> HostCheck {
+        self.check
     }
 
     fn answer(&self, h: Handled, what: impl FnOnce() -> String) -> Action {
@@ -570,6 +597,7 @@ impl ExitHandler for CaseHandler {
                 Action::Continue
             }
             Some(MessageKind::Checkpoint) => {
+                self.last_checkpoint = Some(msg.values[0]);
                 if let Err(why) = self.device.checkpoint(msg.values[0]) {
                     self.host_failures.push(why);
                 }

@@ -189,7 +189,10 @@ fn write_regs(uc: &mut Uc<'_>, r: &Regs, segments: bool) -> runner::Result<()> {
         .map_err(uc_err("FS base"))?;
     uc.reg_write(RegisterX86::GS_BASE, r.gs_base)
         .map_err(uc_err("GS base"))?;
-    if segments {
+    // A load through the stub that has not run yet (the engine has not started since) must
+    // not be skipped by writing RIP directly: the CPU would stay at CPL0 in guest code.
+    let stub_pending = uc.pc_read().is_ok_and(|pc| pc == HOST_CODE_VA);
+    if segments || stub_pending {
         // Through the IRETQ stub (see HOST_CODE_VA): RIP, CS, RFLAGS, RSP, SS.
         let frame: Vec<u8> = [r.rip, u64::from(r.cs), r.rflags, r.rsp, u64::from(r.ss)]
             .iter()
@@ -595,6 +598,15 @@ fn run_loop(
         // Pending interrupts (notes §5.6): delivered when IF allows, else marked pending.
         v.pvm.tick(host_tsc());
         if v.pvm.interrupt_waiting() {
+            if std::env::var_os(TRACE_VAR).is_some() {
+                eprintln!(
+                    "pvmc-model: interrupt waiting: irr {:x?} isr {:x?} if {} tpr {}",
+                    v.pvm.irr,
+                    v.pvm.isr,
+                    v.pvm.interrupts_enabled(mem),
+                    v.pvm.cr8
+                );
+            }
             if v.pvm.interrupts_enabled(mem) {
                 if let Some(vec) = v.pvm.next_interrupt() {
                     let was_user = !v.pvm.smod;
@@ -652,7 +664,12 @@ fn run_loop(
         let mut guard = vc.borrow_mut();
         let v: &mut Vcpu = &mut guard;
         v.pvm.resync = false;
-        read_regs(uc, &mut v.regs);
+        // Stopped before the IRETQ stub ran (a stop request that was already pending): the
+        // CPU holds the stub's state, not the guest's, and `v.regs` is still what the stub
+        // is to load.
+        if uc.pc_read().map_err(uc_err("PC"))? != HOST_CODE_VA {
+            read_regs(uc, &mut v.regs);
+        }
         let stop = uc.get_data_mut().stop.take();
         let pf = uc.get_data_mut().pf.take();
         let was_user = !v.pvm.smod;
@@ -1011,6 +1028,9 @@ fn privileged(
         Op::Wrmsr => {
             let val = (r.rdx << 32) | (r.rax & 0xffff_ffff);
             let idx = r.rcx as u32;
+            if std::env::var_os(TRACE_VAR).is_some() {
+                eprintln!("pvmc-model: wrmsr {idx:#x} = {val:#x}");
+            }
             if matches!(idx, msr::FS_BASE | msr::GS_BASE) {
                 // The hardware bases, loaded for the guest (the host writes them on its
                 // behalf: notes §6).

@@ -61,24 +61,8 @@ pub const GAPS: &[(&str, &str)] = &[
         "the model does not enforce the guest's CR4.OSXMMEXCPT (the emulated CPU runs with the \
          host's CR4)",
     ),
-    (
-        "interrupts.hlt_wakeup",
-        "the model's HLT does not yet wake on every event source the case uses",
-    ),
-    (
-        "interrupts.timer_delivery",
-        "the model's HLT does not yet wake on every event source the case uses",
-    ),
     ("io.hlt_exit", "the model does not give the VMM a HLT exit"),
     ("interrupts.ioapic.", "the model has no IOAPIC"),
-    (
-        "interrupts.lapic.oneshot",
-        "the model's x2APIC has only the TSC-deadline timer mode",
-    ),
-    (
-        "interrupts.lapic.periodic",
-        "the model's x2APIC has only the TSC-deadline timer mode",
-    ),
     (
         "interrupts.lapic.self_ipi",
         "the model's x2APIC ISR is not yet visible the way the case reads it",

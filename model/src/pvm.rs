@@ -203,6 +203,8 @@ pub struct Pvm {
     pub apic: std::collections::BTreeMap<u32, u64>,
     /// TSC deadline (0 = disarmed).
     pub tsc_deadline: u64,
+    /// The running one-shot/periodic LVT timer: (start in APIC-clock ns, initial count).
+    pub lvt_timer: Option<(u64, u64)>,
     /// MSRs the model only stores (SYSENTER_*, DEBUGCTL, MTRRs, MCG_STATUS): KVM keeps them
     /// per vCPU and gives them no effect a case can see.
     pub stored_msrs: std::collections::BTreeMap<u32, u64>,
@@ -322,6 +324,7 @@ impl Pvm {
             isr: [0; 4],
             apic: std::collections::BTreeMap::new(),
             tsc_deadline: 0,
+            lvt_timer: None,
             stored_msrs: std::collections::BTreeMap::new(),
             tsc_aux_dirty: true,
             bases_dirty: false,
@@ -789,7 +792,7 @@ impl Pvm {
                 self.irr[((idx - 0x820) / 2) as usize] >> (32 * ((idx - 0x820) % 2)) & 0xffff_ffff,
             ),
             0x832 | 0x835..=0x838 | 0x83e | 0x830 => Some(*self.apic.get(&idx).unwrap_or(&0)),
-            0x839 => Some(0),
+            msr::X2APIC_TIMER_CUR => Some(self.timer_current(apic_clock_ns())),
             _ => None,
         }
     }
@@ -803,7 +806,15 @@ impl Pvm {
                     self.isr[usize::from(vec / 64)] &= !(1 << (vec % 64));
                 }
             }
-            0x80f | 0x832 | 0x835..=0x838 | 0x83e => {
+            msr::X2APIC_TIMER_INIT => {
+                self.apic.insert(idx, v & 0xffff_ffff);
+                // In TSC-deadline mode the initial count is ignored (SDM 11.5.4.1).
+                let tsc_deadline_mode =
+                    (self.apic.get(&msr::X2APIC_LVT_TIMER).unwrap_or(&0) >> 17) & 3 == 2;
+                self.lvt_timer = (v & 0xffff_ffff != 0 && !tsc_deadline_mode)
+                    .then(|| (apic_clock_ns(), v & 0xffff_ffff));
+            }
+            0x80f | 0x832 | 0x835..=0x837 | 0x83e => {
                 self.apic.insert(idx, v);
             }
             0x83f => self.request_interrupt((v & 0xff) as u8),
@@ -853,8 +864,40 @@ impl Pvm {
         self.ext_irq.take().or_else(|| self.take_interrupt())
     }
 
-    /// Fires the TSC-deadline timer if it expired.
+    /// The LVT timer's divisor (TDCR encoding, SDM vol. 3A 11.5.4).
+    fn timer_divisor(&self) -> u64 {
+        let d = *self.apic.get(&msr::X2APIC_TIMER_DIV).unwrap_or(&0);
+        let code = (d & 3) | ((d >> 1) & 4);
+        if code == 7 { 1 } else { 2 << code }
+    }
+
+    /// The LVT timer's current count at `now_ns` (0 when it is not running).
+    fn timer_current(&self, now_ns: u64) -> u64 {
+        let Some((start, count)) = self.lvt_timer else {
+            return 0;
+        };
+        let ticks = now_ns.saturating_sub(start) / self.timer_divisor();
+        count.saturating_sub(ticks)
+    }
+
+    /// Fires the TSC-deadline timer if it expired, and the one-shot/periodic LVT timer (a
+    /// 1 GHz APIC bus, as KVM's: one count per nanosecond before the divisor).
     pub fn tick(&mut self, now: u64) {
+        let lvt = *self.apic.get(&msr::X2APIC_LVT_TIMER).unwrap_or(&(1 << 16));
+        if let Some((start, count)) = self.lvt_timer {
+            let now_ns = apic_clock_ns();
+            let period = count.saturating_mul(self.timer_divisor());
+            if now_ns.saturating_sub(start) >= period {
+                self.lvt_timer = if lvt & (1 << 17) != 0 && count != 0 {
+                    Some((start + period, count))
+                } else {
+                    None
+                };
+                if lvt & (1 << 16) == 0 {
+                    self.request_interrupt((lvt & 0xff) as u8);
+                }
+            }
+        }
         if self.tsc_deadline != 0 && now >= self.tsc_deadline {
             self.tsc_deadline = 0;
             let lvt = *self.apic.get(&0x832).unwrap_or(&(1 << 16));
@@ -941,6 +984,15 @@ pub fn cpuid(faults: Faults, leaf: u32, _sub: u32) -> [u32; 4] {
         0x8000_0008 => [0x3028, 0, 0, 0],
         _ => [0; 4],
     }
+}
+
+/// The APIC timer's clock: nanoseconds since the process first asked.
+fn apic_clock_ns() -> u64 {
+    static EPOCH: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    EPOCH
+        .get_or_init(std::time::Instant::now)
+        .elapsed()
+        .as_nanos() as u64
 }
 
 fn highest(bits: &[u64; 4]) -> Option<u8> {

@@ -2,15 +2,19 @@
 //! hypercall results and errors, MSR validity checks, the PVCS on event delivery, the TLB
 //! hypercalls. They run in `pv-v2` only.
 
+use core::sync::atomic::{AtomicU64, Ordering};
+
+use guest_lib::abi::case::HostCheck;
 use guest_lib::abi::env::{Area, Env};
 use guest_lib::abi::upstream::{
-    CPUID_SIGNATURE, CPUID_VENDOR_FEATURES, HC_BASE, HC_WRMSR_EIO, KVM_ENOSYS, MSR_VCPU_STRUCT, hc,
+    CPUID_SIGNATURE, CPUID_VENDOR_FEATURES, HC_BASE, HC_WRMSR_EIO, KVM_ENOSYS, MSR_EVENT_ENTRY,
+    MSR_VCPU_STRUCT, event_flags, hc, vector_bits,
 };
 use guest_lib::abi::x86::msr;
 use guest_lib::arch::instr;
 use guest_lib::case::Spec;
 use guest_lib::env::{self, pv_v2};
-use guest_lib::exception::Exception;
+use guest_lib::exception::{self, Exception, Frame};
 use guest_lib::paging::{Pte, PteFlags, set_pte};
 use guest_lib::{case, check, check_eq};
 
@@ -194,4 +198,81 @@ case!(
         "TLB_INVLPG, TLB_FLUSH and LOAD_PGTBL with the flush flag drop stale translations"
     )
     .reqs("UP-TLB-1")
+);
+
+/// What the #BP hook saw: the frame's vector word (with the PVCS's event bits) and
+/// `PVCS.event_flags` (`u64::MAX`: no #BP yet).
+static SEEN_VECTOR: AtomicU64 = AtomicU64::new(u64::MAX);
+static SEEN_FLAGS: AtomicU64 = AtomicU64::new(u64::MAX);
+
+fn record_bp(frame: &mut Frame, e: Exception) -> bool {
+    if e.vector != 3 {
+        return false;
+    }
+    SEEN_VECTOR.store(frame.vector, Ordering::SeqCst);
+    SEEN_FLAGS.store(pv_v2::read_event_flags(), Ordering::SeqCst);
+    true
+}
+
+/// The arithmetic flags (CF, PF, AF, ZF, SF, OF) and the fixed bit 1.
+const ARITH: u64 = 0x8d5;
+
+fn event_pvcs() {
+    let env = env::current();
+    exception::set_hook(Some(record_bp));
+    env.set_interrupts(true);
+    let after = instr::int3_with_flags(ARITH | 0x2);
+    let flags_after = pv_v2::read_event_flags();
+    env.set_interrupts(false);
+    exception::set_hook(None);
+    let vector = SEEN_VECTOR.load(Ordering::SeqCst);
+    check!(vector != u64::MAX, "the #BP handler did not run");
+    check_eq!(vector & 0xff, 3, "PVCS.event_vector's vector");
+    check_eq!(
+        vector & u64::from(vector_bits::STD),
+        u64::from(vector_bits::STD),
+        "PVCS.event_vector has STD (a synchronous event not yet consumed)"
+    );
+    check_eq!(
+        SEEN_FLAGS.load(Ordering::SeqCst) & event_flags::IF,
+        0,
+        "PVCS.event_flags.IF in the handler (delivery clears it)"
+    );
+    check_eq!(
+        flags_after & event_flags::IF,
+        event_flags::IF,
+        "PVCS.event_flags.IF after the return"
+    );
+    check_eq!(
+        after & ARITH,
+        ARITH,
+        "the arithmetic flags after the return (PVCS.eflags must carry them)"
+    );
+}
+case!(
+    event_pvcs,
+    v2(
+        "abi.v2.event_pvcs",
+        "a supervisor #BP: PVCS vector with STD, IF cleared in the handler, RFLAGS and IF back after"
+    )
+    .reqs("UP-EVT-1")
+);
+
+fn event_entry_non_canonical() {
+    guest_lib::report::checkpoint(0, [0; 3]);
+    let r = instr::wrmsr_safe(MSR_EVENT_ENTRY, 0x8000_0000_0000_0000);
+    check!(
+        false,
+        "WRMSR of a non-canonical MSR_PVM_EVENT_ENTRY came back ({:?}) instead of a shutdown",
+        r
+    );
+}
+case!(
+    event_entry_non_canonical,
+    v2(
+        "abi.v2.event_entry_non_canonical",
+        "WRMSR of a non-canonical MSR_PVM_EVENT_ENTRY shuts the vCPU down (triple fault)"
+    )
+    .host(HostCheck::Shutdown)
+    .reqs("UP-MSR-3")
 );

@@ -253,6 +253,31 @@ pub fn int3_safe() -> Result<(), Exception> {
     with_fixup!("int3")
 }
 
+/// Loads RFLAGS with `flags` (the bits CPL3 code may change; IF and IOPL stay), executes a
+/// plain `int3` (no fixup: the event goes to the exception hook, which must resume after
+/// it) and returns RFLAGS as the instruction after it sees them: a handler's return must
+/// restore the interrupted flags.
+pub fn int3_with_flags(flags: u64) -> u64 {
+    let out: u64;
+    // SAFETY: POPFQ at any privilege level changes only the flags that level may change (no
+    // memory effect); the #BP handler returns after the `int3`, where PUSHFQ/POP read the
+    // flags back. The target has no red zone and the block is not `nostack`, so its pushes
+    // clobber nothing live.
+    unsafe {
+        asm!(
+            "pushq {f}",
+            "popfq",
+            "int3",
+            "pushfq",
+            "popq {o}",
+            f = in(reg) flags,
+            o = lateout(reg) out,
+            options(att_syntax)
+        )
+    }
+    out
+}
+
 /// Divides by zero (`div` with a zero divisor).
 pub fn divide_by_zero_safe() -> Result<(), Exception> {
     with_fixup!("divq {d}", d = in(reg) 0u64, inout("rax") 1u64 => _, inout("rdx") 0u64 => _)

@@ -61,7 +61,9 @@ pvmc_v2_event_entry:
     pushq {rip}(%rcx)
     movzwl {errcode}(%rcx), %r11d
     pushq %r11
-    movzbl {vector}(%rcx), %r11d
+    # The whole vector word: the event bits above the vector (STD, NMI, MCE) go into the
+    # frame too (the dispatcher looks at the low byte).
+    movzwl {vector}(%rcx), %r11d
     pushq %r11
 "#,
     super::push_gprs!(),
