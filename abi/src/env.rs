@@ -71,9 +71,10 @@ impl Env {
             .filter(|e| e.guest_support() == GuestSupport::Implemented)
     }
 
-    /// Whether the VMM maps the guest image supervisor-only (U/S=0): a host that forces SMEP
-    /// (the v2 line does when it has NX) cannot run supervisor code from user pages. The
-    /// loader reads this; everything else the VMM maps stays U/S=1.
+    /// Whether the VMM maps the guest image's code supervisor-only (U/S=0): a host that forces
+    /// SMEP (the v2 line does when it has NX) cannot run supervisor code from user pages. The
+    /// loader reads this and then also maps the whole image at `layout::USER_IMAGE_ALIAS`,
+    /// U/S=1, for user code; the image's data pages and everything else stay U/S=1.
     pub const fn image_supervisor_only(self) -> bool {
         matches!(self, Env::PvV2)
     }

@@ -69,6 +69,18 @@ pub const fn stack_top(cpu: u32) -> u64 {
 pub const IMAGE_BASE: u64 = 0x20_0000;
 /// End (exclusive) of the area reserved for the guest image.
 pub const IMAGE_END: u64 = 0x40_0000;
+/// Page table of the image's 2 MiB when the loader maps its code supervisor-only
+/// (`Env::image_supervisor_only`): code pages U/S=0, the rest U/S=1.
+pub const IMAGE_PT_GPA: u64 = 0x1_0000;
+const _: () = assert!(IMAGE_PT_GPA >= VIF_GPA + MAX_VCPUS as u64 * PAGE_SIZE);
+/// Where a loader that maps the image supervisor-only (`Env::image_supervisor_only`) maps it
+/// a second time, U/S=1, for the user-mode code of the image (one 2 MiB page).
+pub const USER_IMAGE_ALIAS: u64 = 0x200_0000;
+/// [`USER_IMAGE_ALIAS`] minus [`IMAGE_BASE`]: an image address plus this is its user alias.
+pub const USER_ALIAS_OFFSET: u64 = USER_IMAGE_ALIAS - IMAGE_BASE;
+const _: () = assert!(IMAGE_END - IMAGE_BASE == LARGE_PAGE_SIZE);
+const _: () = assert!(USER_IMAGE_ALIAS.is_multiple_of(LARGE_PAGE_SIZE));
+const _: () = assert!(USER_IMAGE_ALIAS >= FREE_END);
 /// Initial RSP (supervisor stack top).
 pub const SUPERVISOR_STACK_TOP: u64 = 0x41_0000;
 /// Top of the stack used for user-mode (CPL3) code.

@@ -72,6 +72,13 @@ pub fn run_raw(entry: u64, arg: u64) -> UserExit {
     if crate::arch::instr::msr_borrowed() {
         crate::error!("user mode entered while instr::with_msr has a SYSCALL MSR borrowed");
     }
+    // The trampoline calls `entry` from user mode: at its user address.
+    let in_image = (abi::layout::IMAGE_BASE..abi::layout::IMAGE_END).contains(&entry);
+    let entry = if in_image {
+        entry + crate::env::current().user_code_offset()
+    } else {
+        entry
+    };
     EXIT.set(None);
     ACTIVE.set(true);
     arch::user_enter(arg, entry, abi::layout::USER_STACK_TOP);
@@ -122,6 +129,19 @@ pub(crate) fn on_user_event(frame: &mut Frame, ex: Exception) {
     }
     if ex.vector == vector::UD && frame.rip == arch::user_exit_rip() {
         leave(UserExit::Returned(frame.gprs.rax));
+    }
+    // Where user code runs from an alias of the image (`Environment::user_code_offset`), an
+    // absolute code address (a jump table, a function pointer) fetches the supervisor-only
+    // image: resuming sends RIP to the alias (the environment's return stub translates it).
+    let offset = crate::env::current().user_code_offset();
+    let in_image = (abi::layout::IMAGE_BASE..abi::layout::IMAGE_END).contains(&ex.cr2);
+    if offset != 0
+        && ex.vector == vector::PF
+        && ex.error_code & abi::x86::pfec::I != 0
+        && ex.cr2 == frame.rip
+        && in_image
+    {
+        return;
     }
     if let Some(hook) = FAULT_HOOK.get()
         && hook(frame, ex)

@@ -681,15 +681,26 @@ fn run_loop(
         }
         let failed = res.is_err();
         let next = match (pf, stop.clone()) {
-            (Some(pf), _) => deliver(
-                mem,
-                v,
-                Event::Exception {
-                    vector: 14,
-                    code: Some(pf.code),
-                    cr2: Some(pf.addr),
-                },
-            ),
+            (Some(pf), _) => {
+                // Unicorn asks for code translations by page: a fetch fault on RIP's own page
+                // is at RIP (an instruction that crosses into the next page faults at that
+                // page's start, which is what the hook saw).
+                let fetch = pf.code & abi::x86::pfec::I != 0;
+                let addr = if fetch && pf.addr & !0xfff == v.regs.rip & !0xfff {
+                    v.regs.rip
+                } else {
+                    pf.addr
+                };
+                deliver(
+                    mem,
+                    v,
+                    Event::Exception {
+                        vector: 14,
+                        code: Some(pf.code),
+                        cr2: Some(addr),
+                    },
+                )
+            }
             (None, Some(Stop::Intr(n))) => exception(mem, v, handler, n),
             (None, Some(Stop::Syscall)) => syscall(mem, v),
             (None, Some(Stop::Handler(a))) => action(a),
@@ -724,13 +735,72 @@ fn run_loop(
         }
         segments_dirty |= was_user == v.pvm.smod;
         if pf.is_some() || stop.is_some() || failed {
+            // The clean context would reset the FPU/SSE state too: keep the guest's.
+            let fpu = FpuState::read(uc)?;
             uc.context_restore(clean)
                 .map_err(uc_err("restore the clean context"))?;
+            fpu.write(uc)?;
             segments_dirty = true;
             v.pvm.tsc_aux_dirty = true;
         }
         write_regs(uc, &v.regs, segments_dirty)?;
         segments_dirty = false;
+    }
+}
+
+/// The x87 and SSE registers, kept across the clean-context restore.
+struct FpuState {
+    long: Vec<(RegisterX86, Vec<u8>)>,
+    short: Vec<(RegisterX86, u64)>,
+}
+
+/// The registers of [`FpuState`].
+const FPU_LONG: [RegisterX86; 24] = {
+    use RegisterX86::*;
+    [
+        XMM0, XMM1, XMM2, XMM3, XMM4, XMM5, XMM6, XMM7, XMM8, XMM9, XMM10, XMM11, XMM12, XMM13,
+        XMM14, XMM15, ST0, ST1, ST2, ST3, ST4, ST5, ST6, ST7,
+    ]
+};
+const FPU_SHORT: [RegisterX86; 4] = [
+    RegisterX86::FPCW,
+    RegisterX86::FPSW,
+    RegisterX86::FPTAG,
+    RegisterX86::MXCSR,
+];
+
+impl FpuState {
+    fn read(uc: &Uc<'_>) -> runner::Result<Self> {
+        let mut long = Vec::with_capacity(FPU_LONG.len());
+        for r in FPU_LONG {
+            long.push((
+                r,
+                uc.reg_read_long(r)
+                    .map_err(uc_err("read an FPU register"))?
+                    .into(),
+            ));
+        }
+        let mut short = Vec::with_capacity(FPU_SHORT.len());
+        for r in FPU_SHORT {
+            short.push((
+                r,
+                uc.reg_read(r)
+                    .map_err(uc_err("read an FPU control register"))?,
+            ));
+        }
+        Ok(Self { long, short })
+    }
+
+    fn write(&self, uc: &mut Uc<'_>) -> runner::Result<()> {
+        for (r, v) in &self.long {
+            uc.reg_write_long(*r, v)
+                .map_err(uc_err("write an FPU register"))?;
+        }
+        for &(r, v) in &self.short {
+            uc.reg_write(r, v)
+                .map_err(uc_err("write an FPU control register"))?;
+        }
+        Ok(())
     }
 }
 

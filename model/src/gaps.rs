@@ -95,6 +95,46 @@ pub const GAPS: &[(&str, &str)] = &[
         "isolation.two_vms",
         "the model target runs one VM per instance and starts no sibling VM",
     ),
+    (
+        "priv.cpl0.cr4_tsd",
+        "the model does not load the guest's CR4.TSD into the emulated CPU",
+    ),
+    (
+        "priv.user_exc.nm",
+        "the model does not enforce the guest's CR0.TS (the emulated CPU runs with the host's CR0)",
+    ),
+    (
+        "priv.user_exc.xm",
+        "the model does not enforce the guest's CR4.OSXMMEXCPT (the emulated CPU runs with the host's CR4)",
+    ),
+    (
+        "priv.user_exc.xm_as_ud",
+        "the model does not enforce the guest's CR4.OSXMMEXCPT (the emulated CPU runs with the host's CR4)",
+    ),
+    (
+        "priv.user_exc.ac",
+        "the model does not load the guest's CR0.AM into the emulated CPU (no #AC)",
+    ),
+    (
+        "priv.cpl3_gp.load_kernel_ds",
+        "Unicorn does not report exception error codes: the model's #GP carries 0",
+    ),
+    (
+        "interrupts.cpl0.gp_selector",
+        "Unicorn does not report exception error codes: the model's #GP carries 0",
+    ),
+    (
+        "priv.cpl3_gp.rdpmc",
+        "Unicorn does not implement RDPMC (it raises #UD)",
+    ),
+    (
+        "isolation.return.noncanonical_rip",
+        "the model's ERETU does not check RIP for canonical form; what the 6.12 host does is not researched yet",
+    ),
+    (
+        "isolation.return.noncanonical_rsp",
+        "the model's ERETU does not check RSP for canonical form; what the 6.12 host does is not researched yet",
+    ),
     ("vmm.highest_vcpu_id", "the model runs one vCPU, with id 0"),
     ("vmm.memslot_readonly", "the model's VMM adds no memslots"),
     (

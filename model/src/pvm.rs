@@ -567,6 +567,10 @@ impl Pvm {
         mem: &dyn GuestRam,
         r: &mut Regs,
     ) -> Result<(SupervisorSyscall, Option<Event>), TripleFault> {
+        // What SYSCALL itself does to the registers (SDM: RCX = next RIP, R11 = RFLAGS);
+        // ERETU and the hypercall path then put their values in.
+        r.rcx = r.rip;
+        r.r11 = r.rflags;
         if self.retu_rip != 0 && r.rip == self.retu_rip.wrapping_add(2) {
             let ev = self.eretu(mem, r)?;
             return Ok((SupervisorSyscall::Eretu, ev));

@@ -37,7 +37,13 @@ impl BootParams {
 /// Writes the page tables, loads the image, writes the boot info and sets every vCPU's start
 /// state (see [`setup`]).
 pub fn boot(vm: &mut dyn Vm, image: &GuestImage, p: &BootParams) -> Result<()> {
-    setup::write_page_tables(vm.memory(), p.env)?;
+    let code: Vec<std::ops::Range<u64>> = image
+        .segments
+        .iter()
+        .filter(|s| s.executable)
+        .map(|s| s.gpa..s.gpa + s.mem_size)
+        .collect();
+    setup::write_page_tables(vm.memory(), p.env, &code)?;
     image.load_into(vm.memory())?;
     let tsc_khz = vm.tsc_khz()?;
     setup::write_boot_info(vm.memory(), p, tsc_khz)?;

@@ -24,7 +24,11 @@ const TABLE: u64 = pte::P | pte::RW | pte::US;
 /// the rest with 2 MiB pages), the MMIO window, the upper-half alias (`HIGH_ALIAS`) and the
 /// user-PML4 mirror the local host uses. The image's 2 MiB page is supervisor-only when the
 /// environment says so (`Env::image_supervisor_only`).
-pub fn write_page_tables(mem: &dyn GuestRam, env: abi::env::Env) -> Result<()> {
+pub fn write_page_tables(
+    mem: &dyn GuestRam,
+    env: abi::env::Env,
+    code: &[std::ops::Range<u64>],
+) -> Result<()> {
     for pml4 in [PML4_GPA, USER_PML4_GPA] {
         mem.write_u64(pml4, PDPT_GPA | TABLE)?;
         mem.write_u64(pml4 + 8 * 511, PDPT_GPA | TABLE)?;
@@ -36,12 +40,28 @@ pub fn write_page_tables(mem: &dyn GuestRam, env: abi::env::Env) -> Result<()> {
     }
     let image_pde = abi::layout::IMAGE_BASE / LARGE_PAGE_SIZE;
     for i in 1..RAM_SIZE / LARGE_PAGE_SIZE {
-        let flags = if i == image_pde && env.image_supervisor_only() {
-            TABLE & !pte::US
-        } else {
-            TABLE
-        };
-        mem.write_u64(PD_GPA + 8 * i, (i * LARGE_PAGE_SIZE) | flags | pte::PS)?;
+        if i == image_pde && env.image_supervisor_only() {
+            // 4 KiB pages: the code supervisor-only, the data user-accessible (user code run
+            // from the alias reaches statics by absolute address too).
+            let pt = abi::layout::IMAGE_PT_GPA;
+            mem.write_u64(PD_GPA + 8 * i, pt | TABLE)?;
+            for p in 0..LARGE_PAGE_SIZE / PAGE_SIZE {
+                let pa = abi::layout::IMAGE_BASE + p * PAGE_SIZE;
+                let is_code = code.iter().any(|r| r.start < pa + PAGE_SIZE && pa < r.end);
+                let flags = if is_code { TABLE & !pte::US } else { TABLE };
+                mem.write_u64(pt + 8 * p, pa | flags)?;
+            }
+            continue;
+        }
+        mem.write_u64(PD_GPA + 8 * i, (i * LARGE_PAGE_SIZE) | TABLE | pte::PS)?;
+    }
+    if env.image_supervisor_only() {
+        // The user alias of the image (`abi::layout::USER_IMAGE_ALIAS`), U/S=1.
+        let alias = abi::layout::USER_IMAGE_ALIAS / LARGE_PAGE_SIZE;
+        mem.write_u64(
+            PD_GPA + 8 * alias,
+            abi::layout::IMAGE_BASE | TABLE | pte::PS,
+        )?;
     }
     let window = MMIO_WINDOW / LARGE_PAGE_SIZE;
     mem.write_u64(PD_GPA + 8 * window, MMIO_WINDOW | TABLE | pte::PS)
@@ -101,7 +121,7 @@ mod tests {
     fn page_tables_identity_map_ram_and_leave_page_zero_out() {
         let m = MmapRam::new(RAM_SIZE).expect("mmap");
         let m: &dyn GuestRam = &m;
-        write_page_tables(m, abi::env::Env::Hvm64).expect("fits");
+        write_page_tables(m, abi::env::Env::Hvm64, &[]).expect("fits");
         assert_eq!(
             m.read_u64(PML4_GPA).expect("r"),
             m.read_u64(USER_PML4_GPA).expect("r")

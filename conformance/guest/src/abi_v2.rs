@@ -276,3 +276,27 @@ case!(
     .host(HostCheck::Shutdown)
     .reqs("UP-MSR-3")
 );
+
+extern "C" fn u_rdgsbase(_: u64) -> u64 {
+    instr::rdgsbase()
+}
+
+fn user_gsbase() {
+    const BASE: u64 = 0x0000_1234_5678_9000;
+    pv_v2::set_user_gsbase(BASE);
+    let r = guest_lib::user::run(u_rdgsbase, 0);
+    pv_v2::set_user_gsbase(0);
+    check_eq!(
+        r,
+        guest_lib::user::UserExit::Returned(BASE),
+        "RDGSBASE in user mode after ERETU with PVCS.user_gsbase set"
+    );
+}
+case!(
+    user_gsbase,
+    v2(
+        "abi.v2.user_gsbase",
+        "ERETU loads the user GS base from PVCS.user_gsbase"
+    )
+    .reqs("UP-ERETU-1")
+);

@@ -278,6 +278,14 @@ pub fn int3_with_flags(flags: u64) -> u64 {
     out
 }
 
+/// `rdgsbase` (needs CR4.FSGSBASE, which the hosts here set).
+pub fn rdgsbase() -> u64 {
+    let v: u64;
+    // SAFETY: reads a register; no memory effect.
+    unsafe { asm!("rdgsbase {}", out(reg) v, options(att_syntax, nomem, nostack)) }
+    v
+}
+
 /// Divides by zero (`div` with a zero divisor).
 pub fn divide_by_zero_safe() -> Result<(), Exception> {
     with_fixup!("divq {d}", d = in(reg) 0u64, inout("rax") 1u64 => _, inout("rdx") 0u64 => _)

@@ -86,6 +86,12 @@ pub trait Environment: Sync {
         &[]
     }
 
+    /// What to add to an image address to get the address user code runs it at (non-zero
+    /// where the loader maps the image supervisor-only and aliases it for user mode).
+    fn user_code_offset(&self) -> u64 {
+        0
+    }
+
     /// Whether the environment can run code in user mode (`crate::user`).
     fn user_mode(&self) -> Result<(), EnvError> {
         Ok(())

@@ -43,6 +43,11 @@ pub fn read_event_flags() -> u64 {
     raw::read_event_flags(pvcs_gpa(cpu_index()))
 }
 
+/// Sets the GS base user mode gets on the next ERETU (`PVCS.user_gsbase`).
+pub fn set_user_gsbase(v: u64) {
+    raw::write_user_gsbase(pvcs_gpa(cpu_index()), v);
+}
+
 fn write_event_flags(v: u64) {
     raw::write_event_flags(pvcs_gpa(cpu_index()), v);
 }
@@ -66,6 +71,7 @@ impl Environment for PvV2 {
 
     fn init_bsp(&self, _: &BootInfo) {
         register(0);
+        crate::arch::stubs::install_user_returns(raw::user_returns());
     }
 
     fn init_ap(&self, cpu: u32) {
@@ -130,9 +136,10 @@ impl Environment for PvV2 {
     }
 
     fn user_mode(&self) -> Result<(), EnvError> {
-        Err(EnvError::Unsupported(
-            "user mode on pv-v2 is not implemented yet: the v2 host forces SMEP, so user code \
-             needs a user-mode alias of the guest image",
-        ))
+        Ok(())
+    }
+
+    fn user_code_offset(&self) -> u64 {
+        abi::layout::USER_ALIAS_OFFSET
     }
 }

@@ -14,8 +14,17 @@
 //!
 //! The PVCS of the vCPU is found from RSP (`abi::layout` gives each vCPU its stack): at or
 //! below `USER_STACK_TOP` it is vCPU 0's, above it vCPU `(rsp - USER_STACK_TOP - 1) /
-//! AP_STACK_SIZE + 1`'s. Events from user mode are not supported yet (user mode on this
-//! environment needs a user alias of the image: SMEP is forced).
+//! AP_STACK_SIZE + 1`'s.
+//!
+//! User mode (vCPU 0 only, as everywhere): the host forces SMEP, so the image is mapped
+//! supervisor-only and user code runs from its user alias (`abi::layout::USER_IMAGE_ALIAS`).
+//! Frames always hold image addresses: the stubs translate a user RIP from the alias on the way
+//! in and back to it on the way out, so the rest of the library never sees the alias.
+//! - +0 (an event from user mode) and the LSTAR entry (a user `syscall`): the host left RSP
+//!   at the user stack and the user context in the PVCS; the stubs switch to the trap stack
+//!   and build the common frame (or the SYSCALL frame) from the PVCS;
+//! - the return to user mode: RCX, R11, RIP, CS, RFLAGS and SS go into the PVCS, RSP is
+//!   loaded, and the `syscall` at `MSR_PVM_RETU_RIP` is ERETU.
 
 use abi::upstream::{PvcsV2, SYNTHETIC_CPUID};
 
@@ -40,6 +49,24 @@ core::arch::global_asm!(
     shlq $12, %rcx
     addq ${pvcs0}, %rcx
 92:
+    .endm
+
+    # An address of the image's user alias becomes the image address (and back).
+    .macro pvmc_v2_to_image reg
+    cmpq ${alias}, \reg
+    jb 95f
+    cmpq ${alias_end}, \reg
+    jae 95f
+    subq ${alias_off}, \reg
+95:
+    .endm
+    .macro pvmc_v2_to_alias reg
+    cmpq ${image}, \reg
+    jb 96f
+    cmpq ${image_end}, \reg
+    jae 96f
+    addq ${alias_off}, \reg
+96:
     .endm
 
     .balign 4096
@@ -68,6 +95,15 @@ pvmc_v2_event_entry:
 "#,
     super::push_gprs!(),
     r#"
+    # The host writes the error code only for an event that has one: drop a stale one.
+    movzbl 120(%rsp), %eax
+    cmpl $32, %eax
+    jae 97f
+    movl ${errmask}, %edx
+    btl %eax, %edx
+    jc 98f
+97: movq $0, 128(%rsp)
+98:
     movq {rcx}(%rcx), %r11
     movq %r11, 16(%rsp)
     movq {r11}(%rcx), %r11
@@ -104,7 +140,113 @@ pvmc_v2_event_entry:
 2:  iretq
 
 pvmc_v2_user_event:
+    # From user mode: RSP = the user stack, the user context in vCPU 0's PVCS.
+    movq %rsp, pvmc_v2_user_rsp(%rip)
+    leaq pvmc_trap_stack_top(%rip), %rsp
+    movl ${pvcs0}, %ecx
+    movzwl {o_user_ss}(%rcx), %r11d
+    pushq %r11
+    pushq pvmc_v2_user_rsp(%rip)
+    movl {eflags}(%rcx), %r11d
+    pushq %r11
+    movzwl {o_user_cs}(%rcx), %r11d
+    pushq %r11
+    movq {rip}(%rcx), %r11
+    pvmc_v2_to_image %r11
+    pushq %r11
+    movzwl {errcode}(%rcx), %r11d
+    pushq %r11
+    movzwl {vector}(%rcx), %r11d
+    pushq %r11
+"#,
+    super::push_gprs!(),
+    r#"
+    # The host writes the error code only for an event that has one: drop a stale one.
+    movzbl 120(%rsp), %eax
+    cmpl $32, %eax
+    jae 97f
+    movl ${errmask}, %edx
+    btl %eax, %edx
+    jc 98f
+97: movq $0, 128(%rsp)
+98:
+    movq {rcx}(%rcx), %r11
+    movq %r11, 16(%rsp)
+    movq {r11}(%rcx), %r11
+    movq %r11, 80(%rsp)
+    movb $0, {vector}+1(%rcx)
+    movq %rsp, %rdi
+    cld
+    call pvmc_exception_dispatch
+"#,
+    super::pop_gprs!(),
+    r#"
+    addq $16, %rsp
+    jmp *pvmc_user_returns(%rip)
+
+    # A user `syscall`, at LSTAR: RSP = the user stack, RIP/RCX/R11/RFLAGS in the PVCS.
+    .global pvmc_v2_syscall_entry
+pvmc_v2_syscall_entry:
+    movq %rsp, pvmc_v2_user_rsp(%rip)
+    leaq pvmc_trap_stack_top(%rip), %rsp
+    movl ${pvcs0}, %ecx
+    movzwl {o_user_ss}(%rcx), %r11d
+    pushq %r11
+    pushq pvmc_v2_user_rsp(%rip)
+    movl {eflags}(%rcx), %r11d
+    pushq %r11
+    movzwl {o_user_cs}(%rcx), %r11d
+    pushq %r11
+    movq {rip}(%rcx), %r11
+    pvmc_v2_to_image %r11
+    pushq %r11
+"#,
+    super::push_gprs!(),
+    r#"
+    movq {rcx}(%rcx), %r11
+    pvmc_v2_to_image %r11
+    movq %r11, 16(%rsp)
+    movq {r11}(%rcx), %r11
+    movq %r11, 80(%rsp)
+    movq %rsp, %rdi
+    cld
+    call pvmc_syscall_dispatch
+"#,
+    super::pop_gprs!(),
+    r#"
+    jmp *pvmc_user_returns+8(%rip)
+
+    # To user mode from an interrupt frame (RIP, CS, RFLAGS, RSP, SS), registers restored.
+    # The ERETU `syscall` lies within the first 16 bytes (`in_user_return`).
+    .global pvmc_v2_user_return
+pvmc_v2_user_return:
+    call pvmc_v2_stage
+    movq 24(%rsp), %rsp
+    .global pvmc_v2_retu
+pvmc_v2_retu:
+    syscall
     ud2
+
+    # The frame (above the return address) and RCX/R11 into vCPU 0's PVCS.
+pvmc_v2_stage:
+    movq %rcx, {pvcs0}+{rcx}
+    movq %r11, {pvcs0}+{r11}
+    movq 8(%rsp), %rcx
+    pvmc_v2_to_alias %rcx
+    movq %rcx, {pvcs0}+{rip}
+    movq 16(%rsp), %rcx
+    movw %cx, {pvcs0}+{o_user_cs}
+    movq 24(%rsp), %rcx
+    movl %ecx, {pvcs0}+{eflags}
+    movq 40(%rsp), %rcx
+    movw %cx, {pvcs0}+{o_user_ss}
+    ret
+
+    .bss
+    .balign 8
+pvmc_v2_user_rsp:
+    .skip 8
+    .text
 "#,
     ust = const abi::layout::USER_STACK_TOP,
     pvcs0 = const abi::layout::VIF_GPA,
@@ -119,12 +261,56 @@ pvmc_v2_user_event:
     errcode = const core::mem::offset_of!(PvcsV2, event_errcode),
     vector = const core::mem::offset_of!(PvcsV2, event_vector),
     irq_win = const abi::upstream::hc::IRQ_WIN,
+    errmask = const super::idt::ERROR_CODE_VECTORS,
+    o_user_cs = const core::mem::offset_of!(PvcsV2, user_cs),
+    o_user_ss = const core::mem::offset_of!(PvcsV2, user_ss),
+    image = const abi::layout::IMAGE_BASE,
+    image_end = const abi::layout::IMAGE_END,
+    alias = const abi::layout::USER_IMAGE_ALIAS,
+    alias_end = const abi::layout::USER_IMAGE_ALIAS + (abi::layout::IMAGE_END - abi::layout::IMAGE_BASE),
+    alias_off = const abi::layout::USER_ALIAS_OFFSET,
     options(att_syntax)
 );
 
 #[cfg(target_os = "none")]
 unsafe extern "C" {
     safe static pvmc_v2_event_entry: u8;
+    safe static pvmc_v2_syscall_entry: u8;
+    safe static pvmc_v2_user_return: u8;
+    safe static pvmc_v2_retu: u8;
+}
+
+/// The return-to-user stubs (the same one serves events and SYSCALL: both leave an interrupt
+/// frame).
+pub fn user_returns() -> super::UserReturns {
+    #[cfg(target_os = "none")]
+    let r = core::ptr::addr_of!(pvmc_v2_user_return) as u64;
+    #[cfg(not(target_os = "none"))]
+    let r = 0;
+    super::UserReturns {
+        from_event: r,
+        from_syscall: r,
+    }
+}
+
+/// Address of the ERETU `syscall` (for `MSR_PVM_RETU_RIP`).
+pub fn retu_rip() -> u64 {
+    #[cfg(target_os = "none")]
+    {
+        core::ptr::addr_of!(pvmc_v2_retu) as u64
+    }
+    #[cfg(not(target_os = "none"))]
+    0
+}
+
+/// The entry of a user `syscall` (for LSTAR).
+pub fn syscall_entry() -> u64 {
+    #[cfg(target_os = "none")]
+    {
+        core::ptr::addr_of!(pvmc_v2_syscall_entry) as u64
+    }
+    #[cfg(not(target_os = "none"))]
+    0
 }
 
 /// Address of the event entry block (for `MSR_PVM_EVENT_ENTRY`).
@@ -171,6 +357,13 @@ pub fn read_event_flags(pvcs: u64) -> u64 {
     unsafe { core::ptr::read_volatile(p) }
 }
 
+/// Sets `user_gsbase` of the PVCS at `pvcs`: the GS base ERETU gives user mode.
+pub fn write_user_gsbase(pvcs: u64, v: u64) {
+    let p = (pvcs + core::mem::offset_of!(PvcsV2, user_gsbase) as u64) as *mut u64;
+    // SAFETY: as in `read_event_flags`; only the owning vCPU's code writes its PVCS.
+    unsafe { core::ptr::write_volatile(p, v) }
+}
+
 /// Writes `event_flags` of the PVCS at `pvcs`.
 pub fn write_event_flags(pvcs: u64, v: u64) {
     let p = (pvcs + core::mem::offset_of!(PvcsV2, event_flags) as u64) as *mut u64;
@@ -195,5 +388,10 @@ pub fn register(pvcs: u64) {
     unsafe {
         crate::arch::instr::wrmsr(abi::upstream::MSR_VCPU_STRUCT, pvcs);
         crate::arch::instr::wrmsr(abi::upstream::MSR_EVENT_ENTRY, event_entry());
+    }
+    // SAFETY: where a user `syscall` enters and where ERETU is: the library's own stubs.
+    unsafe {
+        crate::arch::instr::wrmsr(abi::upstream::MSR_RETU_RIP, retu_rip());
+        crate::arch::instr::wrmsr(abi::x86::msr::LSTAR, syscall_entry());
     }
 }
