@@ -8,11 +8,11 @@
 //!
 //! The loop: deliver what is pending (timer, IPIs), run until Unicorn stops for an exception
 //! (interrupt hook), a `syscall` (instruction hook), a failed translation (TLB hook), an MMIO
-//! access the handler ends the run on, or the watchdog (every [`SLICE`], so timeouts,
-//! cancellation and timers are seen); then do what the host does.
+//! access the handler ends the run on, or the watchdog (at the timeout, when an armed timer
+//! is due, or on cancellation; it looks every [`SLICE`]); then do what the host does.
 
 use std::cell::RefCell;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use runner::memory::MmapRam;
@@ -25,7 +25,7 @@ use crate::mmu::{self, Access, PageFault, WalkCtx};
 use crate::pvm::{Event, Pvm, Regs, SupervisorSyscall, TripleFault, WrmsrError, canonical, sel};
 use abi::x86::msr;
 
-/// How often the watchdog stops the emulator to look at the clock.
+/// How often the watchdog looks at the clock (it stops the emulator only when due).
 pub const SLICE: Duration = Duration::from_millis(2);
 
 /// Guest-virtual address of the host GDT (in the host's top 2 GiB, never legal for a guest).
@@ -549,24 +549,45 @@ pub fn run(
     write_regs(&mut uc, &vc.borrow().regs, true)?;
 
     let running = AtomicBool::new(true);
+    // When the watchdog must stop the engine next, in ns since `start` (the run loop sets it
+    // before each start: the timeout, or an armed timer if sooner).
+    let watch = Watch {
+        start: Instant::now(),
+        wake_at: AtomicU64::new(0),
+    };
     let stopper = StopHandle(uc.get_handle());
-    let start = Instant::now();
     std::thread::scope(|s| {
-        let running = &running;
+        let (running, watch) = (&running, &watch);
+        let (start, wake_at) = (watch.start, &watch.wake_at);
+        let cancel = limits.cancel.clone();
         s.spawn(move || {
             let stopper = stopper;
             while running.load(Ordering::Acquire) {
-                std::thread::sleep(SLICE);
-                // SAFETY: see `StopHandle`: the engine lives until this thread is joined.
-                unsafe {
-                    let _ = unicorn_engine::uc_emu_stop(stopper.0);
+                let now = start.elapsed().as_nanos() as u64;
+                let due = wake_at.load(Ordering::Acquire);
+                if now >= due || cancel.is_cancelled() {
+                    // SAFETY: see `StopHandle`: the engine lives until this thread is joined.
+                    unsafe {
+                        let _ = unicorn_engine::uc_emu_stop(stopper.0);
+                    }
+                    std::thread::sleep(SLICE);
+                } else {
+                    std::thread::sleep(SLICE.min(Duration::from_nanos(due - now)));
                 }
             }
         });
-        let end = run_loop(&mut uc, &clean, mem, &vc, &handler, limits, start);
+        let end = run_loop(&mut uc, &clean, mem, &vc, &handler, limits, watch);
         running.store(false, Ordering::Release);
         end
     })
+}
+
+/// The run's clock, shared by the run loop and the watchdog.
+struct Watch {
+    /// When the run started.
+    start: Instant,
+    /// When the watchdog must stop the engine next, in ns since `start`.
+    wake_at: AtomicU64,
 }
 
 fn must_stop(limits: &RunLimits, start: Instant) -> Option<RunEnd> {
@@ -586,8 +607,9 @@ fn run_loop(
     vc: &RefCell<&mut Vcpu>,
     handler: &RefCell<&mut (dyn ExitHandler + Send)>,
     limits: &RunLimits,
-    start: Instant,
+    watch: &Watch,
 ) -> runner::Result<RunEnd> {
+    let (start, wake_at) = (watch.start, &watch.wake_at);
     let mut segments_dirty = false;
     loop {
         let mut guard = vc.borrow_mut();
@@ -658,6 +680,17 @@ fn run_loop(
         uc.get_data_mut().stop = None;
         uc.get_data_mut().pf = None;
         let pc = uc.pc_read().map_err(uc_err("PC"))?;
+        // The watchdog stops the engine at the timeout or when a timer is due, and not
+        // otherwise: a stop in the middle of a REP INS made Unicorn repeat the iteration's IN.
+        let until_timeout = limits.timeout.saturating_sub(start.elapsed());
+        let wait = v
+            .pvm
+            .timer_due_in(host_tsc(), tsc_khz())
+            .map_or(until_timeout, |t| t.min(until_timeout));
+        wake_at.store(
+            (start.elapsed() + wait).as_nanos() as u64,
+            Ordering::Release,
+        );
         // The hooks may need the vCPU while the engine runs.
         drop(guard);
         let res = uc.emu_start(pc, u64::MAX, 0, 0);

@@ -884,6 +884,23 @@ impl Pvm {
         count.saturating_sub(ticks)
     }
 
+    /// How long until an armed timer fires (`None`: none is armed), for the engine's
+    /// watchdog: the TSC deadline at `tsc_khz`, the LVT timer on the APIC clock.
+    pub fn timer_due_in(&self, now_tsc: u64, tsc_khz: u32) -> Option<std::time::Duration> {
+        let tsc = (self.tsc_deadline != 0).then(|| {
+            let cycles = self.tsc_deadline.saturating_sub(now_tsc);
+            cycles.saturating_mul(1_000_000) / u64::from(tsc_khz.max(1))
+        });
+        let lvt = self.lvt_timer.map(|(start, count)| {
+            (start + count.saturating_mul(self.timer_divisor())).saturating_sub(apic_clock_ns())
+        });
+        [tsc, lvt]
+            .into_iter()
+            .flatten()
+            .min()
+            .map(std::time::Duration::from_nanos)
+    }
+
     /// Fires the TSC-deadline timer if it expired, and the one-shot/periodic LVT timer (a
     /// 1 GHz APIC bus, as KVM's: one count per nanosecond before the divisor).
     pub fn tick(&mut self, now: u64) {

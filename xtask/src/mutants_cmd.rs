@@ -3,8 +3,9 @@
 //!
 //! `mutants-model` checks the checker. Runs the selection on the clean reference
 //! model, then once per fault switch of the model (`pvmc-model faults`), and prints which
-//! instances each switch changed (a PASS or XFAIL that became something else), the switches
-//! no instance caught, and last `caught N/M`. Exit status 0 when every switch was caught, 1
+//! instances each switch changed (a PASS or XFAIL that became something else, on the run and
+//! again on a rerun of those instances), the switches no instance caught, and last
+//! `caught N/M`. Exit status 0 when every switch was caught, 1
 //! when some were not, 2 for bad input or a clean run that does not pass.
 
 use std::collections::BTreeMap;
@@ -104,7 +105,28 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let started = Instant::now();
     let clean_target = ModelTarget::new(binary.clone(), image_path.clone(), Vec::new())
         .map_err(anyhow::Error::msg)?;
-    let clean = outcomes(&clean_target, &instances, &opts, &expectations);
+    let mut clean = outcomes(&clean_target, &instances, &opts, &expectations);
+    // A bad outcome on the clean model is run again: one that then passes is flaky, said so
+    // and left out of the judging; one that fails again stops everything.
+    let first_bad: Vec<_> = instances
+        .iter()
+        .filter(|i| clean.get(&i.id()).is_some_and(|(o, _)| o.is_bad()))
+        .cloned()
+        .collect();
+    if !first_bad.is_empty() {
+        let again = outcomes(&clean_target, &first_bad, &opts, &expectations);
+        for (id, (o, d)) in again {
+            if !o.is_bad() {
+                errln!(
+                    "warning: {id} is flaky on the clean model (bad once, then {}): left out",
+                    o.label()
+                );
+                clean.remove(&id);
+            } else {
+                clean.insert(id, (o, d));
+            }
+        }
+    }
     let bad: Vec<_> = clean.iter().filter(|(_, (o, _))| o.is_bad()).collect();
     if !bad.is_empty() {
         for (id, (o, d)) in &bad {
@@ -130,12 +152,23 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         let target = ModelTarget::new(binary.clone(), image_path.clone(), vec![name.clone()])
             .map_err(anyhow::Error::msg)?;
         let got = outcomes(&target, &instances, &opts, &expectations);
+        let differs = |got: &Outcomes, id: &String, o: &Outcome| {
+            matches!(o, Outcome::Pass | Outcome::Xfail) && got.get(id).is_some_and(|(g, _)| g != o)
+        };
+        // A catch counts when the switch changes the instance twice in a row (not a flake).
+        let first: Vec<_> = instances
+            .iter()
+            .filter(|i| {
+                clean
+                    .get(&i.id())
+                    .is_some_and(|(o, _)| differs(&got, &i.id(), o))
+            })
+            .cloned()
+            .collect();
+        let again = outcomes(&target, &first, &opts, &expectations);
         let changed: Vec<&String> = clean
             .iter()
-            .filter(|(id, (o, _))| {
-                matches!(o, Outcome::Pass | Outcome::Xfail)
-                    && got.get(*id).is_some_and(|(g, _)| g != o)
-            })
+            .filter(|(id, (o, _))| differs(&got, id, o) && differs(&again, id, o))
             .map(|(id, _)| id)
             .collect();
         if changed.is_empty() {
