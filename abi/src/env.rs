@@ -59,8 +59,9 @@ impl Env {
     /// these.
     pub const fn guest_support(self) -> GuestSupport {
         match self {
-            Env::Hvm64 | Env::PvLocal | Env::PvV2 => GuestSupport::Implemented,
-            Env::PvV1 | Env::PvMid => GuestSupport::NotYet,
+            Env::Hvm64 | Env::PvLocal | Env::PvV1 | Env::PvMid | Env::PvV2 => {
+                GuestSupport::Implemented
+            }
         }
     }
 

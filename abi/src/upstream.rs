@@ -60,7 +60,52 @@ pub mod event_flags {
     pub const IP: u64 = 1 << 8;
     /// The supervisor's interrupt flag.
     pub const IF: u64 = 1 << 9;
+    /// "mid": events enabled (injecting a non-NMI event while EF is clear is a triple fault).
+    pub const EF: u64 = 1 << 0;
+    /// "mid": an NMI is pending.
+    pub const EP: u64 = 1 << 1;
 }
+
+/// RFC v1 / "mid": the 64-byte frame the host writes on the supervisor stack for an exception
+/// in supervisor mode (entry +256), and ERETS reads at RSP (`struct pvm_supervisor_event`,
+/// notes §4.4).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SupervisorEvent {
+    /// Error code | vector << 32.
+    pub errcode: u64,
+    /// Interrupted RIP.
+    pub rip: u64,
+    /// Kernel CS (STAR), ignored by ERETS.
+    pub cs: u64,
+    /// RFLAGS with the virtual IF.
+    pub rflags: u64,
+    /// Interrupted RSP.
+    pub rsp: u64,
+    /// Kernel SS, ignored by ERETS.
+    pub ss: u64,
+    /// Interrupted RCX.
+    pub rcx: u64,
+    /// Interrupted R11.
+    pub r11: u64,
+}
+
+const _: () = {
+    use core::mem::{offset_of, size_of};
+    assert!(size_of::<SupervisorEvent>() == 64);
+    assert!(offset_of!(SupervisorEvent, rip) == 0x08);
+    assert!(offset_of!(SupervisorEvent, rflags) == 0x18);
+    assert!(offset_of!(SupervisorEvent, rsp) == 0x20);
+    assert!(offset_of!(SupervisorEvent, rcx) == 0x30);
+    assert!(offset_of!(SupervisorEvent, r11) == 0x38);
+};
+
+/// RFC v1 / "mid" event entry offsets from MSR_PVM_EVENT_ENTRY.
+pub const V1_USER_ENTRY_OFFSET: u64 = 0;
+/// Supervisor exceptions (vector < 32), with a [`SupervisorEvent`] on the stack.
+pub const V1_EXCEPTION_ENTRY_OFFSET: u64 = 256;
+/// Supervisor interrupts (vector >= 32), with the context in the PVCS.
+pub const V1_INTERRUPT_ENTRY_OFFSET: u64 = 512;
 
 /// v2 `event_vector` high-byte bits (`PVM_PVCS_EVENT_VECTOR_*_BIT`).
 pub mod vector_bits {

@@ -22,7 +22,7 @@ use unicorn_engine::{Arch, MemType, Mode, Prot, RegisterX86, TlbEntry, TlbType, 
 use crate::emulate::{self, Op};
 use crate::faults::Fault;
 use crate::mmu::{self, Access, PageFault, WalkCtx};
-use crate::pvm::{Event, Pvm, Regs, SupervisorSyscall, TripleFault, WrmsrError, canonical, sel};
+use crate::pvm::{Event, Pvm, Regs, TripleFault, WrmsrError, canonical, sel};
 use abi::x86::msr;
 
 /// How often the watchdog looks at the clock (it stops the emulator only when due).
@@ -213,14 +213,16 @@ fn write_regs(uc: &mut Uc<'_>, r: &Regs, segments: bool) -> runner::Result<()> {
     Ok(())
 }
 
-fn walk_ctx(p: &Pvm) -> WalkCtx {
+/// The walk context of the vCPU's current mode.
+pub(crate) fn walk_ctx(p: &Pvm) -> WalkCtx {
     WalkCtx {
         cr3: p.cr3,
         user: !p.smod,
         nxe: p.efer & (1 << 11) != 0,
         // The 6.12 host forces SMEP when the host has NX (host MMU `__link_shadow_page`):
-        // supervisor mode cannot execute user pages.
-        smep: true,
+        // supervisor mode cannot execute user pages. The RFC hosts switch CR3 between the
+        // modes instead and do not (notes §7).
+        smep: p.generation == crate::pvm::Generation::V2,
         range: p.range(),
         us_split: true,
         faults: p.faults,
@@ -1296,9 +1298,7 @@ fn syscall(mem: &dyn GuestRam, v: &mut Vcpu) -> Next {
         return deliver(mem, v, Event::UserSyscall);
     }
     match v.pvm.supervisor_syscall(mem, &mut v.regs) {
-        Ok((SupervisorSyscall::Eretu, Some(ev))) | Ok((SupervisorSyscall::Hypercall, Some(ev))) => {
-            deliver(mem, v, ev)
-        }
+        Ok((_, Some(ev))) => deliver(mem, v, ev),
         Ok(_) => Next::Go,
         Err(TripleFault(why)) => Next::End(shutdown(why)),
     }

@@ -12,7 +12,7 @@ use std::mem::offset_of;
 use abi::x86::msr;
 
 use abi::upstream::{
-    self as up, HC_WRMSR_EIO as EIO, KVM_ENOSYS, PvcsV2, event_flags, hc, vector_bits,
+    self as up, HC_WRMSR_EIO as EIO, KVM_ENOSYS, PvcsV1, PvcsV2, event_flags, hc, vector_bits,
 };
 use runner::vm::GuestRam;
 
@@ -40,13 +40,33 @@ impl Generation {
         }
     }
 
-    /// Why the model cannot play this generation yet, if it cannot.
+    /// Why the model cannot play this generation yet, if it cannot (every generation is
+    /// played now; kept for the ones to come).
     pub fn unsupported(self) -> Option<&'static str> {
+        None
+    }
+
+    /// The RFC-era generations (v1, mid): supervisor stack frames, ERETS, SUPERVISOR_RSP and
+    /// SWITCH_CR3 (notes §3-§5, §11).
+    pub const fn rfc(self) -> bool {
+        matches!(self, Generation::V1 | Generation::Mid)
+    }
+
+    /// MSR_PVM_SUPERVISOR_RSP's index (RFC generations).
+    pub const fn msr_supervisor_rsp(self) -> Option<u32> {
         match self {
+            Generation::V1 => Some(up::v1::MSR_SUPERVISOR_RSP),
+            Generation::Mid => Some(up::mid::MSR_SUPERVISOR_RSP),
             Generation::V2 => None,
-            Generation::V1 | Generation::Mid => {
-                Some("the reference model implements only the v2 generation so far")
-            }
+        }
+    }
+
+    /// MSR_PVM_SWITCH_CR3's index (RFC generations).
+    pub const fn msr_switch_cr3(self) -> Option<u32> {
+        match self {
+            Generation::V1 => Some(up::v1::MSR_SWITCH_CR3),
+            Generation::Mid => Some(up::mid::MSR_SWITCH_CR3),
+            Generation::V2 => None,
         }
     }
 }
@@ -170,6 +190,14 @@ pub struct Pvm {
     pub event_entry: u64,
     /// MSR_PVM_RETU_RIP.
     pub retu_rip: u64,
+    /// MSR_PVM_RETS_RIP (RFC generations).
+    pub rets_rip: u64,
+    /// MSR_PVM_SUPERVISOR_RSP (RFC generations).
+    pub supervisor_rsp: u64,
+    /// MSR_PVM_SUPERVISOR_REDZONE (v1).
+    pub redzone: u64,
+    /// MSR_PVM_SWITCH_CR3: the other mode's CR3 (RFC generations).
+    pub switch_cr3: u64,
     /// STAR.
     pub star: u64,
     /// LSTAR.
@@ -273,6 +301,8 @@ pub enum SupervisorSyscall {
     Eretu,
     /// A hypercall was served.
     Hypercall,
+    /// ERETS (RFC generations): back in supervisor code.
+    Erets,
 }
 
 impl Pvm {
@@ -307,6 +337,10 @@ impl Pvm {
             vcpu_struct: 0,
             event_entry: 0,
             retu_rip: 0,
+            rets_rip: 0,
+            supervisor_rsp: 0,
+            redzone: 0,
+            switch_cr3: 0,
             // STAR kernel CS 0 at conversion: the host sets it from CS (notes §8.2).
             star: (u64::from(sel::KERNEL_CS) << 32) | (u64::from(sel::USER32_CS) << 48),
             lstar: 0,
@@ -426,6 +460,9 @@ impl Pvm {
                 "event {ev:?} with no PVCS registered (MSR_PVM_VCPU_STRUCT = 0)"
             )));
         }
+        if self.generation.rfc() {
+            return self.deliver_rfc(mem, r, ev);
+        }
         if self.event_entry == 0 && ev != Event::UserSyscall {
             return Err(TripleFault(format!(
                 "event {ev:?} with MSR_PVM_EVENT_ENTRY = 0"
@@ -525,6 +562,248 @@ impl Pvm {
         Ok(())
     }
 
+    /// Writes `v` at guest-virtual `va` in supervisor mode (the supervisor event frame); a
+    /// fault is a triple fault (RFC host `do_pvm_supervisor_exception`).
+    fn write_virt64(&self, mem: &dyn GuestRam, va: u64, v: u64) -> Result<(), TripleFault> {
+        let ctx = crate::engine::walk_ctx(self);
+        let t = crate::mmu::walk(mem, &ctx, va, crate::mmu::Access::Write).map_err(|pf| {
+            TripleFault(format!(
+                "the supervisor event frame at {va:#x} is not writable (#PF {:#x})",
+                pf.code
+            ))
+        })?;
+        mem.write_u64(t.page | (va & 0xfff), v)
+            .map_err(|e| TripleFault(format!("supervisor event frame at {va:#x}: {e}")))
+    }
+
+    /// Reads guest-virtual `va` in supervisor mode (ERETS's frame); a fault is a triple fault
+    /// (RFC host `handle_synthetic_instruction_return_supervisor`).
+    fn read_virt64(&self, mem: &dyn GuestRam, va: u64) -> Result<u64, TripleFault> {
+        let ctx = crate::engine::walk_ctx(self);
+        let t = crate::mmu::walk(mem, &ctx, va, crate::mmu::Access::Read).map_err(|pf| {
+            TripleFault(format!(
+                "ERETS: the frame at {va:#x} is not readable (#PF {:#x})",
+                pf.code
+            ))
+        })?;
+        mem.read_u64(t.page | (va & 0xfff))
+            .map_err(|e| TripleFault(format!("ERETS frame at {va:#x}: {e}")))
+    }
+
+    /// Delivers `ev` the RFC v1 / "mid" way (notes §5): from user mode the user context goes
+    /// into the PVCS, CR3 swaps with SWITCH_CR3, RSP = SUPERVISOR_RSP, entry +0 (LSTAR for
+    /// SYSCALL); a supervisor exception (vector < 32) writes a `SupervisorEvent` below the red
+    /// zone and enters at +256; a supervisor interrupt saves its context in the PVCS, aligns
+    /// RSP below the red zone and enters at +512. Then RCX = RIP = entry, R11 = 0x202, IF
+    /// cleared. "mid": a non-NMI event while `event_flags.EF` is clear is a triple fault.
+    fn deliver_rfc(
+        &mut self,
+        mem: &dyn GuestRam,
+        r: &mut Regs,
+        ev: Event,
+    ) -> Result<(), TripleFault> {
+        let f = self.faults;
+        let (vector, code, cr2) = match ev {
+            Event::Exception { vector, code, cr2 } => (vector, code, cr2),
+            Event::Vector(v) => (v, None, None),
+            Event::UserSyscall => (0, None, None),
+        };
+        if vector == 8 {
+            return Err(TripleFault(
+                "#DF is a triple fault in PVM (no IDT, notes §5)".into(),
+            ));
+        }
+        if self.event_entry == 0 && ev != Event::UserSyscall {
+            return Err(TripleFault(format!(
+                "event {ev:?} with MSR_PVM_EVENT_ENTRY = 0"
+            )));
+        }
+        if self.generation == Generation::Mid && vector != 2 {
+            let flags = self.read64(mem, offset_of!(PvcsV1, event_flags))?;
+            if flags & event_flags::EF == 0 {
+                return Err(TripleFault(format!(
+                    "event {ev:?} while PVCS.event_flags.EF is clear (mid)"
+                )));
+            }
+        }
+        let from_user = !self.smod;
+        let virtual_if = if self.interrupts_enabled(mem) {
+            rflags::IF
+        } else {
+            0
+        };
+        let mut eflags = if from_user {
+            r.rflags
+        } else {
+            (r.rflags & !rflags::IF) | virtual_if
+        };
+        if f.on(Fault::PvcsEflagsLost) {
+            eflags &= !0x8d5;
+        }
+        let rip = if f.on(Fault::PvcsRipOffByOne) {
+            r.rip + 1
+        } else {
+            r.rip
+        };
+        if let Some(a) = cr2 {
+            let a = if f.on(Fault::WrongCr2) { a ^ 0x1000 } else { a };
+            self.write64(mem, offset_of!(PvcsV1, cr2), a)?;
+            self.cr2 = a;
+        }
+        let pvcs_context = |p: &Self, mem: &dyn GuestRam, r: &Regs| -> Result<(), TripleFault> {
+            p.write32(mem, offset_of!(PvcsV1, eflags), eflags as u32)?;
+            p.write64(mem, offset_of!(PvcsV1, rip), rip)?;
+            p.write64(mem, offset_of!(PvcsV1, rsp), r.rsp)?;
+            p.write64(mem, offset_of!(PvcsV1, rcx), r.rcx)?;
+            p.write64(mem, offset_of!(PvcsV1, r11), r.r11)?;
+            if ev != Event::UserSyscall {
+                p.write32(mem, offset_of!(PvcsV1, event_vector), u32::from(vector))?;
+                if let Some(code) = code {
+                    p.write32(mem, offset_of!(PvcsV1, event_errcode), code)?;
+                }
+            }
+            Ok(())
+        };
+        let mut entry_offset;
+        if from_user {
+            pvcs_context(self, mem, r)?;
+            self.write16(mem, offset_of!(PvcsV1, user_cs), r.cs)?;
+            self.write16(mem, offset_of!(PvcsV1, user_ss), r.ss)?;
+            self.write64(mem, offset_of!(PvcsV1, user_gsbase), r.gs_base)?;
+            self.write32(mem, offset_of!(PvcsV1, pkru), 0)?;
+            r.gs_base = self.kernel_gs_base;
+            r.cs = sel::USER_CS;
+            r.ss = sel::USER_DS;
+            r.rsp = self.supervisor_rsp;
+            if self.switch_cr3 != 0 {
+                core::mem::swap(&mut self.cr3, &mut self.switch_cr3);
+            }
+            self.smod = true;
+            self.flush_tlb = true;
+            entry_offset = up::V1_USER_ENTRY_OFFSET;
+            if f.on(Fault::UserEventAtSupervisorEntry) {
+                entry_offset = up::V1_INTERRUPT_ENTRY_OFFSET;
+            }
+        } else if vector < 32 {
+            let redzone = if self.generation == Generation::V1 {
+                self.redzone
+            } else {
+                0
+            };
+            let frame = (r.rsp.wrapping_sub(redzone) & !15).wrapping_sub(64);
+            let kernel_cs = (self.star >> 32) & 0xfffc;
+            let errcode = (u64::from(vector) << 32) | u64::from(code.unwrap_or(0));
+            let words = [
+                errcode,
+                rip,
+                kernel_cs,
+                eflags,
+                r.rsp,
+                kernel_cs + 8,
+                r.rcx,
+                r.r11,
+            ];
+            for (i, w) in words.into_iter().enumerate() {
+                self.write_virt64(mem, frame + 8 * i as u64, w)?;
+            }
+            r.rsp = frame;
+            entry_offset = up::V1_EXCEPTION_ENTRY_OFFSET;
+            if f.on(Fault::SupervisorEventAtUserEntry) {
+                entry_offset = up::V1_USER_ENTRY_OFFSET;
+            }
+        } else {
+            pvcs_context(self, mem, r)?;
+            let redzone = if self.generation == Generation::V1 {
+                self.redzone
+            } else {
+                0
+            };
+            r.rsp = r.rsp.wrapping_sub(redzone) & !15;
+            entry_offset = up::V1_INTERRUPT_ENTRY_OFFSET;
+            if f.on(Fault::SupervisorEventAtUserEntry) {
+                entry_offset = up::V1_USER_ENTRY_OFFSET;
+            }
+        }
+        let entry = if ev == Event::UserSyscall {
+            self.lstar
+        } else {
+            self.event_entry + entry_offset
+        };
+        r.rip = entry;
+        r.rcx = entry;
+        r.r11 = rflags::FIXED | rflags::IF;
+        r.rflags = rflags::FIXED | rflags::IF;
+        if !f.on(Fault::IfNotClearedOnDelivery) {
+            self.set_if(mem, false)?;
+        }
+        self.halted = false;
+        Ok(())
+    }
+
+    /// ERETU, RFC way (notes §4.3): SUPERVISOR_RSP := RSP, CR3 swaps with SWITCH_CR3, IP
+    /// cleared, user RIP/RSP/RFLAGS/RCX/R11/CS/SS/GS base from the PVCS; only the host's user
+    /// selectors.
+    fn eretu_rfc(
+        &mut self,
+        mem: &dyn GuestRam,
+        r: &mut Regs,
+    ) -> Result<Option<Event>, TripleFault> {
+        let cs = self.read16(mem, offset_of!(PvcsV1, user_cs))? | 3;
+        let ss = self.read16(mem, offset_of!(PvcsV1, user_ss))? | 3;
+        if !(cs == sel::USER_CS || cs == sel::USER32_CS) || ss != sel::USER_DS {
+            return Ok(Some(Event::Exception {
+                vector: 13,
+                code: Some(0),
+                cr2: None,
+            }));
+        }
+        self.supervisor_rsp = r.rsp;
+        if self.switch_cr3 != 0 {
+            core::mem::swap(&mut self.cr3, &mut self.switch_cr3);
+        }
+        let at = offset_of!(PvcsV1, event_flags);
+        let fl = self.read64(mem, at)?;
+        self.write64(mem, at, fl & !event_flags::IP)?;
+        let eflags = u64::from(self.read32(mem, offset_of!(PvcsV1, eflags))?);
+        r.rflags = (eflags & rflags::ALLOWED) | rflags::FIXED | rflags::IF;
+        r.rip = self.read64(mem, offset_of!(PvcsV1, rip))?;
+        r.rsp = self.read64(mem, offset_of!(PvcsV1, rsp))?;
+        r.rcx = self.read64(mem, offset_of!(PvcsV1, rcx))?;
+        if !self.faults.on(Fault::EretuIgnoresR11) {
+            r.r11 = self.read64(mem, offset_of!(PvcsV1, r11))?;
+        }
+        if !self.faults.on(Fault::EretuIgnoresUserGsbase) {
+            r.gs_base = self.read64(mem, offset_of!(PvcsV1, user_gsbase))?;
+        }
+        r.cs = cs;
+        r.ss = ss;
+        self.smod = false;
+        self.nmi_masked = false;
+        self.flush_tlb = true;
+        Ok(None)
+    }
+
+    /// ERETS (RFC, notes §4.4): RIP, RFLAGS (its IF into the PVCS), RSP, RCX, R11 from the
+    /// `SupervisorEvent` at RSP; CS/SS unchanged; NMIs unmasked. A fault reading it is a
+    /// triple fault.
+    fn erets(&mut self, mem: &dyn GuestRam, r: &mut Regs) -> Result<(), TripleFault> {
+        let at = r.rsp;
+        let word = |p: &Self, field: usize| p.read_virt64(mem, at + field as u64);
+        let rip = word(self, offset_of!(up::SupervisorEvent, rip))?;
+        let fl = word(self, offset_of!(up::SupervisorEvent, rflags))?;
+        let rsp = word(self, offset_of!(up::SupervisorEvent, rsp))?;
+        let rcx = word(self, offset_of!(up::SupervisorEvent, rcx))?;
+        let r11 = word(self, offset_of!(up::SupervisorEvent, r11))?;
+        self.set_if(mem, fl & rflags::IF != 0)?;
+        r.rip = rip;
+        r.rsp = rsp;
+        r.rcx = rcx;
+        r.r11 = r11;
+        r.rflags = (fl & rflags::ALLOWED) | rflags::FIXED | rflags::IF;
+        self.nmi_masked = false;
+        Ok(())
+    }
+
     /// ERETU (notes §11: loads CS, SS, GSBASE, PKRU, RFLAGS, RIP, RCX, R11 from the PVCS; RSP
     /// as is). Selectors other than the host's user ones are refused with #GP, as a failed VM
     /// entry is (notes §5.1, exit reason 1025).
@@ -572,13 +851,21 @@ impl Pvm {
         r.rcx = r.rip;
         r.r11 = r.rflags;
         if self.retu_rip != 0 && r.rip == self.retu_rip.wrapping_add(2) {
-            let ev = self.eretu(mem, r)?;
+            let ev = if self.generation.rfc() {
+                self.eretu_rfc(mem, r)?
+            } else {
+                self.eretu(mem, r)?
+            };
             return Ok((SupervisorSyscall::Eretu, ev));
+        }
+        if self.generation.rfc() && self.rets_rip != 0 && r.rip == self.rets_rip.wrapping_add(2) {
+            self.erets(mem, r)?;
+            return Ok((SupervisorSyscall::Erets, None));
         }
         // The hypercall convention: RAX = number, RBX, R10 (the caller's RCX), RDX, RSI;
         // result in RAX; the host copies R10 into RCX and back (notes §4.1).
-        let (nr, a0, a1) = (r.rax, r.rbx, r.r10);
-        let result = self.hypercall(mem, nr, a0, a1);
+        let (nr, a0, a1, a2) = (r.rax, r.rbx, r.r10, r.rdx);
+        let result = self.hypercall(mem, nr, a0, a1, a2);
         r.rax = result as u64;
         // SYSCALL left RCX = next RIP and R11 = RFLAGS in hardware; the guest's stub restores
         // its own copies.
@@ -587,12 +874,16 @@ impl Pvm {
         Ok((SupervisorSyscall::Hypercall, None))
     }
 
-    fn hypercall(&mut self, mem: &dyn GuestRam, nr: u64, a0: u64, a1: u64) -> i64 {
+    fn hypercall(&mut self, mem: &dyn GuestRam, nr: u64, a0: u64, a1: u64, a2: u64) -> i64 {
         let f = self.faults;
         match nr {
             hc::LOAD_PGTBL => {
-                // v2: LOAD_PGTBL(flags, cr3); flags bit 0 flushes (notes §11).
+                // v2: LOAD_PGTBL(flags, cr3); flags bit 0 flushes (notes §11). RFC: a third
+                // argument, the user CR3, goes to SWITCH_CR3 (notes §4.2).
                 self.cr3 = a1;
+                if self.generation.rfc() {
+                    self.switch_cr3 = a2;
+                }
                 // (Without the flag the model flushes too: a host may, and a guest must not
                 // count on stale entries.)
                 if a0 & 1 != 0 && f.on(Fault::Cr3KeepsStale) {
@@ -654,6 +945,10 @@ impl Pvm {
             up::MSR_VCPU_STRUCT => self.vcpu_struct,
             up::MSR_EVENT_ENTRY => self.event_entry,
             up::MSR_RETU_RIP => self.retu_rip,
+            up::MSR_RETS_RIP if self.generation.rfc() => self.rets_rip,
+            i if Some(i) == self.generation.msr_supervisor_rsp() => self.supervisor_rsp,
+            i if Some(i) == self.generation.msr_switch_cr3() => self.switch_cr3,
+            up::v1::MSR_SUPERVISOR_REDZONE if self.generation == Generation::V1 => self.redzone,
             msr::EFER => self.efer,
             msr::STAR => self.star,
             msr::LSTAR => self.lstar,
@@ -726,6 +1021,10 @@ impl Pvm {
             // Checked by `wrmsr` (a triple fault, not a #GP).
             up::MSR_EVENT_ENTRY => self.event_entry = v,
             up::MSR_RETU_RIP => self.retu_rip = v,
+            up::MSR_RETS_RIP if self.generation.rfc() => self.rets_rip = v,
+            i if Some(i) == self.generation.msr_supervisor_rsp() => self.supervisor_rsp = v,
+            i if Some(i) == self.generation.msr_switch_cr3() => self.switch_cr3 = v,
+            up::v1::MSR_SUPERVISOR_REDZONE if self.generation == Generation::V1 => self.redzone = v,
             msr::EFER => {
                 if v & !(1 | (1 << 8) | (1 << 10) | (1 << 11)) != 0 {
                     return Err(format!("EFER {v:#x} sets reserved bits"));

@@ -658,7 +658,7 @@ fn require_kvm_turns_nothing_could_run_into_status_2() {
 }
 
 #[test]
-fn duplicate_environments_are_merged_and_unimplemented_ones_skip() {
+fn duplicate_environments_are_merged_and_other_dialects_skip() {
     let list = |envs: &str| {
         let out = run(xtask()
             .args(["conformance", "--list", "--env", envs, "--image"])
@@ -705,7 +705,7 @@ fn duplicate_environments_are_merged_and_unimplemented_ones_skip() {
         c["outcome"] == "skip"
             && c["detail"]
                 .as_str()
-                .is_some_and(|d| d.contains("does not implement environment pv-v1"))
+                .is_some_and(|d| d.contains("needs the upstream-v1 dialect"))
     }));
 }
 

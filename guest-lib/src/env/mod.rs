@@ -17,6 +17,7 @@
 
 pub mod hvm64;
 pub mod pv_local;
+pub mod pv_rfc;
 pub mod pv_v2;
 
 use abi::env::Env;
@@ -121,7 +122,8 @@ pub fn select(env: Env) -> Option<&'static dyn Environment> {
         Env::Hvm64 => Some(&hvm64::Hvm64),
         Env::PvLocal => Some(&pv_local::PvLocal),
         Env::PvV2 => Some(&pv_v2::PvV2),
-        Env::PvV1 | Env::PvMid => None,
+        Env::PvV1 => Some(&pv_rfc::PV_V1),
+        Env::PvMid => Some(&pv_rfc::PV_MID),
     }
 }
 

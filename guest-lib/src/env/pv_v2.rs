@@ -8,8 +8,8 @@
 //! pending (bit 8) the guest asks for it with IRQ_WIN. Hypercalls are `syscall` in supervisor
 //! mode.
 //!
-//! Not yet: user mode (the host forces SMEP, so user code needs a user-mode alias of the
-//! image), and more than one vCPU on the reference model.
+//! User mode runs from the image's user alias (the host forces SMEP; see
+//! `arch::stubs::pv_v2`).
 
 use abi::env::Env;
 use abi::layout::BootInfo;

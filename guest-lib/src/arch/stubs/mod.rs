@@ -18,6 +18,7 @@
 pub mod hvm64;
 pub mod idt;
 pub mod pv_local;
+pub mod pv_rfc;
 pub mod pv_v2;
 
 use super::BootCell;
