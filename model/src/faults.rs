@@ -66,11 +66,13 @@ pub enum Fault {
     GpErrcodeNonZero,
     /// RDMSR of the TSC is served as zero.
     TscMsrZero,
+    /// RFC v1: the supervisor event frame is written without the red zone.
+    FrameWithoutRedzone,
 }
 
 impl Fault {
     /// Every switch, in `--list-faults` order.
-    pub const ALL: [Fault; 30] = [
+    pub const ALL: [Fault; 31] = [
         Fault::WrongCr2,
         Fault::PfErrcodeNoWrite,
         Fault::PfErrcodeNoUser,
@@ -101,6 +103,7 @@ impl Fault {
         Fault::UserGpAsUd,
         Fault::GpErrcodeNonZero,
         Fault::TscMsrZero,
+        Fault::FrameWithoutRedzone,
     ];
 
     /// Name on the command line.
@@ -136,6 +139,7 @@ impl Fault {
             Fault::UserGpAsUd => "user-gp-as-ud",
             Fault::GpErrcodeNonZero => "gp-errcode-non-zero",
             Fault::TscMsrZero => "tsc-msr-zero",
+            Fault::FrameWithoutRedzone => "frame-without-redzone",
         }
     }
 

@@ -685,7 +685,8 @@ impl Pvm {
                 entry_offset = up::V1_INTERRUPT_ENTRY_OFFSET;
             }
         } else if vector < 32 {
-            let redzone = if self.generation == Generation::V1 {
+            let redzone = if self.generation == Generation::V1 && !f.on(Fault::FrameWithoutRedzone)
+            {
                 self.redzone
             } else {
                 0

@@ -145,4 +145,61 @@ mod tests {
         assert!(s.vcpus.iter().all(|v| v.runnable));
         assert_eq!(s.vcpus[0].cs.selector, 0x10);
     }
+
+    #[test]
+    fn the_boot_state_is_a_direct_64_bit_start() {
+        // What an upstream PVM host needs to run the guest natively from the first KVM_RUN
+        // (docs/abi-generations.md, "Booting these guests on a real upstream host").
+        let s = initial_state(abi::layout::IMAGE_BASE, 1);
+        let v = &s.vcpus[0];
+        let (cr0, cr4) = (abi::x86::cr0::PE | abi::x86::cr0::PG, abi::x86::cr4::PAE);
+        let efer = abi::x86::efer::LME | abi::x86::efer::LMA;
+        assert_eq!(v.cr0 & cr0, cr0, "CR0.PE|PG");
+        assert_eq!(v.cr4 & cr4, cr4, "CR4.PAE");
+        assert_eq!(v.efer & efer, efer, "EFER.LME|LMA");
+        assert_eq!(
+            v.cs.selector & 3,
+            0,
+            "CS DPL/RPL 0: DPL 3 would start in user mode"
+        );
+        assert!(v.cs.code && !v.data.code);
+        assert!(
+            v.rip < 1 << 47,
+            "RIP in the lower half: legal on every host"
+        );
+        assert_eq!(v.rflags & !0x2, 0, "RFLAGS = 0x2");
+    }
+
+    #[test]
+    fn pv_v2_maps_the_image_code_supervisor_only_and_a_user_alias() {
+        let m = MmapRam::new(RAM_SIZE).expect("mmap");
+        let m: &dyn GuestRam = &m;
+        let code = abi::layout::IMAGE_BASE..abi::layout::IMAGE_BASE + 0x3000;
+        write_page_tables(m, abi::env::Env::PvV2, &[code]).expect("fits");
+        let pt = abi::layout::IMAGE_PT_GPA;
+        let image_pde = m.read_u64(PD_GPA + 8).expect("r");
+        assert_eq!(
+            image_pde,
+            pt | TABLE,
+            "the image's 2 MiB split into 4 KiB pages"
+        );
+        assert_eq!(
+            m.read_u64(pt).expect("r") & pte::US,
+            0,
+            "code page: supervisor-only"
+        );
+        assert_eq!(
+            m.read_u64(pt + 8 * 3).expect("r") & pte::US,
+            pte::US,
+            "data page: user"
+        );
+        let alias = m
+            .read_u64(PD_GPA + 8 * (abi::layout::USER_IMAGE_ALIAS / LARGE_PAGE_SIZE))
+            .expect("r");
+        assert_eq!(
+            alias,
+            abi::layout::IMAGE_BASE | TABLE | pte::PS,
+            "user alias"
+        );
+    }
 }

@@ -10,6 +10,7 @@
 #![cfg_attr(target_os = "none", no_std, no_main)]
 
 mod abi_local;
+mod abi_rfc;
 mod abi_v2;
 mod bench;
 mod common;

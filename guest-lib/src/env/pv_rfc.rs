@@ -54,6 +54,11 @@ fn pvcs_gpa(cpu: u32) -> u64 {
     abi::layout::vif_gpa(cpu)
 }
 
+/// The PVCS's `event_flags` of this vCPU.
+pub fn read_event_flags() -> u64 {
+    read_flags()
+}
+
 fn read_flags() -> u64 {
     // `event_flags` is at offset 0 in every generation's PVCS.
     pv_v2::read_event_flags(pvcs_gpa(cpu_index()))
