@@ -546,6 +546,19 @@ impl Pvm {
         } else if f.on(Fault::SupervisorEventAtUserEntry) {
             entry_offset = 0;
         }
+        self.standard_entry(mem, r, ev, entry_offset)
+    }
+
+    /// The standard entry every generation ends a delivery with (notes §5.2): RCX = RIP =
+    /// the entry (LSTAR for a user SYSCALL, else EVENT_ENTRY + `entry_offset`), R11 = 0x202,
+    /// hardware RFLAGS 0x202, the virtual IF cleared.
+    fn standard_entry(
+        &mut self,
+        mem: &dyn GuestRam,
+        r: &mut Regs,
+        ev: Event,
+        entry_offset: u64,
+    ) -> Result<(), TripleFault> {
         let entry = if ev == Event::UserSyscall {
             self.lstar
         } else {
@@ -555,7 +568,7 @@ impl Pvm {
         r.rcx = entry;
         r.r11 = rflags::FIXED | rflags::IF;
         r.rflags = rflags::FIXED | rflags::IF;
-        if !f.on(Fault::IfNotClearedOnDelivery) {
+        if !self.faults.on(Fault::IfNotClearedOnDelivery) {
             self.set_if(mem, false)?;
         }
         self.halted = false;
@@ -725,20 +738,7 @@ impl Pvm {
                 entry_offset = up::V1_USER_ENTRY_OFFSET;
             }
         }
-        let entry = if ev == Event::UserSyscall {
-            self.lstar
-        } else {
-            self.event_entry + entry_offset
-        };
-        r.rip = entry;
-        r.rcx = entry;
-        r.r11 = rflags::FIXED | rflags::IF;
-        r.rflags = rflags::FIXED | rflags::IF;
-        if !f.on(Fault::IfNotClearedOnDelivery) {
-            self.set_if(mem, false)?;
-        }
-        self.halted = false;
-        Ok(())
+        self.standard_entry(mem, r, ev, entry_offset)
     }
 
     /// ERETU, RFC way (notes §4.3): SUPERVISOR_RSP := RSP, CR3 swaps with SWITCH_CR3, IP
