@@ -123,6 +123,9 @@ pub enum Dialect {
     UpstreamMid,
     /// Upstream v2 (no SUPERVISOR_RSP/SWITCH_CR3, new PVCS).
     UpstreamV2,
+    /// The 7.x community line: announces an ABI version and a feature bitmap at CPUID
+    /// 0x40000200 and drops the linear-range MSR (notes §14). No environment speaks it yet.
+    Upstream7x,
 }
 
 impl Dialect {
@@ -133,6 +136,7 @@ impl Dialect {
             Dialect::UpstreamV1 => "upstream-v1",
             Dialect::UpstreamMid => "upstream-mid",
             Dialect::UpstreamV2 => "upstream-v2",
+            Dialect::Upstream7x => "upstream-7x",
         }
     }
 }

@@ -8,6 +8,10 @@
 pub const SYNTHETIC_CPUID: [u8; 10] = [0x0f, 0x01, 0x3c, 0x25, 0x50, 0x56, 0x4d, 0xff, 0x0f, 0xa2];
 /// KVM's vendor-features leaf, where a PVM host puts its signature in EBX.
 pub const CPUID_VENDOR_FEATURES: u32 = 0x4000_0002;
+/// The leaf where the 7.x community line announces its ABI version and feature bitmap
+/// (notes §14; its register layout is not pinned down there: detection needs only the leaf and
+/// the "PVM" signature, and reports the registers as they are).
+pub const CPUID_7X: u32 = 0x4000_0200;
 /// "PVM" in EBX of [`CPUID_VENDOR_FEATURES`].
 pub const CPUID_SIGNATURE: u32 = 0x4d_5650;
 /// First PVM hypercall number (`PVM_HC_LOAD_PGTBL`).

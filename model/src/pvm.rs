@@ -36,7 +36,7 @@ impl Generation {
             abi::env::Dialect::UpstreamV1 => Some(Generation::V1),
             abi::env::Dialect::UpstreamMid => Some(Generation::Mid),
             abi::env::Dialect::UpstreamV2 => Some(Generation::V2),
-            abi::env::Dialect::Local => None,
+            abi::env::Dialect::Local | abi::env::Dialect::Upstream7x => None,
         }
     }
 

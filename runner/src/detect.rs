@@ -116,19 +116,44 @@ pub fn dialect_of(kvm: &Kvm) -> (Option<Dialect>, String) {
             .as_slice()
             .iter()
             .find(|e| e.function == f)
-            .copied()
+            .map(|e| [e.eax, e.ebx, e.ecx, e.edx])
     };
+    upstream_dialect(leaf, kvm.msr_index_list())
+}
+
+/// The upstream generation from the host's CPUID leaves (`leaf(function)` = EAX..EDX of
+/// `KVM_GET_SUPPORTED_CPUID`'s entry) and its MSR index list: the 7.x line by CPUID 0x40000200
+/// with the "PVM" signature (its registers reported as they are), else the upstream signature
+/// at 0x40000002 and the generation from the MSRs (notes §1, §11, §14).
+pub fn upstream_dialect(
+    leaf: impl Fn(u32) -> Option<[u32; 4]>,
+    msrs: &[u32],
+) -> (Option<Dialect>, String) {
+    if let Some(r) = leaf(upstream::CPUID_7X)
+        && r.contains(&upstream::CPUID_SIGNATURE)
+    {
+        return (
+            Some(Dialect::Upstream7x),
+            format!(
+                "CPUID {:#x} = {:#x} {:#x} {:#x} {:#x} (EAX..EDX: the 7.x line's ABI version and \
+                 features)",
+                upstream::CPUID_7X,
+                r[0],
+                r[1],
+                r[2],
+                r[3]
+            ),
+        );
+    }
     let upstream_sig = leaf(abi::x86::cpuid::HYPERVISOR_BASE)
-        .is_some_and(|e| e.eax >= upstream::CPUID_VENDOR_FEATURES)
-        && leaf(upstream::CPUID_VENDOR_FEATURES)
-            .is_some_and(|e| e.ebx == upstream::CPUID_SIGNATURE);
+        .is_some_and(|e| e[0] >= upstream::CPUID_VENDOR_FEATURES)
+        && leaf(upstream::CPUID_VENDOR_FEATURES).is_some_and(|e| e[1] == upstream::CPUID_SIGNATURE);
     if !upstream_sig {
         return (
             None,
             "no local signature MSR, no upstream CPUID 0x40000002 signature".into(),
         );
     }
-    let msrs = kvm.msr_index_list().to_vec();
     let has = |m: u32| msrs.contains(&m);
     let generation = if has(upstream::v1::MSR_SWITCH_CR3) {
         Dialect::UpstreamV1
@@ -141,4 +166,45 @@ pub fn dialect_of(kvm: &Kvm) -> (Option<Dialect>, String) {
         Some(generation),
         "CPUID 0x40000002.EBX = \"PVM\"; generation from the MSR index list".into(),
     )
+}
+
+#[cfg(test)]
+mod upstream_tests {
+    use super::*;
+
+    fn cpuid(entries: &[(u32, [u32; 4])]) -> impl Fn(u32) -> Option<[u32; 4]> + '_ {
+        move |f| entries.iter().find(|(l, _)| *l == f).map(|(_, r)| *r)
+    }
+
+    const SIG: [(u32, [u32; 4]); 2] = [
+        (0x4000_0000, [upstream::CPUID_VENDOR_FEATURES, 0, 0, 0]),
+        (
+            upstream::CPUID_VENDOR_FEATURES,
+            [0, upstream::CPUID_SIGNATURE, 0, 0],
+        ),
+    ];
+
+    #[test]
+    fn the_generation_follows_from_the_msr_list() {
+        let d = |msrs: &[u32]| upstream_dialect(cpuid(&SIG), msrs).0;
+        assert_eq!(
+            d(&[upstream::v1::MSR_SWITCH_CR3]),
+            Some(Dialect::UpstreamV1)
+        );
+        assert_eq!(
+            d(&[upstream::mid::MSR_SWITCH_CR3]),
+            Some(Dialect::UpstreamMid)
+        );
+        assert_eq!(d(&[upstream::MSR_VCPU_STRUCT]), Some(Dialect::UpstreamV2));
+        assert_eq!(upstream_dialect(cpuid(&[]), &[]).0, None);
+    }
+
+    #[test]
+    fn the_7x_line_is_told_by_its_leaf_and_reports_it() {
+        let mut entries = SIG.to_vec();
+        entries.push((upstream::CPUID_7X, [3, upstream::CPUID_SIGNATURE, 0x11, 0]));
+        let (d, why) = upstream_dialect(cpuid(&entries), &[]);
+        assert_eq!(d, Some(Dialect::Upstream7x));
+        assert!(why.contains("0x40000200 = 0x3"), "{why}");
+    }
 }

@@ -970,3 +970,80 @@ fn diff_lists_exactly_the_changed_instances_and_exits_by_them() {
         "x.json",
     );
 }
+
+/// The reference model with a fault switch on against the clean model: `cargo xtask diff`
+/// lists exactly the instances whose outcome the switch changed (computed here from the two
+/// reports), and exits 1.
+#[test]
+fn model_diff_lists_exactly_what_a_fault_switch_changes() {
+    let d = tempfile::tempdir().expect("tempdir");
+    let report = |name: &str, faults: &[&str]| {
+        let path = d.path().join(name);
+        let mut cmd = xtask();
+        cmd.args([
+            "conformance",
+            "--target",
+            "model",
+            "--env",
+            "pv-v2",
+            "--filter",
+            "paging.access",
+            "--jobs",
+            "2",
+            "--report",
+        ])
+        .arg(&path)
+        .arg("--image")
+        .arg(image());
+        for f in faults {
+            cmd.args(["--fault", f]);
+        }
+        let out = run(&mut cmd);
+        assert!(
+            matches!(out.status.code(), Some(0 | 1)),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        path
+    };
+    let clean = report("clean.json", &[]);
+    let faulty = report("faulty.json", &["ignore-nx"]);
+    let outcomes = |p: &Path| -> std::collections::BTreeMap<String, String> {
+        read_report(p)["cases"]
+            .as_array()
+            .expect("cases")
+            .iter()
+            .map(|c| {
+                (
+                    c["id"].as_str().expect("id").to_string(),
+                    c["outcome"].as_str().expect("outcome").to_string(),
+                )
+            })
+            .collect()
+    };
+    let (a, b) = (outcomes(&clean), outcomes(&faulty));
+    assert!(
+        a.values().all(|o| o == "pass"),
+        "the clean model passes: {a:?}"
+    );
+    let want: std::collections::BTreeSet<&String> =
+        a.keys().filter(|id| a.get(*id) != b.get(*id)).collect();
+    assert!(
+        !want.is_empty(),
+        "ignore-nx changes some paging.access instance"
+    );
+    let out = run(xtask().args(["diff"]).arg(&clean).arg(&faulty));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    let listed: std::collections::BTreeSet<&str> = text
+        .lines()
+        .filter(|l| l.contains("~pv-v2") && l.contains("->"))
+        .filter_map(|l| l.split_whitespace().next())
+        .collect();
+    let want: std::collections::BTreeSet<&str> = want.iter().map(|s| s.as_str()).collect();
+    assert_eq!(listed, want, "{text}");
+    assert!(
+        text.contains(&format!("{} instance(s) differ", want.len())),
+        "{text}"
+    );
+}
