@@ -20,6 +20,7 @@ pub mod detect;
 pub mod image;
 pub mod kvm;
 pub mod memory;
+pub mod preflight;
 pub mod setup;
 pub mod vm;
 

@@ -18,6 +18,7 @@ mod certify_cmd;
 mod conformance_cmd;
 mod coverage_cmd;
 mod diff_cmd;
+mod host_check_cmd;
 mod mutants_cmd;
 mod out;
 mod plot;
@@ -49,6 +50,9 @@ enum Cmd {
     /// Run the upstream cases on the reference model once per fault switch; print which
     /// cases caught each switch and `caught N/M`.
     MutantsModel(mutants_cmd::Args),
+    /// Print the preflight table of this host (/dev/kvm, KVM module, PVM dialect, CPU
+    /// features, KPTI...); exit 1 with the reason when the suite cannot run here.
+    HostCheck,
     /// The reference model's speed (release build): guest instructions per second on
     /// straight-line code and the pv-v2 benchmark cases, median and spread.
     BenchModel {
@@ -69,6 +73,7 @@ fn main() -> ExitCode {
         Cmd::Certify(args) => certify_cmd::run(args),
         Cmd::Diff(args) => diff_cmd::run(args),
         Cmd::MutantsModel(args) => mutants_cmd::run(args),
+        Cmd::HostCheck => host_check_cmd::run(),
         Cmd::BenchModel { repetitions } => mutants_cmd::bench_model(repetitions),
         Cmd::BuildGuests => {
             conformance::guest_build::build(&conformance::guest_build::workspace_root())

@@ -1047,3 +1047,35 @@ fn model_diff_lists_exactly_what_a_fault_switch_changes() {
         "{text}"
     );
 }
+
+/// `cargo xtask host-check` on this machine: the table, the local PVM backend and dialect,
+/// exit 0.
+#[test]
+fn host_check_prints_the_table_and_detects_the_local_pvm_backend() {
+    if !kvm_usable() {
+        assert!(
+            std::env::var_os("PVMC_REQUIRE_KVM").is_none(),
+            "PVMC_REQUIRE_KVM is set but /dev/kvm is not usable"
+        );
+        return;
+    }
+    let out = run(xtask().arg("host-check"));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    for row in [
+        "/dev/kvm",
+        "KVM vendor module",
+        "PVM dialect",
+        "CPU features",
+        "KPTI",
+    ] {
+        assert!(text.contains(row), "no {row} row: {text}");
+    }
+    if std::path::Path::new("/sys/module/kvm_pvm").exists() {
+        assert!(text.contains("kvm-pvm (a PVM host)"), "{text}");
+        assert!(
+            text.contains("PVM dialect              : PASS  local"),
+            "{text}"
+        );
+    }
+}
