@@ -135,6 +135,10 @@ pub struct Args {
     /// Parallel instances (1 to 256).
     #[arg(long, default_value_t = 1)]
     jobs: usize,
+    /// Run only shard K of N of the selection (round robin over it; `cargo xtask merge` joins
+    /// the shards' reports).
+    #[arg(long, value_name = "K/N", value_parser = conformance::report::merge::Shard::parse)]
+    shard: Option<conformance::report::merge::Shard>,
     /// Expectations file (known deviations) instead of the built-in one for the host dialect.
     #[arg(long)]
     expectations: Option<PathBuf>,
@@ -262,7 +266,15 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         suite: args.suite,
         opt_in: args.opt_in,
     };
-    let instances = catalog.instances(&sel);
+    let mut instances = catalog.instances(&sel);
+    if let Some(shard) = args.shard {
+        instances = instances
+            .into_iter()
+            .enumerate()
+            .filter(|(i, _)| shard.takes(*i))
+            .map(|(_, inst)| inst)
+            .collect();
+    }
     if instances.is_empty() {
         bail!(
             "the selection matches no case instance (environments {:?}, filters {:?})",
@@ -299,7 +311,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         host.dialect_evidence,
         host.cpu
     );
-    let run = RunInfo::new(
+    let mut run = RunInfo::new(
         start,
         target.name(),
         host,
@@ -307,6 +319,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         &instances,
         &expectations,
     );
+    run.shard = args.shard.map(|s| s.name());
     let mut session = Session::start(outputs, lock, run, args.resume, &expectations.source)?;
     if args.resume {
         errln!(

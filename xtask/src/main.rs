@@ -19,6 +19,7 @@ mod conformance_cmd;
 mod coverage_cmd;
 mod diff_cmd;
 mod host_check_cmd;
+mod merge_cmd;
 mod mutants_cmd;
 mod out;
 mod plot;
@@ -50,6 +51,8 @@ enum Cmd {
     /// Run the upstream cases on the reference model once per fault switch; print which
     /// cases caught each switch and `caught N/M`.
     MutantsModel(mutants_cmd::Args),
+    /// Merge the reports of one selection run in pieces (--shard K/N, several hosts) into one.
+    Merge(merge_cmd::Args),
     /// Print the preflight table of this host (/dev/kvm, KVM module, PVM dialect, CPU
     /// features, KPTI...); exit 1 with the reason when the suite cannot run here.
     HostCheck,
@@ -74,6 +77,7 @@ fn main() -> ExitCode {
         Cmd::Diff(args) => diff_cmd::run(args),
         Cmd::MutantsModel(args) => mutants_cmd::run(args),
         Cmd::HostCheck => host_check_cmd::run(),
+        Cmd::Merge(args) => merge_cmd::run(args),
         Cmd::BenchModel { repetitions } => mutants_cmd::bench_model(repetitions),
         Cmd::BuildGuests => {
             conformance::guest_build::build(&conformance::guest_build::workspace_root())

@@ -1079,3 +1079,85 @@ fn host_check_prints_the_table_and_detects_the_local_pvm_backend() {
         );
     }
 }
+
+/// `--shard K/N` splits a selection deterministically and `cargo xtask merge` joins the
+/// shards' reports into one holding every instance once, in the selection's order; merging a
+/// report with itself is refused.
+#[test]
+fn shards_merge_into_one_report_with_every_instance_once() {
+    if !kvm_usable() {
+        return;
+    }
+    let d = tempfile::tempdir().expect("tempdir");
+    let listed = run(xtask()
+        .args([
+            "conformance",
+            "--list",
+            "--env",
+            "hvm64",
+            "--filter",
+            "io.port",
+        ])
+        .arg("--image")
+        .arg(image()));
+    let all: Vec<String> = String::from_utf8_lossy(&listed.stdout)
+        .lines()
+        .filter(|l| l.contains('~'))
+        .filter_map(|l| l.split_whitespace().next().map(str::to_string))
+        .collect();
+    assert!(all.len() >= 3, "enough instances to shard: {all:?}");
+    let mut parts = Vec::new();
+    for k in 1..=3 {
+        let path = d.path().join(format!("shard{k}.json"));
+        let out = run(xtask()
+            .args(["conformance", "--env", "hvm64", "--filter", "io.port"])
+            .args(["--shard", &format!("{k}/3"), "--report"])
+            .arg(&path)
+            .arg("--image")
+            .arg(image()));
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        parts.push(path);
+    }
+    let merged = d.path().join("merged.json");
+    let out = run(xtask()
+        .arg("merge")
+        .args(&parts)
+        .arg("--report")
+        .arg(&merged));
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r = read_report(&merged);
+    let ids: Vec<String> = r["cases"]
+        .as_array()
+        .expect("cases")
+        .iter()
+        .map(|c| c["id"].as_str().expect("id").to_string())
+        .collect();
+    assert_eq!(ids, all, "every instance once, in the selection's order");
+    assert_eq!(r["summary"]["total"], all.len());
+    let twice = run(xtask()
+        .arg("merge")
+        .arg(&parts[0])
+        .arg(&parts[0])
+        .arg("--report")
+        .arg(d.path().join("bad.json")));
+    assert_bad(
+        &twice,
+        "a report merged with itself",
+        "has a result in reports",
+    );
+    assert_bad(
+        &run(xtask().args(["conformance", "--shard", "3/2"])),
+        "shard beyond the count",
+        "shard",
+    );
+}

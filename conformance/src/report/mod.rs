@@ -12,6 +12,7 @@
 
 pub mod diff;
 pub mod junit;
+pub mod merge;
 pub mod progress;
 pub mod tap;
 
@@ -85,6 +86,9 @@ pub struct RunInfo {
     /// Fingerprint of the selected instance ids and the expectations in force (a resume must
     /// match it).
     pub selection: String,
+    /// `K/N` when the run is one shard of a selection (`--shard`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shard: Option<String>,
 }
 
 /// When and as what a run started: its id (`run-<start time>-<pid>`) and start time (RFC
@@ -128,6 +132,7 @@ impl RunInfo {
             image_sha256: image_sha256.into(),
             suite_version: SUITE_VERSION.into(),
             selection: selection_fingerprint(instances, expectations),
+            shard: None,
         }
     }
 }
@@ -367,6 +372,7 @@ pub(crate) mod fixtures {
             image_sha256: "00".into(),
             suite_version: SUITE_VERSION.into(),
             selection: "sha256:11".into(),
+            shard: None,
         }
     }
 

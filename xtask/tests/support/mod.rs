@@ -100,6 +100,7 @@ pub fn report(variant: Variant) -> Report {
             image_sha256: IMAGE_SHA256.into(),
             suite_version: SUITE_VERSION.into(),
             selection: "sha256:fixture".into(),
+            shard: None,
         },
         state: RunState::Complete,
         interrupted: false,
