@@ -34,9 +34,6 @@ impl Backend for ModelBackend {
     }
 
     fn create_vm(&self, opts: &VmOptions) -> runner::Result<Box<dyn Vm>> {
-        if let Some(why) = self.generation.unsupported() {
-            return Err(unsupported(why.into()));
-        }
         if opts.vcpus != 1 {
             return Err(unsupported(format!(
                 "the reference model runs one vCPU; the case asks for {}",

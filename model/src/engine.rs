@@ -22,7 +22,7 @@ use unicorn_engine::{Arch, MemType, Mode, Prot, RegisterX86, TlbEntry, TlbType, 
 use crate::emulate::{self, Op};
 use crate::faults::Fault;
 use crate::mmu::{self, Access, PageFault, WalkCtx};
-use crate::pvm::{Event, Pvm, Regs, TripleFault, WrmsrError, canonical, sel};
+use crate::pvm::{Event, Pvm, Regs, TripleFault, WrmsrError, canonical};
 use abi::x86::msr;
 
 /// How often the watchdog looks at the clock (it stops the emulator only when due).
@@ -532,8 +532,8 @@ pub fn run(
         .map_err(uc_err("CR0"))?;
     if first {
         let mut v = vc.borrow_mut();
-        v.regs.cs = sel::USER_CS;
-        v.regs.ss = sel::USER_DS;
+        v.regs.cs = abi::upstream::HOST_USER_CS;
+        v.regs.ss = abi::upstream::HOST_USER_DS;
     }
     for seg in [
         RegisterX86::DS,
@@ -839,15 +839,6 @@ impl FpuState {
     }
 }
 
-/// RDMSR of FS_BASE/GS_BASE: the hardware bases.
-fn fs_gs_msr(r: &Regs, idx: u32) -> Option<u64> {
-    match idx {
-        msr::FS_BASE => Some(r.fs_base),
-        msr::GS_BASE => Some(r.gs_base),
-        _ => None,
-    }
-}
-
 /// Unicorn's CPUID hook: EAX/ECX in, EAX..EDX from the model's table (`pvm::cpuid`) out;
 /// returns 1 (the instruction is done).
 ///
@@ -1123,7 +1114,11 @@ fn privileged(
             r.rcx = u64::from(out[2]);
             r.rdx = u64::from(out[3]);
         }
-        Op::Rdmsr => match fs_gs_msr(r, r.rcx as u32).or_else(|| v.pvm.rdmsr(r.rcx as u32)) {
+        Op::Rdmsr => match r
+            .base_msr(r.rcx as u32)
+            .map(|b| *b)
+            .or_else(|| v.pvm.rdmsr(r.rcx as u32))
+        {
             Some(val) => {
                 r.rax = val & 0xffff_ffff;
                 r.rdx = val >> 32;
@@ -1136,17 +1131,11 @@ fn privileged(
             if std::env::var_os(TRACE_VAR).is_some() {
                 eprintln!("pvmc-model: wrmsr {idx:#x} = {val:#x}");
             }
-            if matches!(idx, msr::FS_BASE | msr::GS_BASE) {
-                // The hardware bases, loaded for the guest (the host writes them on its
-                // behalf: notes §6).
+            if let Some(base) = r.base_msr(idx) {
                 if !canonical(val) {
                     return gp(mem, v);
                 }
-                if idx == msr::FS_BASE {
-                    r.fs_base = val;
-                } else {
-                    r.gs_base = val;
-                }
+                *base = val;
             } else {
                 match v.pvm.wrmsr(idx, val) {
                     Ok(()) => {}

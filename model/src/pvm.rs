@@ -40,12 +40,6 @@ impl Generation {
         }
     }
 
-    /// Why the model cannot play this generation yet, if it cannot (every generation is
-    /// played now; kept for the ones to come).
-    pub fn unsupported(self) -> Option<&'static str> {
-        None
-    }
-
     /// The RFC-era generations (v1, mid): supervisor stack frames, ERETS, SUPERVISOR_RSP and
     /// SWITCH_CR3 (notes §3-§5, §11).
     pub const fn rfc(self) -> bool {
@@ -71,27 +65,9 @@ impl Generation {
     }
 }
 
-/// Host selectors of an x86-64 Linux host (`__USER32_CS`, `__USER_DS`, `__USER_CS`), which a
-/// PVM guest runs on in hardware (notes §6).
-pub mod sel {
-    /// `__KERNEL_CS`.
-    pub const KERNEL_CS: u16 = 0x10;
-    /// `__KERNEL_DS`.
-    pub const KERNEL_DS: u16 = 0x18;
-    /// `__USER32_CS`.
-    pub const USER32_CS: u16 = 0x23;
-    /// `__USER_DS`.
-    pub const USER_DS: u16 = 0x2b;
-    /// `__USER_CS`.
-    pub const USER_CS: u16 = 0x33;
-}
-
 /// RFLAGS bits.
 pub mod rflags {
-    /// Reserved bit 1 (always set).
-    pub const FIXED: u64 = 1 << 1;
-    /// Interrupt flag.
-    pub const IF: u64 = 1 << 9;
+    pub use abi::x86::rflags::{FIXED, IF};
     /// The flags a guest controls in hardware (`SWITCH_ENTER_EFLAGS_ALLOWED`, notes §6):
     /// CF PF AF ZF SF TF IF DF OF NT RF AC ID.
     pub const ALLOWED: u64 = 0x1
@@ -137,6 +113,18 @@ pub struct Regs {
     pub cs: u16,
     /// Hardware SS.
     pub ss: u16,
+}
+
+impl Regs {
+    /// The register an MSR index names, for the two MSRs that are hardware registers here:
+    /// FS_BASE and GS_BASE (the host loads them for the guest, notes §6).
+    pub fn base_msr(&mut self, idx: u32) -> Option<&mut u64> {
+        match idx {
+            msr::FS_BASE => Some(&mut self.fs_base),
+            msr::GS_BASE => Some(&mut self.gs_base),
+            _ => None,
+        }
+    }
 }
 
 /// An event to deliver.
@@ -342,7 +330,8 @@ impl Pvm {
             redzone: 0,
             switch_cr3: 0,
             // STAR kernel CS 0 at conversion: the host sets it from CS (notes §8.2).
-            star: (u64::from(sel::KERNEL_CS) << 32) | (u64::from(sel::USER32_CS) << 48),
+            star: (u64::from(abi::layout::sel::KERNEL_CS) << 32)
+                | (u64::from(up::HOST_USER32_CS) << 48),
             lstar: 0,
             cstar: 0,
             fmask: 0,
@@ -536,8 +525,8 @@ impl Pvm {
             self.write64(mem, offset_of!(PvcsV2, user_gsbase), r.gs_base)?;
             self.write32(mem, offset_of!(PvcsV2, pkru), 0)?;
             r.gs_base = self.kernel_gs_base;
-            r.cs = sel::USER_CS;
-            r.ss = sel::USER_DS;
+            r.cs = up::HOST_USER_CS;
+            r.ss = up::HOST_USER_DS;
             self.smod = true;
             self.flush_tlb = true;
             if f.on(Fault::UserEventAtSupervisorEntry) {
@@ -685,8 +674,8 @@ impl Pvm {
             self.write64(mem, offset_of!(PvcsV1, user_gsbase), r.gs_base)?;
             self.write32(mem, offset_of!(PvcsV1, pkru), 0)?;
             r.gs_base = self.kernel_gs_base;
-            r.cs = sel::USER_CS;
-            r.ss = sel::USER_DS;
+            r.cs = up::HOST_USER_CS;
+            r.ss = up::HOST_USER_DS;
             r.rsp = self.supervisor_rsp;
             if self.switch_cr3 != 0 {
                 core::mem::swap(&mut self.cr3, &mut self.switch_cr3);
@@ -751,7 +740,7 @@ impl Pvm {
     ) -> Result<Option<Event>, TripleFault> {
         let cs = self.read16(mem, offset_of!(PvcsV1, user_cs))? | 3;
         let ss = self.read16(mem, offset_of!(PvcsV1, user_ss))? | 3;
-        if !(cs == sel::USER_CS || cs == sel::USER32_CS) || ss != sel::USER_DS {
+        if !(cs == up::HOST_USER_CS || cs == up::HOST_USER32_CS) || ss != up::HOST_USER_DS {
             return Ok(Some(Event::Exception {
                 vector: 13,
                 code: Some(0),
@@ -811,7 +800,7 @@ impl Pvm {
     fn eretu(&mut self, mem: &dyn GuestRam, r: &mut Regs) -> Result<Option<Event>, TripleFault> {
         let cs = self.read16(mem, offset_of!(PvcsV2, user_cs))? | 3;
         let ss = self.read16(mem, offset_of!(PvcsV2, user_ss))? | 3;
-        if !(cs == sel::USER_CS || cs == sel::USER32_CS) || ss != sel::USER_DS {
+        if !(cs == up::HOST_USER_CS || cs == up::HOST_USER32_CS) || ss != up::HOST_USER_DS {
             return Ok(Some(Event::Exception {
                 vector: 13,
                 code: Some(0),
@@ -1035,7 +1024,7 @@ impl Pvm {
             msr::STAR => {
                 let kernel_cs = (v >> 32) & 0xfffc;
                 let user_cs = ((v >> 48) | 3) + 16;
-                if kernel_cs == 0 || user_cs != u64::from(sel::USER_CS) {
+                if kernel_cs == 0 || user_cs != u64::from(up::HOST_USER_CS) {
                     return Err(format!("STAR {v:#x}: kernel CS 0 or user CS not __USER_CS"));
                 }
                 self.star = v;

@@ -37,29 +37,25 @@ pub fn serve(mem: &dyn GuestRam, v: &mut Vcpu, req: VmmRequest) -> Reply {
     let [a0, a1, _] = req.args;
     match op {
         // KVM_GET_MSRS returns no entry for an MSR the host does not know.
-        Op::GetMsr => match match a0 as u32 {
-            // The hardware bases, as of the last exit.
-            abi::x86::msr::FS_BASE => Some(v.regs.fs_base),
-            abi::x86::msr::GS_BASE => Some(v.regs.gs_base),
-            idx => v.pvm.rdmsr(idx),
-        } {
+        // FS_BASE/GS_BASE: the hardware bases as of the last exit.
+        Op::GetMsr => match v
+            .regs
+            .base_msr(a0 as u32)
+            .map(|b| *b)
+            .or_else(|| v.pvm.rdmsr(a0 as u32))
+        {
             Some(val) => ok([1, val, 0]),
             None => ok([0; 3]),
         },
         Op::SetMsr => {
-            let accepted = match a0 as u32 {
-                abi::x86::msr::FS_BASE | abi::x86::msr::GS_BASE if !pvm::canonical(a1) => false,
-                abi::x86::msr::FS_BASE => {
-                    v.regs.fs_base = a1;
+            let accepted = match v.regs.base_msr(a0 as u32) {
+                Some(_) if !pvm::canonical(a1) => false,
+                Some(base) => {
+                    *base = a1;
                     v.pvm.bases_dirty = true;
                     true
                 }
-                abi::x86::msr::GS_BASE => {
-                    v.regs.gs_base = a1;
-                    v.pvm.bases_dirty = true;
-                    true
-                }
-                idx => v.pvm.wrmsr(idx, a1).is_ok(),
+                None => v.pvm.wrmsr(a0 as u32, a1).is_ok(),
             };
             v.pvm.resync = true;
             ok([u64::from(accepted), 0, 0])

@@ -42,7 +42,26 @@ macro_rules! pop_gprs {
     };
 }
 #[cfg(target_os = "none")]
-pub(crate) use {pop_gprs, push_gprs};
+/// After [`push_gprs`] on a frame whose error code the host writes only for an event that has
+/// one (the upstream PVCS): zeroes a stale one (operand `errmask`: the vectors with an error
+/// code; clobbers RAX/RDX, which the frame holds).
+macro_rules! drop_stale_errcode {
+    () => {
+        "movzbl 120(%rsp), %eax\n cmpl $32, %eax\n jae 97f\n movl ${errmask}, %edx\n \
+         btl %eax, %edx\n jc 98f\n 97: movq $0, 128(%rsp)\n 98:\n"
+    };
+}
+#[cfg(target_os = "none")]
+/// After [`push_gprs`], RCX = the vCPU's PVCS: puts the interrupted RCX and R11, which the
+/// host saved there (operands `pvcs_rcx`, `pvcs_r11`: their offsets), into the frame's slots.
+macro_rules! gprs_rcx_r11_from_pvcs {
+    () => {
+        "movq {pvcs_rcx}(%rcx), %r11\n movq %r11, 16(%rsp)\n movq {pvcs_r11}(%rcx), %r11\n \
+         movq %r11, 80(%rsp)\n"
+    };
+}
+#[cfg(target_os = "none")]
+pub(crate) use {drop_stale_errcode, gprs_rcx_r11_from_pvcs, pop_gprs, push_gprs};
 
 /// The two ways back to CPL3 an environment provides (addresses of assembly stubs).
 ///

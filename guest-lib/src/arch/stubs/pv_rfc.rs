@@ -62,20 +62,9 @@ pvmc_rfc_event_entry:
     pushq %r11
 "#,
     super::push_gprs!(),
+    super::drop_stale_errcode!(),
+    super::gprs_rcx_r11_from_pvcs!(),
     r#"
-    # The host writes the error code only for an event that has one: drop a stale one.
-    movzbl 120(%rsp), %eax
-    cmpl $32, %eax
-    jae 97f
-    movl ${errmask}, %edx
-    btl %eax, %edx
-    jc 98f
-97: movq $0, 128(%rsp)
-98:
-    movq {o_rcx}(%rcx), %r11
-    movq %r11, 16(%rsp)
-    movq {o_r11}(%rcx), %r11
-    movq %r11, 80(%rsp)
     movq %rsp, %rdi
     cld
     call pvmc_exception_dispatch
@@ -105,9 +94,9 @@ pvmc_rfc_event_entry:
     movq {o_rsp}(%rcx), %r11
     movq %r11, 32(%rsp)
     movq ${kernel_ds}, 40(%rsp)
-    movq {o_rcx}(%rcx), %r11
+    movq {pvcs_rcx}(%rcx), %r11
     movq %r11, 48(%rsp)
-    movq {o_r11}(%rcx), %r11
+    movq {pvcs_r11}(%rcx), %r11
     movq %r11, 56(%rsp)
     movq %rsp, %r11
 
@@ -167,11 +156,8 @@ pvmc_rfc_syscall_entry:
     pushq {o_rip}(%rcx)
 "#,
     super::push_gprs!(),
+    super::gprs_rcx_r11_from_pvcs!(),
     r#"
-    movq {o_rcx}(%rcx), %r11
-    movq %r11, 16(%rsp)
-    movq {o_r11}(%rcx), %r11
-    movq %r11, 80(%rsp)
     movq %rsp, %rdi
     cld
     call pvmc_syscall_dispatch
@@ -193,8 +179,8 @@ pvmc_rfc_retu:
 
     # The frame (above the return address) and RCX/R11 into vCPU 0's PVCS.
 pvmc_rfc_stage:
-    movq %rcx, {pvcs0}+{o_rcx}
-    movq %r11, {pvcs0}+{o_r11}
+    movq %rcx, {pvcs0}+{pvcs_rcx}
+    movq %r11, {pvcs0}+{pvcs_r11}
     movq 8(%rsp), %rcx
     movq %rcx, {pvcs0}+{o_rip}
     movq 16(%rsp), %rcx
@@ -217,8 +203,8 @@ pvmc_rfc_stage:
     o_eflags = const core::mem::offset_of!(PvcsV1, eflags),
     o_rip = const core::mem::offset_of!(PvcsV1, rip),
     o_rsp = const core::mem::offset_of!(PvcsV1, rsp),
-    o_rcx = const core::mem::offset_of!(PvcsV1, rcx),
-    o_r11 = const core::mem::offset_of!(PvcsV1, r11),
+    pvcs_rcx = const core::mem::offset_of!(PvcsV1, rcx),
+    pvcs_r11 = const core::mem::offset_of!(PvcsV1, r11),
     o_errcode = const core::mem::offset_of!(PvcsV1, event_errcode),
     o_vector = const core::mem::offset_of!(PvcsV1, event_vector),
     options(att_syntax)

@@ -94,20 +94,9 @@ pvmc_v2_event_entry:
     pushq %r11
 "#,
     super::push_gprs!(),
+    super::drop_stale_errcode!(),
+    super::gprs_rcx_r11_from_pvcs!(),
     r#"
-    # The host writes the error code only for an event that has one: drop a stale one.
-    movzbl 120(%rsp), %eax
-    cmpl $32, %eax
-    jae 97f
-    movl ${errmask}, %edx
-    btl %eax, %edx
-    jc 98f
-97: movq $0, 128(%rsp)
-98:
-    movq {rcx}(%rcx), %r11
-    movq %r11, 16(%rsp)
-    movq {r11}(%rcx), %r11
-    movq %r11, 80(%rsp)
     movb $0, {vector}+1(%rcx)
     movq %rsp, %rdi
     cld
@@ -160,20 +149,9 @@ pvmc_v2_user_event:
     pushq %r11
 "#,
     super::push_gprs!(),
+    super::drop_stale_errcode!(),
+    super::gprs_rcx_r11_from_pvcs!(),
     r#"
-    # The host writes the error code only for an event that has one: drop a stale one.
-    movzbl 120(%rsp), %eax
-    cmpl $32, %eax
-    jae 97f
-    movl ${errmask}, %edx
-    btl %eax, %edx
-    jc 98f
-97: movq $0, 128(%rsp)
-98:
-    movq {rcx}(%rcx), %r11
-    movq %r11, 16(%rsp)
-    movq {r11}(%rcx), %r11
-    movq %r11, 80(%rsp)
     movb $0, {vector}+1(%rcx)
     movq %rsp, %rdi
     cld
@@ -203,10 +181,10 @@ pvmc_v2_syscall_entry:
 "#,
     super::push_gprs!(),
     r#"
-    movq {rcx}(%rcx), %r11
+    movq {pvcs_rcx}(%rcx), %r11
     pvmc_v2_to_image %r11
     movq %r11, 16(%rsp)
-    movq {r11}(%rcx), %r11
+    movq {pvcs_r11}(%rcx), %r11
     movq %r11, 80(%rsp)
     movq %rsp, %rdi
     cld
@@ -229,8 +207,8 @@ pvmc_v2_retu:
 
     # The frame (above the return address) and RCX/R11 into vCPU 0's PVCS.
 pvmc_v2_stage:
-    movq %rcx, {pvcs0}+{rcx}
-    movq %r11, {pvcs0}+{r11}
+    movq %rcx, {pvcs0}+{pvcs_rcx}
+    movq %r11, {pvcs0}+{pvcs_r11}
     movq 8(%rsp), %rcx
     pvmc_v2_to_alias %rcx
     movq %rcx, {pvcs0}+{rip}
@@ -256,8 +234,8 @@ pvmc_v2_user_rsp:
     user_ds = const abi::upstream::HOST_USER_DS,
     eflags = const core::mem::offset_of!(PvcsV2, eflags),
     rip = const core::mem::offset_of!(PvcsV2, rip),
-    rcx = const core::mem::offset_of!(PvcsV2, rcx),
-    r11 = const core::mem::offset_of!(PvcsV2, r11),
+    pvcs_rcx = const core::mem::offset_of!(PvcsV2, rcx),
+    pvcs_r11 = const core::mem::offset_of!(PvcsV2, r11),
     errcode = const core::mem::offset_of!(PvcsV2, event_errcode),
     vector = const core::mem::offset_of!(PvcsV2, event_vector),
     irq_win = const abi::upstream::hc::IRQ_WIN,
