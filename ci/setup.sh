@@ -2,8 +2,8 @@
 # Installs what pvm-conformance needs on a fresh machine: the pinned Rust toolchain with the
 # bare-metal guest target (x86_64-unknown-none), clippy and rustfmt, the DejaVu font the
 # benchmark plot draws its text with, cmake/cc/libclang for the reference model's Unicorn build,
-# and Chromium and tesseract for the certificate's browser test. The KVM layer itself is pure
-# Rust over /dev/kvm.
+# Chromium and tesseract for the certificate's browser test, and QEMU for --target qemu. The KVM
+# layer itself is pure Rust over /dev/kvm.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if ! command -v rustup >/dev/null; then
@@ -37,5 +37,27 @@ if [ ${#packages[@]} -gt 0 ]; then
         echo "ci/setup.sh: missing Debian packages ${packages[*]} (fonts-dejavu-core for the" \
             "benchmark plot, cmake, a C compiler and libclang-dev for the reference model," \
             "chromium and tesseract-ocr for the certificate's browser test)" >&2
+    fi
+fi
+# QEMU for --target qemu (shared/notes/qemu-and-images.md): qemu-system-x86 with qboot, and
+# qemu-utils, both from the same place. On bookworm that is bookworm-backports (QEMU 10.0):
+# installing bookworm's qemu-system-x86 7.2 next to a backports qemu-utils removes the latter.
+if ! command -v qemu-system-x86_64 >/dev/null || ! command -v qemu-img >/dev/null; then
+    codename=$(sed -n 's/^VERSION_CODENAME=//p' /etc/os-release 2>/dev/null || true)
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+        release=()
+        if [ "$codename" = bookworm ]; then
+            if ! grep -rqs bookworm-backports /etc/apt/sources.list /etc/apt/sources.list.d/; then
+                printf '%s\n' 'Types: deb' 'URIs: http://deb.debian.org/debian' \
+                    'Suites: bookworm-backports' 'Components: main' \
+                    'Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg' \
+                    > /etc/apt/sources.list.d/bookworm-backports.sources
+            fi
+            release=(-t bookworm-backports)
+        fi
+        (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+            --no-install-recommends "${release[@]}" qemu-system-x86 qemu-utils) >&2
+    else
+        echo "ci/setup.sh: missing qemu-system-x86 and qemu-utils (for --target qemu)" >&2
     fi
 fi

@@ -34,6 +34,9 @@ pub const FLAG_HIGH_VCPU_ID: u32 = 1 << 4;
 /// [`CaseDesc::flags`]: opt-in only: runs only when asked for by name with `--opt-in` (cases
 /// that could reach past the host under test, such as VMCALL on a nested host).
 pub const FLAG_OPT_IN: u32 = 1 << 5;
+/// [`CaseDesc::flags`]: the case checks what the local dialect's host shows an x86 guest (its
+/// MSRs and CPUID leaves); it runs only where the host speaks that dialect and SKIPs elsewhere.
+pub const FLAG_LOCAL_DIALECT: u32 = 1 << 6;
 
 /// Host-side behaviour a case needs beyond the report channel. Each variant is implemented
 /// once by the host harness (an exhaustive `match`), and its constants live in [`io`].

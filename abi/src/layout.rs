@@ -176,11 +176,14 @@ pub struct BootInfo {
     pub tsc_khz: u64,
     /// The case's parameter (`CaseDesc::param`).
     pub case_param: u64,
+    /// How the guest sends report messages: a [`crate::report::Channel`] as raw value.
+    pub channel: u64,
 }
 
 const _: () = {
-    assert!(core::mem::size_of::<BootInfo>() == 56);
+    assert!(core::mem::size_of::<BootInfo>() == 64);
     assert!(core::mem::offset_of!(BootInfo, case_param) == 48);
+    assert!(core::mem::offset_of!(BootInfo, channel) == 56);
     assert!(core::mem::offset_of!(BootInfo, case_entry) == 8);
     assert!(core::mem::offset_of!(BootInfo, env) == 16);
     assert!(core::mem::offset_of!(BootInfo, free_start) == 24);
@@ -209,6 +212,7 @@ impl BootInfo {
         b[32..40].copy_from_slice(&self.free_end.to_le_bytes());
         b[40..48].copy_from_slice(&self.tsc_khz.to_le_bytes());
         b[48..56].copy_from_slice(&self.case_param.to_le_bytes());
+        b[56..64].copy_from_slice(&self.channel.to_le_bytes());
         b
     }
 }

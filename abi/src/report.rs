@@ -5,9 +5,37 @@
 //! sees one `KVM_EXIT_IO`, reads the message from guest memory and resumes the vCPU. A
 //! [`MessageKind::Result`] message is the case's final status; a case that never sends one
 //! ends as CRASH on the host side.
+//!
+//! That is [`Channel::Exit`]. A VMM that cannot read guest memory on a port exit (QEMU) asks
+//! for [`Channel::Stream`] in the boot info instead: the guest writes each message's bytes
+//! ([`Message::to_bytes`]) one at a time to the same port, a byte sink on the VMM side (QEMU's
+//! `isa-debugcon`), and a request gets no reply (the guest takes it as `Unsupported`).
 
 /// I/O port of the report channel (32-bit `out`, EAX = GPA of a [`Message`]).
 pub const REPORT_PORT: u16 = 0x0cf0;
+/// How the guest sends messages (`abi::layout::BootInfo::channel`).
+#[repr(u64)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Channel {
+    /// One 32-bit `out` of the message's GPA to [`REPORT_PORT`]; the VMM reads the message
+    /// from guest memory and may write a reply into it before resuming.
+    Exit = 0,
+    /// The message's [`MESSAGE_SIZE`] bytes, one 8-bit `out` each, to [`REPORT_PORT`]; no
+    /// reply.
+    Stream = 1,
+}
+
+impl Channel {
+    /// Decodes the raw field.
+    pub fn from_raw(raw: u64) -> Option<Self> {
+        match raw {
+            0 => Some(Self::Exit),
+            1 => Some(Self::Stream),
+            _ => None,
+        }
+    }
+}
+
 /// Magic in [`Message::magic`] ("PVMC").
 pub const MESSAGE_MAGIC: u32 = u32::from_le_bytes(*b"PVMC");
 /// Bytes of [`Message::file`].
@@ -147,6 +175,21 @@ impl Message {
         }
     }
 
+    /// The exact `#[repr(C)]` byte layout (little endian), as [`Channel::Stream`] sends it.
+    pub fn to_bytes(&self) -> [u8; MESSAGE_SIZE] {
+        let mut b = [0u8; MESSAGE_SIZE];
+        b[0..4].copy_from_slice(&self.magic.to_le_bytes());
+        b[4..8].copy_from_slice(&self.kind.to_le_bytes());
+        b[8..12].copy_from_slice(&self.line.to_le_bytes());
+        b[12..16].copy_from_slice(&self.flags.to_le_bytes());
+        for (i, v) in self.values.iter().enumerate() {
+            b[16 + 8 * i..24 + 8 * i].copy_from_slice(&v.to_le_bytes());
+        }
+        b[48..48 + FILE_LEN].copy_from_slice(&self.file);
+        b[48 + FILE_LEN..].copy_from_slice(&self.text);
+        b
+    }
+
     /// Decodes a message from its raw bytes (as read by the host from guest memory).
     pub fn from_bytes(b: &[u8; MESSAGE_SIZE]) -> Self {
         let u32_at = |o: usize| u32::from_le_bytes([b[o], b[o + 1], b[o + 2], b[o + 3]]);
@@ -204,10 +247,19 @@ mod tests {
         }
         raw[48..48 + FILE_LEN].copy_from_slice(&m.file);
         raw[48 + FILE_LEN..].copy_from_slice(&m.text);
+        assert_eq!(m.to_bytes(), raw, "to_bytes is the in-memory layout");
         let d = Message::from_bytes(&raw);
         assert_eq!(d, m);
         assert_eq!(d.text_str(), "a == b");
         assert_eq!(d.file_str(), "src/cases.rs");
         assert_eq!(MessageKind::from_raw(d.kind), Some(MessageKind::AssertFail));
+    }
+
+    #[test]
+    fn channels_round_trip_and_unknown_ones_are_refused() {
+        for c in [Channel::Exit, Channel::Stream] {
+            assert_eq!(Channel::from_raw(c as u64), Some(c));
+        }
+        assert_eq!(Channel::from_raw(2), None);
     }
 }

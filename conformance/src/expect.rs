@@ -71,6 +71,8 @@ fn one_line(text: &str, e: &toml::de::Error) -> String {
 pub const LOCAL: &str = include_str!("../expectations/local.toml");
 /// The built-in expectations of the upstream generations (`--target model`).
 pub const UPSTREAM: &str = include_str!("../expectations/upstream.toml");
+/// The built-in expectations of QEMU's TCG emulator (`--target qemu` without VMX/SVM).
+pub const QEMU_TCG: &str = include_str!("../expectations/qemu-tcg.toml");
 
 impl Expectations {
     /// Parses an expectations file's text; `source` names it in errors.
@@ -129,6 +131,11 @@ impl Expectations {
         Self::parse(UPSTREAM, "built-in expectations/upstream.toml")
     }
 
+    /// The built-in expectations of QEMU's TCG emulator.
+    pub fn builtin_qemu_tcg() -> Result<Self, Error> {
+        Self::parse(QEMU_TCG, "built-in expectations/qemu-tcg.toml")
+    }
+
     /// Every listed instance id.
     pub fn ids(&self) -> impl Iterator<Item = &str> {
         self.by_id.keys().map(String::as_str)
@@ -139,6 +146,7 @@ impl Expectations {
         Ok(vec![
             Self::parse(LOCAL, "built-in expectations/local.toml")?,
             Self::builtin_upstream()?,
+            Self::builtin_qemu_tcg()?,
         ])
     }
 

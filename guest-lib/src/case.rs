@@ -100,6 +100,13 @@ impl Spec {
         self
     }
 
+    /// Checks the local dialect's host as an x86 guest sees it: SKIPs on any other host
+    /// (`abi::case::FLAG_LOCAL_DIALECT`).
+    pub const fn local_dialect(mut self) -> Self {
+        self.flags |= abi::case::FLAG_LOCAL_DIALECT;
+        self
+    }
+
     /// A self-test of the suite that must end with `outcome` (only run with `--selftest`).
     pub const fn selftest(mut self, outcome: Designed) -> Self {
         self.flags |= FLAG_SELFTEST;

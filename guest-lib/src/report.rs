@@ -13,12 +13,24 @@
 use core::fmt::{self, Write};
 
 use abi::report::{
-    FILE_LEN, FLAG_HAS_VALUES, GuestStatus, Message, MessageKind, REPORT_PORT, TEXT_LEN,
+    Channel, FILE_LEN, FLAG_HAS_VALUES, GuestStatus, Message, MessageKind, REPORT_PORT, TEXT_LEN,
 };
 
 use core::sync::atomic::{AtomicU8, AtomicU32, Ordering};
 
 use crate::arch;
+
+/// The [`Channel`] messages go out on, as raw value (set once by `rt::start`).
+static CHANNEL: AtomicU8 = AtomicU8::new(Channel::Exit as u8);
+
+/// Sends every later message on `c` (the boot info's channel; `rt::start` calls this first).
+pub fn use_channel(c: Channel) {
+    CHANNEL.store(c as u8, Ordering::Relaxed);
+}
+
+fn stream() -> bool {
+    CHANNEL.load(Ordering::Relaxed) == Channel::Stream as u8
+}
 
 static WORST: AtomicU8 = AtomicU8::new(GuestStatus::Pass as u8);
 static CHECKS: AtomicU32 = AtomicU32::new(0);
@@ -50,6 +62,10 @@ pub fn checks() -> u32 {
 }
 
 fn send(msg: &Message) {
+    if stream() {
+        arch::instr::rep_outs(REPORT_PORT, 1, &msg.to_bytes(), false);
+        return;
+    }
     // The message lives on the stack or in .data, both identity mapped below 4 GiB, so its
     // address is the GPA the host reads.
     arch::instr::outl(REPORT_PORT, msg as *const Message as u64 as u32);
@@ -107,6 +123,11 @@ pub(crate) fn request(op: u32, args: [u64; 3]) -> [u64; 4] {
     let mut m = Message::new(MessageKind::Request);
     m.line = op;
     m.values = [abi::vmm::NO_REPLY, args[0], args[1], args[2]];
+    if stream() {
+        // The stream has no way back: the VMM sees the request, the case sees Unsupported.
+        send(&m);
+        return [abi::vmm::Status::Unsupported as u64, 0, 0, 0];
+    }
     arch::instr::report_exchange(REPORT_PORT, &mut m)
 }
 

@@ -40,6 +40,13 @@ pub fn start(info: &BootInfo, cpu: u32) -> ! {
     if info.magic != BOOT_MAGIC {
         crate::report::finish(GuestStatus::Error, "bad boot info magic");
     }
+    let Some(channel) = abi::report::Channel::from_raw(info.channel) else {
+        crate::report::finish(
+            GuestStatus::Error,
+            "unknown report channel in the boot info",
+        )
+    };
+    crate::report::use_channel(channel);
     if cpu != 0 {
         crate::smp::ap_start(cpu);
     }

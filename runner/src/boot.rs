@@ -46,6 +46,6 @@ pub fn boot(vm: &mut dyn Vm, image: &GuestImage, p: &BootParams) -> Result<()> {
     setup::write_page_tables(vm.memory(), p.env, &code)?;
     image.load_into(vm.memory())?;
     let tsc_khz = vm.tsc_khz()?;
-    setup::write_boot_info(vm.memory(), p, tsc_khz)?;
+    setup::write_boot_info(vm.memory(), p, tsc_khz, vm.report_channel())?;
     vm.set_initial_state(&setup::initial_state(image.entry, p.vcpus))
 }

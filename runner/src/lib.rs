@@ -9,6 +9,8 @@
 //! - [`setup`]: the initial page tables, boot info and 64-bit start state.
 //! - [`image`]: the guest ELF (validated segments, entry point, sections, hash).
 //! - [`detect`]: which KVM backend the host has and which PVM dialect it speaks.
+//! - [`qemu`]: the QEMU backend: one `qemu-system-x86_64` per VM, booted directly (PVH) from
+//!   the prepared RAM, reports as a byte stream on a debugcon.
 //! - [`baseline`]: the raw `KVM_RUN` exit loop that bounds the runner's own overhead.
 //!
 //! Architecture invariant: only `kvm` and `memory` contain `unsafe` code; only `kvm` and
@@ -21,6 +23,7 @@ pub mod image;
 pub mod kvm;
 pub mod memory;
 pub mod preflight;
+pub mod qemu;
 pub mod setup;
 pub mod vm;
 

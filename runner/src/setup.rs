@@ -67,8 +67,14 @@ pub fn write_page_tables(
     mem.write_u64(PD_GPA + 8 * window, MMIO_WINDOW | TABLE | pte::PS)
 }
 
-/// Writes the boot info for `p` (case entry and parameter, environment, vCPUs).
-pub fn write_boot_info(mem: &dyn GuestRam, p: &BootParams, tsc_khz: u32) -> Result<()> {
+/// Writes the boot info for `p` (case entry and parameter, environment, vCPUs) and the report
+/// channel the VM decodes.
+pub fn write_boot_info(
+    mem: &dyn GuestRam,
+    p: &BootParams,
+    tsc_khz: u32,
+    channel: abi::report::Channel,
+) -> Result<()> {
     let info = BootInfo {
         magic: BOOT_MAGIC,
         case_entry: p.case_entry,
@@ -78,6 +84,7 @@ pub fn write_boot_info(mem: &dyn GuestRam, p: &BootParams, tsc_khz: u32) -> Resu
         free_end: FREE_END,
         tsc_khz: u64::from(tsc_khz),
         case_param: p.case_param,
+        channel: channel as u64,
     };
     mem.write(BOOT_INFO_GPA, &info.to_bytes())
 }

@@ -315,6 +315,11 @@ pub trait Vm: Send {
     -> Result<RunEnd>;
     /// A one-line dump of every vCPU's registers, for CRASH details.
     fn register_dump(&self) -> String;
+    /// How the guest must send its reports ([`abi::report::Channel::Exit`] unless the VMM
+    /// cannot read guest memory at a port exit).
+    fn report_channel(&self) -> abi::report::Channel {
+        abi::report::Channel::Exit
+    }
 }
 
 /// Something that creates [`Vm`]s.

@@ -37,7 +37,7 @@ pub const MAX_TIMEOUT_MS: u64 = 3_600_000;
 /// Where and what to run: shared by `conformance` and `bench`.
 #[derive(Debug, clap::Args)]
 pub struct Where {
-    /// Where to run (local, model; qemu, ssh and gce are not implemented yet).
+    /// Where to run (local, qemu, model; ssh and gce are not implemented yet).
     #[arg(long, default_value = "local", value_parser = target_kind)]
     pub target: TargetKind,
     /// Environments, comma separated (default: every one the guest implements).
@@ -301,6 +301,9 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let expectations = match user_expectations {
         Some(e) => e,
         None if spec.kind == TargetKind::Model => Expectations::builtin_upstream()?,
+        None if spec.kind == TargetKind::Qemu && conformance::target::qemu::is_tcg(host) => {
+            Expectations::builtin_qemu_tcg()?
+        }
         None => Expectations::builtin(host.dialect)?,
     };
     errln!(

@@ -14,12 +14,30 @@ pub struct Args {
     a: PathBuf,
     /// The second report.
     b: PathBuf,
+    /// Only instances of these environments (comma separated), e.g. `hvm64` when one report
+    /// comes from a target that runs only that.
+    #[arg(long, value_delimiter = ',')]
+    env: Vec<String>,
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let a = conformance::certify::load_report(&args.a)?;
     let b = conformance::certify::load_report(&args.b)?;
-    let differences = diff(&a, &b);
+    for e in &args.env {
+        if abi::env::Env::from_name(e).is_none() {
+            anyhow::bail!("--env {e}: no such environment");
+        }
+    }
+    let in_envs = |id: &str| {
+        args.env.is_empty()
+            || id
+                .rsplit_once('~')
+                .is_some_and(|(_, e)| args.env.iter().any(|w| w == e))
+    };
+    let differences: Vec<_> = diff(&a, &b)
+        .into_iter()
+        .filter(|d| in_envs(&d.id))
+        .collect();
     let who = |r: &conformance::report::Report| {
         format!(
             "{} on {} ({}, image {})",

@@ -220,7 +220,7 @@ fn bad_inputs_are_one_line_errors_with_status_2() {
         ("empty env", conf(&["--env", "hvm64,"]), "environment"),
         (
             "target not implemented",
-            conf(&["--target", "qemu"]),
+            conf(&["--target", "ssh"]),
             "not implemented",
         ),
         (
@@ -957,6 +957,21 @@ fn diff_lists_exactly_the_changed_instances_and_exits_by_them() {
     // The failing variant changes one instance from PASS to FAIL.
     assert!(out.contains("1 instance(s) differ"), "{out}");
     assert!(out.contains("PASS -> FAIL"), "{out}");
+    // --env keeps the instances of those environments only.
+    let env = out
+        .lines()
+        .find(|l| l.contains("PASS -> FAIL"))
+        .and_then(|l| l.split_whitespace().next())
+        .and_then(|id| id.rsplit_once('~'))
+        .map(|(_, e)| e.to_string())
+        .expect("the changed instance's environment");
+    let other = if env == "hvm64" { "pv-local" } else { "hvm64" };
+    let only = |e: &str| run(xtask().args(["diff", "--env", e]).arg(&a).arg(&b));
+    assert_eq!(only(&env).status.code(), Some(1), "--env {env}");
+    let none = only(other);
+    let out = String::from_utf8_lossy(&none.stdout);
+    assert_eq!(none.status.code(), Some(0), "--env {other}: {out}");
+    assert_bad(&only("bogus"), "diff --env bogus", "bogus");
     let missing = run(xtask()
         .args(["diff"])
         .arg(&a)

@@ -582,6 +582,7 @@ const fn ro_spec(name: &'static str, summary: &'static str) -> Spec {
     // The local dialect's MSRs: an upstream host has none of them.
     Spec::new(name, Area::Abi, summary)
         .envs(Env::Hvm64.bit() | Env::PvLocal.bit())
+        .local_dialect()
         .reqs("LOCAL-MSR-RO")
 }
 
@@ -630,6 +631,7 @@ case!(
         "an x86 guest detects the local dialect (signature MSR, KVM CPUID leaves)"
     )
     .envs(Env::Hvm64.bit())
+    .local_dialect()
     .smoke()
     .reqs("LOCAL-DETECT-1")
 );

@@ -810,5 +810,6 @@ case!(
         Area::Vmm,
         "the TSC kHz MSR says what KVM_GET_TSC_KHZ tells the VMM"
     )
+    .local_dialect()
     .reqs("LOCAL-MSR-TSC,X86-TSC-1")
 );

@@ -15,7 +15,7 @@ use runner::image::GuestImage;
 use runner::kvm::Kvm;
 use runner::vm::{RunLimits, Vm};
 
-use super::{Target, TargetOptions, skip_reason};
+use super::{Target, TargetOptions, instance_skip_reason};
 use crate::catalog::Instance;
 use crate::exec::{self, Executed};
 use crate::result::CaseResult;
@@ -60,7 +60,7 @@ impl LocalTarget {
                 ));
             }
         };
-        if let Some(why) = skip_reason(&self.host, inst.env) {
+        if let Some(why) = instance_skip_reason(&self.host, inst) {
             return Prepared::Result(CaseResult::skipped(inst, why));
         }
         let start = Instant::now();

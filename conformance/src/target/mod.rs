@@ -6,12 +6,14 @@
 //!
 //! - [`local`]: this machine's `/dev/kvm`.
 //! - [`model`]: the reference model of the upstream PVM host, a separate process.
+//! - [`qemu`]: each `hvm64` instance booted directly in its own QEMU (a reference x86).
 //!
 //! [`open`] turns a [`TargetKind`] into a target; adding a target is its module here and its
 //! arm in [`open`].
 
 pub mod local;
 pub mod model;
+pub mod qemu;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -70,7 +72,7 @@ impl TargetKind {
 
 fn not_implemented(kind: TargetKind) -> String {
     format!(
-        "--target {} is not implemented yet; only --target local and --target model are",
+        "--target {} is not implemented yet; only --target local, qemu and model are",
         kind.name()
     )
 }
@@ -78,8 +80,8 @@ fn not_implemented(kind: TargetKind) -> String {
 /// Whether `kind` exists yet (cheap: for refusing it before anything is built).
 pub fn available(kind: TargetKind) -> Result<(), String> {
     match kind {
-        TargetKind::Local | TargetKind::Model => Ok(()),
-        TargetKind::Qemu | TargetKind::Ssh | TargetKind::Gce => Err(not_implemented(kind)),
+        TargetKind::Local | TargetKind::Model | TargetKind::Qemu => Ok(()),
+        TargetKind::Ssh | TargetKind::Gce => Err(not_implemented(kind)),
     }
 }
 
@@ -138,7 +140,8 @@ pub fn open(
                 spec.faults.clone(),
             )?))
         }
-        TargetKind::Qemu | TargetKind::Ssh | TargetKind::Gce => Err(not_implemented(spec.kind)),
+        TargetKind::Qemu => Ok(Box::new(qemu::QemuTarget::new(image))),
+        TargetKind::Ssh | TargetKind::Gce => Err(not_implemented(spec.kind)),
     }
 }
 
@@ -180,6 +183,23 @@ pub trait Target: Sync {
             self.name()
         ))
     }
+}
+
+/// Why `inst` cannot run on `host`, if it cannot: [`skip_reason`] of its environment, or the
+/// case checks the local dialect's host (`FLAG_LOCAL_DIALECT`) and `host` speaks another.
+pub fn instance_skip_reason(host: &HostInfo, inst: &Instance) -> Option<String> {
+    skip_reason(host, inst.env).or_else(|| {
+        let local = abi::env::Dialect::Local;
+        (inst.case.flags & abi::case::FLAG_LOCAL_DIALECT != 0 && host.dialect != Some(local)).then(
+            || {
+                format!(
+                    "the case checks what a {} host shows an x86 guest; this host speaks {}",
+                    local.name(),
+                    host.dialect.map_or("no PVM dialect", |d| d.name())
+                )
+            },
+        )
+    })
 }
 
 /// Why an instance in `env` cannot run on `host`, if it cannot: the guest library has no module
