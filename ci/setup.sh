@@ -24,6 +24,9 @@ command -v cmake >/dev/null || packages+=(cmake)
 command -v cc >/dev/null || packages+=(gcc g++ make)
 ls /usr/lib/llvm-*/lib/libclang*.so* >/dev/null 2>&1 || ls /usr/lib/x86_64-linux-gnu/libclang*.so* \
     >/dev/null 2>&1 || packages+=(libclang-dev)
+# OpenSSH: the client for --target ssh, the server for its loopback end-to-end test.
+command -v ssh >/dev/null || packages+=(openssh-client)
+[ -x /usr/sbin/sshd ] || packages+=(openssh-server)
 if [ "${PVMC_SETUP_BROWSER:-1}" != 0 ]; then
     command -v chromium >/dev/null || command -v chromium-browser >/dev/null \
         || packages+=(chromium)

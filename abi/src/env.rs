@@ -129,6 +129,20 @@ pub enum Dialect {
 }
 
 impl Dialect {
+    /// Every dialect.
+    pub const ALL: [Dialect; 5] = [
+        Dialect::Local,
+        Dialect::UpstreamV1,
+        Dialect::UpstreamMid,
+        Dialect::UpstreamV2,
+        Dialect::Upstream7x,
+    ];
+
+    /// Parses [`Dialect::name`].
+    pub fn from_name(s: &str) -> Option<Dialect> {
+        Self::ALL.into_iter().find(|d| d.name() == s)
+    }
+
     /// Stable name used in reports.
     pub const fn name(self) -> &'static str {
         match self {

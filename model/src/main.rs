@@ -5,8 +5,7 @@
 //! on standard output as each instance finishes; the harness (`--target model`) drives it.
 //! `pvmc-model faults` lists the fault switches.
 
-use std::collections::HashMap;
-use std::io::{BufRead, Write};
+use std::io::Write;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -88,36 +87,13 @@ fn run(image: &std::path::Path, fault_names: &[String], timeout: Duration) -> Re
         .with_context(|| format!("{}: cannot load the guest image", image.display()))?;
     let catalog =
         Catalog::new(img).with_context(|| format!("{}: bad case table", image.display()))?;
-    // Every instance the image has: cases and benchmarks, self-tests and opt-in cases (an
-    // empty filter matches every id, which opt-in cases need).
-    let mut by_id = HashMap::new();
-    for bench in [false, true] {
-        let sel = Selection {
-            envs: abi::env::Env::ALL.to_vec(),
-            filters: vec![String::new()],
-            selftest: true,
-            bench,
-            suite: Suite::Full,
-            opt_in: true,
-        };
-        by_id.extend(catalog.instances(&sel).into_iter().map(|i| (i.id(), i)));
-    }
-    let mut out = std::io::stdout().lock();
-    for line in std::io::stdin().lock().lines() {
-        let id = line.context("reading instance ids from standard input")?;
-        let id = id.trim();
-        if id.is_empty() {
-            continue;
-        }
-        let Some(inst) = by_id.get(id) else {
-            bail!("instance {id}: not in the image's case table");
-        };
-        let result = run_one(&catalog, inst, faults, timeout);
-        serde_json::to_writer(&mut out, &result)?;
-        writeln!(out)?;
-        out.flush()?;
-    }
-    Ok(())
+    conformance::target::worker::serve(
+        &catalog,
+        std::io::stdin().lock(),
+        std::io::stdout().lock(),
+        |inst| run_one(&catalog, inst, faults, timeout),
+    )
+    .map_err(anyhow::Error::msg)
 }
 
 /// Why the model cannot run `inst`, if it cannot.

@@ -37,7 +37,7 @@ pub const MAX_TIMEOUT_MS: u64 = 3_600_000;
 /// Where and what to run: shared by `conformance` and `bench`.
 #[derive(Debug, clap::Args)]
 pub struct Where {
-    /// Where to run (local, qemu, model; ssh and gce are not implemented yet).
+    /// Where to run (local, qemu, ssh, model; gce is not implemented yet).
     #[arg(long, default_value = "local", value_parser = target_kind)]
     pub target: TargetKind,
     /// Environments, comma separated (default: every one the guest implements).
@@ -64,9 +64,11 @@ fn target_kind(s: &str) -> Result<TargetKind, String> {
 
 impl Where {
     /// The target with its options, checked (before anything is built).
-    pub fn spec(&self, faults: &[String]) -> anyhow::Result<TargetSpec> {
+    pub fn spec(&self, faults: &[String], remote: &Remote) -> anyhow::Result<TargetSpec> {
         let spec = TargetSpec {
             faults: faults.to_vec(),
+            ssh_host: remote.host.clone(),
+            ssh_options: remote.ssh_options.clone(),
             ..TargetSpec::new(self.target)
         };
         spec.check().map_err(anyhow::Error::msg)?;
@@ -95,10 +97,24 @@ impl Where {
     }
 }
 
+/// Options of the remote targets.
+#[derive(Debug, Default, clap::Args)]
+pub struct Remote {
+    /// --target ssh: the host, `[USER@]HOST`.
+    #[arg(long, value_name = "[USER@]HOST")]
+    pub host: Option<String>,
+    /// --target ssh: an ssh `-o` option for every connection (`Port=2222`,
+    /// `IdentityFile=key`, ...); repeatable.
+    #[arg(long = "ssh-option", value_name = "KEY=VALUE")]
+    pub ssh_options: Vec<String>,
+}
+
 #[derive(Debug, clap::Args)]
 pub struct Args {
     #[command(flatten)]
     on: Where,
+    #[command(flatten)]
+    remote: Remote,
     /// --target model: turn on this fault switch of the model (repeatable; `cargo xtask
     /// mutants-model` lists them)
     #[arg(long = "fault", value_name = "NAME")]
@@ -168,7 +184,7 @@ pub fn check_timeout_and_jobs(timeout_ms: u64, jobs: usize) -> anyhow::Result<()
 
 /// Checks the numbers and flags that need no file system.
 fn check_args(args: &Args) -> anyhow::Result<()> {
-    args.on.spec(&args.faults)?;
+    args.on.spec(&args.faults, &args.remote)?;
     check_timeout_and_jobs(args.timeout_ms, args.jobs)?;
     if args.list && args.resume {
         bail!("--list and --resume do not go together");
@@ -289,7 +305,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         bail!("internal: outputs not validated");
     };
 
-    let spec = args.on.spec(&args.faults)?;
+    let spec = args.on.spec(&args.faults, &args.remote)?;
     let target = conformance::target::open(&spec, Arc::clone(&catalog.image), &image_path)
         .map_err(anyhow::Error::msg)?;
     if args.require_kvm

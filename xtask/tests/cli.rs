@@ -220,8 +220,24 @@ fn bad_inputs_are_one_line_errors_with_status_2() {
         ("empty env", conf(&["--env", "hvm64,"]), "environment"),
         (
             "target not implemented",
-            conf(&["--target", "ssh"]),
+            conf(&["--target", "gce"]),
             "not implemented",
+        ),
+        ("ssh without --host", conf(&["--target", "ssh"]), "--host"),
+        (
+            "--host on the local target",
+            conf(&["--host", "root@127.0.0.1"]),
+            "--host",
+        ),
+        (
+            "--ssh-option not KEY=VALUE",
+            conf(&["--target", "ssh", "--host", "h", "--ssh-option", "Port"]),
+            "KEY=VALUE",
+        ),
+        (
+            "ssh destination that is an option",
+            conf(&["--target", "ssh", "--host=-oProxyCommand=x"]),
+            "destination",
         ),
         (
             "fault switch on the local target",

@@ -64,6 +64,29 @@ impl HostReport {
             },
         }
     }
+
+    /// Back to detection results (a remote worker's `pvmc-worker host` answer); `Err` names a
+    /// dialect this build does not know.
+    pub fn to_host_info(&self) -> Result<HostInfo, String> {
+        let dialect = match &self.dialect {
+            None => None,
+            Some(name) => Some(
+                abi::env::Dialect::from_name(name)
+                    .ok_or_else(|| format!("unknown PVM dialect {name:?}"))?,
+            ),
+        };
+        Ok(HostInfo {
+            kernel: self.kernel.clone(),
+            cpu: self.cpu.clone(),
+            kvm_backend: self.kvm_backend.clone(),
+            kvm: match self.kvm.strip_prefix("unusable: ") {
+                Some(why) => KvmStatus::Unusable(why.to_string()),
+                None => KvmStatus::Usable,
+            },
+            dialect,
+            dialect_evidence: self.dialect_evidence.clone(),
+        })
+    }
 }
 
 /// The identity of one run, in every report and progress line. A resumed run keeps the

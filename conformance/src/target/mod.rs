@@ -7,6 +7,9 @@
 //! - [`local`]: this machine's `/dev/kvm`.
 //! - [`model`]: the reference model of the upstream PVM host, a separate process.
 //! - [`qemu`]: each `hvm64` instance booted directly in its own QEMU (a reference x86).
+//! - [`ssh`]: a remote host over OpenSSH, running `pvmc-worker` there.
+//! - [`worker`]: the protocol of targets whose instances run in a child process (the model,
+//!   a remote `pvmc-worker`), both sides.
 //!
 //! [`open`] turns a [`TargetKind`] into a target; adding a target is its module here and its
 //! arm in [`open`].
@@ -14,6 +17,8 @@
 pub mod local;
 pub mod model;
 pub mod qemu;
+pub mod ssh;
+pub mod worker;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -72,7 +77,7 @@ impl TargetKind {
 
 fn not_implemented(kind: TargetKind) -> String {
     format!(
-        "--target {} is not implemented yet; only --target local, qemu and model are",
+        "--target {} is not implemented yet; only --target local, qemu, ssh and model are",
         kind.name()
     )
 }
@@ -80,8 +85,8 @@ fn not_implemented(kind: TargetKind) -> String {
 /// Whether `kind` exists yet (cheap: for refusing it before anything is built).
 pub fn available(kind: TargetKind) -> Result<(), String> {
     match kind {
-        TargetKind::Local | TargetKind::Model | TargetKind::Qemu => Ok(()),
-        TargetKind::Ssh | TargetKind::Gce => Err(not_implemented(kind)),
+        TargetKind::Local | TargetKind::Model | TargetKind::Qemu | TargetKind::Ssh => Ok(()),
+        TargetKind::Gce => Err(not_implemented(kind)),
     }
 }
 
@@ -94,6 +99,10 @@ pub struct TargetSpec {
     pub faults: Vec<String>,
     /// `model`: the `pvmc-model` binary ([`model::binary`] finds or builds it).
     pub model_binary: Option<PathBuf>,
+    /// `ssh`: the destination, `[USER@]HOST`.
+    pub ssh_host: Option<String>,
+    /// `ssh`: `-o` options for every connection.
+    pub ssh_options: Vec<String>,
 }
 
 impl TargetSpec {
@@ -103,6 +112,8 @@ impl TargetSpec {
             kind,
             faults: Vec::new(),
             model_binary: None,
+            ssh_host: None,
+            ssh_options: Vec::new(),
         }
     }
 
@@ -114,6 +125,27 @@ impl TargetSpec {
                 "--fault: fault switches belong to --target model, not --target {}",
                 self.kind.name()
             ));
+        }
+        match (self.kind, &self.ssh_host) {
+            (TargetKind::Ssh, None) => {
+                return Err("--target ssh needs --host [USER@]HOST".into());
+            }
+            (TargetKind::Ssh, Some(h)) => {
+                ssh::Ssh::new(h, &self.ssh_options)?;
+            }
+            (_, Some(_)) => {
+                return Err(format!(
+                    "--host belongs to --target ssh, not --target {}",
+                    self.kind.name()
+                ));
+            }
+            (_, None) if !self.ssh_options.is_empty() => {
+                return Err(format!(
+                    "--ssh-option belongs to --target ssh, not --target {}",
+                    self.kind.name()
+                ));
+            }
+            (_, None) => {}
         }
         Ok(())
     }
@@ -141,8 +173,52 @@ pub fn open(
             )?))
         }
         TargetKind::Qemu => Ok(Box::new(qemu::QemuTarget::new(image))),
-        TargetKind::Ssh | TargetKind::Gce => Err(not_implemented(spec.kind)),
+        TargetKind::Ssh => {
+            let dest = spec.ssh_host.as_deref().unwrap_or_default();
+            let ssh = ssh::Ssh::new(dest, &spec.ssh_options)?;
+            let worker = ssh::worker_binary(&crate::guest_build::workspace_root())?;
+            Ok(Box::new(ssh::SshTarget::new(ssh, &worker, image_path)?))
+        }
+        TargetKind::Gce => Err(not_implemented(spec.kind)),
     }
+}
+
+/// Builds binary `package` (of the same name) in the workspace at `root` with the dev profile
+/// (which `cargo test` builds too) and returns its path, or the path environment variable
+/// `var` names.
+pub fn cargo_binary(root: &std::path::Path, package: &str, var: &str) -> Result<PathBuf, String> {
+    if let Some(p) = std::env::var_os(var) {
+        return Ok(PathBuf::from(p));
+    }
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let out = duct::cmd!(
+        cargo,
+        "build",
+        "--package",
+        package,
+        "--bin",
+        package,
+        "--message-format=json-render-diagnostics"
+    )
+    .dir(root)
+    .stdout_capture()
+    .stderr_capture()
+    .unchecked()
+    .run()
+    .map_err(|e| format!("cannot run cargo to build {package}: {e}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "cargo build of {package} failed ({}):\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["reason"] == "compiler-artifact" && v["target"]["name"] == package)
+        .find_map(|v| v["executable"].as_str().map(PathBuf::from))
+        .ok_or_else(|| format!("cargo build of {package} reported no executable"))
 }
 
 /// How a target runs its instances.

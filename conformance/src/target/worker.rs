@@ -1,0 +1,306 @@
+//! Targets whose instances run in a child process that speaks the worker protocol: the
+//! reference model (`pvmc-model run`), a remote host's `pvmc-worker run` over ssh, a host
+//! image's worker behind a serial port.
+//!
+//! The protocol: the child reads case-instance ids (`<case>~<env>`, one per line) on its
+//! standard input and writes one JSON [`CaseResult`] per line on its standard output as each
+//! instance finishes ([`serve`] is the child's side). [`run_pool`] is the parent's side: `jobs`
+//! children, each fed one id at a time; a child that dies or stays silent past the instance's
+//! timeout plus [`GRACE`] is killed, that instance becomes CRASH with the end of the child's
+//! standard error, and a fresh child takes the next instance: a crash of the child loses
+//! nothing that finished.
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, mpsc};
+use std::time::{Duration, Instant};
+
+use super::TargetOptions;
+use crate::catalog::{Catalog, Instance, Selection, Suite};
+use crate::exec::RawResult;
+use crate::outcome::Outcome;
+use crate::result::CaseResult;
+
+/// How long past an instance's own timeout the parent waits for the child's line.
+pub const GRACE: Duration = Duration::from_secs(5);
+
+/// How much of a dead child's standard error goes into the CRASH detail.
+const STDERR_TAIL: usize = 2000;
+
+/// Every instance `catalog` has, by id: cases and benchmarks, self-tests and opt-in cases (a
+/// worker runs what its parent selected, so it keeps nothing out).
+pub fn instances_by_id(catalog: &Catalog) -> HashMap<String, Instance> {
+    let mut by_id = HashMap::new();
+    for bench in [false, true] {
+        let sel = Selection {
+            envs: abi::env::Env::ALL.to_vec(),
+            // An empty filter matches every id, which opt-in cases need.
+            filters: vec![String::new()],
+            selftest: true,
+            bench,
+            suite: Suite::Full,
+            opt_in: true,
+        };
+        by_id.extend(catalog.instances(&sel).into_iter().map(|i| (i.id(), i)));
+    }
+    by_id
+}
+
+/// The child's side: reads ids from `input` until it ends, runs each with `run_one` and writes
+/// its result as one JSON line to `out` (flushed). `Err` for an id the image does not have, or
+/// when a stream fails.
+pub fn serve(
+    catalog: &Catalog,
+    input: impl BufRead,
+    mut out: impl Write,
+    mut run_one: impl FnMut(&Instance) -> CaseResult,
+) -> Result<(), String> {
+    let by_id = instances_by_id(catalog);
+    for line in input.lines() {
+        let id = line.map_err(|e| format!("reading instance ids from standard input: {e}"))?;
+        let id = id.trim();
+        if id.is_empty() {
+            continue;
+        }
+        let Some(inst) = by_id.get(id) else {
+            return Err(format!("instance {id}: not in the image's case table"));
+        };
+        let result = run_one(inst);
+        let line = serde_json::to_string(&result).map_err(|e| format!("result of {id}: {e}"))?;
+        writeln!(out, "{line}")
+            .and_then(|()| out.flush())
+            .map_err(|e| format!("writing the result of {id}: {e}"))?;
+    }
+    Ok(())
+}
+
+/// One child.
+struct Worker {
+    child: Child,
+    stdin: ChildStdin,
+    lines: mpsc::Receiver<String>,
+    err_tail: Arc<Mutex<String>>,
+    err_reader: Option<std::thread::JoinHandle<()>>,
+}
+
+/// What one instance on a worker came to.
+enum Got {
+    Result(CaseResult),
+    /// The child died or stayed silent: the detail; the worker must be replaced.
+    Lost(String),
+    Cancelled,
+}
+
+impl Worker {
+    fn spawn(mut cmd: Command, what: &str) -> Result<Worker, String> {
+        let mut child = cmd
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|e| format!("cannot start {what}: {e}"))?;
+        let (Some(stdin), Some(stdout), Some(stderr)) =
+            (child.stdin.take(), child.stdout.take(), child.stderr.take())
+        else {
+            let _ = child.kill();
+            return Err(format!("the standard streams of {what} are missing"));
+        };
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let err_tail = Arc::new(Mutex::new(String::new()));
+        let tail = Arc::clone(&err_tail);
+        let err_reader = std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            let mut stderr = stderr;
+            while let Ok(n) = stderr.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                if let Ok(mut t) = tail.lock() {
+                    t.push_str(&String::from_utf8_lossy(&buf[..n]));
+                    if t.len() > 2 * STDERR_TAIL {
+                        let cut = t.len() - STDERR_TAIL;
+                        let cut = (cut..t.len()).find(|&i| t.is_char_boundary(i)).unwrap_or(0);
+                        t.drain(..cut);
+                    }
+                }
+            }
+        });
+        Ok(Worker {
+            child,
+            stdin,
+            lines,
+            err_tail,
+            err_reader: Some(err_reader),
+        })
+    }
+
+    /// Runs `inst`, waiting at most `wait` for its line.
+    fn run(&mut self, inst: &Instance, wait: Duration, opts: &TargetOptions, what: &str) -> Got {
+        if let Err(e) = writeln!(self.stdin, "{}", inst.id()).and_then(|()| self.stdin.flush()) {
+            return Got::Lost(format!("cannot send the instance to {what}: {e}"));
+        }
+        let deadline = Instant::now() + wait;
+        loop {
+            if opts.cancel.is_cancelled() {
+                return Got::Cancelled;
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Got::Lost(format!(
+                    "{what} gave no result within {} ms and was killed",
+                    wait.as_millis()
+                ));
+            }
+            match self.lines.recv_timeout(left.min(Duration::from_millis(50))) {
+                Ok(line) => {
+                    return match serde_json::from_str::<CaseResult>(&line) {
+                        Ok(r) if r.id == inst.id() => Got::Result(r),
+                        Ok(r) => Got::Lost(format!(
+                            "{what} answered for {} instead of {}",
+                            r.id,
+                            inst.id()
+                        )),
+                        Err(e) => {
+                            Got::Lost(format!("{what} wrote a bad result line ({e}): {line}"))
+                        }
+                    };
+                }
+                Err(mpsc::RecvTimeoutError::Timeout) => {}
+                Err(mpsc::RecvTimeoutError::Disconnected) => {
+                    let status = self
+                        .child
+                        .wait()
+                        .map_or_else(|e| e.to_string(), |s| s.to_string());
+                    return Got::Lost(format!("{what} ended ({status})"));
+                }
+            }
+        }
+    }
+
+    /// Kills the child; returns the end of its standard error.
+    fn kill(mut self) -> String {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if let Some(h) = self.err_reader.take() {
+            let _ = h.join();
+        }
+        self.err_tail
+            .lock()
+            .map(|t| t.trim().to_string())
+            .unwrap_or_default()
+    }
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn lost(inst: &Instance, why: String, stderr: &str) -> CaseResult {
+    let tail: String = {
+        let start = stderr.len().saturating_sub(STDERR_TAIL);
+        let start = (start..stderr.len())
+            .find(|&i| stderr.is_char_boundary(i))
+            .unwrap_or(stderr.len());
+        stderr[start..].to_string()
+    };
+    let detail = if tail.is_empty() {
+        why
+    } else {
+        format!("{why}; its stderr: {tail}")
+    };
+    CaseResult::new(
+        inst,
+        RawResult {
+            outcome: Outcome::Crash,
+            detail,
+            checks: 0,
+        },
+        0.0,
+    )
+}
+
+/// The parent's side (see the module documentation): runs `instances` on up to `opts.jobs`
+/// children made by `command` (called again for each replacement), named `what` in details;
+/// `prepare` gives an instance's result without a run (a SKIP), if it has one.
+pub fn run_pool(
+    command: &(dyn Fn() -> Command + Sync),
+    what: &str,
+    prepare: &(dyn Fn(&Instance) -> Option<CaseResult> + Sync),
+    instances: &[Instance],
+    opts: &TargetOptions,
+    sink: &mut dyn FnMut(usize, CaseResult),
+) {
+    let jobs = opts.jobs.clamp(1, instances.len().max(1));
+    let next = AtomicUsize::new(0);
+    let (tx, rx) = mpsc::channel::<(usize, CaseResult)>();
+    std::thread::scope(|s| {
+        for _ in 0..jobs {
+            let tx = tx.clone();
+            let next = &next;
+            s.spawn(move || {
+                let mut worker: Option<Worker> = None;
+                while !opts.cancel.is_cancelled() {
+                    let i = next.fetch_add(1, Ordering::SeqCst);
+                    let Some(inst) = instances.get(i) else { break };
+                    if let Some(r) = prepare(inst) {
+                        if tx.send((i, r)).is_err() {
+                            break;
+                        }
+                        continue;
+                    }
+                    let mut w = match worker.take() {
+                        Some(w) => w,
+                        None => match Worker::spawn(command(), what) {
+                            Ok(w) => w,
+                            Err(e) => {
+                                let raw = RawResult {
+                                    outcome: Outcome::Error,
+                                    detail: e,
+                                    checks: 0,
+                                };
+                                if tx.send((i, CaseResult::new(inst, raw, 0.0))).is_err() {
+                                    break;
+                                }
+                                continue;
+                            }
+                        },
+                    };
+                    let start = Instant::now();
+                    let wait = crate::exec::timeout_of(inst, opts.timeout) + GRACE;
+                    let r = match w.run(inst, wait, opts, what) {
+                        Got::Result(mut r) => {
+                            worker = Some(w);
+                            r.duration_ms = start.elapsed().as_secs_f64() * 1e3;
+                            r
+                        }
+                        Got::Lost(why) => {
+                            let stderr = w.kill();
+                            lost(inst, why, &stderr)
+                        }
+                        Got::Cancelled => break,
+                    };
+                    if tx.send((i, r)).is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+        drop(tx);
+        for (i, r) in rx.iter() {
+            sink(i, r);
+        }
+    });
+}
