@@ -6,6 +6,9 @@
 //! - `pvmc-worker run --image IMG [--timeout-ms N]`: the worker protocol
 //!   (`conformance::target::worker`): instance ids on standard input, one JSON result per
 //!   line on standard output, each instance on the local target (a fresh VM each).
+//! - `pvmc-worker stream --image IMG --ids FILE [--out PATH]`: what a host image runs at boot:
+//!   the instances listed in FILE, written as a stream (`conformance::target::worker::
+//!   StreamLine`: host, results, end) to PATH (a serial port) or standard output.
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -14,9 +17,10 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
-use conformance::catalog::Catalog;
+use conformance::catalog::{Catalog, Instance};
 use conformance::result::CaseResult;
 use conformance::target::local::LocalTarget;
+use conformance::target::worker::{StreamEnd, StreamLine};
 use conformance::target::{Target, TargetOptions};
 use runner::image::GuestImage;
 use runner::vm::Cancel;
@@ -44,6 +48,21 @@ enum Cmd {
         #[arg(long, default_value_t = 10_000)]
         timeout_ms: u64,
     },
+    /// Runs the instances listed in a file and writes a stream: host, results, end.
+    Stream {
+        /// The guest image.
+        #[arg(long)]
+        image: PathBuf,
+        /// Instance ids, one per line.
+        #[arg(long)]
+        ids: PathBuf,
+        /// Where to write (a serial port, say); standard output if absent.
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Timeout of an instance whose case does not set its own.
+        #[arg(long, default_value_t = 10_000)]
+        timeout_ms: u64,
+    },
 }
 
 fn main() -> Result<()> {
@@ -56,27 +75,108 @@ fn main() -> Result<()> {
             Ok(())
         }
         Cmd::Run { image, timeout_ms } => {
-            let img = GuestImage::load(&image)
-                .with_context(|| format!("{}: cannot load the guest image", image.display()))?;
-            let catalog = Catalog::new(img)
-                .with_context(|| format!("{}: bad case table", image.display()))?;
-            let target = LocalTarget::new(Arc::clone(&catalog.image));
-            let opts = TargetOptions {
-                timeout: Duration::from_millis(timeout_ms),
-                jobs: 1,
-                cancel: Cancel::new(),
-            };
+            let (catalog, mut run_one) = local(&image, timeout_ms)?;
             conformance::target::worker::serve(
                 &catalog,
                 std::io::stdin().lock(),
                 std::io::stdout().lock(),
-                |inst| {
-                    let mut got = None;
-                    target.run(std::slice::from_ref(inst), &opts, &mut |_, r| got = Some(r));
-                    got.unwrap_or_else(|| CaseResult::skipped(inst, "cancelled".into()))
-                },
+                &mut run_one,
             )
             .map_err(anyhow::Error::msg)
         }
+        Cmd::Stream {
+            image,
+            ids,
+            out,
+            timeout_ms,
+        } => stream(&image, &ids, out.as_deref(), timeout_ms),
+    }
+}
+
+/// The image's catalog and a function running one instance on this machine's `/dev/kvm`.
+fn local(
+    image: &std::path::Path,
+    timeout_ms: u64,
+) -> Result<(Catalog, impl FnMut(&Instance) -> CaseResult)> {
+    let img = GuestImage::load(image)
+        .with_context(|| format!("{}: cannot load the guest image", image.display()))?;
+    let catalog =
+        Catalog::new(img).with_context(|| format!("{}: bad case table", image.display()))?;
+    let target = LocalTarget::new(Arc::clone(&catalog.image));
+    let opts = TargetOptions {
+        timeout: Duration::from_millis(timeout_ms),
+        jobs: 1,
+        cancel: Cancel::new(),
+    };
+    let run_one = move |inst: &Instance| {
+        let mut got = None;
+        target.run(std::slice::from_ref(inst), &opts, &mut |_, r| got = Some(r));
+        got.unwrap_or_else(|| CaseResult::skipped(inst, "cancelled".into()))
+    };
+    Ok((catalog, run_one))
+}
+
+fn stream(
+    image: &std::path::Path,
+    ids: &std::path::Path,
+    out: Option<&std::path::Path>,
+    timeout_ms: u64,
+) -> Result<()> {
+    let mut sink: Box<dyn Write> = match out {
+        Some(p) => Box::new(
+            std::fs::OpenOptions::new()
+                .append(true)
+                .create(true)
+                .open(p)
+                .with_context(|| format!("{}: cannot open for writing", p.display()))?,
+        ),
+        None => Box::new(std::io::stdout().lock()),
+    };
+    let host = conformance::report::HostReport::new(&runner::detect::detect());
+    writeln!(sink, "{}", StreamLine::Host(host).to_json())?;
+    sink.flush()?;
+    let input =
+        std::fs::File::open(ids).with_context(|| format!("{}: cannot read", ids.display()))?;
+    let status = match local(image, timeout_ms) {
+        Ok((catalog, mut run_one)) => {
+            let mut results = 0usize;
+            let mut counting = CountingWriter {
+                inner: &mut sink,
+                lines: &mut results,
+            };
+            let served = conformance::target::worker::serve(
+                &catalog,
+                std::io::BufReader::new(input),
+                &mut counting,
+                &mut run_one,
+            );
+            (results, served.err().unwrap_or_else(|| "ok".into()))
+        }
+        Err(e) => (0, format!("{e:#}")),
+    };
+    let end = StreamEnd {
+        results: status.0,
+        status: status.1,
+    };
+    writeln!(sink, "{}", StreamLine::End(end).to_json())?;
+    sink.flush()?;
+    Ok(())
+}
+
+/// Passes writes through and counts the lines (one per result).
+struct CountingWriter<'a> {
+    inner: &'a mut Box<dyn Write>,
+    lines: &'a mut usize,
+}
+
+impl Write for CountingWriter<'_> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        *self.lines += buf[..n].iter().filter(|&&b| b == b'\n').count();
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
     }
 }

@@ -69,6 +69,7 @@ impl Where {
             faults: faults.to_vec(),
             ssh_host: remote.host.clone(),
             ssh_options: remote.ssh_options.clone(),
+            gce: remote.gce(self.target)?,
             ..TargetSpec::new(self.target)
         };
         spec.check().map_err(anyhow::Error::msg)?;
@@ -107,6 +108,70 @@ pub struct Remote {
     /// `IdentityFile=key`, ...); repeatable.
     #[arg(long = "ssh-option", value_name = "KEY=VALUE")]
     pub ssh_options: Vec<String>,
+    /// --target gce: the Google Cloud project.
+    #[arg(long)]
+    pub project: Option<String>,
+    /// --target gce: the zone.
+    #[arg(long)]
+    pub zone: Option<String>,
+    /// --target gce: the machine type (default n2d-standard-2: AMD, no nested VMX/SVM).
+    #[arg(long)]
+    pub machine_type: Option<String>,
+    /// --target gce: VMs to shard the selection over (default 1); their reports merge into
+    /// one.
+    #[arg(long)]
+    pub instances: Option<usize>,
+    /// --target gce: the Cloud Storage bucket for the image upload (default PROJECT-pvmc).
+    #[arg(long)]
+    pub bucket: Option<String>,
+    /// --target gce: the PVM host image tarball (`cargo xtask images`).
+    #[arg(long, value_name = "IMAGE.tar.gz")]
+    pub host_image: Option<PathBuf>,
+    /// --target gce: print the gcloud commands a run would issue, run nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+}
+
+impl Remote {
+    fn any_gce(&self) -> bool {
+        self.project.is_some()
+            || self.zone.is_some()
+            || self.machine_type.is_some()
+            || self.instances.is_some()
+            || self.bucket.is_some()
+            || self.host_image.is_some()
+            || self.dry_run
+    }
+
+    /// The GCE options, when the target is gce (`Err` when they belong to no target here).
+    fn gce(&self, kind: TargetKind) -> anyhow::Result<Option<conformance::target::gce::GceSpec>> {
+        if kind != TargetKind::Gce {
+            if self.any_gce() {
+                bail!(
+                    "--project, --zone, --machine-type, --instances, --bucket, --host-image and \
+                     --dry-run belong to --target gce, not --target {}",
+                    kind.name()
+                );
+            }
+            return Ok(None);
+        }
+        let (Some(project), Some(zone), Some(image)) =
+            (&self.project, &self.zone, &self.host_image)
+        else {
+            bail!("--target gce needs --project, --zone and --host-image");
+        };
+        Ok(Some(conformance::target::gce::GceSpec {
+            project: project.clone(),
+            zone: zone.clone(),
+            machine_type: self
+                .machine_type
+                .clone()
+                .unwrap_or_else(|| conformance::target::gce::DEFAULT_MACHINE_TYPE.into()),
+            instances: self.instances.unwrap_or(1),
+            bucket: self.bucket.clone(),
+            image: image.clone(),
+        }))
+    }
 }
 
 #[derive(Debug, clap::Args)]
@@ -251,7 +316,7 @@ fn on_signals(cancel: Cancel) -> anyhow::Result<(Arc<AtomicI32>, signal_hook::it
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     check_args(&args)?;
     let envs = args.on.envs()?;
-    let outputs = if args.list {
+    let outputs = if args.list || args.remote.dry_run {
         None
     } else {
         Some(Outputs::new(&args.report, args.junit.as_deref())?)
@@ -301,11 +366,18 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     if args.list {
         return list(&instances);
     }
+    let spec = args.on.spec(&args.faults, &args.remote)?;
+    if let (true, Some(gce)) = (args.remote.dry_run, &spec.gce) {
+        for line in conformance::target::gce::plan(gce, &instances) {
+            outln!("{line}")?;
+        }
+        outln!("(dry run: nothing was created)")?;
+        return Ok(ExitCode::SUCCESS);
+    }
     let (Some(outputs), Some(lock)) = (outputs, lock) else {
         bail!("internal: outputs not validated");
     };
 
-    let spec = args.on.spec(&args.faults, &args.remote)?;
     let target = conformance::target::open(&spec, Arc::clone(&catalog.image), &image_path)
         .map_err(anyhow::Error::msg)?;
     if args.require_kvm

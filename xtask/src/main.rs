@@ -39,7 +39,7 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Cmd {
     /// Build the guest image and run conformance cases against a PVM host.
-    Conformance(conformance_cmd::Args),
+    Conformance(Box<conformance_cmd::Args>),
     /// Run the benchmark guests and native baselines; print the table, write JSON and a plot.
     Bench(bench_cmd::Args),
     /// Requirement -> cases -> last outcome; the requirements without a case.
@@ -70,7 +70,7 @@ enum Cmd {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.cmd {
-        Cmd::Conformance(args) => conformance_cmd::run(args),
+        Cmd::Conformance(args) => conformance_cmd::run(*args),
         Cmd::Bench(args) => bench_cmd::run(args),
         Cmd::Coverage(args) => coverage_cmd::run(args),
         Cmd::Certify(args) => certify_cmd::run(args),

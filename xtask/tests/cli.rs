@@ -219,9 +219,28 @@ fn bad_inputs_are_one_line_errors_with_status_2() {
         ("unknown env", conf(&["--env", "bogus"]), "environment"),
         ("empty env", conf(&["--env", "hvm64,"]), "environment"),
         (
-            "target not implemented",
+            "gce without its options",
             conf(&["--target", "gce"]),
-            "not implemented",
+            "--project",
+        ),
+        (
+            "gce with a bad zone",
+            conf(&[
+                "--target",
+                "gce",
+                "--project",
+                "p",
+                "--zone",
+                "Z 1",
+                "--host-image",
+                "i.tar.gz",
+            ]),
+            "--zone",
+        ),
+        (
+            "gce options on the local target",
+            conf(&["--project", "p"]),
+            "--target gce",
         ),
         ("ssh without --host", conf(&["--target", "ssh"]), "--host"),
         (
@@ -432,9 +451,9 @@ fn bad_inputs_are_one_line_errors_with_status_2() {
             "not a bench report",
         ),
         (
-            "bench target not implemented",
+            "bench on a remote target",
             vec!["bench".into(), "--target".into(), "gce".into()],
-            "not implemented",
+            "benchmarks run on",
         ),
     ];
     assert!(corpus.len() >= 25, "the corpus has {} inputs", corpus.len());

@@ -8,12 +8,14 @@
 //! - [`model`]: the reference model of the upstream PVM host, a separate process.
 //! - [`qemu`]: each `hvm64` instance booted directly in its own QEMU (a reference x86).
 //! - [`ssh`]: a remote host over OpenSSH, running `pvmc-worker` there.
+//! - [`gce`]: Google Compute Engine VMs booted from a PVM host image, through `gcloud`.
 //! - [`worker`]: the protocol of targets whose instances run in a child process (the model,
 //!   a remote `pvmc-worker`), both sides.
 //!
 //! [`open`] turns a [`TargetKind`] into a target; adding a target is its module here and its
 //! arm in [`open`].
 
+pub mod gce;
 pub mod local;
 pub mod model;
 pub mod qemu;
@@ -75,21 +77,6 @@ impl TargetKind {
     }
 }
 
-fn not_implemented(kind: TargetKind) -> String {
-    format!(
-        "--target {} is not implemented yet; only --target local, qemu, ssh and model are",
-        kind.name()
-    )
-}
-
-/// Whether `kind` exists yet (cheap: for refusing it before anything is built).
-pub fn available(kind: TargetKind) -> Result<(), String> {
-    match kind {
-        TargetKind::Local | TargetKind::Model | TargetKind::Qemu | TargetKind::Ssh => Ok(()),
-        TargetKind::Gce => Err(not_implemented(kind)),
-    }
-}
-
 /// A target as the command line names it: its kind and the options of that kind.
 #[derive(Clone, Debug)]
 pub struct TargetSpec {
@@ -103,6 +90,8 @@ pub struct TargetSpec {
     pub ssh_host: Option<String>,
     /// `ssh`: `-o` options for every connection.
     pub ssh_options: Vec<String>,
+    /// `gce`: project, zone, machine type, shards, bucket and image.
+    pub gce: Option<gce::GceSpec>,
 }
 
 impl TargetSpec {
@@ -114,12 +103,12 @@ impl TargetSpec {
             model_binary: None,
             ssh_host: None,
             ssh_options: Vec::new(),
+            gce: None,
         }
     }
 
     /// `Err` when an option does not belong to the kind (checked before anything is built).
     pub fn check(&self) -> Result<(), String> {
-        available(self.kind)?;
         if !self.faults.is_empty() && self.kind != TargetKind::Model {
             return Err(format!(
                 "--fault: fault switches belong to --target model, not --target {}",
@@ -147,7 +136,18 @@ impl TargetSpec {
             }
             (_, None) => {}
         }
-        Ok(())
+        match (self.kind, &self.gce) {
+            (TargetKind::Gce, None) => {
+                Err("--target gce needs --project, --zone and --host-image".into())
+            }
+            (TargetKind::Gce, Some(g)) => g.check(),
+            (_, Some(_)) => Err(format!(
+                "--project, --zone, --machine-type, --instances, --bucket and --dry-run belong \
+                 to --target gce, not --target {}",
+                self.kind.name()
+            )),
+            (_, None) => Ok(()),
+        }
     }
 }
 
@@ -179,7 +179,13 @@ pub fn open(
             let worker = ssh::worker_binary(&crate::guest_build::workspace_root())?;
             Ok(Box::new(ssh::SshTarget::new(ssh, &worker, image_path)?))
         }
-        TargetKind::Gce => Err(not_implemented(spec.kind)),
+        TargetKind::Gce => {
+            let Some(g) = &spec.gce else {
+                return Err("--target gce needs --project, --zone and --host-image".into());
+            };
+            gce::image_exists(&g.image)?;
+            Ok(Box::new(gce::GceTarget::new(g.clone())?))
+        }
     }
 }
 

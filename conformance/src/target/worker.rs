@@ -9,6 +9,11 @@
 //! timeout plus [`GRACE`] is killed, that instance becomes CRASH with the end of the child's
 //! standard error, and a fresh child takes the next instance: a crash of the child loses
 //! nothing that finished.
+//!
+//! A worker that cannot be fed (a host image booting on its own, on QEMU or a cloud VM) reads
+//! its ids from a file and writes a **stream** instead ([`StreamLine`], one JSON object per
+//! line): its host first, then the results, then an end line; console text around them is
+//! ignored.
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read, Write};
@@ -74,6 +79,72 @@ pub fn serve(
             .map_err(|e| format!("writing the result of {id}: {e}"))?;
     }
     Ok(())
+}
+
+/// The end line of a stream.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct StreamEnd {
+    /// How many results the worker wrote.
+    pub results: usize,
+    /// `ok`, or why the worker stopped early.
+    pub status: String,
+}
+
+/// One line of a worker's stream.
+#[derive(Clone, Debug, PartialEq)]
+pub enum StreamLine {
+    /// `{"host": ...}`: the host the worker runs on.
+    Host(crate::report::HostReport),
+    /// A result (a [`CaseResult`] object).
+    Result(Box<CaseResult>),
+    /// `{"end": ...}`: the worker is done.
+    End(StreamEnd),
+}
+
+impl StreamLine {
+    /// The line as JSON (no newline).
+    pub fn to_json(&self) -> String {
+        let v = match self {
+            StreamLine::Host(h) => serde_json::json!({ "host": h }),
+            StreamLine::Result(r) => serde_json::json!(r),
+            StreamLine::End(e) => serde_json::json!({ "end": e }),
+        };
+        v.to_string()
+    }
+
+    /// Parses one line; `None` for anything that is not one of ours (console text, a line
+    /// cut short).
+    pub fn parse(line: &str) -> Option<StreamLine> {
+        let v: serde_json::Value = serde_json::from_str(line.trim()).ok()?;
+        if let Some(h) = v.get("host") {
+            return serde_json::from_value(h.clone()).ok().map(StreamLine::Host);
+        }
+        if let Some(e) = v.get("end") {
+            return serde_json::from_value(e.clone()).ok().map(StreamLine::End);
+        }
+        serde_json::from_value(v)
+            .ok()
+            .map(|r| StreamLine::Result(Box::new(r)))
+    }
+}
+
+/// Reassembles [`StreamLine`]s from chunks of a byte stream (serial output read in pages).
+#[derive(Debug, Default)]
+pub struct StreamReader {
+    partial: String,
+}
+
+impl StreamReader {
+    /// Adds `chunk`; returns the lines it completed.
+    pub fn push(&mut self, chunk: &str) -> Vec<StreamLine> {
+        self.partial.push_str(chunk);
+        let mut out = Vec::new();
+        while let Some(nl) = self.partial.find('\n') {
+            let line: String = self.partial.drain(..=nl).collect();
+            out.extend(StreamLine::parse(line.trim_end_matches(['\r', '\n'])));
+        }
+        out
+    }
 }
 
 /// One child.
@@ -303,4 +374,51 @@ pub fn run_pool(
             sink(i, r);
         }
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn result(id: &str) -> CaseResult {
+        serde_json::from_value(serde_json::json!({
+            "id": id, "case": "c", "area": "priv", "env": "hvm64", "outcome": "pass",
+            "duration_ms": 1.0, "checks": 1, "detail": "", "requirements": [], "summary": "s"
+        }))
+        .expect("a result")
+    }
+
+    #[test]
+    fn stream_lines_round_trip_and_console_text_is_ignored() {
+        let end = StreamLine::End(StreamEnd {
+            results: 1,
+            status: "ok".into(),
+        });
+        let r = StreamLine::Result(Box::new(result("c~hvm64")));
+        for l in [&end, &r] {
+            assert_eq!(StreamLine::parse(&l.to_json()).as_ref(), Some(l));
+        }
+        assert_eq!(StreamLine::parse("[    0.000000] Linux version 6.1"), None);
+        assert_eq!(StreamLine::parse("{\"id\": 3}"), None);
+    }
+
+    #[test]
+    fn the_reader_joins_lines_split_across_pages() {
+        let text = format!(
+            "boot noise\n{}\r\n{}\n",
+            StreamLine::Result(Box::new(result("a~hvm64"))).to_json(),
+            StreamLine::End(StreamEnd {
+                results: 1,
+                status: "ok".into()
+            })
+            .to_json()
+        );
+        let mut reader = StreamReader::default();
+        let (a, b) = text.split_at(text.len() / 2);
+        let mut got = reader.push(a);
+        got.extend(reader.push(b));
+        assert_eq!(got.len(), 2);
+        assert!(matches!(&got[0], StreamLine::Result(r) if r.id == "a~hvm64"));
+        assert!(matches!(&got[1], StreamLine::End(e) if e.results == 1));
+    }
 }
