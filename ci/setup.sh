@@ -24,6 +24,16 @@ command -v cmake >/dev/null || packages+=(cmake)
 command -v cc >/dev/null || packages+=(gcc g++ make)
 ls /usr/lib/llvm-*/lib/libclang*.so* >/dev/null 2>&1 || ls /usr/lib/x86_64-linux-gnu/libclang*.so* \
     >/dev/null 2>&1 || packages+=(libclang-dev)
+# Host images (cargo xtask images, kmod build): a static busybox, sfdisk, GRUB's i386-pc
+# image and modules, Debian's kernel headers for the out-of-tree marker module.
+[ -x /bin/busybox ] && ! ldd /bin/busybox >/dev/null 2>&1 || packages+=(busybox-static)
+command -v sfdisk >/dev/null || packages+=(fdisk)
+[ -e /usr/lib/grub/i386-pc/boot.img ] || packages+=(grub-pc-bin)
+command -v grub-mkimage >/dev/null || packages+=(grub-common)
+command -v mkfs.ext4 >/dev/null || packages+=(e2fsprogs)
+command -v xz >/dev/null || packages+=(xz-utils)
+command -v strip >/dev/null || packages+=(binutils)
+ls -d /usr/src/linux-headers-*-amd64 >/dev/null 2>&1 || packages+=(linux-headers-amd64)
 # OpenSSH: the client for --target ssh, the server for its loopback end-to-end test.
 command -v ssh >/dev/null || packages+=(openssh-client)
 [ -x /usr/sbin/sshd ] || packages+=(openssh-server)

@@ -75,6 +75,7 @@ pub fn run(
         // Only where VMs could run at all (a target without KVM skips everything, this too).
         if !interrupted
             && target.usable().is_ok()
+            && target.host_outlives_runs()
             && let Some(inst) = &opts.fresh_boot
             && let Some((booted, detail)) = fresh_boot(target, inst, opts)
         {

@@ -49,8 +49,10 @@ pub fn bootable_raw(kernel: &Path, initrd: &Path, cmdline: &str, out: &Path) -> 
     f.set_len(size_mib << 20).map_err(io_err(out))?;
     drop(f);
     crate::tool(
-        duct::cmd!("sfdisk", "-q", out)
-            .stdin_bytes(format!("label: dos\nstart={}, type=83, bootable\n", PART_OFFSET / 512)),
+        duct::cmd!("sfdisk", "-q", out).stdin_bytes(format!(
+            "label: dos\nstart={}, type=83, bootable\n",
+            PART_OFFSET / 512
+        )),
         "sfdisk",
     )?;
     crate::tool(
@@ -122,7 +124,15 @@ pub fn gce_tarball(raw: &Path, out: &Path) -> Result<()> {
         )));
     }
     crate::tool(
-        duct::cmd!("tar", "--format=oldgnu", "-Sczf", out, "-C", dir, "disk.raw"),
+        duct::cmd!(
+            "tar",
+            "--format=oldgnu",
+            "-Sczf",
+            out,
+            "-C",
+            dir,
+            "disk.raw"
+        ),
         "tar",
     )?;
     Ok(())

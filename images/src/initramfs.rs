@@ -34,7 +34,7 @@ pub struct Contents<'a> {
 
 /// The busybox applets `/init` uses.
 const APPLETS: &[&str] = &[
-    "sh", "mount", "insmod", "stty", "cat", "echo", "poweroff", "sleep", "dmesg", "mkdir",
+    "sh", "mount", "insmod", "stty", "cat", "echo", "poweroff", "sleep", "dmesg", "mkdir", "grep",
 ];
 
 /// An archive being assembled.
@@ -90,7 +90,8 @@ impl Archive {
             .write(Vec::new(), flate2::Compression::default());
         let inputs = self.entries.into_iter().map(|(b, d)| (b, Cursor::new(d)));
         let gz = cpio::write_cpio(inputs, gz).map_err(|e| Error::Invalid(format!("cpio: {e}")))?;
-        gz.finish().map_err(|e| Error::Invalid(format!("gzip: {e}")))
+        gz.finish()
+            .map_err(|e| Error::Invalid(format!("gzip: {e}")))
     }
 }
 
@@ -131,6 +132,17 @@ pub fn init_script(profile: &Profile, modules: &[Resolved]) -> String {
             m.name, m.params, m.name
         ));
     }
+    // The loaded modules' own kernel lines, on the console (which `quiet` keeps short).
+    if !modules.is_empty() {
+        let names: Vec<String> = modules
+            .iter()
+            .map(|m| format!("-e '{}'", m.name.replace(['_', '-'], "[-_]")))
+            .collect();
+        s.push_str(&format!(
+            "dmesg | grep -i {} | while read -r l; do echo \"pvmc: kmsg: $l\"; done\n",
+            names.join(" ")
+        ));
+    }
     s.push_str(
         "stty -F /dev/ttyS1 raw -echo\n\
          PVMC_TIMEOUT_MS=10000\n\
@@ -162,9 +174,17 @@ pub fn build(c: &Contents<'_>, out: &Path) -> Result<()> {
         .map_err(|e| Error::Invalid(format!("profile {}: {e}", c.profile.name)))?;
     a.file("pvmc/profile.toml", 0o644, profile.into_bytes());
     for (i, m) in c.modules.iter().enumerate() {
-        a.file(&format!("pvmc/modules/{i:02}-{}.ko", m.name), 0o644, read(&m.file)?);
+        a.file(
+            &format!("pvmc/modules/{i:02}-{}.ko", m.name),
+            0o644,
+            read(&m.file)?,
+        );
     }
-    a.file("init", 0o755, init_script(c.profile, c.modules).into_bytes());
+    a.file(
+        "init",
+        0o755,
+        init_script(c.profile, c.modules).into_bytes(),
+    );
     let bytes = a.finish()?;
     let mut f = std::fs::File::create(out).map_err(io_err(out))?;
     f.write_all(&bytes).map_err(io_err(out))
@@ -219,7 +239,10 @@ mod tests {
         };
         let (x, y) = (build(), build());
         assert_eq!(x, y, "same inputs, same bytes");
-        let names: Vec<_> = unpack(&x).into_iter().map(|(n, m, _)| (n, m >> 12)).collect();
+        let names: Vec<_> = unpack(&x)
+            .into_iter()
+            .map(|(n, m, _)| (n, m >> 12))
+            .collect();
         assert_eq!(
             names,
             [
@@ -237,7 +260,10 @@ mod tests {
         let got = unpack(&run_archive(&["a~hvm64".into(), "b~hvm64".into()], 777).expect("a"));
         let ids = got.iter().find(|(n, _, _)| n == "pvmc/ids").expect("ids");
         assert_eq!(ids.2, b"a~hvm64\nb~hvm64\n");
-        let env = got.iter().find(|(n, _, _)| n == "pvmc/run.env").expect("env");
+        let env = got
+            .iter()
+            .find(|(n, _, _)| n == "pvmc/run.env")
+            .expect("env");
         assert_eq!(env.2, b"PVMC_TIMEOUT_MS=777\n");
     }
 

@@ -51,10 +51,13 @@ pub fn for_direct_boot(kernel: &Path, out: &Path) -> Result<PathBuf> {
         )));
     };
     let unpacked = if p.starts_with(XZ) {
-        Some(crate::tool(
-            duct::cmd!("xz", "-dc", "--single-stream").stdin_bytes(p.to_vec()),
-            "xz",
-        )?.stdout)
+        Some(
+            crate::tool(
+                duct::cmd!("xz", "-dc", "--single-stream").stdin_bytes(p.to_vec()),
+                "xz",
+            )?
+            .stdout,
+        )
     } else if p.starts_with(ZSTD) {
         Some(crate::tool(duct::cmd!("zstd", "-dcq").stdin_bytes(p.to_vec()), "zstd")?.stdout)
     } else if p.starts_with(GZIP) {

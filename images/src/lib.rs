@@ -8,6 +8,7 @@
 //! - [`kernel`]: an uncompressed `vmlinux` out of a bzImage (QEMU boots it through PVH, which
 //!   skips the kernel's own decompression: about 2.8 s under TCG).
 //! - [`modules`]: kernel modules by name with their dependencies (from `.modinfo`).
+//! - [`kmod`]: out-of-tree modules (Kbuild) built against a kernel's headers.
 //! - [`disk`]: a BIOS-bootable raw disk (MBR, ext4, GRUB) without root or loop devices, and
 //!   the qcow2 and GCE tarball forms through [`qemu_img`] and `tar`.
 //! - [`manifest`]: `image.json`, what a build wrote, read by `--target qemu --host-image`.
@@ -17,6 +18,7 @@
 pub mod disk;
 pub mod initramfs;
 pub mod kernel;
+pub mod kmod;
 pub mod manifest;
 pub mod modules;
 pub mod profile;
@@ -117,8 +119,9 @@ impl Format {
 pub struct BuildSpec {
     /// The kernel (bzImage or vmlinux).
     pub kernel: PathBuf,
-    /// Its modules tree (`lib/modules/<release>`).
-    pub modules: PathBuf,
+    /// Its modules tree (`lib/modules/<release>`), then directories of modules built out of
+    /// tree.
+    pub modules: Vec<PathBuf>,
     /// The profile.
     pub profile: profile::Profile,
     /// The `pvmc-worker` binary.

@@ -36,6 +36,16 @@ fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
 
 /// The `depends=` list of a module file.
 pub fn depends(ko: &Path) -> Result<Vec<String>> {
+    Ok(modinfo(ko, "depends")?
+        .unwrap_or_default()
+        .split(',')
+        .filter(|d| !d.is_empty())
+        .map(canonical)
+        .collect())
+}
+
+/// The value of `key` in a module file's `.modinfo` (`depends`, `vermagic`, ...).
+pub fn modinfo(ko: &Path, key: &str) -> Result<Option<String>> {
     let bytes = std::fs::read(ko).map_err(io_err(ko))?;
     let elf = goblin::elf::Elf::parse(&bytes)
         .map_err(|e| Error::Invalid(format!("{}: not an ELF module: {e}", ko.display())))?;
@@ -44,39 +54,47 @@ pub fn depends(ko: &Path) -> Result<Vec<String>> {
         .iter()
         .find(|s| elf.shdr_strtab.get_at(s.sh_name) == Some(".modinfo"))
     else {
-        return Ok(Vec::new());
+        return Ok(None);
     };
     let (start, len) = (sh.sh_offset as usize, sh.sh_size as usize);
     let info = bytes
         .get(start..start + len)
         .ok_or_else(|| Error::Invalid(format!("{}: .modinfo outside the file", ko.display())))?;
+    let prefix = format!("{key}=");
     Ok(info
         .split(|&b| b == 0)
         .filter_map(|kv| std::str::from_utf8(kv).ok())
-        .filter_map(|kv| kv.strip_prefix("depends="))
-        .flat_map(|d| d.split(','))
-        .filter(|d| !d.is_empty())
-        .map(canonical)
-        .collect())
+        .find_map(|kv| kv.strip_prefix(prefix.as_str()))
+        .map(str::to_string))
 }
 
 /// The modules `wanted` (in order) and their dependencies, each before what needs it, found
-/// under `tree` (`lib/modules/<release>`).
-pub fn resolve(tree: &Path, wanted: &[Module]) -> Result<Vec<Resolved>> {
+/// under `trees` (`lib/modules/<release>` and directories of modules built out of tree; the
+/// first tree that has a module wins).
+pub fn resolve(trees: &[PathBuf], wanted: &[Module]) -> Result<Vec<Resolved>> {
     let mut files = Vec::new();
     if !wanted.is_empty() {
-        walk(tree, &mut files)?;
+        for tree in trees {
+            walk(tree, &mut files)?;
+        }
     }
+    let where_ = trees
+        .iter()
+        .map(|t| t.display().to_string())
+        .collect::<Vec<_>>()
+        .join(", ");
     let find = |name: &str| {
         files
             .iter()
-            .find(|f| f.file_stem().is_some_and(|s| canonical(&s.to_string_lossy()) == name))
+            .find(|f| {
+                f.file_stem()
+                    .is_some_and(|s| canonical(&s.to_string_lossy()) == name)
+            })
             .cloned()
             .ok_or_else(|| {
                 Error::Invalid(format!(
-                    "module {name}: no {name}.ko under {} (compressed .ko.xz/.ko.zst modules are \
-                     not unpacked yet)",
-                    tree.display()
+                    "module {name}: no {name}.ko under {where_} (compressed .ko.xz/.ko.zst \
+                     modules are not unpacked yet)"
                 ))
             })
     };
@@ -92,7 +110,9 @@ pub fn resolve(tree: &Path, wanted: &[Module]) -> Result<Vec<Resolved>> {
             return Ok(());
         }
         if stack.iter().any(|s| s == name) {
-            return Err(Error::Invalid(format!("module {name}: circular dependency")));
+            return Err(Error::Invalid(format!(
+                "module {name}: circular dependency"
+            )));
         }
         let file = find(name)?;
         stack.push(name.to_string());
@@ -108,7 +128,13 @@ pub fn resolve(tree: &Path, wanted: &[Module]) -> Result<Vec<Resolved>> {
         Ok(())
     }
     for m in wanted {
-        visit(&canonical(&m.name), &m.params, &find, &mut out, &mut Vec::new())?;
+        visit(
+            &canonical(&m.name),
+            &m.params,
+            &find,
+            &mut out,
+            &mut Vec::new(),
+        )?;
     }
     Ok(out)
 }

@@ -56,8 +56,14 @@ impl Profile {
         let p: Profile = toml::from_str(text)
             .map_err(|e| Error::Invalid(format!("{source}: {}", e.message())))?;
         if p.expected_dialect != "none"
-            && !["local", "upstream-v1", "upstream-mid", "upstream-v2", "upstream-7x"]
-                .contains(&p.expected_dialect.as_str())
+            && ![
+                "local",
+                "upstream-v1",
+                "upstream-mid",
+                "upstream-v2",
+                "upstream-7x",
+            ]
+            .contains(&p.expected_dialect.as_str())
         {
             return Err(Error::Invalid(format!(
                 "{source}: expected_dialect {:?} is not none or a dialect name",
@@ -65,12 +71,21 @@ impl Profile {
             )));
         }
         if p.cmdline.contains('\n') || p.modules.iter().any(|m| m.params.contains('\n')) {
-            return Err(Error::Invalid(format!("{source}: a line break in cmdline or params")));
+            return Err(Error::Invalid(format!(
+                "{source}: a line break in cmdline or params"
+            )));
         }
         if let Some(m) = p.modules.iter().find(|m| {
-            m.name.is_empty() || !m.name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+            m.name.is_empty()
+                || !m
+                    .name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
         }) {
-            return Err(Error::Invalid(format!("{source}: module name {:?}", m.name)));
+            return Err(Error::Invalid(format!(
+                "{source}: module name {:?}",
+                m.name
+            )));
         }
         if !(256..=65536).contains(&p.machine.memory_mib) {
             return Err(Error::Invalid(format!(
@@ -98,7 +113,11 @@ impl Profile {
             let mut known: Vec<String> = std::fs::read_dir(dir)
                 .map(|d| {
                     d.filter_map(|e| e.ok())
-                        .filter_map(|e| e.path().file_stem().map(|s| s.to_string_lossy().into_owned()))
+                        .filter_map(|e| {
+                            e.path()
+                                .file_stem()
+                                .map(|s| s.to_string_lossy().into_owned())
+                        })
                         .collect()
                 })
                 .unwrap_or_default();
@@ -123,7 +142,10 @@ mod tests {
         for e in std::fs::read_dir(&dir).expect("profiles") {
             let path = e.expect("entry").path();
             let p = Profile::load(&path).expect("parses");
-            assert_eq!(Some(p.name.as_str()), path.file_stem().and_then(|s| s.to_str()));
+            assert_eq!(
+                Some(p.name.as_str()),
+                path.file_stem().and_then(|s| s.to_str())
+            );
             n += 1;
         }
         assert!(n >= 2, "scanned {n} profiles");
@@ -136,9 +158,18 @@ mod tests {
         )
         .expect("read");
         for (text, word) in [
-            (good.replace("expected_dialect = \"none\"", "expected_dialect = \"pvm\""), "expected_dialect"),
-            (good.replace("memory_mib = 1024", "memory_mib = 1"), "memory_mib"),
-            (good.replace("name = \"kvm-amd\"", "name = \"kvm amd\""), "module name"),
+            (
+                good.replace("expected_dialect = \"none\"", "expected_dialect = \"pvm\""),
+                "expected_dialect",
+            ),
+            (
+                good.replace("memory_mib = 1024", "memory_mib = 1"),
+                "memory_mib",
+            ),
+            (
+                good.replace("name = \"kvm-amd\"", "name = \"kvm amd\""),
+                "module name",
+            ),
             (format!("{good}\nbogus = 1\n"), "bogus"),
         ] {
             let e = Profile::parse(&text, "p.toml").expect_err("bad");

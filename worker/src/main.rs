@@ -135,10 +135,13 @@ fn stream(
     let host = conformance::report::HostReport::new(&runner::detect::detect());
     writeln!(sink, "{}", StreamLine::Host(host).to_json())?;
     sink.flush()?;
-    let input =
-        std::fs::File::open(ids).with_context(|| format!("{}: cannot read", ids.display()))?;
-    let status = match local(image, timeout_ms) {
-        Ok((catalog, mut run_one)) => {
+    let status = match (std::fs::File::open(ids), local(image, timeout_ms)) {
+        (Err(e), _) => (
+            0,
+            format!("{}: cannot read the instance ids: {e}", ids.display()),
+        ),
+        (_, Err(e)) => (0, format!("{e:#}")),
+        (Ok(input), Ok((catalog, mut run_one))) => {
             let mut results = 0usize;
             let mut counting = CountingWriter {
                 inner: &mut sink,
@@ -152,7 +155,6 @@ fn stream(
             );
             (results, served.err().unwrap_or_else(|| "ok".into()))
         }
-        Err(e) => (0, format!("{e:#}")),
     };
     let end = StreamEnd {
         results: status.0,

@@ -70,6 +70,10 @@ impl Where {
             ssh_host: remote.host.clone(),
             ssh_options: remote.ssh_options.clone(),
             gce: remote.gce(self.target)?,
+            host_image: match self.target {
+                TargetKind::Gce => None,
+                _ => remote.host_image.clone(),
+            },
             ..TargetSpec::new(self.target)
         };
         spec.check().map_err(anyhow::Error::msg)?;
@@ -124,8 +128,9 @@ pub struct Remote {
     /// --target gce: the Cloud Storage bucket for the image upload (default PROJECT-pvmc).
     #[arg(long)]
     pub bucket: Option<String>,
-    /// --target gce: the PVM host image tarball (`cargo xtask images`).
-    #[arg(long, value_name = "IMAGE.tar.gz")]
+    /// --target qemu: boot this host image (`cargo xtask images`: its directory) and run the
+    /// suite inside it; --target gce: the image's GCE tarball (or its directory).
+    #[arg(long, value_name = "IMAGE")]
     pub host_image: Option<PathBuf>,
     /// --target gce: print the gcloud commands a run would issue, run nothing.
     #[arg(long)]
@@ -139,7 +144,6 @@ impl Remote {
             || self.machine_type.is_some()
             || self.instances.is_some()
             || self.bucket.is_some()
-            || self.host_image.is_some()
             || self.dry_run
     }
 
@@ -148,8 +152,8 @@ impl Remote {
         if kind != TargetKind::Gce {
             if self.any_gce() {
                 bail!(
-                    "--project, --zone, --machine-type, --instances, --bucket, --host-image and \
-                     --dry-run belong to --target gce, not --target {}",
+                    "--project, --zone, --machine-type, --instances, --bucket and --dry-run \
+                     belong to --target gce, not --target {}",
                     kind.name()
                 );
             }
@@ -160,6 +164,19 @@ impl Remote {
         else {
             bail!("--target gce needs --project, --zone and --host-image");
         };
+        // An image directory: its GCE tarball.
+        let image = if image.is_dir() {
+            let (m, dir) = pvmc_images::manifest::Manifest::load(image)?;
+            match m.disks.iter().find(|(f, _)| f == "gce") {
+                Some((_, file)) => dir.join(file),
+                None => bail!(
+                    "--host-image {}: the image has no GCE tarball (build it with --format gce)",
+                    image.display()
+                ),
+            }
+        } else {
+            image.to_path_buf()
+        };
         Ok(Some(conformance::target::gce::GceSpec {
             project: project.clone(),
             zone: zone.clone(),
@@ -169,7 +186,7 @@ impl Remote {
                 .unwrap_or_else(|| conformance::target::gce::DEFAULT_MACHINE_TYPE.into()),
             instances: self.instances.unwrap_or(1),
             bucket: self.bucket.clone(),
-            image: image.clone(),
+            image,
         }))
     }
 }

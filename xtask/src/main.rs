@@ -19,6 +19,7 @@ mod conformance_cmd;
 mod coverage_cmd;
 mod diff_cmd;
 mod host_check_cmd;
+mod images_cmd;
 mod merge_cmd;
 mod mutants_cmd;
 mod out;
@@ -65,12 +66,19 @@ enum Cmd {
     },
     /// Build the guest image (x86_64-unknown-none) and print its path.
     BuildGuests,
+    /// Build a host image: kernel, initramfs with the worker, guest image and profile; disks
+    /// as raw, qcow2 and the GCE tarball.
+    Images(images_cmd::Args),
+    /// Host kernel modules: `kmod build` builds an out-of-tree module for a kernel's headers.
+    Kmod(images_cmd::KmodArgs),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.cmd {
         Cmd::Conformance(args) => conformance_cmd::run(*args),
+        Cmd::Images(args) => images_cmd::run(args),
+        Cmd::Kmod(args) => images_cmd::kmod(args),
         Cmd::Bench(args) => bench_cmd::run(args),
         Cmd::Coverage(args) => coverage_cmd::run(args),
         Cmd::Certify(args) => certify_cmd::run(args),

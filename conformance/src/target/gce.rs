@@ -563,6 +563,10 @@ impl Target for GceTarget {
         self.gcloud.run(&s(&["--version"])).map(drop)
     }
 
+    fn host_outlives_runs(&self) -> bool {
+        false
+    }
+
     fn run(
         &self,
         instances: &[Instance],

@@ -7,6 +7,7 @@
 //! - [`local`]: this machine's `/dev/kvm`.
 //! - [`model`]: the reference model of the upstream PVM host, a separate process.
 //! - [`qemu`]: each `hvm64` instance booted directly in its own QEMU (a reference x86).
+//! - [`qemu_host`]: a host image booted as an L1 host under QEMU, the suite inside it.
 //! - [`ssh`]: a remote host over OpenSSH, running `pvmc-worker` there.
 //! - [`gce`]: Google Compute Engine VMs booted from a PVM host image, through `gcloud`.
 //! - [`worker`]: the protocol of targets whose instances run in a child process (the model,
@@ -19,6 +20,7 @@ pub mod gce;
 pub mod local;
 pub mod model;
 pub mod qemu;
+pub mod qemu_host;
 pub mod ssh;
 pub mod worker;
 
@@ -92,6 +94,8 @@ pub struct TargetSpec {
     pub ssh_options: Vec<String>,
     /// `gce`: project, zone, machine type, shards, bucket and image.
     pub gce: Option<gce::GceSpec>,
+    /// `qemu`: boot this host image (`cargo xtask images`) instead of each instance directly.
+    pub host_image: Option<PathBuf>,
 }
 
 impl TargetSpec {
@@ -104,6 +108,7 @@ impl TargetSpec {
             ssh_host: None,
             ssh_options: Vec::new(),
             gce: None,
+            host_image: None,
         }
     }
 
@@ -135,6 +140,12 @@ impl TargetSpec {
                 ));
             }
             (_, None) => {}
+        }
+        if self.host_image.is_some() && self.kind != TargetKind::Qemu {
+            return Err(format!(
+                "--host-image belongs to --target qemu or gce, not --target {}",
+                self.kind.name()
+            ));
         }
         match (self.kind, &self.gce) {
             (TargetKind::Gce, None) => {
@@ -172,7 +183,10 @@ pub fn open(
                 spec.faults.clone(),
             )?))
         }
-        TargetKind::Qemu => Ok(Box::new(qemu::QemuTarget::new(image))),
+        TargetKind::Qemu => match &spec.host_image {
+            Some(dir) => Ok(Box::new(qemu_host::QemuHostTarget::new(dir)?)),
+            None => Ok(Box::new(qemu::QemuTarget::new(image))),
+        },
         TargetKind::Ssh => {
             let dest = spec.ssh_host.as_deref().unwrap_or_default();
             let ssh = ssh::Ssh::new(dest, &spec.ssh_options)?;
@@ -257,6 +271,12 @@ pub trait Target: Sync {
         opts: &TargetOptions,
         sink: &mut dyn FnMut(usize, CaseResult),
     );
+    /// Whether the host stays the same from one `run` to the next, so that the suite's
+    /// fresh-VM check after the last instance says something about it (a host image booted
+    /// per run, or a QEMU per instance, starts afresh every time: no).
+    fn host_outlives_runs(&self) -> bool {
+        true
+    }
     /// Starts reading the host kernel's log from now on, for host health
     /// (`crate::host_health`); `Err` says why this target cannot.
     fn watch_host(&self) -> Result<Box<dyn crate::host_health::HostLog>, String> {

@@ -92,15 +92,15 @@ impl QemuTarget {
 
 /// Why `inst` cannot run as a direct QEMU boot on `host` (the QEMU target's), if it cannot.
 pub fn skip_reason(host: &HostInfo, inst: &Instance) -> Option<String> {
-    if let Some(why) = super::instance_skip_reason(host, inst) {
-        return Some(why);
-    }
     if inst.env != Env::Hvm64 {
         return Some(format!(
             "the qemu target boots hvm64 guests directly; environment {} needs a PVM host \
              (--target qemu --host-image, ssh, gce)",
             inst.env.name()
         ));
+    }
+    if let Some(why) = super::instance_skip_reason(host, inst) {
+        return Some(why);
     }
     if inst.case.vcpus > 1 {
         return Some(format!(
@@ -137,6 +137,10 @@ impl Target for QemuTarget {
 
     fn usable(&self) -> Result<(), String> {
         self.qemu.as_ref().map(drop).map_err(Clone::clone)
+    }
+
+    fn host_outlives_runs(&self) -> bool {
+        false
     }
 
     fn run(

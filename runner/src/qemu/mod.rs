@@ -132,6 +132,11 @@ impl Qemu {
         })
     }
 
+    /// The QEMU binary.
+    pub fn binary(&self) -> &Path {
+        &self.binary
+    }
+
     /// The first line of `qemu-system-x86_64 --version`.
     pub fn version(&self) -> &str {
         &self.version
