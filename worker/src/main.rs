@@ -8,7 +8,8 @@
 //!   line on standard output, each instance on the local target (a fresh VM each).
 //! - `pvmc-worker stream --image IMG --ids FILE [--out PATH]`: what a host image runs at boot:
 //!   the instances listed in FILE, written as a stream (`conformance::target::worker::
-//!   StreamLine`: host, results, end) to PATH (a serial port) or standard output.
+//!   StreamLine`: host, results, end) to PATH (a serial port) or standard output; each result
+//!   carries the kernel lines (`/dev/kmsg`) logged while it ran.
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -141,7 +142,21 @@ fn stream(
             format!("{}: cannot read the instance ids: {e}", ids.display()),
         ),
         (_, Err(e)) => (0, format!("{e:#}")),
-        (Ok(input), Ok((catalog, mut run_one))) => {
+        (Ok(input), Ok((catalog, mut run_local))) => {
+            // The kernel lines logged while each instance ran go with its result (the harness
+            // classifies them: a splat fails the run). A kernel log that cannot be read leaves
+            // them empty.
+            let path = std::env::var(conformance::target::local::KMSG_PATH_VAR)
+                .unwrap_or_else(|_| "/dev/kmsg".into());
+            let mut kmsg = conformance::host_health::Kmsg::open(&path).ok();
+            let mut run_one = |inst: &Instance| {
+                let mut r = run_local(inst);
+                if let Some(k) = kmsg.as_mut() {
+                    use conformance::host_health::HostLog;
+                    r.kernel_log = k.drain();
+                }
+                r
+            };
             let mut results = 0usize;
             let mut counting = CountingWriter {
                 inner: &mut sink,

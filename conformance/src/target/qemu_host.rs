@@ -9,13 +9,16 @@
 //! as it arrives, so a host that dies mid-run loses nothing that finished. QEMU is controlled
 //! over QMP (the qapi crate): handshake after start, `quit` at the end, at the deadline or on
 //! cancellation, then a kill if it is still there. What the host did not report is CRASH with
-//! the console's last lines.
+//! the console's last lines. The L1 kernel's lines logged during each instance come with its
+//! result and go to the suite's host health ([`Target::watch_host`]): attached to the instance,
+//! and a splat fails the run, as on the local host.
 
 use std::collections::HashMap;
 use std::io::{Read, Seek, SeekFrom};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use pvmc_images::manifest::Manifest;
@@ -39,6 +42,21 @@ pub struct QemuHostTarget {
     manifest: Manifest,
     dir: PathBuf,
     host: HostInfo,
+    /// The L1 kernel's lines that came with results and the suite has not taken yet.
+    kernel_lines: Arc<Mutex<Vec<String>>>,
+}
+
+/// The L1 host's kernel log as the suite reads it: the lines each result brought
+/// (`pvmc-worker stream` reads `/dev/kmsg` inside the host), handed over before the result.
+struct StreamedLog(Arc<Mutex<Vec<String>>>);
+
+impl crate::host_health::HostLog for StreamedLog {
+    fn drain(&mut self) -> Vec<String> {
+        self.0
+            .lock()
+            .map(|mut v| std::mem::take(&mut *v))
+            .unwrap_or_default()
+    }
 }
 
 impl QemuHostTarget {
@@ -74,6 +92,7 @@ impl QemuHostTarget {
             manifest,
             dir,
             host,
+            kernel_lines: Arc::default(),
         })
     }
 
@@ -166,6 +185,10 @@ impl Target for QemuHostTarget {
 
     fn host(&self) -> &HostInfo {
         &self.host
+    }
+
+    fn watch_host(&self) -> Result<Box<dyn crate::host_health::HostLog>, String> {
+        Ok(Box::new(StreamedLog(Arc::clone(&self.kernel_lines))))
     }
 
     fn usable(&self) -> Result<(), String> {
@@ -283,6 +306,9 @@ impl QemuHostTarget {
                         if let Some(&i) = index.get(&r.id)
                             && reported.insert(r.id.clone())
                         {
+                            if let Ok(mut k) = self.kernel_lines.lock() {
+                                k.extend(r.kernel_log.iter().cloned());
+                            }
                             sink(i, *r);
                         }
                     }
