@@ -5,11 +5,11 @@
 //! - `pvmc-worker host`: this host as one JSON line (`conformance::report::HostReport`).
 //! - `pvmc-worker run --image IMG [--timeout-ms N]`: the worker protocol
 //!   (`conformance::target::worker`): instance ids on standard input, one JSON result per
-//!   line on standard output, each instance on the local target (a fresh VM each).
+//!   line on standard output, each instance on the local target (a fresh VM each), each
+//!   result with the kernel lines (`/dev/kmsg`) logged while it ran.
 //! - `pvmc-worker stream --image IMG --ids FILE [--out PATH]`: what a host image runs at boot:
 //!   the instances listed in FILE, written as a stream (`conformance::target::worker::
-//!   StreamLine`: host, results, end) to PATH (a serial port) or standard output; each result
-//!   carries the kernel lines (`/dev/kmsg`) logged while it ran.
+//!   StreamLine`: host, results, end) to PATH (a serial port) or standard output.
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -109,10 +109,21 @@ fn local(
         jobs: 1,
         cancel: Cancel::new(),
     };
+    // The kernel lines logged while each instance ran go with its result (the harness
+    // classifies them: a splat fails the run). A kernel log this user cannot read leaves them
+    // empty.
+    let path = std::env::var(conformance::target::local::KMSG_PATH_VAR)
+        .unwrap_or_else(|_| "/dev/kmsg".into());
+    let mut kmsg = conformance::host_health::Kmsg::open(&path).ok();
     let run_one = move |inst: &Instance| {
         let mut got = None;
         target.run(std::slice::from_ref(inst), &opts, &mut |_, r| got = Some(r));
-        got.unwrap_or_else(|| CaseResult::skipped(inst, "cancelled".into()))
+        let mut r = got.unwrap_or_else(|| CaseResult::skipped(inst, "cancelled".into()));
+        if let Some(k) = kmsg.as_mut() {
+            use conformance::host_health::HostLog;
+            r.kernel_log = k.drain();
+        }
+        r
     };
     Ok((catalog, run_one))
 }
@@ -142,21 +153,7 @@ fn stream(
             format!("{}: cannot read the instance ids: {e}", ids.display()),
         ),
         (_, Err(e)) => (0, format!("{e:#}")),
-        (Ok(input), Ok((catalog, mut run_local))) => {
-            // The kernel lines logged while each instance ran go with its result (the harness
-            // classifies them: a splat fails the run). A kernel log that cannot be read leaves
-            // them empty.
-            let path = std::env::var(conformance::target::local::KMSG_PATH_VAR)
-                .unwrap_or_else(|_| "/dev/kmsg".into());
-            let mut kmsg = conformance::host_health::Kmsg::open(&path).ok();
-            let mut run_one = |inst: &Instance| {
-                let mut r = run_local(inst);
-                if let Some(k) = kmsg.as_mut() {
-                    use conformance::host_health::HostLog;
-                    r.kernel_log = k.drain();
-                }
-                r
-            };
+        (Ok(input), Ok((catalog, mut run_one))) => {
             let mut results = 0usize;
             let mut counting = CountingWriter {
                 inner: &mut sink,

@@ -18,14 +18,13 @@ use std::io::{Read, Seek, SeekFrom};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use pvmc_images::manifest::Manifest;
 use runner::detect::{HostInfo, KvmStatus};
 use runner::qemu::{Accel, Qemu};
 
-use super::worker::{StreamLine, StreamReader};
+use super::worker::{ForwardedLog, StreamLine, StreamReader};
 use super::{Target, TargetOptions};
 use crate::catalog::Instance;
 use crate::exec::RawResult;
@@ -43,20 +42,7 @@ pub struct QemuHostTarget {
     dir: PathBuf,
     host: HostInfo,
     /// The L1 kernel's lines that came with results and the suite has not taken yet.
-    kernel_lines: Arc<Mutex<Vec<String>>>,
-}
-
-/// The L1 host's kernel log as the suite reads it: the lines each result brought
-/// (`pvmc-worker stream` reads `/dev/kmsg` inside the host), handed over before the result.
-struct StreamedLog(Arc<Mutex<Vec<String>>>);
-
-impl crate::host_health::HostLog for StreamedLog {
-    fn drain(&mut self) -> Vec<String> {
-        self.0
-            .lock()
-            .map(|mut v| std::mem::take(&mut *v))
-            .unwrap_or_default()
-    }
+    kernel_lines: ForwardedLog,
 }
 
 impl QemuHostTarget {
@@ -92,7 +78,7 @@ impl QemuHostTarget {
             manifest,
             dir,
             host,
-            kernel_lines: Arc::default(),
+            kernel_lines: ForwardedLog::default(),
         })
     }
 
@@ -188,7 +174,7 @@ impl Target for QemuHostTarget {
     }
 
     fn watch_host(&self) -> Result<Box<dyn crate::host_health::HostLog>, String> {
-        Ok(Box::new(StreamedLog(Arc::clone(&self.kernel_lines))))
+        Ok(Box::new(self.kernel_lines.clone()))
     }
 
     fn usable(&self) -> Result<(), String> {
@@ -306,9 +292,7 @@ impl QemuHostTarget {
                         if let Some(&i) = index.get(&r.id)
                             && reported.insert(r.id.clone())
                         {
-                            if let Ok(mut k) = self.kernel_lines.lock() {
-                                k.extend(r.kernel_log.iter().cloned());
-                            }
+                            self.kernel_lines.forward(&r);
                             sink(i, *r);
                         }
                     }

@@ -6,6 +6,9 @@
 //! was running (CRASH). The directory is removed when the target is dropped: after a complete
 //! run, a failed one, or an interrupted one (SIGINT/SIGTERM cancel the run, which returns).
 //!
+//! Each result carries the remote kernel's lines logged while it ran (the worker reads
+//! `/dev/kmsg` there when the ssh user may), which go to the suite's host health.
+//!
 //! Every `ssh` runs with `BatchMode=yes` (no password prompts: a key or an agent is
 //! needed) and the `-o` options of `--ssh-option`. The worker binary must run on the remote:
 //! same architecture and a glibc at least as new as the one it was built against.
@@ -116,6 +119,7 @@ pub struct SshTarget {
     ssh: Ssh,
     dir: String,
     host: HostInfo,
+    kernel_lines: worker::ForwardedLog,
 }
 
 impl SshTarget {
@@ -138,6 +142,7 @@ impl SshTarget {
                 dialect: None,
                 dialect_evidence: String::new(),
             },
+            kernel_lines: worker::ForwardedLog::default(),
         };
         eprintln!("ssh: working in {}:{}", target.ssh.dest, target.dir);
         // From here on, dropping `target` removes the directory.
@@ -195,6 +200,10 @@ impl Target for SshTarget {
         &self.host
     }
 
+    fn watch_host(&self) -> Result<Box<dyn crate::host_health::HostLog>, String> {
+        Ok(Box::new(self.kernel_lines.clone()))
+    }
+
     fn usable(&self) -> Result<(), String> {
         match &self.host.kvm {
             runner::detect::KvmStatus::Usable => Ok(()),
@@ -218,7 +227,10 @@ impl Target for SshTarget {
             &|_| None,
             instances,
             opts,
-            sink,
+            &mut |i, r| {
+                self.kernel_lines.forward(&r);
+                sink(i, r);
+            },
         );
     }
 }

@@ -147,6 +147,30 @@ impl StreamReader {
     }
 }
 
+/// A remote host's kernel log as the suite reads it (`Target::watch_host`): the lines each
+/// result brought from its worker (which reads `/dev/kmsg` there), handed over just before the
+/// result itself, so the suite attaches them to it and classifies them like local ones.
+#[derive(Clone, Debug, Default)]
+pub struct ForwardedLog(Arc<Mutex<Vec<String>>>);
+
+impl ForwardedLog {
+    /// Queues the kernel lines of `r` for the suite.
+    pub fn forward(&self, r: &CaseResult) {
+        if let Ok(mut k) = self.0.lock() {
+            k.extend(r.kernel_log.iter().cloned());
+        }
+    }
+}
+
+impl crate::host_health::HostLog for ForwardedLog {
+    fn drain(&mut self) -> Vec<String> {
+        self.0
+            .lock()
+            .map(|mut v| std::mem::take(&mut *v))
+            .unwrap_or_default()
+    }
+}
+
 /// One child.
 struct Worker {
     child: Child,
@@ -400,6 +424,18 @@ mod tests {
         }
         assert_eq!(StreamLine::parse("[    0.000000] Linux version 6.1"), None);
         assert_eq!(StreamLine::parse("{\"id\": 3}"), None);
+    }
+
+    #[test]
+    fn forwarded_kernel_lines_are_drained_once_in_order() {
+        use crate::host_health::HostLog;
+        let log = ForwardedLog::default();
+        let mut r = result("a~hvm64");
+        r.kernel_log = vec!["one".into(), "two".into()];
+        log.forward(&r);
+        let mut reader = log.clone();
+        assert_eq!(reader.drain(), ["one", "two"]);
+        assert!(reader.drain().is_empty());
     }
 
     #[test]
