@@ -7,7 +7,9 @@
 //! port raw (else the tty turns `\n` into `\r\n`), sources `/pvmc/run.env` and runs
 //! `pvmc-worker stream` over the ids in `/pvmc/ids` into `/dev/ttyS1`, then powers off. The ids
 //! and run.env come at run time, from a second archive the target appends to this one (the
-//! kernel unpacks concatenated archives in order).
+//! kernel unpacks concatenated archives in order). Without them (a cloud VM booted from the
+//! disk) `/init` brings the network up with udhcpc and the worker fetches the ids from the GCE
+//! metadata server (`pvmc-ids`) and stores its verdict as the guest attribute `pvmc/verdict`.
 
 use std::io::{Cursor, Write};
 use std::path::{Path, PathBuf};
@@ -35,7 +37,26 @@ pub struct Contents<'a> {
 /// The busybox applets `/init` uses.
 const APPLETS: &[&str] = &[
     "sh", "mount", "insmod", "stty", "cat", "echo", "poweroff", "sleep", "dmesg", "mkdir", "grep",
+    "ip", "udhcpc",
 ];
+
+/// udhcpc's hook: configure the lease (GCE hands out a /32 with a gateway outside it, so
+/// the gateway gets a host route first).
+const UDHCPC_SCRIPT: &str = "#!/bin/sh\n\
+case \"$1\" in\n\
+bound|renew)\n\
+    ip addr flush dev \"$interface\"\n\
+    ip addr add \"$ip/${mask:-24}\" dev \"$interface\"\n\
+    for r in $router; do\n\
+        ip route add \"$r\" dev \"$interface\" 2>/dev/null\n\
+        ip route add default via \"$r\" dev \"$interface\"\n\
+        break\n\
+    done\n\
+    ;;\n\
+esac\n";
+
+/// The GCE metadata server's instance directory.
+const METADATA: &str = "http://169.254.169.254/computeMetadata/v1/instance";
 
 /// An archive being assembled.
 #[derive(Default)]
@@ -143,15 +164,25 @@ pub fn init_script(profile: &Profile, modules: &[Resolved]) -> String {
             names.join(" ")
         ));
     }
-    s.push_str(
+    s.push_str(&format!(
         "stty -F /dev/ttyS1 raw -echo\n\
          PVMC_TIMEOUT_MS=10000\n\
          [ -f /pvmc/run.env ] && . /pvmc/run.env\n\
-         /pvmc/pvmc-worker stream --image /pvmc/guest.elf --ids /pvmc/ids --out /dev/ttyS1 \
+         if [ -f /pvmc/ids ]; then\n\
+         \x20   /pvmc/pvmc-worker stream --image /pvmc/guest.elf --ids /pvmc/ids --out /dev/ttyS1 \
          --timeout-ms \"$PVMC_TIMEOUT_MS\"\n\
+         else\n\
+         \x20   # No run-time archive: a cloud VM. The network, then the metadata server.\n\
+         \x20   ip link set lo up\n\
+         \x20   for d in /sys/class/net/*; do n=${{d##*/}}; [ \"$n\" = lo ] && continue; \
+         ip link set \"$n\" up; udhcpc -i \"$n\" -n -q -t 10 -s /pvmc/udhcpc.script && break; done\n\
+         \x20   /pvmc/pvmc-worker stream --image /pvmc/guest.elf --ids-url {METADATA}/attributes/pvmc-ids \
+         --verdict-url {METADATA}/guest-attributes/pvmc/verdict --out /dev/ttyS1 \
+         --timeout-ms \"$PVMC_TIMEOUT_MS\"\n\
+         fi\n\
          echo \"pvmc: worker exited with $?\"\n\
-         poweroff -f\n",
-    );
+         poweroff -f\n"
+    ));
     s
 }
 
@@ -180,6 +211,11 @@ pub fn build(c: &Contents<'_>, out: &Path) -> Result<()> {
             read(&m.file)?,
         );
     }
+    a.file(
+        "pvmc/udhcpc.script",
+        0o755,
+        UDHCPC_SCRIPT.as_bytes().to_vec(),
+    );
     a.file(
         "init",
         0o755,
@@ -288,5 +324,22 @@ mod tests {
         assert!(kvm < amd);
         assert!(s.contains("stty -F /dev/ttyS1 raw -echo"));
         assert!(s.trim_end().ends_with("poweroff -f"));
+        assert!(s.contains(
+            "--ids-url http://169.254.169.254/computeMetadata/v1/instance/attributes/pvmc-ids"
+        ));
+        // The script and the udhcpc hook are valid sh.
+        for script in [s.as_str(), UDHCPC_SCRIPT] {
+            let check = duct::cmd!("sh", "-n")
+                .stdin_bytes(script)
+                .stderr_capture()
+                .unchecked()
+                .run();
+            let out = check.expect("sh runs");
+            assert!(
+                out.status.success(),
+                "{}\n{script}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
     }
 }

@@ -7,11 +7,15 @@
 //!   (`conformance::target::worker`): instance ids on standard input, one JSON result per
 //!   line on standard output, each instance on the local target (a fresh VM each), each
 //!   result with the kernel lines (`/dev/kmsg`) logged while it ran.
-//! - `pvmc-worker stream --image IMG --ids FILE [--out PATH]`: what a host image runs at boot:
-//!   the instances listed in FILE, written as a stream (`conformance::target::worker::
-//!   StreamLine`: host, results, end) to PATH (a serial port) or standard output.
+//! - `pvmc-worker stream --image IMG (--ids FILE | --ids-url URL) [--verdict-url URL]
+//!   [--out PATH]`: what a host image runs at boot: the instances listed in FILE (or fetched
+//!   from the GCE metadata server), written as a stream (`conformance::target::worker::
+//!   StreamLine`: host, results, end) to PATH (a serial port) or standard output, and a
+//!   one-line verdict PUT to a guest attribute.
 
 use std::io::Write;
+
+mod http;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -49,14 +53,22 @@ enum Cmd {
         #[arg(long, default_value_t = 10_000)]
         timeout_ms: u64,
     },
-    /// Runs the instances listed in a file and writes a stream: host, results, end.
+    /// Runs the instances listed in a file (or at a URL) and writes a stream: host, results,
+    /// end.
     Stream {
         /// The guest image.
         #[arg(long)]
         image: PathBuf,
         /// Instance ids, one per line.
+        #[arg(long, required_unless_present = "ids_url", conflicts_with = "ids_url")]
+        ids: Option<PathBuf>,
+        /// Where to GET the instance ids instead (the GCE metadata server's `pvmc-ids`
+        /// attribute).
         #[arg(long)]
-        ids: PathBuf,
+        ids_url: Option<String>,
+        /// Where to PUT a one-line verdict at the end (a GCE guest attribute).
+        #[arg(long)]
+        verdict_url: Option<String>,
         /// Where to write (a serial port, say); standard output if absent.
         #[arg(long)]
         out: Option<PathBuf>,
@@ -88,9 +100,24 @@ fn main() -> Result<()> {
         Cmd::Stream {
             image,
             ids,
+            ids_url,
+            verdict_url,
             out,
             timeout_ms,
-        } => stream(&image, &ids, out.as_deref(), timeout_ms),
+        } => {
+            let ids = match (ids, ids_url) {
+                (Some(f), _) => Ids::File(f),
+                (None, Some(u)) => Ids::Url(u),
+                (None, None) => anyhow::bail!("--ids FILE or --ids-url URL"),
+            };
+            stream(
+                &image,
+                &ids,
+                verdict_url.as_deref(),
+                out.as_deref(),
+                timeout_ms,
+            )
+        }
     }
 }
 
@@ -128,9 +155,47 @@ fn local(
     Ok((catalog, run_one))
 }
 
+/// Where `stream` takes the instance ids from.
+enum Ids {
+    File(PathBuf),
+    Url(String),
+}
+
+impl Ids {
+    fn read(&self) -> std::result::Result<String, String> {
+        match self {
+            Ids::File(p) => std::fs::read_to_string(p)
+                .map_err(|e| format!("{}: cannot read the instance ids: {e}", p.display())),
+            Ids::Url(u) => http::get(u).map_err(|e| format!("cannot fetch the instance ids: {e}")),
+        }
+    }
+}
+
+/// The one-line verdict of a stream's results: the count per outcome.
+fn verdict(outcomes: &[conformance::outcome::Outcome], status: &str) -> String {
+    let mut counts: Vec<(conformance::outcome::Outcome, usize)> = Vec::new();
+    for o in outcomes {
+        match counts.iter_mut().find(|(x, _)| x == o) {
+            Some((_, n)) => *n += 1,
+            None => counts.push((*o, 1)),
+        }
+    }
+    counts.sort();
+    let parts: Vec<String> = counts
+        .iter()
+        .map(|(o, n)| format!("{n} {}", o.label()))
+        .collect();
+    format!(
+        "{} results: {} ({status})",
+        outcomes.len(),
+        parts.join(", ")
+    )
+}
+
 fn stream(
     image: &std::path::Path,
-    ids: &std::path::Path,
+    ids: &Ids,
+    verdict_url: Option<&str>,
     out: Option<&std::path::Path>,
     timeout_ms: u64,
 ) -> Result<()> {
@@ -147,13 +212,11 @@ fn stream(
     let host = conformance::report::HostReport::new(&runner::detect::detect());
     writeln!(sink, "{}", StreamLine::Host(host).to_json())?;
     sink.flush()?;
-    let status = match (std::fs::File::open(ids), local(image, timeout_ms)) {
-        (Err(e), _) => (
-            0,
-            format!("{}: cannot read the instance ids: {e}", ids.display()),
-        ),
+    let mut outcomes = Vec::new();
+    let status = match (ids.read(), local(image, timeout_ms)) {
+        (Err(e), _) => (0, e),
         (_, Err(e)) => (0, format!("{e:#}")),
-        (Ok(input), Ok((catalog, mut run_one))) => {
+        (Ok(list), Ok((catalog, mut run_one))) => {
             let mut results = 0usize;
             let mut counting = CountingWriter {
                 inner: &mut sink,
@@ -161,13 +224,22 @@ fn stream(
             };
             let served = conformance::target::worker::serve(
                 &catalog,
-                std::io::BufReader::new(input),
+                std::io::Cursor::new(list),
                 &mut counting,
-                &mut run_one,
+                |inst: &Instance| {
+                    let r = run_one(inst);
+                    outcomes.push(r.outcome);
+                    r
+                },
             );
             (results, served.err().unwrap_or_else(|| "ok".into()))
         }
     };
+    if let Some(url) = verdict_url
+        && let Err(e) = http::put(url, &verdict(&outcomes, &status.1))
+    {
+        eprintln!("pvmc-worker: the verdict was not stored: {e}");
+    }
     let end = StreamEnd {
         results: status.0,
         status: status.1,
