@@ -18,6 +18,9 @@ pub struct Args {
     /// comes from a target that runs only that.
     #[arg(long, value_delimiter = ',')]
     env: Vec<String>,
+    /// Only instances both reports have (leave out those one report did not select).
+    #[arg(long)]
+    common: bool,
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
@@ -36,7 +39,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     };
     let differences: Vec<_> = diff(&a, &b)
         .into_iter()
-        .filter(|d| in_envs(&d.id))
+        .filter(|d| in_envs(&d.id) && (!args.common || (d.a.is_some() && d.b.is_some())))
         .collect();
     let who = |r: &conformance::report::Report| {
         format!(

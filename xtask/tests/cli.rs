@@ -1007,6 +1007,13 @@ fn diff_lists_exactly_the_changed_instances_and_exits_by_them() {
     let out = String::from_utf8_lossy(&none.stdout);
     assert_eq!(none.status.code(), Some(0), "--env {other}: {out}");
     assert_bad(&only("bogus"), "diff --env bogus", "bogus");
+    // --common leaves out what one report lacks: a report against itself minus nothing.
+    let common = run(xtask().args(["diff", "--common"]).arg(&a).arg(&b));
+    assert_eq!(
+        common.status.code(),
+        Some(1),
+        "the changed instance is in both"
+    );
     let missing = run(xtask()
         .args(["diff"])
         .arg(&a)
