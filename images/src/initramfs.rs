@@ -147,10 +147,35 @@ pub fn init_script(profile: &Profile, modules: &[Resolved]) -> String {
         "echo \"pvmc: host image {} on kernel $(cat /proc/sys/kernel/osrelease)\"\n",
         profile.name
     ));
+    // The parameter set comes with the run-time archive (default: the modules' own).
+    s.push_str(
+        "PVMC_PARAM_SET=default\n\
+         PVMC_TIMEOUT_MS=10000\n\
+         [ -f /pvmc/run.env ] && . /pvmc/run.env\n\
+         echo \"pvmc: parameter set $PVMC_PARAM_SET\"\n",
+    );
     for (i, m) in modules.iter().enumerate() {
+        // The module's own parameters (a dependency the profile does not list has none).
+        let own = m.params.clone();
+        s.push_str(&format!("p='{own}'\n"));
+        let overrides: Vec<(String, String)> = profile
+            .param_sets
+            .iter()
+            .filter_map(|set| {
+                let p = profile.params_of(&set.name, &m.name)?;
+                (p != own).then(|| (set.name.clone(), p))
+            })
+            .collect();
+        if !overrides.is_empty() {
+            s.push_str("case \"$PVMC_PARAM_SET\" in\n");
+            for (set, p) in overrides {
+                s.push_str(&format!("{set}) p='{p}' ;;\n"));
+            }
+            s.push_str("esac\n");
+        }
         s.push_str(&format!(
-            "insmod /pvmc/modules/{i:02}-{}.ko {} || echo \"pvmc: insmod {} failed\"\n",
-            m.name, m.params, m.name
+            "insmod /pvmc/modules/{i:02}-{}.ko $p || echo \"pvmc: insmod {} failed\"\n",
+            m.name, m.name
         ));
     }
     // The loaded modules' own kernel lines, on the console (which `quiet` keeps short).
@@ -166,8 +191,6 @@ pub fn init_script(profile: &Profile, modules: &[Resolved]) -> String {
     }
     s.push_str(&format!(
         "stty -F /dev/ttyS1 raw -echo\n\
-         PVMC_TIMEOUT_MS=10000\n\
-         [ -f /pvmc/run.env ] && . /pvmc/run.env\n\
          if [ -f /pvmc/ids ]; then\n\
          \x20   /pvmc/pvmc-worker stream --image /pvmc/guest.elf --ids /pvmc/ids --out /dev/ttyS1 \
          --timeout-ms \"$PVMC_TIMEOUT_MS\"\n\
@@ -226,14 +249,21 @@ pub fn build(c: &Contents<'_>, out: &Path) -> Result<()> {
     f.write_all(&bytes).map_err(io_err(out))
 }
 
-/// The run-time archive: the instance ids and the timeout, appended to the image's initramfs.
-pub fn run_archive(ids: &[String], timeout_ms: u64) -> Result<Vec<u8>> {
+/// The run-time archive: the instance ids, the timeout and the parameter set, appended to the
+/// image's initramfs.
+pub fn run_archive(ids: &[String], timeout_ms: u64, param_set: &str) -> Result<Vec<u8>> {
+    if !param_set
+        .chars()
+        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+    {
+        return Err(Error::Invalid(format!("parameter set name {param_set:?}")));
+    }
     let mut a = Archive::default();
     a.file("pvmc/ids", 0o644, (ids.join("\n") + "\n").into_bytes());
     a.file(
         "pvmc/run.env",
         0o644,
-        format!("PVMC_TIMEOUT_MS={timeout_ms}\n").into_bytes(),
+        format!("PVMC_TIMEOUT_MS={timeout_ms}\nPVMC_PARAM_SET={param_set}\n").into_bytes(),
     );
     a.finish()
 }
@@ -293,14 +323,38 @@ mod tests {
 
     #[test]
     fn the_run_archive_carries_the_ids_and_the_timeout() {
-        let got = unpack(&run_archive(&["a~hvm64".into(), "b~hvm64".into()], 777).expect("a"));
+        let got =
+            unpack(&run_archive(&["a~hvm64".into(), "b~hvm64".into()], 777, "set-2").expect("a"));
         let ids = got.iter().find(|(n, _, _)| n == "pvmc/ids").expect("ids");
         assert_eq!(ids.2, b"a~hvm64\nb~hvm64\n");
         let env = got
             .iter()
             .find(|(n, _, _)| n == "pvmc/run.env")
             .expect("env");
-        assert_eq!(env.2, b"PVMC_TIMEOUT_MS=777\n");
+        assert_eq!(env.2, b"PVMC_TIMEOUT_MS=777\nPVMC_PARAM_SET=set-2\n");
+        assert!(run_archive(&[], 1, "a;b").is_err());
+    }
+
+    #[test]
+    fn a_parameter_set_picks_its_module_parameters_in_init() {
+        let profile = Profile::load(
+            &Path::new(env!("CARGO_MANIFEST_DIR")).join("profiles/debian-kvm-amd-marker.toml"),
+        )
+        .expect("parse");
+        let marker = Resolved {
+            name: "pvmc_marker".into(),
+            file: PathBuf::new(),
+            params: "level=7".into(),
+        };
+        let s = init_script(&profile, &[marker]);
+        assert!(
+            s.contains(
+                "p='level=7'\ncase \"$PVMC_PARAM_SET\" in\nmarker-level-3) p='level=3' ;;\nesac\n"
+            ),
+            "{s}"
+        );
+        // run.env (which sets PVMC_PARAM_SET) is read before the first insmod.
+        assert!(s.find(". /pvmc/run.env") < s.find("insmod"));
     }
 
     #[test]
@@ -320,7 +374,9 @@ mod tests {
         };
         let s = init_script(&profile, &[m("kvm", ""), m("kvm_amd", "nested=1")]);
         let kvm = s.find("00-kvm.ko").expect("kvm");
-        let amd = s.find("01-kvm_amd.ko nested=1").expect("kvm_amd");
+        let amd = s
+            .find("p='nested=1'\ninsmod /pvmc/modules/01-kvm_amd.ko $p")
+            .expect("kvm_amd");
         assert!(kvm < amd);
         assert!(s.contains("stty -F /dev/ttyS1 raw -echo"));
         assert!(s.trim_end().ends_with("poweroff -f"));

@@ -19,6 +19,20 @@ pub struct Module {
     pub params: String,
 }
 
+/// A named set of module parameters: the suite runs once per set, one report each
+/// (`--param-set NAME`); a module the set does not name keeps its own `params`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ParamSet {
+    /// Its name (`[a-z0-9-]`, not `default`, which is the modules' own parameters).
+    pub name: String,
+    /// Module name -> the parameters it gets in this set.
+    pub params: std::collections::BTreeMap<String, String>,
+}
+
+/// The name of the parameter set that is every module's own `params`.
+pub const DEFAULT_SET: &str = "default";
+
 /// Machine hints.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -46,6 +60,9 @@ pub struct Profile {
     /// Modules in load order.
     #[serde(default)]
     pub modules: Vec<Module>,
+    /// Further parameter sets besides [`DEFAULT_SET`].
+    #[serde(default)]
+    pub param_sets: Vec<ParamSet>,
     /// Machine hints.
     pub machine: Machine,
 }
@@ -87,6 +104,42 @@ impl Profile {
                 m.name
             )));
         }
+        let canonical = |n: &str| n.replace('-', "_");
+        let mut seen = std::collections::BTreeSet::new();
+        for set in &p.param_sets {
+            let ok_name = !set.name.is_empty()
+                && set.name != DEFAULT_SET
+                && set
+                    .name
+                    .chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
+            if !ok_name || !seen.insert(set.name.clone()) {
+                return Err(Error::Invalid(format!(
+                    "{source}: parameter set name {:?} (want [a-z0-9-], unique, not {DEFAULT_SET})",
+                    set.name
+                )));
+            }
+            for (module, params) in &set.params {
+                if !p
+                    .modules
+                    .iter()
+                    .any(|m| canonical(&m.name) == canonical(module))
+                {
+                    return Err(Error::Invalid(format!(
+                        "{source}: parameter set {} names module {module}, which the profile \
+                         does not load",
+                        set.name
+                    )));
+                }
+                if params.contains(['\n', '"', '\'', '$', '`', '\\']) {
+                    return Err(Error::Invalid(format!(
+                        "{source}: parameter set {}: the parameters of {module} contain a \
+                         character /init cannot pass on safely",
+                        set.name
+                    )));
+                }
+            }
+        }
         if !(256..=65536).contains(&p.machine.memory_mib) {
             return Err(Error::Invalid(format!(
                 "{source}: machine.memory_mib {} (want 256 to 65536)",
@@ -94,6 +147,33 @@ impl Profile {
             )));
         }
         Ok(p)
+    }
+
+    /// Every parameter set's name, [`DEFAULT_SET`] first.
+    pub fn set_names(&self) -> Vec<String> {
+        std::iter::once(DEFAULT_SET.to_string())
+            .chain(self.param_sets.iter().map(|s| s.name.clone()))
+            .collect()
+    }
+
+    /// The parameters of module `name` in set `set` (its own unless the set names it).
+    pub fn params_of(&self, set: &str, name: &str) -> Option<String> {
+        let canonical = |n: &str| n.replace('-', "_");
+        let m = self
+            .modules
+            .iter()
+            .find(|m| canonical(&m.name) == canonical(name))?;
+        let over = self
+            .param_sets
+            .iter()
+            .find(|s| s.name == set)
+            .and_then(|s| {
+                s.params
+                    .iter()
+                    .find(|(k, _)| canonical(k) == canonical(name))
+            })
+            .map(|(_, v)| v.clone());
+        Some(over.unwrap_or_else(|| m.params.clone()))
     }
 
     /// Reads a profile file.
@@ -152,6 +232,30 @@ mod tests {
     }
 
     #[test]
+    fn a_set_overrides_only_the_modules_it_names() {
+        let p = Profile::load(
+            &Path::new(env!("CARGO_MANIFEST_DIR")).join("profiles/debian-kvm-amd-marker.toml"),
+        )
+        .expect("parses");
+        assert_eq!(p.set_names()[0], DEFAULT_SET);
+        assert!(p.set_names().len() >= 2, "the CI profile has a second set");
+        let other = &p.set_names()[1];
+        assert_eq!(
+            p.params_of(DEFAULT_SET, "pvmc_marker").as_deref(),
+            Some("level=7")
+        );
+        assert_ne!(
+            p.params_of(other, "pvmc_marker").as_deref(),
+            Some("level=7")
+        );
+        assert_eq!(
+            p.params_of(other, "kvm-amd"),
+            p.params_of(DEFAULT_SET, "kvm_amd")
+        );
+        assert_eq!(p.params_of(other, "not-loaded"), None);
+    }
+
+    #[test]
     fn bad_profiles_name_the_problem() {
         let good = std::fs::read_to_string(
             Path::new(env!("CARGO_MANIFEST_DIR")).join("profiles/debian-kvm-amd.toml"),
@@ -171,6 +275,20 @@ mod tests {
                 "module name",
             ),
             (format!("{good}\nbogus = 1\n"), "bogus"),
+            (
+                format!("{good}\n[[param_sets]]\nname = \"x\"\nparams = {{ nope = \"a=1\" }}\n"),
+                "does not load",
+            ),
+            (
+                format!("{good}\n[[param_sets]]\nname = \"default\"\nparams = {{}}\n"),
+                "parameter set name",
+            ),
+            (
+                format!(
+                    "{good}\n[[param_sets]]\nname = \"x\"\nparams = {{ kvm_amd = \"a=$(x)\" }}\n"
+                ),
+                "cannot pass on",
+            ),
         ] {
             let e = Profile::parse(&text, "p.toml").expect_err("bad");
             assert!(e.to_string().contains(word), "{e}");

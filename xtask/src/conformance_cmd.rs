@@ -74,6 +74,7 @@ impl Where {
                 TargetKind::Gce => None,
                 _ => remote.host_image.clone(),
             },
+            param_set: remote.param_set.clone(),
             ..TargetSpec::new(self.target)
         };
         spec.check().map_err(anyhow::Error::msg)?;
@@ -132,6 +133,10 @@ pub struct Remote {
     /// suite inside it; --target gce: the image's GCE tarball (or its directory).
     #[arg(long, value_name = "IMAGE")]
     pub host_image: Option<PathBuf>,
+    /// --target qemu --host-image: load the modules with this parameter set of the image's
+    /// profile (default: their own parameters); the suite runs once per set, one report each.
+    #[arg(long, value_name = "NAME")]
+    pub param_set: Option<String>,
     /// --target gce: print the gcloud commands a run would issue, run nothing.
     #[arg(long)]
     pub dry_run: bool,

@@ -238,6 +238,11 @@ fn bad_inputs_are_one_line_errors_with_status_2() {
             "--zone",
         ),
         (
+            "--param-set without a host image",
+            conf(&["--target", "qemu", "--param-set", "x"]),
+            "--param-set",
+        ),
+        (
             "gce options on the local target",
             conf(&["--project", "p"]),
             "--target gce",

@@ -96,6 +96,8 @@ pub struct TargetSpec {
     pub gce: Option<gce::GceSpec>,
     /// `qemu`: boot this host image (`cargo xtask images`) instead of each instance directly.
     pub host_image: Option<PathBuf>,
+    /// `qemu --host-image`: the profile's parameter set to load the modules with.
+    pub param_set: Option<String>,
 }
 
 impl TargetSpec {
@@ -109,6 +111,7 @@ impl TargetSpec {
             ssh_options: Vec::new(),
             gce: None,
             host_image: None,
+            param_set: None,
         }
     }
 
@@ -140,6 +143,10 @@ impl TargetSpec {
                 ));
             }
             (_, None) => {}
+        }
+        if self.param_set.is_some() && (self.kind != TargetKind::Qemu || self.host_image.is_none())
+        {
+            return Err("--param-set belongs to --target qemu --host-image".into());
         }
         if self.host_image.is_some() && self.kind != TargetKind::Qemu {
             return Err(format!(
@@ -184,7 +191,10 @@ pub fn open(
             )?))
         }
         TargetKind::Qemu => match &spec.host_image {
-            Some(dir) => Ok(Box::new(qemu_host::QemuHostTarget::new(dir)?)),
+            Some(dir) => Ok(Box::new(qemu_host::QemuHostTarget::new(
+                dir,
+                spec.param_set.as_deref(),
+            )?)),
             None => Ok(Box::new(qemu::QemuTarget::new(image))),
         },
         TargetKind::Ssh => {

@@ -43,12 +43,27 @@ pub struct QemuHostTarget {
     host: HostInfo,
     /// The L1 kernel's lines that came with results and the suite has not taken yet.
     kernel_lines: ForwardedLog,
+    /// The profile's parameter set the modules load with.
+    param_set: String,
 }
 
 impl QemuHostTarget {
-    /// The image in `dir` (or its `image.json`); `Err` when it is not a host image.
-    pub fn new(image: &Path) -> Result<Self, String> {
+    /// The image in `dir` (or its `image.json`), its modules loaded with parameter set
+    /// `param_set` (default: their own parameters); `Err` when it is not a host image or has no
+    /// such set.
+    pub fn new(image: &Path, param_set: Option<&str>) -> Result<Self, String> {
         let (manifest, dir) = Manifest::load(image).map_err(|e| format!("--host-image: {e}"))?;
+        let sets = manifest.profile.set_names();
+        let param_set = param_set
+            .unwrap_or(pvmc_images::profile::DEFAULT_SET)
+            .to_string();
+        if !sets.contains(&param_set) {
+            return Err(format!(
+                "--param-set {param_set}: profile {} has the sets {}",
+                manifest.profile.name,
+                sets.join(", ")
+            ));
+        }
         let accel = Accel::detect();
         let qemu = Qemu::find(accel, 0).map_err(|e| e.to_string());
         let host = HostInfo {
@@ -69,7 +84,8 @@ impl QemuHostTarget {
             },
             dialect: None,
             dialect_evidence: format!(
-                "profile {} expects {}; the L1 host's worker reports its own",
+                "profile {}, parameter set {param_set}, expects {}; the L1 host's worker \
+                 reports its own",
                 manifest.profile.name, manifest.profile.expected_dialect
             ),
         };
@@ -79,6 +95,7 @@ impl QemuHostTarget {
             dir,
             host,
             kernel_lines: ForwardedLog::default(),
+            param_set,
         })
     }
 
@@ -230,7 +247,8 @@ impl QemuHostTarget {
         let mut initrd = std::fs::read(&base).map_err(|e| format!("{}: {e}", base.display()))?;
         let timeout_ms = u64::try_from(opts.timeout.as_millis()).unwrap_or(u64::MAX);
         initrd.extend(
-            pvmc_images::initramfs::run_archive(&ids, timeout_ms).map_err(|e| e.to_string())?,
+            pvmc_images::initramfs::run_archive(&ids, timeout_ms, &self.param_set)
+                .map_err(|e| e.to_string())?,
         );
         let initrd_path = work.path().join("initrd.gz");
         std::fs::write(&initrd_path, initrd)
