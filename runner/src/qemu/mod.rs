@@ -15,6 +15,10 @@
 //!
 //! What the QEMU VM cannot do, [`Backend::create_vm`] refuses up front: several vCPUs (APs
 //! would need INIT/SIPI; the KVM backend starts them directly) and high vCPU ids.
+//!
+//! Each QEMU also listens for QMP on a private socket: when a run ends at its timeout or with
+//! an unexpected message, the registers (`info registers` through `human-monitor-command`,
+//! the qapi crate) go into [`Vm::register_dump`] for the CRASH detail.
 
 pub mod pvh;
 
@@ -214,6 +218,7 @@ impl Backend for Qemu {
             ram: MmapRam::new(opts.ram)?,
             state: None,
             stderr: Arc::new(Mutex::new(String::new())),
+            registers: Mutex::new(String::new()),
         }))
     }
 }
@@ -224,6 +229,36 @@ pub struct QemuVm {
     ram: MmapRam,
     state: Option<VcpuState>,
     stderr: Arc<Mutex<String>>,
+    /// `info registers` when the run ended abnormally, on one line.
+    registers: Mutex<String>,
+}
+
+/// `info registers` of the QEMU listening on `sock`, on one line (`None` if it does not
+/// answer).
+fn registers_over_qmp(sock: &Path) -> Option<String> {
+    let stream = std::os::unix::net::UnixStream::connect(sock).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    let mut qmp = qapi::Qmp::from_stream(&stream);
+    qmp.handshake().ok()?;
+    let text = qmp
+        .execute(&qapi::qmp::human_monitor_command {
+            command_line: "info registers".into(),
+            cpu_index: None,
+        })
+        .ok()?;
+    Some(one_line_registers(&text))
+}
+
+/// The general and control registers of an `info registers` text, on one line.
+pub fn one_line_registers(text: &str) -> String {
+    let wanted = [
+        "RAX=", "RSI=", "R8 =", "R12=", "RIP=", "CS =", "SS =", "CR0=",
+    ];
+    text.lines()
+        .filter(|l| wanted.iter().any(|w| l.starts_with(w)))
+        .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" "))
+        .collect::<Vec<_>>()
+        .join("; ")
 }
 
 /// Splits QEMU's report stream into messages: each starts with [`MESSAGE_MAGIC`] and is
@@ -341,8 +376,15 @@ impl Vm for QemuVm {
             return Ok(RunEnd::Cancelled);
         }
         let boot = self.boot_file()?;
+        let qmp_dir = tempfile::Builder::new()
+            .prefix("pvmc-qemu-qmp-")
+            .tempdir()
+            .map_err(|e| RunnerError::Setup(format!("cannot create the QMP directory: {e}")))?;
+        let qmp = qmp_dir.path().join("qmp.sock");
         let mut child = Command::new(&self.qemu.binary)
             .args(self.qemu.args(boot.path()))
+            .arg("-qmp")
+            .arg(format!("unix:{},server=on,wait=off", qmp.display()))
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -424,6 +466,12 @@ impl Vm for QemuVm {
                 Err(mpsc::RecvTimeoutError::Timeout) => {}
             }
         };
+        if matches!(end, RunEnd::Timeout(_) | RunEnd::Unexpected(_))
+            && let Some(regs) = registers_over_qmp(&qmp)
+            && let Ok(mut r) = self.registers.lock()
+        {
+            *r = regs;
+        }
         let _ = child.kill();
         let _ = child.wait();
         let _ = err_reader.join();
@@ -436,10 +484,16 @@ impl Vm for QemuVm {
             .lock()
             .map(|e| tail(&e).to_string())
             .unwrap_or_default();
-        if err.is_empty() {
-            "(the QEMU backend does not read registers)".into()
+        let regs = self.registers.lock().map(|r| r.clone()).unwrap_or_default();
+        let regs = if regs.is_empty() {
+            "(QEMU did not answer info registers)".to_string()
         } else {
-            format!("(the QEMU backend does not read registers) QEMU said: {err}")
+            regs
+        };
+        if err.is_empty() {
+            regs
+        } else {
+            format!("{regs}; QEMU said: {err}")
         }
     }
 }
@@ -486,6 +540,23 @@ mod tests {
             "{a}"
         );
         assert!(a.contains("-bios /usr/share/qemu/qboot.rom"), "{a}");
+    }
+
+    #[test]
+    fn info_registers_is_condensed_to_one_line() {
+        let text = "RAX=0000000000000001 RBX=0000000000000002\r\n\
+                    RSI=0000000000000003 RDI=0000000000000004\r\n\
+                    RIP=0000000000201000 RFL=00000002 [-------] CPL=0 II=0\r\n\
+                    ES =0018 0000000000000000 ffffffff 00c09300\r\n\
+                    CS =0010 0000000000000000 ffffffff 00a09b00\r\n\
+                    CR0=80050033 CR2=0000000000000000 CR3=0000000000002000 CR4=00000020\r\n";
+        let one = one_line_registers(text);
+        assert!(
+            one.starts_with("RAX=0000000000000001 RBX=0000000000000002; RSI="),
+            "{one}"
+        );
+        assert!(one.contains("RIP=0000000000201000") && one.contains("CR3=0000000000002000"));
+        assert!(!one.contains("ES =") && !one.contains('\n'), "{one}");
     }
 
     #[test]
