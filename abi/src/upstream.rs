@@ -127,6 +127,18 @@ pub const SUPERVISOR_ENTRY_OFFSET: u64 = 512;
 
 /// MSRs common to every generation.
 pub const MSR_LINEAR_ADDRESS_RANGE: u32 = 0x4b56_4df0;
+
+/// Encodes a [`MSR_LINEAR_ADDRESS_RANGE`] value: upper-half PML4 indexes `l4s..l4e` (the
+/// RFC format with its filler bits set and the PML5 fields 0x1ff; notes §7).
+pub const fn range_value(l4s: u64, l4e: u64) -> u64 {
+    (0xfe00 | l4s) | (0xfe00 | l4e) << 16 | (0xfe00 | 0x1ff) << 32 | (0xfe00 | 0x1ff) << 48
+}
+
+/// The PML4 fields `(l4s, l4e)` of a [`MSR_LINEAR_ADDRESS_RANGE`] value: the guest may map its
+/// upper half only in PML4 slots `l4s..l4e`.
+pub const fn range_of(v: u64) -> (u64, u64) {
+    (v & 0x1ff, (v >> 16) & 0x1ff)
+}
 /// Guest-physical address of the PVCS page.
 pub const MSR_VCPU_STRUCT: u32 = 0x4b56_4df1;
 /// Event entry base.
@@ -245,3 +257,15 @@ const _: () = {
     assert!(offset_of!(PvcsV2, rip) == 0x58);
     assert!(offset_of!(PvcsV2, r11) == 0x68);
 };
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn range_values_round_trip_and_have_the_filler_bits() {
+        let v = range_value(0x1e0, 0x1f0);
+        assert_eq!(v & 0xff00_ff00_ff00_ff00, 0xff00_ff00_ff00_ff00);
+        assert_eq!(range_of(v), (0x1e0, 0x1f0));
+    }
+}

@@ -36,11 +36,6 @@ pub const GAPS: &[(&str, &str)] = &[
          model's CR2 is the page's start, not the address written",
     ),
     (
-        "paging.pml4_slot.",
-        "the case writes in upper-half PML4 slots outside the range the upstream host allows \
-         (MSR_PVM_LINEAR_ADDRESS_RANGE); it does not yet ask the environment for the range",
-    ),
-    (
         "interrupts.cpl0.gp_noncanonical",
         "the model's TLB hook turns a non-canonical address into #PF, not #GP",
     ),

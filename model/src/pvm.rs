@@ -12,7 +12,8 @@ use std::mem::offset_of;
 use abi::x86::msr;
 
 use abi::upstream::{
-    self as up, HC_WRMSR_EIO as EIO, KVM_ENOSYS, PvcsV1, PvcsV2, event_flags, hc, vector_bits,
+    self as up, HC_WRMSR_EIO as EIO, KVM_ENOSYS, PvcsV1, PvcsV2, event_flags, hc, range_of,
+    range_value, vector_bits,
 };
 use runner::vm::GuestRam;
 
@@ -265,16 +266,6 @@ fn stored(idx: u32) -> bool {
 /// value of the RFC format (filler bits set, PML5 fields 0x1ff). Real hosts choose theirs at
 /// module load (notes §7).
 pub const DEFAULT_RANGE: (u64, u64) = (0x1e0, 0x1f0);
-
-/// Encodes a range MSR value (notes §7).
-pub const fn range_value(l4s: u64, l4e: u64) -> u64 {
-    (0xfe00 | l4s) | (0xfe00 | l4e) << 16 | (0xfe00 | 0x1ff) << 32 | (0xfe00 | 0x1ff) << 48
-}
-
-/// Decodes the PML4 fields of a range MSR value.
-pub const fn range_of(v: u64) -> (u64, u64) {
-    (v & 0x1ff, (v >> 16) & 0x1ff)
-}
 
 /// Whether `v` is a canonical 48-bit address.
 pub fn canonical(v: u64) -> bool {
@@ -1315,13 +1306,6 @@ fn highest(bits: &[u64; 4]) -> Option<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn range_values_round_trip_and_have_the_filler_bits() {
-        let v = range_value(0x1e0, 0x1f0);
-        assert_eq!(v & 0xff00_ff00_ff00_ff00, 0xff00_ff00_ff00_ff00);
-        assert_eq!(range_of(v), (0x1e0, 0x1f0));
-    }
 
     #[test]
     fn interrupts_go_by_priority_class() {

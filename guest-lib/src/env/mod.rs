@@ -87,6 +87,12 @@ pub trait Environment: Sync {
         &[]
     }
 
+    /// The upper-half PML4 slots `(first, end)` the host lets this guest map, where the host
+    /// restricts them (the upstream generations' linear-address range MSR); `None`: any slot.
+    fn linear_pml4_range(&self) -> Option<(u64, u64)> {
+        None
+    }
+
     /// What to add to an image address to get the address user code runs it at (non-zero
     /// where the loader maps the image supervisor-only and aliases it for user mode).
     fn user_code_offset(&self) -> u64 {

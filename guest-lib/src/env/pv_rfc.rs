@@ -139,6 +139,12 @@ impl Environment for PvRfc {
         checked(hc::TLB_INVLPG, [va, 0, 0]).map(drop)
     }
 
+    fn linear_pml4_range(&self) -> Option<(u64, u64)> {
+        crate::arch::instr::rdmsr_safe(up::MSR_LINEAR_ADDRESS_RANGE)
+            .ok()
+            .map(up::range_of)
+    }
+
     fn pv_state_msrs(&self) -> &'static [u32] {
         match self.env {
             Env::PvV1 => &[
