@@ -41,9 +41,9 @@ fn request(method: &str, url: &str, body: &[u8]) -> Result<String, String> {
         host.split(':').next().unwrap_or(&host),
         body.len()
     );
-    s.write_all(head.as_bytes())
-        .and_then(|()| s.write_all(body))
-        .map_err(|e| format!("{url}: {e}"))?;
+    let mut request = head.into_bytes();
+    request.extend_from_slice(body);
+    s.write_all(&request).map_err(|e| format!("{url}: {e}"))?;
     let mut resp = Vec::new();
     s.read_to_end(&mut resp)
         .map_err(|e| format!("{url}: {e}"))?;
@@ -96,9 +96,26 @@ mod tests {
                 "HTTP/1.0 403 Forbidden\r\n\r\n",
             ] {
                 let (mut c, _) = l.accept().expect("accept");
+                // Read the whole request: the head, then Content-Length bytes of body.
+                let mut got = Vec::new();
                 let mut buf = [0u8; 4096];
-                let n = c.read(&mut buf).expect("read");
-                seen.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+                loop {
+                    let text = String::from_utf8_lossy(&got).into_owned();
+                    if let Some((head, body)) = text.split_once("\r\n\r\n") {
+                        let len = head
+                            .lines()
+                            .find_map(|l| l.strip_prefix("Content-Length: "))
+                            .and_then(|v| v.trim().parse::<usize>().ok())
+                            .unwrap_or(0);
+                        if body.len() >= len {
+                            break;
+                        }
+                    }
+                    let n = c.read(&mut buf).expect("read");
+                    assert!(n > 0, "the client closed early");
+                    got.extend_from_slice(&buf[..n]);
+                }
+                seen.push(String::from_utf8_lossy(&got).into_owned());
                 c.write_all(reply.as_bytes()).expect("write");
             }
             seen
