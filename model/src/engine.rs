@@ -716,6 +716,17 @@ fn run_loop(
         }
         let failed = res.is_err();
         let next = match (pf, stop.clone()) {
+            // A non-canonical address is #GP(0), never a page fault (SDM Vol. 3A 6.15,
+            // interrupt 13); the TLB hook saw it first because Unicorn translates every access.
+            (Some(pf), _) if !canonical(pf.addr) => deliver(
+                mem,
+                v,
+                Event::Exception {
+                    vector: 13,
+                    code: Some(0),
+                    cr2: None,
+                },
+            ),
             (Some(pf), _) => {
                 // Unicorn asks for code translations by page: a fetch fault on RIP's own page
                 // is at RIP (an instruction that crosses into the next page faults at that

@@ -36,12 +36,9 @@ pub const GAPS: &[(&str, &str)] = &[
          model's CR2 is the page's start, not the address written",
     ),
     (
-        "interrupts.cpl0.gp_noncanonical",
-        "the model's TLB hook turns a non-canonical address into #PF, not #GP",
-    ),
-    (
         "interrupts.cpl0.ss_noncanonical",
-        "the model's TLB hook turns a non-canonical stack address into #PF, not #SS",
+        "the model raises #GP(0) for every non-canonical address; a stack reference's #SS needs \
+         the instruction decoded",
     ),
     (
         "interrupts.cpl0.nm",
