@@ -60,16 +60,22 @@ impl CaseResult {
         }
     }
 
-    /// A SKIP of `inst` that did not run, with the reason.
-    pub fn skipped(inst: &Instance, why: String) -> Self {
+    /// The result of `inst` without a run of it (or whose run left nothing to time): `outcome`
+    /// with `detail`, no checks.
+    pub fn without_run(inst: &Instance, outcome: Outcome, detail: String) -> Self {
         Self::new(
             inst,
             RawResult {
-                outcome: Outcome::Skip,
-                detail: why,
+                outcome,
+                detail,
                 checks: 0,
             },
             0.0,
         )
+    }
+
+    /// A SKIP of `inst` that did not run, with the reason.
+    pub fn skipped(inst: &Instance, why: String) -> Self {
+        Self::without_run(inst, Outcome::Skip, why)
     }
 }

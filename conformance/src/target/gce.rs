@@ -35,7 +35,6 @@ use runner::detect::{HostInfo, KvmStatus};
 use super::worker::{StreamLine, StreamReader};
 use super::{Target, TargetOptions};
 use crate::catalog::Instance;
-use crate::exec::RawResult;
 use crate::outcome::Outcome;
 use crate::result::CaseResult;
 
@@ -513,7 +512,10 @@ impl GceTarget {
                     for id in sh.ids.iter().filter(|id| !sh.reported.contains(*id)) {
                         if let Some(&i) = index.get(id) {
                             let detail = format!("{why}; its console ends: {console}");
-                            sink(i, crash(&instances[i], detail));
+                            sink(
+                                i,
+                                CaseResult::without_run(&instances[i], Outcome::Crash, detail),
+                            );
                         }
                     }
                 }
@@ -528,18 +530,6 @@ impl GceTarget {
         // The shards' instances that never got an answer (cancellation): nothing is sent.
         Ok(())
     }
-}
-
-fn crash(inst: &Instance, detail: String) -> CaseResult {
-    CaseResult::new(
-        inst,
-        RawResult {
-            outcome: Outcome::Crash,
-            detail,
-            checks: 0,
-        },
-        0.0,
-    )
 }
 
 impl Drop for GceTarget {
@@ -574,15 +564,9 @@ impl Target for GceTarget {
         sink: &mut dyn FnMut(usize, CaseResult),
     ) {
         if let Err(e) = self.drive(instances, opts, sink) {
-            // Setup failed: every instance not reported gets the reason.
-            for (i, inst) in instances.iter().enumerate() {
-                let raw = RawResult {
-                    outcome: Outcome::Error,
-                    detail: format!("gce setup failed: {e}"),
-                    checks: 0,
-                };
-                sink(i, CaseResult::new(inst, raw, 0.0));
-            }
+            // Setup failed before any VM ran: every instance gets the reason.
+            let why = format!("gce setup failed: {e}");
+            super::all_without_run(instances, Outcome::Error, &why, sink);
         }
         self.cleanup();
     }

@@ -251,6 +251,60 @@ pub fn cargo_binary(root: &std::path::Path, package: &str, var: &str) -> Result<
         .ok_or_else(|| format!("cargo build of {package} reported no executable"))
 }
 
+/// Gives every one of `instances` the same result without a run (a target whose setup failed
+/// before any instance could run, say).
+pub fn all_without_run(
+    instances: &[Instance],
+    outcome: crate::outcome::Outcome,
+    detail: &str,
+    sink: &mut dyn FnMut(usize, CaseResult),
+) {
+    for (i, inst) in instances.iter().enumerate() {
+        sink(
+            i,
+            CaseResult::without_run(inst, outcome, detail.to_string()),
+        );
+    }
+}
+
+/// Runs `instances` on up to `opts.jobs` threads, each with its own state `S` (a child
+/// process, say; `S::default()` to start), one instance at a time: `job` returns the result,
+/// or `None` for an instance cut short by cancellation. Results reach `sink` on the calling
+/// thread in completion order; once `opts.cancel` is cancelled no instance starts.
+pub fn run_parallel<S: Default>(
+    instances: &[Instance],
+    opts: &TargetOptions,
+    sink: &mut dyn FnMut(usize, CaseResult),
+    job: &(dyn Fn(&mut S, &Instance) -> Option<CaseResult> + Sync),
+) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let jobs = opts.jobs.clamp(1, instances.len().max(1));
+    let next = AtomicUsize::new(0);
+    let (tx, rx) = std::sync::mpsc::channel::<(usize, CaseResult)>();
+    std::thread::scope(|s| {
+        for _ in 0..jobs {
+            let tx = tx.clone();
+            let next = &next;
+            s.spawn(move || {
+                let mut state = S::default();
+                while !opts.cancel.is_cancelled() {
+                    let i = next.fetch_add(1, Ordering::SeqCst);
+                    let Some(inst) = instances.get(i) else { break };
+                    if let Some(r) = job(&mut state, inst)
+                        && tx.send((i, r)).is_err()
+                    {
+                        break;
+                    }
+                }
+            });
+        }
+        drop(tx);
+        for (i, r) in rx.iter() {
+            sink(i, r);
+        }
+    });
+}
+
 /// How a target runs its instances.
 #[derive(Clone, Debug)]
 pub struct TargetOptions {

@@ -123,13 +123,6 @@ impl Target for ModelTarget {
         sink: &mut dyn FnMut(usize, CaseResult),
     ) {
         let what = format!("the model ({})", self.binary.display());
-        worker::run_pool(
-            &|| self.command(opts.timeout),
-            &what,
-            &|_| None,
-            instances,
-            opts,
-            sink,
-        );
+        worker::run_pool(&|| self.command(opts.timeout), &what, instances, opts, sink);
     }
 }

@@ -11,8 +11,7 @@
 //! TCG runs guest code several times slower than KVM and each instance starts a QEMU: an
 //! instance's timeout is its own [`TIMEOUT_FACTOR`] times plus [`STARTUP`].
 
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, mpsc};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use abi::case::HostCheck;
@@ -149,51 +148,27 @@ impl Target for QemuTarget {
         opts: &TargetOptions,
         sink: &mut dyn FnMut(usize, CaseResult),
     ) {
-        let jobs = opts.jobs.clamp(1, instances.len().max(1));
-        let next = AtomicUsize::new(0);
-        let (tx, rx) = mpsc::channel::<(usize, CaseResult)>();
-        std::thread::scope(|s| {
-            for _ in 0..jobs {
-                let tx = tx.clone();
-                let next = &next;
-                s.spawn(move || {
-                    while !opts.cancel.is_cancelled() {
-                        let i = next.fetch_add(1, Ordering::SeqCst);
-                        let Some(inst) = instances.get(i) else { break };
-                        let r = match (&self.qemu, skip_reason(&self.host, inst)) {
-                            (Err(why), _) => {
-                                Some(CaseResult::skipped(inst, format!("no usable QEMU: {why}")))
-                            }
-                            (Ok(_), Some(why)) => Some(CaseResult::skipped(inst, why)),
-                            (Ok(qemu), None) => {
-                                let start = Instant::now();
-                                let limits = RunLimits {
-                                    timeout: exec::timeout_of(inst, opts.timeout) * TIMEOUT_FACTOR
-                                        + STARTUP,
-                                    cancel: opts.cancel.clone(),
-                                    no_progress: None,
-                                };
-                                match exec::execute(qemu, &self.image, inst, &limits) {
-                                    Executed::Done(raw) => Some(CaseResult::new(
-                                        inst,
-                                        raw,
-                                        start.elapsed().as_secs_f64() * 1e3,
-                                    )),
-                                    Executed::Cancelled => None,
-                                }
-                            }
-                        };
-                        if let Some(r) = r
-                            && tx.send((i, r)).is_err()
-                        {
-                            break;
-                        }
-                    }
-                });
-            }
-            drop(tx);
-            for (i, r) in rx.iter() {
-                sink(i, r);
+        super::run_parallel(instances, opts, sink, &|(): &mut (), inst| {
+            let qemu = match (&self.qemu, skip_reason(&self.host, inst)) {
+                (Err(why), _) => {
+                    return Some(CaseResult::skipped(inst, format!("no usable QEMU: {why}")));
+                }
+                (Ok(_), Some(why)) => return Some(CaseResult::skipped(inst, why)),
+                (Ok(qemu), None) => qemu,
+            };
+            let start = Instant::now();
+            let limits = RunLimits {
+                timeout: exec::timeout_of(inst, opts.timeout) * TIMEOUT_FACTOR + STARTUP,
+                cancel: opts.cancel.clone(),
+                no_progress: None,
+            };
+            match exec::execute(qemu, &self.image, inst, &limits) {
+                Executed::Done(raw) => Some(CaseResult::new(
+                    inst,
+                    raw,
+                    start.elapsed().as_secs_f64() * 1e3,
+                )),
+                Executed::Cancelled => None,
             }
         });
     }

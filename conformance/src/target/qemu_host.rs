@@ -27,7 +27,6 @@ use runner::qemu::{Accel, Qemu};
 use super::worker::{ForwardedLog, StreamLine, StreamReader};
 use super::{Target, TargetOptions};
 use crate::catalog::Instance;
-use crate::exec::RawResult;
 use crate::outcome::Outcome;
 use crate::result::CaseResult;
 
@@ -101,39 +100,15 @@ impl QemuHostTarget {
 
     fn args(&self, qemu: &Qemu, work: &Path, initrd: &Path) -> Vec<String> {
         let m = &self.manifest;
-        let mut a: Vec<String> = [
-            "-M",
-            "pc",
-            "-nodefaults",
-            "-no-user-config",
-            "-display",
-            "none",
-        ]
-        .map(String::from)
-        .to_vec();
-        a.extend(["-no-reboot".into(), "-smp".into(), "1".into()]);
-        a.extend(["-accel".into(), qemu.accel().name().into()]);
-        a.extend(["-cpu".into(), m.profile.machine.qemu_cpu.clone()]);
-        a.extend(["-m".into(), m.profile.machine.memory_mib.to_string()]);
-        if let Some(fw) = qemu.firmware() {
-            a.extend(["-bios".into(), fw.display().to_string()]);
-        }
-        a.extend([
-            "-kernel".into(),
-            self.dir.join(&m.kernel).display().to_string(),
-        ]);
+        let machine = &m.profile.machine;
+        let kernel = self.dir.join(&m.kernel);
+        let mut a = qemu.machine_args(&machine.qemu_cpu, machine.memory_mib.into(), &kernel);
         a.extend(["-initrd".into(), initrd.display().to_string()]);
         a.extend(["-append".into(), m.profile.cmdline.clone()]);
         for f in ["console.log", "results.out"] {
             a.extend(["-serial".into(), format!("file:{}", work.join(f).display())]);
         }
-        a.extend([
-            "-qmp".into(),
-            format!(
-                "unix:{},server=on,wait=off",
-                work.join("qmp.sock").display()
-            ),
-        ]);
+        a.extend(runner::qemu::qmp_args(&work.join("qmp.sock")));
         a
     }
 }
@@ -208,27 +183,16 @@ impl Target for QemuHostTarget {
         opts: &TargetOptions,
         sink: &mut dyn FnMut(usize, CaseResult),
     ) {
-        let fail_all = |sink: &mut dyn FnMut(usize, CaseResult), outcome, why: String| {
-            for (i, inst) in instances.iter().enumerate() {
-                let raw = RawResult {
-                    outcome,
-                    detail: why.clone(),
-                    checks: 0,
-                };
-                sink(i, CaseResult::new(inst, raw, 0.0));
-            }
-        };
         let qemu = match &self.qemu {
             Ok(q) => q,
-            Err(e) => return fail_all(sink, Outcome::Skip, format!("no usable QEMU: {e}")),
+            Err(e) => {
+                let why = format!("no usable QEMU: {e}");
+                return super::all_without_run(instances, Outcome::Skip, &why, sink);
+            }
         };
-        match self.boot_and_read(qemu, instances, opts, sink) {
-            Ok(()) => {}
-            Err(e) => fail_all(
-                sink,
-                Outcome::Error,
-                format!("host image setup failed: {e}"),
-            ),
+        if let Err(e) = self.boot_and_read(qemu, instances, opts, sink) {
+            let why = format!("host image setup failed: {e}");
+            super::all_without_run(instances, Outcome::Error, &why, sink);
         }
     }
 }
@@ -292,6 +256,9 @@ impl QemuHostTarget {
         let mut file =
             std::fs::File::open(&results).map_err(|e| format!("{}: {e}", results.display()))?;
         let why_stopped = loop {
+            // Whether QEMU had exited before this read: then the read below has everything the
+            // host wrote.
+            let exited = child.try_wait().ok().flatten();
             let mut chunk = String::new();
             let _ = file.seek(SeekFrom::Start(offset));
             if let Ok(n) = file.read_to_string(&mut chunk) {
@@ -320,19 +287,7 @@ impl QemuHostTarget {
             if let Some(e) = &ended {
                 break format!("the host's worker ended ({}) before reporting it", e.status);
             }
-            if let Ok(Some(status)) = child.try_wait() {
-                // Read what was written just before the exit.
-                let mut rest = String::new();
-                let _ = file.seek(SeekFrom::Start(offset));
-                let _ = file.read_to_string(&mut rest);
-                for line in reader.push(&rest) {
-                    if let StreamLine::Result(r) = line
-                        && let Some(&i) = index.get(&r.id)
-                        && reported.insert(r.id.clone())
-                    {
-                        sink(i, *r);
-                    }
-                }
+            if let Some(status) = exited {
                 break format!("QEMU exited ({status}) before the host reported it");
             }
             if opts.cancel.is_cancelled() {
@@ -369,12 +324,8 @@ impl QemuHostTarget {
         let console = tail_of(&console_log, 6);
         for (i, inst) in instances.iter().enumerate() {
             if !reported.contains(&inst.id()) {
-                let raw = RawResult {
-                    outcome: Outcome::Crash,
-                    detail: format!("{why_stopped}; the console ends: {console}"),
-                    checks: 0,
-                };
-                sink(i, CaseResult::new(inst, raw, 0.0));
+                let detail = format!("{why_stopped}; the console ends: {console}");
+                sink(i, CaseResult::without_run(inst, Outcome::Crash, detail));
             }
         }
         Ok(())

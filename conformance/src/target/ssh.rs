@@ -74,21 +74,8 @@ impl Ssh {
 
     /// Runs `words` remotely; its standard output, or an error naming the command.
     fn output(&self, words: &[&str]) -> Result<String, String> {
-        let out = self
-            .command(words)
-            .stdin(Stdio::null())
-            .output()
-            .map_err(|e| format!("cannot run ssh: {e}"))?;
-        if !out.status.success() {
-            return Err(format!(
-                "ssh {} {}: {} ({})",
-                self.dest,
-                words.join(" "),
-                String::from_utf8_lossy(&out.stderr).trim(),
-                out.status
-            ));
-        }
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        let what = format!("ssh {} {}", self.dest, words.join(" "));
+        self.run(words, Stdio::null(), &what)
     }
 
     /// Copies `local` to `remote` on the destination (through `cat` on the remote, so
@@ -96,21 +83,27 @@ impl Ssh {
     fn copy(&self, local: &Path, remote: &str, mode: &str) -> Result<(), String> {
         let file = std::fs::File::open(local)
             .map_err(|e| format!("{}: cannot read: {e}", local.display()))?;
+        let what = format!("copying {} to {}:{remote}", local.display(), self.dest);
+        let words = ["cat", ">", remote, "&&", "chmod", mode, remote];
+        self.run(&words, file.into(), &what).map(drop)
+    }
+
+    /// Runs `words` remotely with `stdin`; its standard output, or an error that starts with
+    /// `what` and carries the remote's standard error.
+    fn run(&self, words: &[&str], stdin: Stdio, what: &str) -> Result<String, String> {
         let out = self
-            .command(&["cat", ">", remote, "&&", "chmod", mode, remote])
-            .stdin(file)
+            .command(words)
+            .stdin(stdin)
             .output()
             .map_err(|e| format!("cannot run ssh: {e}"))?;
         if !out.status.success() {
             return Err(format!(
-                "copying {} to {}:{remote}: {} ({})",
-                local.display(),
-                self.dest,
+                "{what}: {} ({})",
                 String::from_utf8_lossy(&out.stderr).trim(),
                 out.status
             ));
         }
-        Ok(())
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }
 }
 
@@ -224,7 +217,6 @@ impl Target for SshTarget {
         worker::run_pool(
             &|| self.command(opts.timeout),
             &what,
-            &|_| None,
             instances,
             opts,
             &mut |i, r| {

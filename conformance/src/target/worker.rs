@@ -18,13 +18,11 @@
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::process::{Child, ChildStdin, Command, Stdio};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, mpsc};
 use std::time::{Duration, Instant};
 
 use super::TargetOptions;
 use crate::catalog::{Catalog, Instance, Selection, Suite};
-use crate::exec::RawResult;
 use crate::outcome::Outcome;
 use crate::result::CaseResult;
 
@@ -316,88 +314,46 @@ fn lost(inst: &Instance, why: String, stderr: &str) -> CaseResult {
     } else {
         format!("{why}; its stderr: {tail}")
     };
-    CaseResult::new(
-        inst,
-        RawResult {
-            outcome: Outcome::Crash,
-            detail,
-            checks: 0,
-        },
-        0.0,
-    )
+    CaseResult::without_run(inst, Outcome::Crash, detail)
 }
 
 /// The parent's side (see the module documentation): runs `instances` on up to `opts.jobs`
-/// children made by `command` (called again for each replacement), named `what` in details;
-/// `prepare` gives an instance's result without a run (a SKIP), if it has one.
+/// children made by `command` (called again for each replacement), named `what` in details.
 pub fn run_pool(
     command: &(dyn Fn() -> Command + Sync),
     what: &str,
-    prepare: &(dyn Fn(&Instance) -> Option<CaseResult> + Sync),
     instances: &[Instance],
     opts: &TargetOptions,
     sink: &mut dyn FnMut(usize, CaseResult),
 ) {
-    let jobs = opts.jobs.clamp(1, instances.len().max(1));
-    let next = AtomicUsize::new(0);
-    let (tx, rx) = mpsc::channel::<(usize, CaseResult)>();
-    std::thread::scope(|s| {
-        for _ in 0..jobs {
-            let tx = tx.clone();
-            let next = &next;
-            s.spawn(move || {
-                let mut worker: Option<Worker> = None;
-                while !opts.cancel.is_cancelled() {
-                    let i = next.fetch_add(1, Ordering::SeqCst);
-                    let Some(inst) = instances.get(i) else { break };
-                    if let Some(r) = prepare(inst) {
-                        if tx.send((i, r)).is_err() {
-                            break;
-                        }
-                        continue;
-                    }
-                    let mut w = match worker.take() {
-                        Some(w) => w,
-                        None => match Worker::spawn(command(), what) {
-                            Ok(w) => w,
-                            Err(e) => {
-                                let raw = RawResult {
-                                    outcome: Outcome::Error,
-                                    detail: e,
-                                    checks: 0,
-                                };
-                                if tx.send((i, CaseResult::new(inst, raw, 0.0))).is_err() {
-                                    break;
-                                }
-                                continue;
-                            }
-                        },
-                    };
-                    let start = Instant::now();
-                    let wait = crate::exec::timeout_of(inst, opts.timeout) + GRACE;
-                    let r = match w.run(inst, wait, opts, what) {
-                        Got::Result(mut r) => {
-                            worker = Some(w);
-                            r.duration_ms = start.elapsed().as_secs_f64() * 1e3;
-                            r
-                        }
-                        Got::Lost(why) => {
-                            let stderr = w.kill();
-                            lost(inst, why, &stderr)
-                        }
-                        Got::Cancelled => break,
-                    };
-                    if tx.send((i, r)).is_err() {
-                        break;
-                    }
+    super::run_parallel(
+        instances,
+        opts,
+        sink,
+        &|worker: &mut Option<Worker>, inst| {
+            let mut w = match worker.take() {
+                Some(w) => w,
+                None => match Worker::spawn(command(), what) {
+                    Ok(w) => w,
+                    Err(e) => return Some(CaseResult::without_run(inst, Outcome::Error, e)),
+                },
+            };
+            let start = Instant::now();
+            let wait = crate::exec::timeout_of(inst, opts.timeout) + GRACE;
+            match w.run(inst, wait, opts, what) {
+                Got::Result(mut r) => {
+                    *worker = Some(w);
+                    r.duration_ms = start.elapsed().as_secs_f64() * 1e3;
+                    Some(r)
                 }
-            });
-        }
-        drop(tx);
-        for (i, r) in rx.iter() {
-            sink(i, r);
-        }
-    });
+                Got::Lost(why) => {
+                    let stderr = w.kill();
+                    Some(lost(inst, why, &stderr))
+                }
+                Got::Cancelled => None,
+            }
+        },
+    );
 }
 
 #[cfg(test)]

@@ -158,31 +158,8 @@ impl Qemu {
 
     /// The command line for booting `kernel` (everything but the binary).
     pub fn args(&self, kernel: &Path) -> Vec<String> {
-        let mut a: Vec<String> = [
-            "-M",
-            "pc",
-            "-nodefaults",
-            "-no-user-config",
-            "-display",
-            "none",
-            "-no-reboot",
-            "-serial",
-            "none",
-            "-monitor",
-            "none",
-            "-smp",
-            "1",
-            "-cpu",
-            "max",
-        ]
-        .map(String::from)
-        .to_vec();
-        a.extend(["-accel".into(), self.accel.name().into()]);
-        a.extend(["-m".into(), MEMORY_MIB.to_string()]);
-        if let Some(fw) = &self.firmware {
-            a.extend(["-bios".into(), fw.display().to_string()]);
-        }
-        a.extend(["-kernel".into(), kernel.display().to_string()]);
+        let mut a = self.machine_args("max", MEMORY_MIB, kernel);
+        a.extend(["-serial", "none", "-monitor", "none"].map(String::from));
         a.extend([
             "-chardev".into(),
             "stdio,id=report,signal=off".into(),
@@ -194,6 +171,41 @@ impl Qemu {
         ]);
         a
     }
+
+    /// What every QEMU of the suite gets: the pc machine with the firmware, no default devices
+    /// or user config, no display, exit instead of reboot, one vCPU of model `cpu`, `memory_mib`
+    /// of RAM, the accelerator, and `kernel` booted directly.
+    pub fn machine_args(&self, cpu: &str, memory_mib: u64, kernel: &Path) -> Vec<String> {
+        let mut a: Vec<String> = [
+            "-M",
+            "pc",
+            "-nodefaults",
+            "-no-user-config",
+            "-display",
+            "none",
+            "-no-reboot",
+            "-smp",
+            "1",
+        ]
+        .map(String::from)
+        .to_vec();
+        a.extend(["-accel".into(), self.accel.name().into()]);
+        a.extend(["-cpu".into(), cpu.into()]);
+        a.extend(["-m".into(), memory_mib.to_string()]);
+        if let Some(fw) = &self.firmware {
+            a.extend(["-bios".into(), fw.display().to_string()]);
+        }
+        a.extend(["-kernel".into(), kernel.display().to_string()]);
+        a
+    }
+}
+
+/// `-qmp` on the unix socket `sock`, QEMU listening without waiting for a client.
+pub fn qmp_args(sock: &Path) -> [String; 2] {
+    [
+        "-qmp".into(),
+        format!("unix:{},server=on,wait=off", sock.display()),
+    ]
 }
 
 impl Backend for Qemu {
@@ -318,12 +330,8 @@ impl QemuVm {
             .map_err(|_| RunnerError::Setup("guest RAM too large".into()))?;
         let mut ram = vec![0u8; size];
         self.ram.read(0, &mut ram)?;
-        if pvh::TRAMPOLINE_GPA + pvh::footprint(&ram)? > (MEMORY_MIB - 16) << 20 {
-            return Err(RunnerError::Setup(format!(
-                "the guest does not fit QEMU's {MEMORY_MIB} MiB with its trampoline"
-            )));
-        }
-        let file = pvh::boot_file(&ram, state)?;
+        // Room above RAM for the trampoline; the top 16 MiB are the firmware's.
+        let file = pvh::boot_file(&ram, state, (MEMORY_MIB - 16) << 20)?;
         let mut tmp = tempfile::Builder::new()
             .prefix("pvmc-qemu-boot-")
             .suffix(".elf")
@@ -383,8 +391,7 @@ impl Vm for QemuVm {
         let qmp = qmp_dir.path().join("qmp.sock");
         let mut child = Command::new(&self.qemu.binary)
             .args(self.qemu.args(boot.path()))
-            .arg("-qmp")
-            .arg(format!("unix:{},server=on,wait=off", qmp.display()))
+            .args(qmp_args(&qmp))
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())

@@ -276,11 +276,18 @@ fn pvh_note(entry: u64) -> Vec<u8> {
     n
 }
 
-/// The boot file for guest RAM `ram` (from GPA 0) and the start state `s` of its one vCPU.
-pub fn boot_file(ram: &[u8], s: &VcpuState) -> Result<Vec<u8>> {
+/// The boot file for guest RAM `ram` (from GPA 0) and the start state `s` of its one vCPU;
+/// `Err` when the trampoline's segment would reach past guest-physical `limit`.
+pub fn boot_file(ram: &[u8], s: &VcpuState, limit: u64) -> Result<Vec<u8>> {
     use object::elf;
     use object::write::elf::{FileHeader, ProgramHeader, Writer};
     let seg = segment(ram, s)?;
+    if TRAMPOLINE_GPA + seg.len() as u64 > limit {
+        return Err(RunnerError::Setup(format!(
+            "the guest's {} KiB of non-zero pages and the trampoline do not fit below {limit:#x}",
+            seg.len() / 1024
+        )));
+    }
     let note = pvh_note(TRAMPOLINE_GPA);
     let mut out = Vec::new();
     let mut w = Writer::new(object::Endianness::Little, true, &mut out);
@@ -323,12 +330,6 @@ pub fn boot_file(ram: &[u8], s: &VcpuState) -> Result<Vec<u8>> {
     w.pad_until(seg_off);
     w.write(&seg);
     Ok(out)
-}
-
-/// Bytes of guest memory the trampoline region needs above RAM (QEMU's `-m` must cover it
-/// and leave room for the firmware's tables at the top).
-pub fn footprint(ram: &[u8]) -> Result<u64> {
-    Ok(BLOB + plan(ram)?.1.len() as u64)
 }
 
 #[cfg(test)]
@@ -380,7 +381,7 @@ mod tests {
     fn the_file_has_a_pvh_note_and_one_segment_above_ram() {
         let mut ram = vec![0u8; RAM_SIZE as usize];
         ram[0x2000] = 0x42;
-        let f = boot_file(&ram, &state()).expect("file");
+        let f = boot_file(&ram, &state(), u64::MAX).expect("file");
         let elf = goblin::elf::Elf::parse(&f).expect("parses");
         assert!(elf.is_64);
         let loads: Vec<_> = elf
@@ -423,6 +424,14 @@ mod tests {
                 .expect("8"),
         );
         assert_eq!(pte & !0xfff, TRAMPOLINE_GPA + CRAFTED);
+    }
+
+    #[test]
+    fn a_guest_that_does_not_fit_below_the_limit_is_refused() {
+        let mut ram = vec![0u8; RAM_SIZE as usize];
+        ram[0x2000] = 1;
+        let e = boot_file(&ram, &state(), TRAMPOLINE_GPA + BLOB).expect_err("too big");
+        assert!(e.to_string().contains("do not fit"), "{e}");
     }
 
     #[test]
