@@ -212,57 +212,34 @@ fn stream(
     let host = conformance::report::HostReport::new(&runner::detect::detect());
     writeln!(sink, "{}", StreamLine::Host(host).to_json())?;
     sink.flush()?;
+    // The outcome of every result written (serve writes each one before the next instance).
     let mut outcomes = Vec::new();
     let status = match (ids.read(), local(image, timeout_ms)) {
-        (Err(e), _) => (0, e),
-        (_, Err(e)) => (0, format!("{e:#}")),
-        (Ok(list), Ok((catalog, mut run_one))) => {
-            let mut results = 0usize;
-            let mut counting = CountingWriter {
-                inner: &mut sink,
-                lines: &mut results,
-            };
-            let served = conformance::target::worker::serve(
-                &catalog,
-                std::io::Cursor::new(list),
-                &mut counting,
-                |inst: &Instance| {
-                    let r = run_one(inst);
-                    outcomes.push(r.outcome);
-                    r
-                },
-            );
-            (results, served.err().unwrap_or_else(|| "ok".into()))
-        }
+        (Err(e), _) => e,
+        (_, Err(e)) => format!("{e:#}"),
+        (Ok(list), Ok((catalog, mut run_one))) => conformance::target::worker::serve(
+            &catalog,
+            std::io::Cursor::new(list),
+            &mut sink,
+            |inst: &Instance| {
+                let r = run_one(inst);
+                outcomes.push(r.outcome);
+                r
+            },
+        )
+        .err()
+        .unwrap_or_else(|| "ok".into()),
     };
     if let Some(url) = verdict_url
-        && let Err(e) = http::put(url, &verdict(&outcomes, &status.1))
+        && let Err(e) = http::put(url, &verdict(&outcomes, &status))
     {
         eprintln!("pvmc-worker: the verdict was not stored: {e}");
     }
     let end = StreamEnd {
-        results: status.0,
-        status: status.1,
+        results: outcomes.len(),
+        status,
     };
     writeln!(sink, "{}", StreamLine::End(end).to_json())?;
     sink.flush()?;
     Ok(())
-}
-
-/// Passes writes through and counts the lines (one per result).
-struct CountingWriter<'a> {
-    inner: &'a mut Box<dyn Write>,
-    lines: &'a mut usize,
-}
-
-impl Write for CountingWriter<'_> {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        let n = self.inner.write(buf)?;
-        *self.lines += buf[..n].iter().filter(|&&b| b == b'\n').count();
-        Ok(n)
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        self.inner.flush()
-    }
 }
