@@ -11,8 +11,9 @@
 
 use abi::env::Env;
 use abi::layout::BootInfo;
-use abi::upstream::{self as up, KVM_ENOSYS, event_flags, hc};
+use abi::upstream::{self as up, event_flags, hc};
 
+use super::pv_v2::checked;
 use super::{EnvError, Environment};
 use crate::arch::cpu_index;
 use crate::arch::stubs::{pv_rfc as raw, pv_v2};
@@ -68,14 +69,6 @@ fn write_flags(v: u64) {
     pv_v2::write_event_flags(pvcs_gpa(cpu_index()), v);
 }
 
-fn checked(nr: u64, args: [u64; 3]) -> Result<u64, EnvError> {
-    match pv_v2::hypercall_safe(nr, args[0], args[1], args[2]) {
-        Ok(v) if (v as i64) < 0 => Err(EnvError::Failed(v as i64)),
-        Ok(v) => Ok(v),
-        Err(e) => Err(EnvError::Fault(e)),
-    }
-}
-
 impl PvRfc {
     fn register(&self, cpu: u32) {
         raw::register(pvcs_gpa(cpu), self.flags, self.switch_cr3, self.redzone);
@@ -121,10 +114,7 @@ impl Environment for PvRfc {
     }
 
     fn null_hypercall(&self) -> Result<u64, EnvError> {
-        match checked(hc::END, [0; 3]) {
-            Err(EnvError::Failed(KVM_ENOSYS)) => Ok(0),
-            other => other,
-        }
+        super::pv_v2::null_hypercall()
     }
 
     fn pv_cpuid(&self, leaf: u32, sub: u32) -> Result<[u32; 4], EnvError> {
@@ -140,9 +130,7 @@ impl Environment for PvRfc {
     }
 
     fn linear_pml4_range(&self) -> Option<(u64, u64)> {
-        crate::arch::instr::rdmsr_safe(up::MSR_LINEAR_ADDRESS_RANGE)
-            .ok()
-            .map(up::range_of)
+        super::pv_v2::linear_pml4_range()
     }
 
     fn pv_state_msrs(&self) -> &'static [u32] {

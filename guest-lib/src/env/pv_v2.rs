@@ -52,12 +52,30 @@ fn write_event_flags(v: u64) {
     raw::write_event_flags(pvcs_gpa(cpu_index()), v);
 }
 
-fn checked(nr: u64, args: [u64; 3]) -> Result<u64, EnvError> {
+/// Hypercall `nr` with its error returns as [`EnvError::Failed`] (every upstream generation
+/// issues them the same way).
+pub(super) fn checked(nr: u64, args: [u64; 3]) -> Result<u64, EnvError> {
     match hypercall(nr, args[0], args[1], args[2]) {
         Ok(v) if v < 0 => Err(EnvError::Failed(v)),
         Ok(v) => Ok(v as u64),
         Err(e) => Err(EnvError::Fault(e)),
     }
+}
+
+/// The no-op hypercall of every upstream generation (`hc::END`, which a host may answer
+/// `-ENOSYS`: it still went to the host and back).
+pub(super) fn null_hypercall() -> Result<u64, EnvError> {
+    match checked(hc::END, [0; 3]) {
+        Err(EnvError::Failed(KVM_ENOSYS)) => Ok(0),
+        other => other,
+    }
+}
+
+/// The upper-half PML4 slots the linear-address range MSR allows (every upstream generation).
+pub(super) fn linear_pml4_range() -> Option<(u64, u64)> {
+    crate::arch::instr::rdmsr_safe(up::MSR_LINEAR_ADDRESS_RANGE)
+        .ok()
+        .map(up::range_of)
 }
 
 fn register(cpu: u32) {
@@ -104,10 +122,7 @@ impl Environment for PvV2 {
     }
 
     fn null_hypercall(&self) -> Result<u64, EnvError> {
-        match checked(hc::END, [0; 3]) {
-            Err(EnvError::Failed(KVM_ENOSYS)) => Ok(0),
-            other => other,
-        }
+        null_hypercall()
     }
 
     fn pv_cpuid(&self, leaf: u32, sub: u32) -> Result<[u32; 4], EnvError> {
@@ -123,9 +138,7 @@ impl Environment for PvV2 {
     }
 
     fn linear_pml4_range(&self) -> Option<(u64, u64)> {
-        crate::arch::instr::rdmsr_safe(up::MSR_LINEAR_ADDRESS_RANGE)
-            .ok()
-            .map(up::range_of)
+        linear_pml4_range()
     }
 
     fn pv_state_msrs(&self) -> &'static [u32] {
