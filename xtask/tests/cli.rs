@@ -17,7 +17,6 @@ use std::collections::HashSet;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
-use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
@@ -25,23 +24,7 @@ use nix::unistd::Pid;
 use serde_json::Value;
 
 mod support;
-
-fn xtask() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_xtask"));
-    c.env_remove("PVMC_KVM_PATH");
-    c
-}
-
-/// The guest image, built once for all tests.
-fn image() -> &'static Path {
-    static IMAGE: OnceLock<PathBuf> = OnceLock::new();
-    IMAGE.get_or_init(|| {
-        let root = conformance::guest_build::workspace_root();
-        conformance::guest_build::build(&root)
-            .unwrap_or_else(|e| panic!("guest image: {e}"))
-            .path
-    })
-}
+use support::{image, xtask};
 
 fn kvm_usable() -> bool {
     runner::kvm::Kvm::open().is_ok()

@@ -3,21 +3,12 @@
 //! `expectations/qemu-tcg.toml`), environments QEMU cannot give SKIP with the reason. Without
 //! `qemu-system-x86_64` the test says so and passes, unless `PVMC_REQUIRE_QEMU=1` (CI).
 
-use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::OnceLock;
 
 use serde_json::Value;
 
-fn image() -> &'static Path {
-    static IMAGE: OnceLock<PathBuf> = OnceLock::new();
-    IMAGE.get_or_init(|| {
-        let root = conformance::guest_build::workspace_root();
-        conformance::guest_build::build(&root)
-            .unwrap_or_else(|e| panic!("guest image: {e}"))
-            .path
-    })
-}
+mod support;
+use support::{image, xtask};
 
 fn have_qemu() -> bool {
     let ok = Command::new("qemu-system-x86_64")
@@ -41,7 +32,7 @@ fn hvm64_boots_in_qemu_with_tcg_deviations_as_xfail_and_pvm_environments_skipped
     }
     let d = tempfile::tempdir().expect("tempdir");
     let report = d.path().join("report.json");
-    let out = Command::new(env!("CARGO_BIN_EXE_xtask"))
+    let out = xtask()
         .args(["conformance", "--target", "qemu", "--env", "hvm64,pv-local"])
         .args(["--filter", "priv.cpl3_gp.", "--jobs", "2", "--report"])
         .arg(&report)

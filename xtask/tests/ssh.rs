@@ -14,28 +14,14 @@
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
-use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+mod support;
+use support::{image, xtask};
+
 const SSHD: &str = "/usr/sbin/sshd";
-
-fn xtask() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_xtask"));
-    c.env_remove("PVMC_KVM_PATH");
-    c
-}
-
-fn image() -> &'static Path {
-    static IMAGE: OnceLock<PathBuf> = OnceLock::new();
-    IMAGE.get_or_init(|| {
-        let root = conformance::guest_build::workspace_root();
-        conformance::guest_build::build(&root)
-            .unwrap_or_else(|e| panic!("guest image: {e}"))
-            .path
-    })
-}
 
 /// An sshd on a free loopback port, killed on drop.
 struct Sshd {

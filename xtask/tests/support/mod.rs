@@ -1,4 +1,5 @@
-//! Fixtures shared by the `cargo xtask certify` tests (`cli.rs`, `certify_browser.rs`): a
+//! What the command-line tests share: the xtask binary and the guest image (built once per
+//! test binary), and for the `cargo xtask certify` tests (`cli.rs`, `certify_browser.rs`) a
 //! conformance report and a benchmark report made in code from the built-in requirements
 //! catalog, so that they name every requirement the catalog has today (a checked-in JSON
 //! fixture would go stale as requirements are added).
@@ -7,6 +8,8 @@
 #![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
 
 use conformance::bench::{self, BenchReport, BenchRow, NativeRow, Stats};
 use conformance::outcome::Outcome;
@@ -14,6 +17,24 @@ use conformance::report::{
     CaseResult, HostHealth, HostReport, Report, RunInfo, RunState, SCHEMA, SUITE_VERSION, Summary,
 };
 use conformance::requirements::{Level, Requirements};
+
+/// The debug build of the xtask binary, without a `PVMC_KVM_PATH` from the caller.
+pub fn xtask() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_xtask"));
+    c.env_remove("PVMC_KVM_PATH");
+    c
+}
+
+/// The guest image, built once for all tests of a binary.
+pub fn image() -> &'static Path {
+    static IMAGE: OnceLock<PathBuf> = OnceLock::new();
+    IMAGE.get_or_init(|| {
+        let root = conformance::guest_build::workspace_root();
+        conformance::guest_build::build(&root)
+            .unwrap_or_else(|e| panic!("guest image: {e}"))
+            .path
+    })
+}
 
 /// The host kernel the fixtures claim.
 pub const KERNEL: &str = "6.18.0-fixture-pvm";
