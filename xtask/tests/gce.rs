@@ -5,22 +5,14 @@
 //! boot (its instances CRASH with the console's last lines), and Ctrl-C in the middle
 //! (exit 130). Every run must delete everything it created. Needs no KVM and no network.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output, Stdio};
-use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-fn image() -> &'static Path {
-    static IMAGE: OnceLock<PathBuf> = OnceLock::new();
-    IMAGE.get_or_init(|| {
-        let root = conformance::guest_build::workspace_root();
-        conformance::guest_build::build(&root)
-            .unwrap_or_else(|e| panic!("guest image: {e}"))
-            .path
-    })
-}
+mod support;
+use support::image;
 
 /// A fake-gcloud world: its log, state and a host image tarball.
 struct World {
@@ -42,7 +34,7 @@ impl World {
     fn xtask(&self, scenario: &str, instances: usize) -> Command {
         let d = self.dir.path();
         let fake = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/support/fake-gcloud");
-        let mut c = Command::new(env!("CARGO_BIN_EXE_xtask"));
+        let mut c = support::xtask();
         c.args([
             "conformance",
             "--target",
@@ -193,6 +185,19 @@ fn a_vm_that_fails_to_boot_crashes_its_instances_and_is_deleted() {
     }
     assert_cleaned_up(&w);
     insta::assert_snapshot!("gce_boot_failure", w.mutations());
+}
+
+#[test]
+fn a_vm_that_finished_and_stopped_has_its_whole_output_read() {
+    // Its output spans many pages; the VM is already TERMINATED at the first status query.
+    let w = World::new();
+    let out = w.xtask("done-stopped", 1).output().expect("run");
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    let r = w.report();
+    assert_eq!(r["summary"]["pass"], r["summary"]["selected"], "{r}");
+    assert!(w.polls() > 2, "the stream was read in pages");
+    assert_cleaned_up(&w);
 }
 
 #[test]

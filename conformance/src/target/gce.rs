@@ -462,6 +462,7 @@ impl GceTarget {
             .collect();
         while shards.iter().any(|s| !s.done) && !opts.cancel.is_cancelled() {
             for sh in shards.iter_mut().filter(|s| !s.done) {
+                let offset_before = sh.offset;
                 let lines = self.poll_shard(sh).unwrap_or_else(|e| {
                     eprintln!("gce: {}: {e}", sh.vm);
                     Vec::new()
@@ -496,7 +497,10 @@ impl GceTarget {
                         }
                     }
                 }
-                if sh.done {
+                // A VM whose output is still coming is running; only one that had nothing new
+                // is asked for its status (so output a stopped VM left is read to the end
+                // before its missing instances are called CRASH).
+                if sh.done || (sh.offset != offset_before && Instant::now() <= sh.deadline) {
                     continue;
                 }
                 let status = self.status(&sh.vm);
