@@ -2,6 +2,8 @@
 //! executes one in hardware ring 3 and the CPU raises #GP (notes §6: the KVM emulator runs it
 //! with CPL0 semantics). The instruction is decoded with iced-x86; [`decode`] says what it is
 //! and the engine carries it out (it owns the registers, memory and the exit handler).
+//! [`faulting`] classifies an instruction that raised an exception, for what Unicorn does not
+//! report (error codes, #SS for stack references).
 
 use iced_x86::{Code, Decoder, DecoderOptions, Instruction, Mnemonic, OpKind, Register};
 
@@ -148,6 +150,77 @@ pub fn decode(bytes: &[u8], rip: u64) -> Option<(Op, usize)> {
     Some((op, len))
 }
 
+/// Where the selector a segment-register load loads comes from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SelectorAt {
+    /// In a register: the value.
+    Value(u16),
+    /// In memory at this linear address.
+    Memory(u64),
+}
+
+/// What a faulting instruction tells about its exception, beyond the vector Unicorn reports
+/// (Unicorn reports no error code and raises #GP for every non-canonical address).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Faulting {
+    /// A segment-register load (MOV Sreg, POP Sreg, LSS/LFS/LGS): a descriptor fault's error
+    /// code is the selector with the RPL cleared (SDM Vol. 3A 6.13, "Error Code").
+    SegmentLoad(SelectorAt),
+    /// A memory reference through SS (an RSP/RBP base or a stack instruction): a
+    /// non-canonical address is #SS(0), not #GP(0) (SDM Vol. 3A 6.15, interrupt 12).
+    StackReference,
+    /// Anything else.
+    Other,
+}
+
+/// Classifies the instruction at `bytes` (at `rip`), reading registers with `reg` (general
+/// registers by their full name; FS and GS for their bases, the other segments base 0).
+pub fn faulting(bytes: &[u8], rip: u64, reg: impl Fn(Register) -> u64) -> Faulting {
+    let mut d = Decoder::with_ip(64, bytes, rip, DecoderOptions::NONE);
+    let insn: Instruction = d.decode();
+    if insn.is_invalid() {
+        return Faulting::Other;
+    }
+    let value = |r: Register| -> u64 {
+        match r {
+            Register::ES | Register::CS | Register::SS | Register::DS => 0,
+            _ => reg(r.full_register()),
+        }
+    };
+    let address = |op: u32| insn.virtual_address(op, 0, |r, _, _| Some(value(r)));
+    let memory_operand = (0..insn.op_count()).find(|&i| insn.op_kind(i) == OpKind::Memory);
+    match insn.mnemonic() {
+        Mnemonic::Mov if insn.op0_register().is_segment_register() => {
+            return Faulting::SegmentLoad(match insn.op1_kind() {
+                OpKind::Register => SelectorAt::Value(value(insn.op1_register()) as u16),
+                _ => match address(1) {
+                    Some(a) => SelectorAt::Memory(a),
+                    None => return Faulting::Other,
+                },
+            });
+        }
+        Mnemonic::Pop if insn.op0_register().is_segment_register() => {
+            return Faulting::SegmentLoad(SelectorAt::Memory(value(Register::RSP)));
+        }
+        // The far pointer: the offset (the destination register's size), then the selector.
+        Mnemonic::Lss | Mnemonic::Lfs | Mnemonic::Lgs => {
+            return match address(1) {
+                Some(a) => Faulting::SegmentLoad(SelectorAt::Memory(
+                    a.wrapping_add(insn.op0_register().size() as u64),
+                )),
+                None => Faulting::Other,
+            };
+        }
+        _ => {}
+    }
+    let through_ss = memory_operand.is_some() && insn.memory_segment() == Register::SS;
+    if through_ss || insn.is_stack_instruction() {
+        Faulting::StackReference
+    } else {
+        Faulting::Other
+    }
+}
+
 fn string_size(code: Code) -> usize {
     match code {
         Code::Outsb_DX_m8 | Code::Insb_m8_DX => 1,
@@ -221,5 +294,44 @@ mod tests {
         );
         assert_eq!(decode(&[0xf4], 0), Some((Op::Hlt, 1)));
         assert_eq!(decode(&[0x0f, 0x0b], 0), None, "ud2 is not emulated");
+    }
+
+    #[test]
+    fn faulting_instructions_name_their_selector_or_stack_use() {
+        let reg = |r: Register| match r {
+            Register::RAX => 0x1218,
+            Register::RBX => 0x4000,
+            Register::RSP => 0x8000,
+            Register::RBP => 0x8000_0000_0000_0000,
+            _ => 0,
+        };
+        // mov %ax,%ds
+        assert_eq!(
+            faulting(&[0x8e, 0xd8], 0, reg),
+            Faulting::SegmentLoad(SelectorAt::Value(0x1218))
+        );
+        // mov (%rbx),%es
+        assert_eq!(
+            faulting(&[0x8e, 0x03], 0, reg),
+            Faulting::SegmentLoad(SelectorAt::Memory(0x4000))
+        );
+        // pop %fs
+        assert_eq!(
+            faulting(&[0x0f, 0xa1], 0, reg),
+            Faulting::SegmentLoad(SelectorAt::Memory(0x8000))
+        );
+        // lss (%rbx),%rax: 8-byte offset, then the selector
+        assert_eq!(
+            faulting(&[0x48, 0x0f, 0xb2, 0x03], 0, reg),
+            Faulting::SegmentLoad(SelectorAt::Memory(0x4008))
+        );
+        // mov (%rbp),%rax; push %rax
+        assert_eq!(
+            faulting(&[0x48, 0x8b, 0x45, 0x00], 0, reg),
+            Faulting::StackReference
+        );
+        assert_eq!(faulting(&[0x50], 0, reg), Faulting::StackReference);
+        // mov (%rbx),%rax
+        assert_eq!(faulting(&[0x48, 0x8b, 0x03], 0, reg), Faulting::Other);
     }
 }

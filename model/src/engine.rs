@@ -116,7 +116,12 @@ fn uc_err(what: &str) -> impl Fn(unicorn_engine::uc_error) -> runner::RunnerErro
 
 /// The Linux host GDT (`arch/x86/include/asm/segment.h`): KERNEL32_CS, KERNEL_CS, KERNEL_DS,
 /// USER32_CS, USER_DS, USER_CS at entries 1..6.
-const HOST_GDT: [u64; 7] = [
+/// The host's GDT as an x86-64 Linux host lays it out (arch/x86/include/asm/segment.h,
+/// `GDT_ENTRY_*`; 16 entries): kernel CS/DS, user CS32/DS/CS (the guest runs on these), the
+/// host's busy TSS at 8-9, LDT 10-11 and TLS 12-14 empty, and the CPUNODE entry at 15 that
+/// vDSO getcpu reads with LSL (arch/x86/kernel/cpu/common.c:setup_getcpu: type 5, DPL 3,
+/// D=1, CPU and node number in the limit; vCPU 0 on node 0 here).
+const HOST_GDT: [u64; 16] = [
     0,
     0x00cf_9b00_0000_ffff,
     0x00af_9b00_0000_ffff,
@@ -124,6 +129,15 @@ const HOST_GDT: [u64; 7] = [
     0x00cf_fb00_0000_ffff,
     0x00cf_f300_0000_ffff,
     0x00af_fb00_0000_ffff,
+    0,
+    0x0000_8b00_0000_0067,
+    0,
+    0,
+    0,
+    0,
+    0,
+    0,
+    0x0040_f500_0000_0000,
 ];
 
 fn mmr(base: u64, limit: u32) -> [u8; 24] {
@@ -718,15 +732,22 @@ fn run_loop(
         let next = match (pf, stop.clone()) {
             // A non-canonical address is #GP(0), never a page fault (SDM Vol. 3A 6.15,
             // interrupt 13); the TLB hook saw it first because Unicorn translates every access.
-            (Some(pf), _) if !canonical(pf.addr) => deliver(
-                mem,
-                v,
-                Event::Exception {
-                    vector: 13,
-                    code: Some(0),
-                    cr2: None,
-                },
-            ),
+            // A reference through SS is #SS(0) instead (interrupt 12).
+            (Some(pf), _) if !canonical(pf.addr) => {
+                let vector = match faulting(mem, v) {
+                    emulate::Faulting::StackReference => 12,
+                    _ => 13,
+                };
+                deliver(
+                    mem,
+                    v,
+                    Event::Exception {
+                        vector,
+                        code: Some(0),
+                        cr2: None,
+                    },
+                )
+            }
             (Some(pf), _) => {
                 // Unicorn asks for code translations by page: a fetch fault on RIP's own page
                 // is at RIP (an instruction that crosses into the next page faults at that
@@ -1003,7 +1024,7 @@ fn exception(
         } else {
             13
         };
-        let code = if vector == 13 { Some(0) } else { None };
+        let code = (vector == 13).then(|| error_code(mem, v));
         return deliver(
             mem,
             v,
@@ -1014,7 +1035,10 @@ fn exception(
             },
         );
     }
-    let code = abi::x86::vector::has_error_code(vector).then_some(0);
+    let code = match vector {
+        10..=13 => Some(error_code(mem, v)),
+        _ => abi::x86::vector::has_error_code(vector).then_some(0),
+    };
     deliver(
         mem,
         v,
@@ -1026,11 +1050,49 @@ fn exception(
     )
 }
 
+/// What the instruction at RIP tells about the exception it raised (read through the guest's
+/// page tables; `Other` when its bytes cannot be read).
+fn faulting(mem: &dyn GuestRam, v: &Vcpu) -> emulate::Faulting {
+    let (bytes, n) = insn_bytes(mem, v);
+    emulate::faulting(&bytes[..n], v.regs.rip, |r| match r {
+        iced_x86::Register::FS => v.regs.fs_base,
+        iced_x86::Register::GS => v.regs.gs_base,
+        r => reg_slot(&mut v.regs.clone(), r).map_or(0, |x| *x),
+    })
+}
+
+/// The instruction bytes at RIP: up to 15, fewer where the next page cannot be fetched.
+fn insn_bytes(mem: &dyn GuestRam, v: &Vcpu) -> ([u8; 15], usize) {
+    let mut bytes = [0u8; 15];
+    let mut n = 15;
+    while n > 0 && read_virt(mem, &v.pvm, v.regs.rip, &mut bytes[..n], Access::Fetch).is_err() {
+        n -= 1;
+    }
+    (bytes, n)
+}
+
+/// The error code the CPU pushes with a #TS/#NP/#SS/#GP the instruction at RIP raised:
+/// the selector (RPL cleared) for a segment-register load, else 0 (SDM Vol. 3A 6.13).
+fn error_code(mem: &dyn GuestRam, v: &Vcpu) -> u32 {
+    let selector = match faulting(mem, v) {
+        emulate::Faulting::SegmentLoad(emulate::SelectorAt::Value(s)) => s,
+        emulate::Faulting::SegmentLoad(emulate::SelectorAt::Memory(a)) => {
+            let mut b = [0u8; 2];
+            match read_virt(mem, &v.pvm, a, &mut b, Access::Read) {
+                Ok(()) => u16::from_le_bytes(b),
+                Err(_) => 0,
+            }
+        }
+        _ => 0,
+    };
+    u32::from(selector & 0xfffc)
+}
+
 fn gp(mem: &dyn GuestRam, v: &mut Vcpu) -> Next {
     let code = if v.pvm.faults.on(Fault::GpErrcodeNonZero) {
         1
     } else {
-        0
+        error_code(mem, v)
     };
     deliver(
         mem,
@@ -1107,11 +1169,7 @@ fn privileged(
     v: &mut Vcpu,
     handler: &RefCell<&mut (dyn ExitHandler + Send)>,
 ) -> Next {
-    let mut bytes = [0u8; 15];
-    let mut n = 15;
-    while n > 0 && read_virt(mem, &v.pvm, v.regs.rip, &mut bytes[..n], Access::Fetch).is_err() {
-        n -= 1;
-    }
+    let (bytes, n) = insn_bytes(mem, v);
     let Some((op, len)) = emulate::decode(&bytes[..n], v.regs.rip) else {
         return gp(mem, v);
     };
