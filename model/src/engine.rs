@@ -633,6 +633,17 @@ fn run_loop(
         if let Some(end) = must_stop(limits, start) {
             return Ok(end);
         }
+        // An NMI the VMM injected goes first, whatever IF says (research §1).
+        if v.pvm.nmi_pending && v.pvm.nmi_allowed() {
+            v.pvm.nmi_pending = false;
+            let was_user = !v.pvm.smod;
+            if let Err(TripleFault(why)) = v.pvm.deliver(mem, &mut v.regs, Event::Nmi) {
+                return Ok(shutdown(why));
+            }
+            segments_dirty |= was_user;
+            write_regs(uc, &v.regs, segments_dirty)?;
+            segments_dirty = false;
+        }
         // Pending interrupts (notes §5.6): delivered when IF allows, else marked pending.
         v.pvm.tick(host_tsc());
         if v.pvm.interrupt_waiting() {
@@ -1074,6 +1085,9 @@ fn insn_bytes(mem: &dyn GuestRam, v: &Vcpu) -> ([u8; 15], usize) {
 /// The error code the CPU pushes with a #TS/#NP/#SS/#GP the instruction at RIP raised:
 /// the selector (RPL cleared) for a segment-register load, else 0 (SDM Vol. 3A 6.13).
 fn error_code(mem: &dyn GuestRam, v: &Vcpu) -> u32 {
+    if v.pvm.faults.on(Fault::SelectorErrcodeZero) {
+        return 0;
+    }
     let selector = match faulting(mem, v) {
         emulate::Faulting::SegmentLoad(emulate::SelectorAt::Value(s)) => s,
         emulate::Faulting::SegmentLoad(emulate::SelectorAt::Memory(a)) => {

@@ -68,11 +68,16 @@ pub enum Fault {
     TscMsrZero,
     /// RFC v1: the supervisor event frame is written without the red zone.
     FrameWithoutRedzone,
+    /// An NMI is delivered while the previous one is being handled (RFC: KVM's NMI mask is
+    /// never set; v2: an NMI in supervisor mode ignores the vector word's high byte).
+    NmiNotHeldOff,
+    /// The #GP of a segment-register load carries 0 instead of the selector.
+    SelectorErrcodeZero,
 }
 
 impl Fault {
     /// Every switch, in `--list-faults` order.
-    pub const ALL: [Fault; 31] = [
+    pub const ALL: [Fault; 33] = [
         Fault::WrongCr2,
         Fault::PfErrcodeNoWrite,
         Fault::PfErrcodeNoUser,
@@ -104,6 +109,8 @@ impl Fault {
         Fault::GpErrcodeNonZero,
         Fault::TscMsrZero,
         Fault::FrameWithoutRedzone,
+        Fault::NmiNotHeldOff,
+        Fault::SelectorErrcodeZero,
     ];
 
     /// Name on the command line.
@@ -140,6 +147,8 @@ impl Fault {
             Fault::GpErrcodeNonZero => "gp-errcode-non-zero",
             Fault::TscMsrZero => "tsc-msr-zero",
             Fault::FrameWithoutRedzone => "frame-without-redzone",
+            Fault::NmiNotHeldOff => "nmi-not-held-off",
+            Fault::SelectorErrcodeZero => "selector-errcode-zero",
         }
     }
 

@@ -94,21 +94,8 @@ pub const GAPS: &[(&str, &str)] = &[
         "priv.cpl3_gp.rdpmc",
         "Unicorn does not implement RDPMC (it raises #UD)",
     ),
-    (
-        "isolation.return.noncanonical_rip",
-        "the model's ERETU does not check RIP for canonical form; what the 6.12 host does is not researched yet",
-    ),
-    (
-        "isolation.return.noncanonical_rsp",
-        "the model's ERETU does not check RSP for canonical form; what the 6.12 host does is not researched yet",
-    ),
     ("vmm.highest_vcpu_id", "the model runs one vCPU, with id 0"),
     ("vmm.memslot_readonly", "the model's VMM adds no memslots"),
-    (
-        "vmm.msr_sync.star",
-        "the model applies the guest's STAR checks to VMM writes too; which checks a \
-         host-initiated write skips is not settled for the 6.12 host",
-    ),
 ];
 
 /// Why the model cannot judge case `name`, if it cannot.

@@ -144,6 +144,10 @@ pub enum Event {
     Vector(u8),
     /// `syscall` from user mode.
     UserSyscall,
+    /// An NMI the VMM injected (`KVM_NMI`). v2: `event_vector` = the NMI bit alone (0x200),
+    /// no error code; RFC: vector 2 like an exception (docs/research/pvm-nmi-mce-eretu-star.md
+    /// §1).
+    Nmi,
 }
 
 /// Why the vCPU cannot go on: the host triple-faults it (`KVM_EXIT_SHUTDOWN`), with the rule.
@@ -203,8 +207,11 @@ pub struct Pvm {
     pub pat: u64,
     /// APIC base.
     pub apic_base: u64,
-    /// NMI masked until ERETU.
+    /// NMI masked until ERETU or ERETS (RFC: `pvm_inject_nmi` sets KVM's NMI mask; v2 has
+    /// none, docs/research/pvm-nmi-mce-eretu-star.md §1).
     pub nmi_masked: bool,
+    /// An NMI the VMM injected and the host has not delivered yet.
+    pub nmi_pending: bool,
     /// The TLB must be flushed before the guest runs again.
     pub flush_tlb: bool,
     /// A fault switch skipped a flush the guest asked for: the engine keeps the translations
@@ -266,6 +273,22 @@ fn stored(idx: u32) -> bool {
 /// value of the RFC format (filler bits set, PML5 fields 0x1ff). Real hosts choose theirs at
 /// module load (notes §7).
 pub const DEFAULT_RANGE: (u64, u64) = (0x1e0, 0x1f0);
+
+/// The fault of an ERETU to a non-canonical user RIP. The 6.12 host checks neither RIP nor
+/// RSP (`handle_synthetic_instruction_return_user` copies `pvcs->rip` as it is); its switcher
+/// returns with IRETQ when RIP is not canonical, the IRETQ's #GP(0) is handled "as if it
+/// happened immediately after IRET" (`pvm_idtentry .L_from_switcher`), and the guest gets
+/// #GP(0) as a user event with the bad RIP in the PVCS (docs/research/pvm-nmi-mce-eretu-star.md
+/// §3). The RFC hosts copy RIP unchecked too; the model gives them the same fault (their
+/// fault path is inferred, not traced). A non-canonical RSP is not checked either: the user's
+/// first stack reference is #SS(0), which the engine raises.
+fn noncanonical_return(r: &Regs) -> Option<Event> {
+    (!canonical(r.rip)).then_some(Event::Exception {
+        vector: 13,
+        code: Some(0),
+        cr2: None,
+    })
+}
 
 /// Whether `v` is a canonical 48-bit address.
 pub fn canonical(v: u64) -> bool {
@@ -331,6 +354,7 @@ impl Pvm {
             pat: 0x0007_0406_0007_0406,
             apic_base: 0xfee0_0000 | (1 << 11) | (1 << 10) | (1 << 8),
             nmi_masked: false,
+            nmi_pending: false,
             flush_tlb: true,
             keep_stale: None,
             halted: false,
@@ -451,7 +475,7 @@ impl Pvm {
         let (vector, code, cr2) = match ev {
             Event::Exception { vector, code, cr2 } => (vector, code, cr2),
             Event::Vector(v) => (v, None, None),
-            Event::UserSyscall => (0, None, None),
+            Event::UserSyscall | Event::Nmi => (0, None, None),
         };
         if vector == 8 {
             return Err(TripleFault(
@@ -461,8 +485,14 @@ impl Pvm {
         let from_user = !self.smod;
         let vec_at = offset_of!(PvcsV2, event_vector);
         if !from_user {
-            let busy = self.read16(mem, vec_at)? & 0xff00;
-            if busy != 0 {
+            let word = self.read16(mem, vec_at)?;
+            let busy = word & 0xff00;
+            // An NMI while the previous event is not consumed only sets its bit; the guest
+            // finds it there, and ERETU delivers it (6.12 `__do_pvm_event`, research §1).
+            if ev == Event::Nmi && busy != 0 && !f.on(Fault::NmiNotHeldOff) {
+                return self.write16(mem, vec_at, word | vector_bits::NMI);
+            }
+            if busy != 0 && ev != Event::Nmi {
                 return Err(TripleFault(format!(
                     "event {ev:?} in supervisor mode while PVCS.event_vector's high byte is {:#x} \
                      (the previous event not consumed, [SPEC-v2])",
@@ -493,7 +523,9 @@ impl Pvm {
         self.write64(mem, offset_of!(PvcsV2, r11), r.r11)?;
         // The vector is left alone for SYSCALL, and the error code written only when the
         // event has one (6.12 host `__do_pvm_event`).
-        if ev != Event::UserSyscall {
+        if ev == Event::Nmi {
+            self.write16(mem, vec_at, vector_bits::NMI)?;
+        } else if ev != Event::UserSyscall {
             let std = if f.on(Fault::NoStdBit) {
                 0
             } else {
@@ -600,6 +632,14 @@ impl Pvm {
             Event::Exception { vector, code, cr2 } => (vector, code, cr2),
             Event::Vector(v) => (v, None, None),
             Event::UserSyscall => (0, None, None),
+            // Vector 2 through the exception paths; KVM's NMI mask is set until ERETU/ERETS
+            // (RFC `pvm_inject_nmi`, research §1).
+            Event::Nmi => {
+                if !f.on(Fault::NmiNotHeldOff) {
+                    self.nmi_masked = true;
+                }
+                (2, None, None)
+            }
         };
         if vector == 8 {
             return Err(TripleFault(
@@ -761,7 +801,7 @@ impl Pvm {
         self.smod = false;
         self.nmi_masked = false;
         self.flush_tlb = true;
-        Ok(None)
+        Ok(noncanonical_return(r))
     }
 
     /// ERETS (RFC, notes §4.4): RIP, RFLAGS (its IF into the PVCS), RSP, RCX, R11 from the
@@ -813,11 +853,16 @@ impl Pvm {
         self.smod = false;
         self.nmi_masked = false;
         self.flush_tlb = true;
-        // The 6.12 slow path sets event_vector to STD (dropping any pending bits: NMI and #MC
-        // are not modelled yet) and leaves event_flags alone (IP is not cleared, contrary to
-        // the spec), docs/research/pvm-v2-host-semantics.md §2.
+        // The 6.12 slow path sets event_vector to STD and leaves event_flags alone (IP is not
+        // cleared, contrary to the spec), docs/research/pvm-v2-host-semantics.md §2; an NMI
+        // whose bit the vector word held is delivered now, as a user event (#MC would come
+        // first; the model's VMM injects none), research §1.
+        let pending = self.read16(mem, offset_of!(PvcsV2, event_vector))?;
         self.write16(mem, offset_of!(PvcsV2, event_vector), vector_bits::STD)?;
-        Ok(None)
+        if pending & vector_bits::NMI != 0 {
+            return Ok(Some(Event::Nmi));
+        }
+        Ok(noncanonical_return(r))
     }
 
     /// A `syscall` executed in supervisor mode; `r.rip` is the address after it. Returns an
@@ -972,6 +1017,17 @@ impl Pvm {
             }
         }
         Ok(())
+    }
+
+    /// KVM_SET_MSRS from the VMM (`host_initiated`): as [`Pvm::wrmsr`], except that STAR is
+    /// stored without the guest's checks (6.12 and RFC `pvm_set_msr`: `if
+    /// (!msr_info->host_initiated)` guards them; docs/research/pvm-nmi-mce-eretu-star.md §4).
+    pub fn wrmsr_host(&mut self, idx: u32, v: u64) -> Result<(), WrmsrError> {
+        if idx == msr::STAR {
+            self.star = v;
+            return Ok(());
+        }
+        self.wrmsr(idx, v)
     }
 
     fn wrmsr_gp(&mut self, idx: u32, v: u64) -> Result<(), String> {
@@ -1140,6 +1196,23 @@ impl Pvm {
     /// Whether an interrupt waits (in the IRR, or injected by the VMM).
     pub fn interrupt_waiting(&self) -> bool {
         self.ext_irq.is_some() || highest(&self.irr).is_some()
+    }
+
+    /// Whether an NMI the VMM injected can be delivered now: once a PVCS is registered, and
+    /// (RFC) while KVM's NMI mask is clear; the virtual IF does not matter (research §1).
+    pub fn nmi_allowed(&self) -> bool {
+        self.vcpu_struct != 0 && !(self.generation.rfc() && self.nmi_masked)
+    }
+
+    /// KVM_GET_VCPU_EVENTS' NMI state: (pending, masked). v2 reports NMIs masked only while
+    /// no PVCS is registered (`pvm_get_nmi_mask`); RFC reports its mask.
+    pub fn nmi_state(&self) -> (bool, bool) {
+        let masked = if self.generation.rfc() {
+            self.nmi_masked
+        } else {
+            self.vcpu_struct == 0
+        };
+        (self.nmi_pending, masked)
     }
 
     /// The interrupt to deliver now, if any: the VMM's injected one first (it sits in no

@@ -1,7 +1,7 @@
 //! The model's VMM side: the requests of `abi::vmm` a case sends over the report channel,
 //! answered from the model's own vCPU state, the way the KVM backend answers them with ioctls
 //! (`runner::kvm::requests`). Ops the model has no counterpart for (memslots, eventfds,
-//! coalesced MMIO, an in-kernel irqchip, NMIs, save/restore) answer `Unsupported`, which the
+//! coalesced MMIO, an in-kernel irqchip, save/restore) answer `Unsupported`, which the
 //! guest turns into SKIP with the op's name.
 
 use std::sync::OnceLock;
@@ -55,7 +55,7 @@ pub fn serve(mem: &dyn GuestRam, v: &mut Vcpu, req: VmmRequest) -> Reply {
                     v.pvm.bases_dirty = true;
                     true
                 }
-                None => v.pvm.wrmsr(a0 as u32, a1).is_ok(),
+                None => v.pvm.wrmsr_host(a0 as u32, a1).is_ok(),
             };
             v.pvm.resync = true;
             ok([u64::from(accepted), 0, 0])
@@ -103,12 +103,27 @@ pub fn serve(mem: &dyn GuestRam, v: &mut Vcpu, req: VmmRequest) -> Reply {
             let ready = on && v.pvm.ext_irq.is_none();
             ok([u64::from(on), u64::from(ready), 0])
         }
-        Op::Nmi
-        | Op::IrqLine
+        // KVM_NMI: queued, delivered once the host allows (engine run loop).
+        Op::Nmi => {
+            v.pvm.nmi_pending = true;
+            v.pvm.resync = true;
+            ok([0; 3])
+        }
+        // KVM_GET_VCPU_EVENTS: the NMI state as the host reports it; nothing else is queued
+        // between runs in the model.
+        Op::VcpuEvents => {
+            let (pending, masked) = v.pvm.nmi_state();
+            let bit = |on: bool, b: u64| if on { b } else { 0 };
+            ok([
+                bit(pending, abi::vmm::nmi::PENDING) | bit(masked, abi::vmm::nmi::MASKED),
+                0,
+                0,
+            ])
+        }
+        Op::IrqLine
         | Op::RoundTrip
         | Op::AddMemslot
         | Op::RemoveMemslot
-        | Op::VcpuEvents
         | Op::RegisterIoEventfd
         | Op::EventfdCount
         | Op::RegisterIrqfd

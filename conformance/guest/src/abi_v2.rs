@@ -258,6 +258,70 @@ case!(
     .reqs("UP-EVT-1")
 );
 
+static NMIS: AtomicU64 = AtomicU64::new(0);
+
+fn count_nmi(_: &mut Frame, ex: Exception) -> bool {
+    if ex.vector != guest_lib::abi::x86::vector::NMI {
+        return false;
+    }
+    NMIS.fetch_add(1, Ordering::SeqCst);
+    true
+}
+
+/// An NMI while the last supervisor event is not consumed (the vector word's high byte set):
+/// the host only sets the NMI bit there, and delivers the NMI at the next ERETU, as an event
+/// from user mode.
+fn nmi_while_unconsumed() {
+    NMIS.store(0, Ordering::SeqCst);
+    exception::set_hook(Some(count_nmi));
+    let unconsumed = vector_bits::STD | 0x20;
+    pv_v2::write_event_vector(unconsumed);
+    guest_lib::vmm::must(guest_lib::abi::vmm::Op::Nmi, [0; 3]);
+    // An exit and a while for the host to act on the NMI.
+    let _ = guest_lib::vmm::host_nanos();
+    crate::common::spin_ms(2);
+    let word = pv_v2::read_event_vector();
+    let during = NMIS.load(Ordering::SeqCst);
+    // The NMI comes as an event from user mode: counted, and user code resumed.
+    guest_lib::user::set_fault_hook(Some(count_nmi));
+    let ran = guest_lib::user::run(u_plus_one, 7);
+    guest_lib::user::set_fault_hook(None);
+    exception::set_hook(None);
+    check_eq!(
+        during,
+        0,
+        "NMIs delivered while the last event was not consumed"
+    );
+    check_eq!(
+        word,
+        unconsumed | vector_bits::NMI,
+        "PVCS.event_vector after the NMI (the NMI bit added, the rest kept)"
+    );
+    check_eq!(
+        ran,
+        guest_lib::user::UserExit::Returned(8),
+        "the user run after the pending NMI"
+    );
+    check_eq!(
+        NMIS.load(Ordering::SeqCst),
+        1,
+        "NMIs delivered by the ERETU that followed"
+    );
+}
+
+extern "C" fn u_plus_one(x: u64) -> u64 {
+    x + 1
+}
+
+case!(
+    nmi_while_unconsumed,
+    v2(
+        "abi.v2.nmi_while_unconsumed",
+        "an NMI while PVCS.event_vector's high byte is set only sets the NMI bit; ERETU delivers it"
+    )
+    .reqs("UP-NMI-1")
+);
+
 fn event_entry_non_canonical() {
     guest_lib::report::checkpoint(0, [0; 3]);
     let r = instr::wrmsr_safe(MSR_EVENT_ENTRY, 0x8000_0000_0000_0000);

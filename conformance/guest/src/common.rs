@@ -34,3 +34,11 @@ pub fn remap_fixture() -> (Frame, Frame) {
     );
     (a, b)
 }
+
+/// Spins for `ms` milliseconds (by the TSC).
+pub fn spin_ms(ms: u64) {
+    let t0 = guest_lib::arch::instr::rdtsc();
+    while guest_lib::arch::instr::rdtsc() - t0 < ms * guest_lib::rt::cycles_per_ms() {
+        core::hint::spin_loop();
+    }
+}

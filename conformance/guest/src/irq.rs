@@ -75,13 +75,7 @@ fn wait_for(vector: u8, n: u32, ms: u64) -> bool {
     count(vector) >= n
 }
 
-/// Spins for `ms` milliseconds.
-fn spin_ms(ms: u64) {
-    let t0 = instr::rdtsc();
-    while instr::rdtsc() - t0 < ms * rt::cycles_per_ms() {
-        core::hint::spin_loop();
-    }
-}
+use crate::common::spin_ms;
 
 fn need_x2apic() {
     if let Err(e) = apic::enable_x2apic(apic::SPURIOUS_VECTOR) {

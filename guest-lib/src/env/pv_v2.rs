@@ -48,6 +48,19 @@ pub fn set_user_gsbase(v: u64) {
     raw::write_user_gsbase(pvcs_gpa(cpu_index()), v);
 }
 
+/// The PVCS's `event_vector` of this vCPU (the vector in the low byte, the STD/NMI/MCE bits in
+/// the high byte).
+pub fn read_event_vector() -> u16 {
+    raw::read_event_vector(pvcs_gpa(cpu_index()))
+}
+
+/// Sets the PVCS's `event_vector` of this vCPU. While its high byte is not zero the host
+/// treats the last event as not consumed: an NMI only sets its bit, and any other supervisor
+/// event shuts the vCPU down (docs/research/pvm-nmi-mce-eretu-star.md §1).
+pub fn write_event_vector(v: u16) {
+    raw::write_event_vector(pvcs_gpa(cpu_index()), v);
+}
+
 fn write_event_flags(v: u64) {
     raw::write_event_flags(pvcs_gpa(cpu_index()), v);
 }

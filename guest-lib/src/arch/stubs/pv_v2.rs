@@ -51,6 +51,24 @@ core::arch::global_asm!(
 92:
     .endm
 
+    # RCX = the PVCS; leaves its vector word in R11, with the vector of an event the host
+    # names by a bit alone put in the low byte: the NMI bit without STD is an NMI (vector 2),
+    # the MCE bit a machine check (18) (the 6.12 host writes 0x200 / 0x400 for them,
+    # docs/research/pvm-nmi-mce-eretu-star.md §1-2).
+    .macro pvmc_v2_event_word
+    movzwl {vector}(%rcx), %r11d
+    testl ${std}, %r11d
+    jnz 98f
+    testl ${nmi}, %r11d
+    jz 97f
+    orl $2, %r11d
+    jmp 98f
+97: testl ${mce}, %r11d
+    jz 98f
+    orl $18, %r11d
+98:
+    .endm
+
     # An address of the image's user alias becomes the image address (and back).
     .macro pvmc_v2_to_image reg
     cmpq ${alias}, \reg
@@ -90,7 +108,7 @@ pvmc_v2_event_entry:
     pushq %r11
     # The whole vector word: the event bits above the vector (STD, NMI, MCE) go into the
     # frame too (the dispatcher looks at the low byte).
-    movzwl {vector}(%rcx), %r11d
+    pvmc_v2_event_word
     pushq %r11
 "#,
     super::push_gprs!(),
@@ -145,7 +163,7 @@ pvmc_v2_user_event:
     pushq %r11
     movzwl {errcode}(%rcx), %r11d
     pushq %r11
-    movzwl {vector}(%rcx), %r11d
+    pvmc_v2_event_word
     pushq %r11
 "#,
     super::push_gprs!(),
@@ -238,6 +256,9 @@ pvmc_v2_user_rsp:
     pvcs_r11 = const core::mem::offset_of!(PvcsV2, r11),
     errcode = const core::mem::offset_of!(PvcsV2, event_errcode),
     vector = const core::mem::offset_of!(PvcsV2, event_vector),
+    std = const abi::upstream::vector_bits::STD,
+    nmi = const abi::upstream::vector_bits::NMI,
+    mce = const abi::upstream::vector_bits::MCE,
     irq_win = const abi::upstream::hc::IRQ_WIN,
     errmask = const super::idt::ERROR_CODE_VECTORS,
     o_user_cs = const core::mem::offset_of!(PvcsV2, user_cs),
@@ -338,6 +359,20 @@ pub fn read_event_flags(pvcs: u64) -> u64 {
 /// Sets `user_gsbase` of the PVCS at `pvcs`: the GS base ERETU gives user mode.
 pub fn write_user_gsbase(pvcs: u64, v: u64) {
     let p = (pvcs + core::mem::offset_of!(PvcsV2, user_gsbase) as u64) as *mut u64;
+    // SAFETY: as in `read_event_flags`; only the owning vCPU's code writes its PVCS.
+    unsafe { core::ptr::write_volatile(p, v) }
+}
+
+/// Reads `event_vector` of the PVCS at `pvcs`.
+pub fn read_event_vector(pvcs: u64) -> u16 {
+    let p = (pvcs + core::mem::offset_of!(PvcsV2, event_vector) as u64) as *const u16;
+    // SAFETY: as in `read_event_flags` (the field is 2-byte aligned in the page).
+    unsafe { core::ptr::read_volatile(p) }
+}
+
+/// Writes `event_vector` of the PVCS at `pvcs`.
+pub fn write_event_vector(pvcs: u64, v: u16) {
+    let p = (pvcs + core::mem::offset_of!(PvcsV2, event_vector) as u64) as *mut u16;
     // SAFETY: as in `read_event_flags`; only the owning vCPU's code writes its PVCS.
     unsafe { core::ptr::write_volatile(p, v) }
 }
