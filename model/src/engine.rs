@@ -30,8 +30,9 @@ pub const SLICE: Duration = Duration::from_millis(2);
 
 /// Guest-virtual address of the host GDT (in the host's top 2 GiB, never legal for a guest).
 const HOST_GDT_VA: u64 = 0xffff_ffff_ff5f_0000;
-/// Where the model keeps the host GDT in Unicorn's physical space (above any guest RAM+MMIO).
-const HOST_GDT_PA: u64 = 0x10_0000_0000;
+/// Where the model keeps the host GDT in Unicorn's physical space: at MAXPHYADDR, above every
+/// address a guest paging entry can name.
+const HOST_GDT_PA: u64 = 1 << crate::pvm::MAXPHYADDR;
 /// The model's code page (right after the GDT): an `iretq` that loads CS and SS. Unicorn's
 /// register writes in 64-bit mode set only the selectors (not the descriptors, nor the CPL),
 /// so every change of the hardware CS/SS goes through a real IRETQ on this page, with the
@@ -41,8 +42,9 @@ const HOST_CODE_VA: u64 = HOST_GDT_VA + 0x1000;
 const HOST_CODE_PA: u64 = HOST_GDT_PA + 0x1000;
 /// Offset of the IRETQ frame in the code page.
 const IRET_FRAME_OFFSET: u64 = 0x800;
-/// End of the MMIO space (guest-physical addresses from the end of RAM to here are MMIO).
-const MMIO_END: u64 = 0x1_0000_0000;
+/// End of the MMIO space (guest-physical addresses from the end of RAM to here are MMIO,
+/// `KVM_EXIT_MMIO` on a host without memslots there).
+const MMIO_END: u64 = 1 << crate::pvm::MAXPHYADDR;
 
 /// The TSC of the machine the model runs on (Unicorn's RDTSC reads it too).
 pub fn host_tsc() -> u64 {
@@ -91,6 +93,24 @@ struct Hw {
     /// Stale translations a fault switch keeps past a flush (see `Pvm::keep_stale`): the TLB
     /// hook answers from here first, until a real flush.
     pinned: std::collections::HashMap<u64, TlbEntry>,
+    /// The 8-byte MMIO access in progress, which Unicorn hands to the MMIO callbacks as two
+    /// 4-byte halves (its MMIO regions have QEMU's default `impl.max_access_size` of 4).
+    wide: Option<WideMmio>,
+}
+
+/// An 8-byte MMIO access as the memory hook saw it (the whole access, before the split):
+/// the callbacks give the device one access of 8 bytes for the two halves, as KVM's emulator
+/// does (`KVM_EXIT_MMIO` of 8 bytes).
+#[derive(Clone, Copy, Debug)]
+struct WideMmio {
+    /// Guest-physical address.
+    gpa: u64,
+    /// A write (with `value`), else a read.
+    write: bool,
+    /// The written value.
+    value: u64,
+    /// The upper half of a read, once the device answered the lower half's callback.
+    high: Option<u32>,
 }
 
 /// At most this many recorded fills (a TLB is finite; older ones are forgotten).
@@ -321,6 +341,7 @@ pub fn run(
             stop: None,
             fills: std::collections::HashMap::new(),
             pinned: std::collections::HashMap::new(),
+            wide: None,
         },
     )
     .map_err(uc_err("open"))?;
@@ -353,9 +374,24 @@ pub fn run(
         ram_size,
         MMIO_END - ram_size,
         Some(move |uc: &mut Unicorn<'_, Hw>, off: u64, size: usize| {
+            let gpa = ram_size + off;
+            let mut n = size.min(8);
+            match uc.get_data().wide {
+                Some(w) if !w.write && size == 4 && gpa == w.gpa + 4 && w.high.is_some() => {
+                    uc.get_data_mut().wide = None;
+                    return u64::from(w.high.unwrap_or(0));
+                }
+                Some(w) if !w.write && size == 4 && gpa == w.gpa && w.high.is_none() => n = 8,
+                _ => {}
+            }
             let mut b = [0u8; 8];
-            let n = size.min(8);
-            let a = h.borrow_mut().mmio_read(ram_size + off, &mut b[..n]);
+            let a = h.borrow_mut().mmio_read(gpa, &mut b[..n]);
+            if n == 8 {
+                if let Some(w) = uc.get_data_mut().wide.as_mut() {
+                    w.high = Some(u32::from_le_bytes([b[4], b[5], b[6], b[7]]));
+                }
+                b[4..].fill(0);
+            }
             if a != Action::Continue {
                 set_stop(uc, Stop::Handler(a));
                 let _ = uc.emu_stop();
@@ -364,8 +400,25 @@ pub fn run(
         }),
         Some(
             move |uc: &mut Unicorn<'_, Hw>, off: u64, size: usize, value: u64| {
-                let b = value.to_le_bytes();
-                let a = h.borrow_mut().mmio_write(ram_size + off, &b[..size.min(8)]);
+                let gpa = ram_size + off;
+                let mut b = value.to_le_bytes();
+                let mut n = size.min(8);
+                match uc.get_data().wide {
+                    // The upper half of an 8-byte write the lower half's callback made.
+                    Some(w) if w.write && size == 4 && gpa == w.gpa + 4 && w.high.is_some() => {
+                        uc.get_data_mut().wide = None;
+                        return;
+                    }
+                    Some(w) if w.write && size == 4 && gpa == w.gpa && w.high.is_none() => {
+                        b = w.value.to_le_bytes();
+                        n = 8;
+                        if let Some(w) = uc.get_data_mut().wide.as_mut() {
+                            w.high = Some((w.value >> 32) as u32);
+                        }
+                    }
+                    _ => {}
+                }
+                let a = h.borrow_mut().mmio_write(gpa, &b[..n]);
                 if a != Action::Continue {
                     set_stop(uc, Stop::Handler(a));
                     let _ = uc.emu_stop();
@@ -374,6 +427,25 @@ pub fn run(
         ),
     )
     .map_err(uc_err("map MMIO"))?;
+    let split_wide = vc.borrow().pvm.faults.on(Fault::MmioSplitWide);
+    // Sees each MMIO access whole (guest-physical address and size) before Unicorn splits an
+    // 8-byte one for the callbacks below. (Any memory hook makes Unicorn take its slow path
+    // for every access; bench-model shows no measurable cost.)
+    uc.add_mem_hook(
+        unicorn_engine::HookType::MEM_READ | unicorn_engine::HookType::MEM_WRITE,
+        ram_size,
+        MMIO_END - 1,
+        move |uc, ty, gpa, size, value| {
+            uc.get_data_mut().wide = (size == 8 && !split_wide).then_some(WideMmio {
+                gpa,
+                write: ty == MemType::WRITE,
+                value: value as u64,
+                high: None,
+            });
+            true
+        },
+    )
+    .map_err(uc_err("MMIO access hook"))?;
     uc.add_intr_hook(|uc, n| {
         set_stop(uc, Stop::Intr(n));
         let _ = uc.emu_stop();

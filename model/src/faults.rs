@@ -73,11 +73,15 @@ pub enum Fault {
     NmiNotHeldOff,
     /// The #GP of a segment-register load carries 0 instead of the selector.
     SelectorErrcodeZero,
+    /// An 8-byte MMIO access reaches the VMM as two 4-byte exits.
+    MmioSplitWide,
+    /// The page walk ignores address bits at or above MAXPHYADDR (no reserved-bit #PF).
+    IgnoreMaxphyaddr,
 }
 
 impl Fault {
     /// Every switch, in `--list-faults` order.
-    pub const ALL: [Fault; 33] = [
+    pub const ALL: [Fault; 35] = [
         Fault::WrongCr2,
         Fault::PfErrcodeNoWrite,
         Fault::PfErrcodeNoUser,
@@ -111,6 +115,8 @@ impl Fault {
         Fault::FrameWithoutRedzone,
         Fault::NmiNotHeldOff,
         Fault::SelectorErrcodeZero,
+        Fault::MmioSplitWide,
+        Fault::IgnoreMaxphyaddr,
     ];
 
     /// Name on the command line.
@@ -149,6 +155,8 @@ impl Fault {
             Fault::FrameWithoutRedzone => "frame-without-redzone",
             Fault::NmiNotHeldOff => "nmi-not-held-off",
             Fault::SelectorErrcodeZero => "selector-errcode-zero",
+            Fault::MmioSplitWide => "mmio-split-wide",
+            Fault::IgnoreMaxphyaddr => "ignore-maxphyaddr",
         }
     }
 

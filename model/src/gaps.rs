@@ -67,26 +67,6 @@ pub const GAPS: &[(&str, &str)] = &[
         "user mode on pv-v2 is not implemented yet (the case's user half)",
     ),
     (
-        "io.mmio.size64",
-        "Unicorn splits an 8-byte MMIO access into two 4-byte callbacks",
-    ),
-    (
-        "io.mmio.rmw_bts64",
-        "Unicorn splits an 8-byte MMIO access into two 4-byte callbacks",
-    ),
-    (
-        "io.mmio.rmw_inc64",
-        "Unicorn splits an 8-byte MMIO access into two 4-byte callbacks",
-    ),
-    (
-        "io.mmio.read_untouched",
-        "Unicorn splits an 8-byte MMIO access into two 4-byte callbacks",
-    ),
-    (
-        "isolation.gpa.",
-        "Unicorn splits 8-byte MMIO accesses, and the model maps no GPA above 4 GiB",
-    ),
-    (
         "isolation.two_vms",
         "the model target runs one VM per instance and starts no sibling VM",
     ),

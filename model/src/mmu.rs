@@ -140,7 +140,10 @@ pub fn walk(
         if e & pte::P == 0 {
             return Err(fault(code));
         }
-        if e & pte::NX != 0 && !ctx.nxe {
+        // Reserved: NX without EFER.NXE, an address bit at or above MAXPHYADDR.
+        let above_maxphyaddr = e & pte::ADDR_MASK & !((1u64 << crate::pvm::MAXPHYADDR) - 1);
+        let above_maxphyaddr = above_maxphyaddr != 0 && !f.on(Fault::IgnoreMaxphyaddr);
+        if (e & pte::NX != 0 && !ctx.nxe) || above_maxphyaddr {
             return Err(fault(code | pfec::P | pfec::RSVD));
         }
         rw &= e & pte::RW != 0;

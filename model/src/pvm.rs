@@ -290,6 +290,11 @@ fn noncanonical_return(r: &Regs) -> Option<Event> {
     })
 }
 
+/// The physical-address width the model's CPUID reports (leaf 0x80000008 EAX[7:0]); a paging
+/// entry with an address bit at or above it is a reserved-bit #PF (SDM Vol. 3A 4.5.4), and
+/// every guest-physical address from the end of RAM up to it is MMIO.
+pub const MAXPHYADDR: u32 = 40;
+
 /// Whether `v` is a canonical 48-bit address.
 pub fn canonical(v: u64) -> bool {
     let top = (v as i64) >> 47;
@@ -1355,7 +1360,7 @@ pub fn cpuid(faults: Faults, leaf: u32, _sub: u32) -> [u32; 4] {
             1,
             (1 << 11) | (1 << 20) | (1 << 26) | (1 << 27) | (1 << 29),
         ],
-        0x8000_0008 => [0x3028, 0, 0, 0],
+        0x8000_0008 => [0x3000 | MAXPHYADDR, 0, 0, 0],
         _ => [0; 4],
     }
 }
