@@ -82,7 +82,11 @@ impl Vm for ModelVm {
             s.cr4,
             s.efer,
         );
-        self.vcpu = Some(Vcpu { regs, pvm });
+        self.vcpu = Some(Vcpu {
+            regs,
+            pvm,
+            devices: crate::devices::Devices::default(),
+        });
         self.started = false;
         Ok(())
     }

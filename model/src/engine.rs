@@ -59,6 +59,8 @@ pub struct Vcpu {
     pub regs: Regs,
     /// The PVM side.
     pub pvm: Pvm,
+    /// The VM's in-kernel devices (the model runs one vCPU per VM, so they live here).
+    pub devices: crate::devices::Devices,
 }
 
 /// Why Unicorn stopped.
@@ -370,6 +372,7 @@ pub fn run(
     uc.mem_write(HOST_GDT_PA, &gdt)
         .map_err(uc_err("write the host GDT"))?;
     let h = &handler;
+    let vcm = &vc;
     uc.mmio_map(
         ram_size,
         MMIO_END - ram_size,
@@ -417,6 +420,12 @@ pub fn run(
                         }
                     }
                     _ => {}
+                }
+                // An ioeventfd or a coalesced zone takes the write before the VMM sees it.
+                if let Ok(mut v) = vcm.try_borrow_mut() {
+                    if v.devices.write(crate::devices::Space::Mmio, gpa, &b[..n]) {
+                        return;
+                    }
                 }
                 let a = h.borrow_mut().mmio_write(gpa, &b[..n]);
                 if a != Action::Continue {
@@ -1244,6 +1253,11 @@ fn io_action(
             }
             other => other,
         });
+    }
+    if v.devices
+        .write(crate::devices::Space::Pio, u64::from(port), data)
+    {
+        return Ok(Action::Continue);
     }
     Ok(handler.borrow_mut().io_out(port, data))
 }

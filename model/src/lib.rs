@@ -17,6 +17,7 @@
 //! - [`emulate`]: trapped privileged instructions, decoded with iced-x86;
 //! - [`pvm`]: the per-generation rules (MSRs, PVCS, events, ERETU/ERETS, hypercalls);
 //! - [`vmm`]: the VMM requests a case sends, answered from the model's vCPU state;
+//! - [`devices`]: the in-kernel devices the VMM registers (ioeventfds, coalesced zones);
 //! - [`gaps`]: the cases the model cannot judge yet (they SKIP with the reason);
 //! - [`faults`]: named fault switches that break one rule each (`--fault NAME`).
 //!
@@ -24,6 +25,7 @@
 //! MIT/Apache harness runs as a target process and never links.
 
 pub mod backend;
+pub mod devices;
 pub mod emulate;
 pub mod engine;
 pub mod faults;

@@ -1,7 +1,8 @@
 //! The model's VMM side: the requests of `abi::vmm` a case sends over the report channel,
 //! answered from the model's own vCPU state, the way the KVM backend answers them with ioctls
-//! (`runner::kvm::requests`). Ops the model has no counterpart for (memslots, eventfds,
-//! coalesced MMIO, an in-kernel irqchip, save/restore) answer `Unsupported`, which the
+//! (`runner::kvm::requests`); ioeventfds and coalesced zones go to [`crate::devices`]. Ops the
+//! model has no counterpart for (memslots, irqfds and an in-kernel irqchip, save/restore)
+//! answer `Unsupported`, which the
 //! guest turns into SKIP with the op's name.
 
 use std::sync::OnceLock;
@@ -10,6 +11,7 @@ use std::time::Instant;
 use abi::vmm::{Op, Status};
 use runner::vm::{GuestRam, VmmRequest};
 
+use crate::devices::Space;
 use crate::engine::Vcpu;
 use crate::pvm;
 
@@ -120,16 +122,48 @@ pub fn serve(mem: &dyn GuestRam, v: &mut Vcpu, req: VmmRequest) -> Reply {
                 0,
             ])
         }
+        // KVM_IOEVENTFD: a1 bits 0..8 the length, MMIO, DATAMATCH (abi::vmm).
+        Op::RegisterIoEventfd => {
+            let space = if a1 & abi::vmm::MMIO != 0 {
+                Space::Mmio
+            } else {
+                Space::Pio
+            };
+            let datamatch = (a1 & abi::vmm::DATAMATCH != 0).then_some(req.args[2]);
+            match v
+                .devices
+                .add_ioeventfd(space, a0, (a1 & 0xff) as usize, datamatch)
+            {
+                Ok(id) => ok([id, 0, 0]),
+                Err(_) => status(Status::BadArgs),
+            }
+        }
+        Op::EventfdCount => match v.devices.take_count(a0) {
+            Some(n) => ok([n, 0, 0]),
+            None => status(Status::BadArgs),
+        },
+        // KVM_REGISTER_COALESCED_MMIO (a2 = 1: a PIO zone).
+        Op::RegisterCoalesced => {
+            let space = if req.args[2] == 1 {
+                Space::Pio
+            } else {
+                Space::Mmio
+            };
+            match v.devices.add_zone(space, a0, a1) {
+                Ok(()) => ok([0; 3]),
+                Err(_) => status(Status::BadArgs),
+            }
+        }
+        Op::DrainCoalesced => {
+            let (n, first, last) = v.devices.drain();
+            ok([n, first, last])
+        }
         Op::IrqLine
         | Op::RoundTrip
         | Op::AddMemslot
         | Op::RemoveMemslot
-        | Op::RegisterIoEventfd
-        | Op::EventfdCount
         | Op::RegisterIrqfd
         | Op::SignalEventfd
-        | Op::RegisterCoalesced
-        | Op::DrainCoalesced
         | Op::DeviceLog
         | Op::DeviceLogLen
         | Op::DeviceLogClear => status(Status::Unsupported),

@@ -1,0 +1,164 @@
+//! The in-kernel I/O devices a VMM registers with KVM and the model plays for its VMM: ioeventfds
+//! (a write that matches becomes a counter increment, not an exit) and coalesced MMIO/PIO zones
+//! (writes are queued in a ring the VMM drains, not exits). KVM decides these before the exit
+//! reaches the VMM, as the model does before the case's exit handler sees the access
+//! (virt/kvm/eventfd.c:ioeventfd_write, virt/kvm/coalesced_mmio.c:coalesced_mmio_write).
+
+/// Port I/O or MMIO.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Space {
+    /// A port.
+    Pio,
+    /// A guest-physical address.
+    Mmio,
+}
+
+/// One ioeventfd (`KVM_IOEVENTFD`).
+#[derive(Clone, Debug)]
+struct IoEventfd {
+    space: Space,
+    addr: u64,
+    /// Access size it matches; 0 matches any (KVM: only without datamatch).
+    len: usize,
+    datamatch: Option<u64>,
+    /// Signals since the VMM last read the counter.
+    count: u64,
+}
+
+/// One coalesced zone (`KVM_REGISTER_COALESCED_MMIO`).
+#[derive(Clone, Copy, Debug)]
+struct Zone {
+    space: Space,
+    addr: u64,
+    size: u64,
+}
+
+/// Most entries the ring holds (KVM's ring is one page of 32-byte entries, less its header;
+/// a full ring makes the write an ordinary exit).
+const RING_ENTRIES: usize = (4096 - 16) / 32;
+
+/// The devices of one VM.
+#[derive(Clone, Debug, Default)]
+pub struct Devices {
+    ioeventfds: Vec<IoEventfd>,
+    zones: Vec<Zone>,
+    /// Coalesced writes not yet drained: address and the first 8 data bytes.
+    ring: Vec<(u64, [u8; 8])>,
+}
+
+/// Why a registration is refused (`EINVAL`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Invalid;
+
+impl Devices {
+    /// Registers an ioeventfd; returns its id (the index the VMM's eventfd requests name).
+    pub fn add_ioeventfd(
+        &mut self,
+        space: Space,
+        addr: u64,
+        len: usize,
+        datamatch: Option<u64>,
+    ) -> Result<u64, Invalid> {
+        // kvm_assign_ioeventfd: the length is 0, 1, 2, 4 or 8; datamatch needs a length.
+        if !matches!(len, 0 | 1 | 2 | 4 | 8) || (len == 0 && datamatch.is_some()) {
+            return Err(Invalid);
+        }
+        self.ioeventfds.push(IoEventfd {
+            space,
+            addr,
+            len,
+            datamatch,
+            count: 0,
+        });
+        Ok(self.ioeventfds.len() as u64 - 1)
+    }
+
+    /// Reads and resets ioeventfd `id`'s counter.
+    pub fn take_count(&mut self, id: u64) -> Option<u64> {
+        let e = self.ioeventfds.get_mut(usize::try_from(id).ok()?)?;
+        Some(core::mem::take(&mut e.count))
+    }
+
+    /// Registers a coalesced zone.
+    pub fn add_zone(&mut self, space: Space, addr: u64, size: u64) -> Result<(), Invalid> {
+        if size == 0 || addr.checked_add(size).is_none() {
+            return Err(Invalid);
+        }
+        self.zones.push(Zone { space, addr, size });
+        Ok(())
+    }
+
+    /// Empties the ring: (entries, first entry's address, last entry's data).
+    pub fn drain(&mut self) -> (u64, u64, u64) {
+        let n = self.ring.len() as u64;
+        let first = self.ring.first().map_or(0, |e| e.0);
+        let last = self.ring.last().map_or(0, |e| u64::from_le_bytes(e.1));
+        self.ring.clear();
+        (n, first, last)
+    }
+
+    /// A guest write of `data` at `addr`: whether a device took it (no exit to the VMM).
+    pub fn write(&mut self, space: Space, addr: u64, data: &[u8]) -> bool {
+        let mut b = [0u8; 8];
+        let n = data.len().min(8);
+        b[..n].copy_from_slice(&data[..n]);
+        let value = u64::from_le_bytes(b);
+        if let Some(e) = self.ioeventfds.iter_mut().find(|e| {
+            e.space == space
+                && e.addr == addr
+                && (e.len == 0 || e.len == data.len())
+                && e.datamatch.is_none_or(|d| d == value)
+        }) {
+            e.count += 1;
+            return true;
+        }
+        let end = addr + data.len() as u64;
+        let zoned = self
+            .zones
+            .iter()
+            .any(|z| z.space == space && addr >= z.addr && end <= z.addr + z.size);
+        if zoned && self.ring.len() < RING_ENTRIES {
+            self.ring.push((addr, b));
+            return true;
+        }
+        false
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ioeventfds_match_address_length_and_data() {
+        let mut d = Devices::default();
+        let any = d.add_ioeventfd(Space::Pio, 0x10, 0, None).unwrap();
+        let matched = d.add_ioeventfd(Space::Pio, 0x20, 1, Some(0x42)).unwrap();
+        assert!(d.write(Space::Pio, 0x10, &[1, 2]));
+        assert!(!d.write(Space::Mmio, 0x10, &[1, 2]), "another space");
+        assert!(d.write(Space::Pio, 0x20, &[0x42]));
+        assert!(
+            !d.write(Space::Pio, 0x20, &[0x43]),
+            "no data match: an exit"
+        );
+        assert_eq!(d.take_count(any), Some(1));
+        assert_eq!(d.take_count(any), Some(0), "reading resets");
+        assert_eq!(d.take_count(matched), Some(1));
+        assert_eq!(d.take_count(9), None);
+        assert_eq!(d.add_ioeventfd(Space::Pio, 0, 0, Some(1)), Err(Invalid));
+    }
+
+    #[test]
+    fn coalesced_writes_queue_inside_their_zone_only() {
+        let mut d = Devices::default();
+        d.add_zone(Space::Mmio, 0x1000, 0x100).unwrap();
+        assert!(d.write(Space::Mmio, 0x1000, &7u64.to_le_bytes()));
+        assert!(d.write(Space::Mmio, 0x10f8, &9u64.to_le_bytes()));
+        assert!(
+            !d.write(Space::Mmio, 0x10fc, &1u64.to_le_bytes()),
+            "crosses the end"
+        );
+        assert_eq!(d.drain(), (2, 0x1000, 9));
+        assert_eq!(d.drain(), (0, 0, 0));
+    }
+}
