@@ -132,8 +132,12 @@ mod tests {
     #[test]
     fn ioeventfds_match_address_length_and_data() {
         let mut d = Devices::default();
-        let any = d.add_ioeventfd(Space::Pio, 0x10, 0, None).unwrap();
-        let matched = d.add_ioeventfd(Space::Pio, 0x20, 1, Some(0x42)).unwrap();
+        let any = d
+            .add_ioeventfd(Space::Pio, 0x10, 0, None)
+            .expect("any length");
+        let matched = d
+            .add_ioeventfd(Space::Pio, 0x20, 1, Some(0x42))
+            .expect("datamatch");
         assert!(d.write(Space::Pio, 0x10, &[1, 2]));
         assert!(!d.write(Space::Mmio, 0x10, &[1, 2]), "another space");
         assert!(d.write(Space::Pio, 0x20, &[0x42]));
@@ -151,7 +155,7 @@ mod tests {
     #[test]
     fn coalesced_writes_queue_inside_their_zone_only() {
         let mut d = Devices::default();
-        d.add_zone(Space::Mmio, 0x1000, 0x100).unwrap();
+        d.add_zone(Space::Mmio, 0x1000, 0x100).expect("zone");
         assert!(d.write(Space::Mmio, 0x1000, &7u64.to_le_bytes()));
         assert!(d.write(Space::Mmio, 0x10f8, &9u64.to_le_bytes()));
         assert!(

@@ -422,10 +422,10 @@ pub fn run(
                     _ => {}
                 }
                 // An ioeventfd or a coalesced zone takes the write before the VMM sees it.
-                if let Ok(mut v) = vcm.try_borrow_mut() {
-                    if v.devices.write(crate::devices::Space::Mmio, gpa, &b[..n]) {
-                        return;
-                    }
+                if let Ok(mut v) = vcm.try_borrow_mut()
+                    && v.devices.write(crate::devices::Space::Mmio, gpa, &b[..n])
+                {
+                    return;
                 }
                 let a = h.borrow_mut().mmio_write(gpa, &b[..n]);
                 if a != Action::Continue {
