@@ -46,6 +46,19 @@ pub struct Devices {
     ring: Vec<(u64, [u8; 8])>,
 }
 
+/// The devices as the vCPUs of a VM share them.
+#[derive(Clone, Debug, Default)]
+pub struct Shared(std::sync::Arc<std::sync::Mutex<Devices>>);
+
+impl Shared {
+    /// The devices, locked (a panic in another vCPU's thread leaves them usable).
+    pub fn lock(&self) -> std::sync::MutexGuard<'_, Devices> {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
 /// Why a registration is refused (`EINVAL`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Invalid;

@@ -9,7 +9,9 @@
 //! The loop: deliver what is pending (timer, IPIs), run until Unicorn stops for an exception
 //! (interrupt hook), a `syscall` (instruction hook), a failed translation (TLB hook), an MMIO
 //! access the handler ends the run on, or the watchdog (at the timeout, when an armed timer
-//! is due, or on cancellation; it looks every [`SLICE`]); then do what the host does.
+//! is due, or on cancellation; it looks every [`SLICE`]); then do what the host does. One of
+//! several vCPUs runs each iteration with the VM's turn ([`crate::smp`]) and stops at least
+//! every [`crate::smp::SLICE`] to hand it on.
 
 use std::cell::RefCell;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -23,6 +25,7 @@ use crate::emulate::{self, Op};
 use crate::faults::Fault;
 use crate::mmu::{self, Access, PageFault, WalkCtx};
 use crate::pvm::{Event, Pvm, Regs, TripleFault, WrmsrError, canonical};
+use crate::smp::Smp;
 use abi::x86::msr;
 
 /// How often the watchdog looks at the clock (it stops the emulator only when due).
@@ -59,8 +62,8 @@ pub struct Vcpu {
     pub regs: Regs,
     /// The PVM side.
     pub pvm: Pvm,
-    /// The VM's in-kernel devices (the model runs one vCPU per VM, so they live here).
-    pub devices: crate::devices::Devices,
+    /// The VM's in-kernel devices (shared by its vCPUs).
+    pub devices: crate::devices::Shared,
 }
 
 /// Why Unicorn stopped.
@@ -320,13 +323,15 @@ enum Next {
     End(RunEnd),
 }
 
-/// Runs `v` on `ram` with `handler` until the run ends.
+/// Runs `v` on `ram` with `handler` until the run ends; with `smp`, as one of several vCPUs
+/// that take turns ([`crate::smp`]).
 pub fn run(
     ram: &MmapRam,
     v: &mut Vcpu,
     handler: &mut (dyn ExitHandler + Send),
     limits: &RunLimits,
     first: bool,
+    smp: Option<&Smp<'_>>,
 ) -> runner::Result<RunEnd> {
     let handler = RefCell::new(handler);
     let mem: &dyn GuestRam = ram;
@@ -422,8 +427,10 @@ pub fn run(
                     _ => {}
                 }
                 // An ioeventfd or a coalesced zone takes the write before the VMM sees it.
-                if let Ok(mut v) = vcm.try_borrow_mut()
-                    && v.devices.write(crate::devices::Space::Mmio, gpa, &b[..n])
+                if let Ok(v) = vcm.try_borrow_mut()
+                    && v.devices
+                        .lock()
+                        .write(crate::devices::Space::Mmio, gpa, &b[..n])
                 {
                     return;
                 }
@@ -673,10 +680,23 @@ pub fn run(
                 }
             }
         });
-        let end = run_loop(&mut uc, &clean, mem, &vc, &handler, limits, watch);
+        let ctl = Ctl {
+            limits,
+            watch,
+            smp,
+        };
+        let end = run_loop(&mut uc, &clean, mem, &vc, &handler, &ctl);
         running.store(false, Ordering::Release);
         end
     })
+}
+
+/// What bounds a run: its limits, its clock, and the other vCPUs (several-vCPU runs).
+#[derive(Clone, Copy)]
+struct Ctl<'a> {
+    limits: &'a RunLimits,
+    watch: &'a Watch,
+    smp: Option<&'a Smp<'a>>,
 }
 
 /// The run's clock, shared by the run loop and the watchdog.
@@ -703,9 +723,13 @@ fn run_loop(
     mem: &dyn GuestRam,
     vc: &RefCell<&mut Vcpu>,
     handler: &RefCell<&mut (dyn ExitHandler + Send)>,
-    limits: &RunLimits,
-    watch: &Watch,
+    ctl: &Ctl<'_>,
 ) -> runner::Result<RunEnd> {
+    let Ctl {
+        limits,
+        watch,
+        smp,
+    } = *ctl;
     let (start, wake_at) = (watch.start, &watch.wake_at);
     let mut segments_dirty = false;
     loop {
@@ -714,6 +738,16 @@ fn run_loop(
         if let Some(end) = must_stop(limits, start) {
             return Ok(end);
         }
+        // One of several vCPUs: this iteration runs with the turn; another vCPU's end ends
+        // this one's run too (the first end is the run's).
+        let turn = match smp {
+            Some(s) => match s.turn.hold(s.stop) {
+                Some(t) => Some(t),
+                None => return Ok(RunEnd::Cancelled),
+            },
+            None => None,
+        };
+        v.pvm.take_mail();
         // An NMI the VMM injected goes first, whatever IF says (research §1).
         if v.pvm.nmi_pending && v.pvm.nmi_allowed() {
             v.pvm.nmi_pending = false;
@@ -754,6 +788,7 @@ fn run_loop(
             }
         }
         if v.pvm.halted {
+            drop(turn);
             std::thread::sleep(Duration::from_micros(200));
             continue;
         }
@@ -791,10 +826,13 @@ fn run_loop(
         // The watchdog stops the engine at the timeout or when a timer is due, and not
         // otherwise: a stop in the middle of a REP INS made Unicorn repeat the iteration's IN.
         let until_timeout = limits.timeout.saturating_sub(start.elapsed());
-        let wait = v
+        let mut wait = v
             .pvm
             .timer_due_in(host_tsc(), tsc_khz())
             .map_or(until_timeout, |t| t.min(until_timeout));
+        if smp.is_some() {
+            wait = wait.min(crate::smp::SLICE);
+        }
         wake_at.store(
             (start.elapsed() + wait).as_nanos() as u64,
             Ordering::Release,
@@ -1255,6 +1293,7 @@ fn io_action(
         });
     }
     if v.devices
+        .lock()
         .write(crate::devices::Space::Pio, u64::from(port), data)
     {
         return Ok(Action::Continue);

@@ -74,7 +74,10 @@ pub const GAPS: &[(&str, &str)] = &[
         "priv.cpl3_gp.rdpmc",
         "Unicorn does not implement RDPMC (it raises #UD)",
     ),
-    ("vmm.highest_vcpu_id", "the model runs one vCPU, with id 0"),
+    (
+        "vmm.highest_vcpu_id",
+        "the model numbers its vCPUs 0..n and creates none with a high vCPU id",
+    ),
     ("vmm.memslot_readonly", "the model's VMM adds no memslots"),
 ];
 

@@ -17,6 +17,7 @@
 //! - [`emulate`]: trapped privileged instructions, decoded with iced-x86;
 //! - [`pvm`]: the per-generation rules (MSRs, PVCS, events, ERETU/ERETS, hypercalls);
 //! - [`vmm`]: the VMM requests a case sends, answered from the model's vCPU state;
+//! - [`smp`]: several vCPUs: one engine each, taking turns; IPIs between them;
 //! - [`devices`]: the in-kernel devices the VMM registers (ioeventfds, coalesced zones);
 //! - [`gaps`]: the cases the model cannot judge yet (they SKIP with the reason);
 //! - [`faults`]: named fault switches that break one rule each (`--fault NAME`).
@@ -32,6 +33,7 @@ pub mod faults;
 pub mod gaps;
 pub mod mmu;
 pub mod pvm;
+pub mod smp;
 pub mod vmm;
 
 pub use backend::ModelBackend;

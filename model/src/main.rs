@@ -113,9 +113,10 @@ fn skip_reason(inst: &conformance::catalog::Instance) -> Option<String> {
     if let Some(why) = pvmc_model::gaps::gap(&inst.case.name) {
         return Some(format!("not modelled yet: {why}"));
     }
-    if inst.case.vcpus > 1 {
+    if inst.case.vcpus > pvmc_model::backend::MAX_VCPUS {
         return Some(format!(
-            "the reference model runs one vCPU; the case needs {}",
+            "the reference model runs at most {} vCPUs; the case needs {}",
+            pvmc_model::backend::MAX_VCPUS,
             inst.case.vcpus
         ));
     }
@@ -183,11 +184,13 @@ fn bench(image: &std::path::Path, repetitions: usize) -> Result<()> {
         if inst.case.host != abi::case::HostCheck::Bench {
             continue;
         }
-        if inst.case.vcpus > 1 {
+        if inst.case.vcpus > pvmc_model::backend::MAX_VCPUS {
             writeln!(
                 out,
-                "{:<28} skipped: needs {} vCPUs; the model runs one",
-                inst.case.name, inst.case.vcpus
+                "{:<28} skipped: needs {} vCPUs; the model runs at most {}",
+                inst.case.name,
+                inst.case.vcpus,
+                pvmc_model::backend::MAX_VCPUS
             )?;
             continue;
         }

@@ -212,6 +212,10 @@ pub struct Pvm {
     pub nmi_masked: bool,
     /// An NMI the VMM injected and the host has not delivered yet.
     pub nmi_pending: bool,
+    /// This vCPU's x2APIC ID (its index in the VM).
+    pub apic_id: u32,
+    /// The other vCPUs' interrupt mailboxes (a VM of several vCPUs).
+    pub bus: Option<std::sync::Arc<crate::smp::IpiBus>>,
     /// The TLB must be flushed before the guest runs again.
     pub flush_tlb: bool,
     /// A fault switch skipped a flush the guest asked for: the engine keeps the translations
@@ -360,6 +364,8 @@ impl Pvm {
             apic_base: 0xfee0_0000 | (1 << 11) | (1 << 10) | (1 << 8),
             nmi_masked: false,
             nmi_pending: false,
+            apic_id: 0,
+            bus: None,
             flush_tlb: true,
             keep_stale: None,
             halted: false,
@@ -1126,7 +1132,7 @@ impl Pvm {
 
     fn apic_read(&self, idx: u32) -> Option<u64> {
         match idx {
-            0x802 => Some(0),
+            0x802 => Some(u64::from(self.apic_id)),
             0x803 => Some(0x5_0014),
             0x808 => Some(self.cr8 << 4),
             0x80f => Some(*self.apic.get(&idx).unwrap_or(&0xff)),
@@ -1165,17 +1171,50 @@ impl Pvm {
             0x83f => self.request_interrupt((v & 0xff) as u8),
             0x830 => {
                 self.apic.insert(idx, v);
-                // Fixed delivery to self (destination 0, the only vCPU) or the self shorthand.
-                let shorthand = (v >> 18) & 3;
-                if (v >> 8) & 7 == 0
-                    && (shorthand == 1 || (shorthand == 0 && v >> 32 == 0) || shorthand == 2)
-                {
-                    self.request_interrupt((v & 0xff) as u8);
-                }
+                self.send_ipi(v);
             }
             _ => return Err(format!("x2APIC MSR {idx:#x} is not writable")),
         }
         Ok(())
+    }
+
+    /// An ICR write (x2APIC: destination in bits 63:32, SDM Vol. 3A 11.6.1): fixed (mode 0)
+    /// or NMI (mode 4) delivery to the destination, self, all, or all but self; other modes
+    /// are ignored (the model's vCPUs all run from the start).
+    fn send_ipi(&mut self, icr: u64) {
+        let (mode, vector) = ((icr >> 8) & 7, (icr & 0xff) as u8);
+        if mode != 0 && mode != 4 {
+            return;
+        }
+        let me = self.apic_id as usize;
+        let n = self.bus.as_ref().map_or(1, |b| b.len());
+        let targets: Vec<usize> = match (icr >> 18) & 3 {
+            0 => vec![(icr >> 32) as usize],
+            1 => vec![me],
+            2 => (0..n).collect(),
+            _ => (0..n).filter(|&t| t != me).collect(),
+        };
+        for t in targets {
+            match (t == me, mode, self.bus.as_ref()) {
+                (true, 4, _) => self.nmi_pending = true,
+                (true, _, _) => self.request_interrupt(vector),
+                (false, 4, Some(bus)) => bus.post_nmi(t),
+                (false, _, Some(bus)) => bus.post(t, vector),
+                (false, _, None) => {}
+            }
+        }
+    }
+
+    /// Moves the interrupts other vCPUs sent into the IRR (and an NMI into `nmi_pending`).
+    pub fn take_mail(&mut self) {
+        let Some(bus) = self.bus.clone() else {
+            return;
+        };
+        let (irr, nmi) = bus.take(self.apic_id as usize);
+        for (mine, new) in self.irr.iter_mut().zip(irr) {
+            *mine |= new;
+        }
+        self.nmi_pending |= nmi;
     }
 
     /// Sets vector `v` in the IRR.

@@ -95,7 +95,7 @@ pub fn serve(mem: &dyn GuestRam, v: &mut Vcpu, req: VmmRequest) -> Reply {
             }
             None => status(Status::BadArgs),
         },
-        Op::VcpuId => ok([0; 3]),
+        Op::VcpuId => ok([u64::from(v.pvm.apic_id), 0, 0]),
         // What the model's VMM would save: every MSR it knows.
         Op::MsrListed => ok([u64::from(v.pvm.rdmsr(a0 as u32).is_some()), 0, 0]),
         // kvm_run.if_flag and ready_for_interrupt_injection, as KVM computes them for a PVM
@@ -132,13 +132,14 @@ pub fn serve(mem: &dyn GuestRam, v: &mut Vcpu, req: VmmRequest) -> Reply {
             let datamatch = (a1 & abi::vmm::DATAMATCH != 0).then_some(req.args[2]);
             match v
                 .devices
+                .lock()
                 .add_ioeventfd(space, a0, (a1 & 0xff) as usize, datamatch)
             {
                 Ok(id) => ok([id, 0, 0]),
                 Err(_) => status(Status::BadArgs),
             }
         }
-        Op::EventfdCount => match v.devices.take_count(a0) {
+        Op::EventfdCount => match v.devices.lock().take_count(a0) {
             Some(n) => ok([n, 0, 0]),
             None => status(Status::BadArgs),
         },
@@ -149,13 +150,13 @@ pub fn serve(mem: &dyn GuestRam, v: &mut Vcpu, req: VmmRequest) -> Reply {
             } else {
                 Space::Mmio
             };
-            match v.devices.add_zone(space, a0, a1) {
+            match v.devices.lock().add_zone(space, a0, a1) {
                 Ok(()) => ok([0; 3]),
                 Err(_) => status(Status::BadArgs),
             }
         }
         Op::DrainCoalesced => {
-            let (n, first, last) = v.devices.drain();
+            let (n, first, last) = v.devices.lock().drain();
             ok([n, first, last])
         }
         Op::IrqLine
