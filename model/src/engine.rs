@@ -674,17 +674,21 @@ pub fn run(
                     unsafe {
                         let _ = unicorn_engine::uc_emu_stop(stopper.0);
                     }
-                    std::thread::sleep(SLICE);
+                    // Until the run loop sets the next deadline (at most a SLICE): a new one
+                    // may be close (a vCPU's turn, an armed timer), so look again soon.
+                    let stopped = Instant::now();
+                    while running.load(Ordering::Acquire)
+                        && wake_at.load(Ordering::Acquire) == due
+                        && stopped.elapsed() < SLICE
+                    {
+                        std::thread::sleep(Duration::from_micros(20));
+                    }
                 } else {
                     std::thread::sleep(SLICE.min(Duration::from_nanos(due - now)));
                 }
             }
         });
-        let ctl = Ctl {
-            limits,
-            watch,
-            smp,
-        };
+        let ctl = Ctl { limits, watch, smp };
         let end = run_loop(&mut uc, &clean, mem, &vc, &handler, &ctl);
         running.store(false, Ordering::Release);
         end
@@ -725,11 +729,7 @@ fn run_loop(
     handler: &RefCell<&mut (dyn ExitHandler + Send)>,
     ctl: &Ctl<'_>,
 ) -> runner::Result<RunEnd> {
-    let Ctl {
-        limits,
-        watch,
-        smp,
-    } = *ctl;
+    let Ctl { limits, watch, smp } = *ctl;
     let (start, wake_at) = (watch.start, &watch.wake_at);
     let mut segments_dirty = false;
     loop {
