@@ -23,6 +23,9 @@ pub const HOST_USER_CS: u16 = 0x33;
 pub const HOST_USER_DS: u16 = 0x2b;
 /// `__USER32_CS` of an x86-64 Linux host (compatibility-mode user code).
 pub const HOST_USER32_CS: u16 = 0x23;
+/// The selectors (RPL 3) of the host GDT's three TLS entries (`GDT_ENTRY_TLS_MIN` = 12 on an
+/// x86-64 Linux host), which `PVM_HC_LOAD_TLS` fills.
+pub const HOST_TLS_SELECTORS: [u16; 3] = [0x63, 0x6b, 0x73];
 
 /// PVM hypercall numbers (`PVM_HC_*`, the same in every generation; +1 is `EVENT_WIN` in
 /// "mid").

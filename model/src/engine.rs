@@ -24,7 +24,7 @@ use unicorn_engine::{Arch, MemType, Mode, Prot, RegisterX86, TlbEntry, TlbType, 
 use crate::emulate::{self, Op};
 use crate::faults::Fault;
 use crate::mmu::{self, Access, PageFault, WalkCtx};
-use crate::pvm::{Event, Pvm, Regs, TripleFault, WrmsrError, canonical};
+use crate::pvm::{self, Event, Pvm, Regs, TripleFault, WrmsrError, canonical};
 use crate::smp::Smp;
 use abi::x86::msr;
 
@@ -141,29 +141,6 @@ fn uc_err(what: &str) -> impl Fn(unicorn_engine::uc_error) -> runner::RunnerErro
 
 /// The Linux host GDT (`arch/x86/include/asm/segment.h`): KERNEL32_CS, KERNEL_CS, KERNEL_DS,
 /// USER32_CS, USER_DS, USER_CS at entries 1..6.
-/// The host's GDT as an x86-64 Linux host lays it out (arch/x86/include/asm/segment.h,
-/// `GDT_ENTRY_*`; 16 entries): kernel CS/DS, user CS32/DS/CS (the guest runs on these), the
-/// host's busy TSS at 8-9, LDT 10-11 and TLS 12-14 empty, and the CPUNODE entry at 15 that
-/// vDSO getcpu reads with LSL (arch/x86/kernel/cpu/common.c:setup_getcpu: type 5, DPL 3,
-/// D=1, CPU and node number in the limit; vCPU 0 on node 0 here).
-const HOST_GDT: [u64; 16] = [
-    0,
-    0x00cf_9b00_0000_ffff,
-    0x00af_9b00_0000_ffff,
-    0x00cf_9300_0000_ffff,
-    0x00cf_fb00_0000_ffff,
-    0x00cf_f300_0000_ffff,
-    0x00af_fb00_0000_ffff,
-    0,
-    0x0000_8b00_0000_0067,
-    0,
-    0,
-    0,
-    0,
-    0,
-    0,
-    0x0040_f500_0000_0000,
-];
 
 fn mmr(base: u64, limit: u32) -> [u8; 24] {
     let mut b = [0u8; 24];
@@ -373,7 +350,7 @@ pub fn run(
         .map_err(uc_err("map the host pages"))?;
     uc.mem_write(HOST_CODE_PA, &[0x48, 0xcf])
         .map_err(uc_err("write the IRETQ stub"))?;
-    let gdt: Vec<u8> = HOST_GDT.iter().flat_map(|d| d.to_le_bytes()).collect();
+    let gdt: Vec<u8> = pvm::HOST_GDT.iter().flat_map(|d| d.to_le_bytes()).collect();
     uc.mem_write(HOST_GDT_PA, &gdt)
         .map_err(uc_err("write the host GDT"))?;
     let h = &handler;
@@ -617,7 +594,7 @@ pub fn run(
     // Hardware state: long mode at CPL3 on the host's selectors.
     uc.reg_write_long(
         RegisterX86::GDTR,
-        &mmr(HOST_GDT_VA, (HOST_GDT.len() * 8 - 1) as u32),
+        &mmr(HOST_GDT_VA, (pvm::HOST_GDT.len() * 8 - 1) as u32),
     )
     .map_err(uc_err("GDTR"))?;
     uc.reg_write_long(
@@ -813,6 +790,13 @@ fn run_loop(
             d.fills.clear();
             d.pinned.clear();
             v.pvm.flush_tlb = false;
+        }
+        if v.pvm.tls_dirty {
+            // PVM_HC_LOAD_TLS: the TLS entries of this vCPU's host GDT.
+            let tls: Vec<u8> = v.pvm.tls.iter().flat_map(|d| d.to_le_bytes()).collect();
+            uc.mem_write(HOST_GDT_PA + 8 * pvm::GDT_ENTRY_TLS_MIN as u64, &tls)
+                .map_err(uc_err("write the TLS entries"))?;
+            v.pvm.tls_dirty = false;
         }
         if v.pvm.tsc_aux_dirty {
             uc.reg_write_long(RegisterX86::MSR, &msr_bytes(msr::TSC_AUX, v.pvm.tsc_aux))

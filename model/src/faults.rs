@@ -77,11 +77,13 @@ pub enum Fault {
     MmioSplitWide,
     /// The page walk ignores address bits at or above MAXPHYADDR (no reserved-bit #PF).
     IgnoreMaxphyaddr,
+    /// PVM_HC_LOAD_TLS does not touch the host GDT.
+    LoadTlsIgnored,
 }
 
 impl Fault {
     /// Every switch, in `--list-faults` order.
-    pub const ALL: [Fault; 35] = [
+    pub const ALL: [Fault; 36] = [
         Fault::WrongCr2,
         Fault::PfErrcodeNoWrite,
         Fault::PfErrcodeNoUser,
@@ -117,6 +119,7 @@ impl Fault {
         Fault::SelectorErrcodeZero,
         Fault::MmioSplitWide,
         Fault::IgnoreMaxphyaddr,
+        Fault::LoadTlsIgnored,
     ];
 
     /// Name on the command line.
@@ -157,6 +160,7 @@ impl Fault {
             Fault::SelectorErrcodeZero => "selector-errcode-zero",
             Fault::MmioSplitWide => "mmio-split-wide",
             Fault::IgnoreMaxphyaddr => "ignore-maxphyaddr",
+            Fault::LoadTlsIgnored => "load-tls-ignored",
         }
     }
 

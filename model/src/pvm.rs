@@ -212,6 +212,10 @@ pub struct Pvm {
     pub nmi_masked: bool,
     /// An NMI the VMM injected and the host has not delivered yet.
     pub nmi_pending: bool,
+    /// The host GDT's TLS entries while this vCPU runs (`PVM_HC_LOAD_TLS`).
+    pub tls: [u64; 3],
+    /// `tls` changed: the engine writes it into the host GDT.
+    pub tls_dirty: bool,
     /// This vCPU's x2APIC ID (its index in the VM).
     pub apic_id: u32,
     /// The other vCPUs' interrupt mailboxes (a VM of several vCPUs).
@@ -294,6 +298,60 @@ fn noncanonical_return(r: &Regs) -> Option<Event> {
     })
 }
 
+/// The host's GDT as an x86-64 Linux host lays it out (arch/x86/include/asm/segment.h,
+/// `GDT_ENTRY_*`; 16 entries): kernel CS/DS, user CS32/DS/CS (the guest runs on these), the
+/// host's busy TSS at 8-9, LDT 10-11 and TLS 12-14 empty, and the CPUNODE entry at 15 that
+/// vDSO getcpu reads with LSL (arch/x86/kernel/cpu/common.c:setup_getcpu: type 5, DPL 3,
+/// D=1, CPU and node number in the limit; vCPU 0 on node 0 here).
+pub const HOST_GDT: [u64; 16] = [
+    0,
+    0x00cf_9b00_0000_ffff,
+    0x00af_9b00_0000_ffff,
+    0x00cf_9300_0000_ffff,
+    0x00cf_fb00_0000_ffff,
+    0x00cf_f300_0000_ffff,
+    0x00af_fb00_0000_ffff,
+    0,
+    0x0000_8b00_0000_0067,
+    0,
+    0,
+    0,
+    0,
+    0,
+    0,
+    0x0040_f500_0000_0000,
+];
+
+/// The host GDT's first TLS entry (`GDT_ENTRY_TLS_MIN`).
+pub const GDT_ENTRY_TLS_MIN: usize = 12;
+
+/// A TLS descriptor as `PVM_HC_LOAD_TLS` installs it: one that is not present, is a code
+/// segment or has D=0 becomes zero; the others are made accessed (type |= 1), S=1, DPL 3,
+/// L=0 (research §4 table, LOAD_TLS).
+pub fn tls_descriptor(d: u64) -> u64 {
+    let (present, code, big) = (d >> 47 & 1 == 1, d >> 43 & 1 == 1, d >> 54 & 1 == 1);
+    if !present || code || !big {
+        return 0;
+    }
+    (d | 1 << 40 | 1 << 44 | 3 << 45) & !(1 << 53)
+}
+
+/// The GS base `load_gs_index(sel)` gives at CPL 3 on `gdt`: a null or invalid selector (past
+/// the table, an LDT one, not a present DPL-3 data or readable code segment) gives the null
+/// selector and base 0 (research table, LOAD_GS).
+pub fn gs_base_of(gdt: &[u64], sel: u16) -> u64 {
+    let sel = if sel != 0 && sel & 3 != 3 { 0 } else { sel };
+    let Some(&d) = gdt.get(usize::from(sel >> 3)) else {
+        return 0;
+    };
+    let (present, system, dpl) = (d >> 47 & 1 == 1, d >> 44 & 1 == 0, d >> 45 & 3);
+    let (code, readable) = (d >> 43 & 1 == 1, d >> 41 & 1 == 1);
+    if sel == 0 || sel & 4 != 0 || !present || system || dpl != 3 || (code && !readable) {
+        return 0;
+    }
+    (d >> 16 & 0xff_ffff) | (d >> 56 & 0xff) << 24
+}
+
 /// The physical-address width the model's CPUID reports (leaf 0x80000008 EAX[7:0]); a paging
 /// entry with an address bit at or above it is a reserved-bit #PF (SDM Vol. 3A 4.5.4), and
 /// every guest-physical address from the end of RAM up to it is MMIO.
@@ -364,6 +422,8 @@ impl Pvm {
             apic_base: 0xfee0_0000 | (1 << 11) | (1 << 10) | (1 << 8),
             nmi_masked: false,
             nmi_pending: false,
+            tls: [0; 3],
+            tls_dirty: false,
             apic_id: 0,
             bus: None,
             flush_tlb: true,
@@ -958,7 +1018,13 @@ impl Pvm {
                 }
                 0
             }
-            hc::LOAD_GS => 0,
+            // The selector's base from the host GDT as it is now (research table: RAX = the
+            // resulting GS base; the guest keeps it in PVCS.user_gsbase).
+            hc::LOAD_GS => {
+                let mut gdt = HOST_GDT;
+                gdt[GDT_ENTRY_TLS_MIN..GDT_ENTRY_TLS_MIN + 3].copy_from_slice(&self.tls);
+                gs_base_of(&gdt, a0 as u16) as i64
+            }
             hc::RDMSR => match self.rdmsr(a0 as u32) {
                 Some(v) if f.on(Fault::HcRdmsrWrong) => (v + 1) as i64,
                 Some(v) => v as i64,
@@ -969,7 +1035,14 @@ impl Pvm {
                 Err(_) if f.on(Fault::HcWrmsrAcceptsUnknown) => 0,
                 Err(_) => EIO,
             },
-            hc::LOAD_TLS => 0,
+            // RAX is not written: it keeps the hypercall number.
+            hc::LOAD_TLS => {
+                if !f.on(Fault::LoadTlsIgnored) {
+                    self.tls = [a0, a1, a2].map(tls_descriptor);
+                    self.tls_dirty = true;
+                }
+                nr as i64
+            }
             _ if f.on(Fault::UnknownHypercallSucceeds) => 0,
             _ => KVM_ENOSYS,
         }
@@ -1423,6 +1496,23 @@ fn highest(bits: &[u64; 4]) -> Option<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn tls_descriptors_are_made_user_data_or_zeroed_and_give_their_base() {
+        let data = 0x12cf_9345_6780_ffff_u64;
+        let made = tls_descriptor(data);
+        assert_eq!(made >> 45 & 3, 3, "DPL 3");
+        assert_eq!(tls_descriptor(data | 1 << 43), 0, "a code segment");
+        assert_eq!(tls_descriptor(data & !(1 << 47)), 0, "not present");
+        assert_eq!(tls_descriptor(data & !(1 << 54)), 0, "D=0");
+        let mut gdt = HOST_GDT;
+        gdt[GDT_ENTRY_TLS_MIN] = made;
+        assert_eq!(gs_base_of(&gdt, 0x63), 0x1245_6780);
+        assert_eq!(gs_base_of(&gdt, 0x60), 0, "RPL 0: null");
+        assert_eq!(gs_base_of(&gdt, 0x1b), 0, "kernel DS (DPL 0)");
+        assert_eq!(gs_base_of(&gdt, 0x2b), 0, "__USER_DS: base 0");
+        assert_eq!(gs_base_of(&gdt, 0x83), 0, "past the table");
+    }
 
     #[test]
     fn interrupts_go_by_priority_class() {

@@ -24,6 +24,12 @@ const fn v2(name: &'static str, summary: &'static str) -> Spec {
     Spec::new(name, Area::Abi, summary).envs(Env::PvV2.bit())
 }
 
+/// A case for every upstream generation (what they share: the hypercall numbers and their
+/// effects).
+const fn upstream(name: &'static str, summary: &'static str) -> Spec {
+    Spec::new(name, Area::Abi, summary).envs(Env::PvV1.bit() | Env::PvMid.bit() | Env::PvV2.bit())
+}
+
 /// A hypercall number no generation defines.
 const UNKNOWN_HC: u64 = HC_BASE + 0x100;
 
@@ -320,6 +326,62 @@ case!(
         "an NMI while PVCS.event_vector's high byte is set only sets the NMI bit; ERETU delivers it"
     )
     .reqs("UP-NMI-1")
+);
+
+/// A flat 32-bit data segment with base `base`, DPL 0 (the host makes it DPL 3).
+const fn data_descriptor(base: u32) -> u64 {
+    let b = base as u64;
+    0x00cf_9300_0000_ffff | (b & 0xff_ffff) << 16 | (b >> 24) << 56
+}
+
+extern "C" fn u_fs_base_of(sel: u64) -> u64 {
+    instr::fs_base_of_selector_safe(sel as u16).unwrap_or(u64::MAX)
+}
+
+/// PVM_HC_LOAD_TLS puts data descriptors into the host GDT's TLS entries (a code descriptor
+/// is zeroed) and leaves RAX alone; PVM_HC_LOAD_GS gives a TLS selector's base, and null's
+/// for a selector whose RPL is not 3; user code loading the TLS selector gets the base.
+fn load_tls_gs() {
+    use guest_lib::abi::upstream::HOST_TLS_SELECTORS;
+    const BASE: u32 = 0x0012_3000;
+    let data = data_descriptor(BASE);
+    let code = data | 1 << 43;
+    let rax = pv_v2::load_tls([data, code, 0]);
+    check_eq!(
+        rax,
+        Ok(hc::LOAD_TLS as i64),
+        "RAX after PVM_HC_LOAD_TLS (the host does not write it)"
+    );
+    let [slot0, slot1, slot2] = HOST_TLS_SELECTORS;
+    check_eq!(
+        pv_v2::load_gs(slot0),
+        Ok(u64::from(BASE)),
+        "PVM_HC_LOAD_GS of TLS entry 0: its base"
+    );
+    check_eq!(
+        pv_v2::load_gs(slot1),
+        Ok(0),
+        "PVM_HC_LOAD_GS of TLS entry 1 (a code descriptor, which the host zeroes)"
+    );
+    check_eq!(
+        pv_v2::load_gs(slot2 & !3),
+        Ok(0),
+        "PVM_HC_LOAD_GS of a selector with RPL 0 (made null)"
+    );
+    check_eq!(
+        guest_lib::user::run(u_fs_base_of, u64::from(slot0)),
+        guest_lib::user::UserExit::Returned(u64::from(BASE)),
+        "the FS base user code gets loading TLS entry 0"
+    );
+    let _ = pv_v2::load_tls([0; 3]);
+}
+case!(
+    load_tls_gs,
+    upstream(
+        "abi.upstream.load_tls_gs",
+        "PVM_HC_LOAD_TLS installs user data descriptors in the host GDT; PVM_HC_LOAD_GS gives their base"
+    )
+    .reqs("UP-TLS-1")
 );
 
 fn event_entry_non_canonical() {

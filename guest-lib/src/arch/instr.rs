@@ -915,6 +915,26 @@ pub fn load_ds_safe(sel: u16) -> Result<(), Exception> {
     r
 }
 
+/// The FS base a load of FS with `sel` gives (64-bit mode takes the descriptor's 32-bit base),
+/// with a fixup; FS and its base are restored afterwards. Needs CR4.FSGSBASE.
+pub fn fs_base_of_selector_safe(sel: u16) -> Result<u64, Exception> {
+    let (old_sel, old_base): (u16, u64);
+    // SAFETY: reading FS and its base has no effect.
+    unsafe {
+        asm!("movw %fs, {0:x}", "rdfsbase {1}", out(reg) old_sel, out(reg) old_base,
+            options(att_syntax, nostack))
+    }
+    let r = with_fixup!("movw {s:x}, %fs", s = in(reg) sel);
+    let base: u64;
+    // SAFETY: reads the FS base, then puts back the selector FS held a moment ago (valid) and
+    // its base; nothing else uses FS in the library.
+    unsafe {
+        asm!("rdfsbase {b}", "movw {s:x}, %fs", "wrfsbase {o}", b = out(reg) base,
+            s = in(reg) old_sel, o = in(reg) old_base, options(att_syntax, nostack))
+    }
+    r.map(|()| base)
+}
+
 /// Sets RFLAGS.TF, executes one `nop` (which traps with #DB after it) and clears TF again. The
 /// #DB goes to the normal dispatch (a user fault hook, or an unexpected exception at CPL0).
 /// Never inlined, so a case can check that the #DB reported a RIP inside it.

@@ -33,6 +33,21 @@ pub fn hypercall(nr: u64, a0: u64, a1: u64, a2: u64) -> Result<i64, Exception> {
     raw::hypercall_safe(nr, a0, a1, a2).map(|v| v as i64)
 }
 
+/// `PVM_HC_LOAD_TLS`: the three descriptors go into the host GDT's TLS entries
+/// ([`abi::upstream::HOST_TLS_SELECTORS`]) while this vCPU runs, made present user data
+/// segments or zeroed; returns RAX as the host left it (the 6.12 and RFC hosts do not write
+/// it). Every upstream generation has it.
+pub fn load_tls(descriptors: [u64; 3]) -> Result<i64, Exception> {
+    hypercall(hc::LOAD_TLS, descriptors[0], descriptors[1], descriptors[2])
+}
+
+/// `PVM_HC_LOAD_GS`: loads the user GS selector `sel` (one whose RPL is not 3 becomes null);
+/// returns the GS base it gives, which a guest kernel puts in the PVCS's `user_gsbase`. Every
+/// upstream generation has it.
+pub fn load_gs(sel: u16) -> Result<u64, Exception> {
+    hypercall(hc::LOAD_GS, u64::from(sel), 0, 0).map(|v| v as u64)
+}
+
 /// The synthetic CPUID.
 pub fn pv_cpuid(leaf: u32, sub: u32) -> Result<[u32; 4], Exception> {
     raw::synthetic_cpuid_safe(leaf, sub)
