@@ -139,9 +139,8 @@ fn uc_err(what: &str) -> impl Fn(unicorn_engine::uc_error) -> runner::RunnerErro
     move |e| runner::RunnerError::Setup(format!("unicorn: {what}: {e:?}"))
 }
 
-/// The Linux host GDT (`arch/x86/include/asm/segment.h`): KERNEL32_CS, KERNEL_CS, KERNEL_DS,
-/// USER32_CS, USER_DS, USER_CS at entries 1..6.
-
+/// A descriptor-table register value for Unicorn (`uc_x86_mmr`: selector, base, limit,
+/// flags).
 fn mmr(base: u64, limit: u32) -> [u8; 24] {
     let mut b = [0u8; 24];
     b[8..16].copy_from_slice(&base.to_le_bytes());
