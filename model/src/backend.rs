@@ -53,6 +53,7 @@ impl Backend for ModelBackend {
         }
         Ok(Box::new(ModelVm {
             ram: MmapRam::new(opts.ram)?,
+            irqchip: opts.irqchip,
             vcpus: Vec::new(),
             backend: *self,
             started: false,
@@ -63,6 +64,7 @@ impl Backend for ModelBackend {
 /// A VM on the model.
 pub struct ModelVm {
     ram: MmapRam,
+    irqchip: bool,
     vcpus: Vec<Vcpu>,
     backend: ModelBackend,
     started: bool,
@@ -102,6 +104,7 @@ impl Vm for ModelVm {
                     s.efer,
                 );
                 pvm.apic_id = i as u32;
+                pvm.irqchip = self.irqchip;
                 pvm.bus = bus.clone();
                 Vcpu {
                     regs,

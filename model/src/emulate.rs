@@ -64,8 +64,13 @@ pub enum Op {
         /// Destination register.
         reg: Register,
     },
-    /// MOV to DRn (stored as written, no effect).
-    MovToDr,
+    /// MOV to DRn from a register (stored, no breakpoint effect).
+    MovToDr {
+        /// DR number.
+        dr: u8,
+        /// Source register.
+        reg: Register,
+    },
     /// MOV from DRn to a register.
     MovFromDr {
         /// DR number.
@@ -77,7 +82,9 @@ pub enum Op {
     Invlpg,
     /// SWAPGS.
     Swapgs,
-    /// Instructions the host stores or ignores (LGDT, LIDT, LTR, LLDT, WBINVD, INVD, CLTS).
+    /// CLTS: clears the stored CR0.TS.
+    Clts,
+    /// Instructions the host stores or ignores (LGDT, LIDT, LTR, LLDT, WBINVD, INVD).
     Ignored,
 }
 
@@ -131,7 +138,10 @@ pub fn decode(bytes: &[u8], rip: u64) -> Option<(Op, usize)> {
             cr: cr_number(insn.op1_register())?,
             reg: insn.op0_register(),
         },
-        Mnemonic::Mov if insn.op0_register().is_dr() => Op::MovToDr,
+        Mnemonic::Mov if insn.op0_register().is_dr() => Op::MovToDr {
+            dr: (insn.op0_register() as u32 - Register::DR0 as u32) as u8,
+            reg: insn.op1_register(),
+        },
         Mnemonic::Mov if insn.op1_register().is_dr() => Op::MovFromDr {
             dr: (insn.op1_register() as u32 - Register::DR0 as u32) as u8,
             reg: insn.op0_register(),
@@ -143,8 +153,8 @@ pub fn decode(bytes: &[u8], rip: u64) -> Option<(Op, usize)> {
         | Mnemonic::Ltr
         | Mnemonic::Lldt
         | Mnemonic::Wbinvd
-        | Mnemonic::Invd
-        | Mnemonic::Clts => Op::Ignored,
+        | Mnemonic::Invd => Op::Ignored,
+        Mnemonic::Clts => Op::Clts,
         _ => return None,
     };
     Some((op, len))
@@ -219,6 +229,25 @@ pub fn faulting(bytes: &[u8], rip: u64, reg: impl Fn(Register) -> u64) -> Faulti
     } else {
         Faulting::Other
     }
+}
+
+/// The linear address of the first explicit memory operand of the instruction at `bytes` (at
+/// `rip`), with registers read as for [`faulting`].
+pub fn memory_address(bytes: &[u8], rip: u64, reg: impl Fn(Register) -> u64) -> Option<u64> {
+    let mut d = Decoder::with_ip(64, bytes, rip, DecoderOptions::NONE);
+    let insn: Instruction = d.decode();
+    let op = (0..insn.op_count()).find(|&i| insn.op_kind(i) == OpKind::Memory)?;
+    insn.virtual_address(op, 0, |r, _, _| {
+        Some(match r {
+            Register::ES | Register::CS | Register::SS | Register::DS => 0,
+            _ => reg(r.full_register()),
+        })
+    })
+}
+
+/// Whether the bytes are RDPMC (`0f 33`).
+pub fn is_rdpmc(bytes: &[u8]) -> bool {
+    bytes.starts_with(&[0x0f, 0x33])
 }
 
 fn string_size(code: Code) -> usize {

@@ -126,10 +126,12 @@ type Uc<'a> = Unicorn<'a, Hw>;
 /// Records why the engine must stop, unless a stop is already recorded: a hook's stop takes
 /// effect at the end of the translation block, and what a later instruction of the block
 /// raised was not architecturally reached (the instruction runs again when the guest
-/// resumes at the first stop's RIP).
+/// resumes at the first stop's RIP). A [`Stop::Resync`] is no such stop (the guest goes on
+/// where the engine stopped; the loop only looks at the vCPU), so a later one replaces it:
+/// a `syscall` later in the block ran in hardware, and its hook's stop must not be lost.
 fn set_stop(uc: &mut Unicorn<'_, Hw>, stop: Stop) {
     let d = uc.get_data_mut();
-    if d.stop.is_none() {
+    if d.stop.is_none() || matches!(d.stop, Some(Stop::Resync)) {
         d.stop = Some(stop);
     }
     let _ = uc.emu_stop();
@@ -443,6 +445,18 @@ pub fn run(
         let _ = uc.emu_stop();
     })
     .map_err(uc_err("interrupt hook"))?;
+    // The SYSCALL hook first of the instruction hooks: Unicorn's `helper_syscall` walks every
+    // instruction hook and leaves the walk at the first one after which `stop_request` is set
+    // (seg_helper.c), while still completing the instruction; a watchdog stop that lands
+    // inside the block would otherwise skip this hook behind the IN/OUT/CPUID ones and lose the
+    // `syscall` (an ERETS that ran on into its `ud2`, seen with several vCPUs). The IN/OUT
+    // walks do not stop early; the CPUID walk does, so a CPUID in that window runs Unicorn's
+    // own CPUID (rare: a stop inside the very block).
+    uc.add_insn_sys_hook(X86Insn::SYSCALL, 1, 0, |uc| {
+        set_stop(uc, Stop::Syscall);
+        let _ = uc.emu_stop();
+    })
+    .map_err(uc_err("syscall hook"))?;
     // Unicorn runs IN and OUT without the IOPL check, calling these hooks: port I/O in user
     // mode is a #GP on a PVM host (IOPL 0, no I/O bitmap: notes §9).
     let vcr = &vc;
@@ -532,11 +546,6 @@ pub fn run(
         )
     };
     added.and_then(|| Ok(())).map_err(uc_err("CPUID hook"))?;
-    uc.add_insn_sys_hook(X86Insn::SYSCALL, 1, 0, |uc| {
-        set_stop(uc, Stop::Syscall);
-        let _ = uc.emu_stop();
-    })
-    .map_err(uc_err("syscall hook"))?;
     uc.add_tlb_hook(1, 0, move |uc, va, ty| {
         if va & !0xfff == HOST_GDT_VA {
             return Some(TlbEntry {
@@ -868,8 +877,10 @@ fn run_loop(
                 let fetch = pf.code & abi::x86::pfec::I != 0;
                 let addr = if fetch && pf.addr & !0xfff == v.regs.rip & !0xfff {
                     v.regs.rip
-                } else {
+                } else if fetch {
                     pf.addr
+                } else {
+                    fault_address(mem, v, &pf)
                 };
                 deliver(
                     mem,
@@ -893,15 +904,7 @@ fn run_loop(
             (None, None) => match res {
                 Ok(()) => Next::Go,
                 // An opcode the CPU does not know: #UD at the instruction, as hardware raises.
-                Err(unicorn_engine::uc_error::INSN_INVALID) => deliver(
-                    mem,
-                    v,
-                    Event::Exception {
-                        vector: 6,
-                        code: None,
-                        cr2: None,
-                    },
-                ),
+                Err(unicorn_engine::uc_error::INSN_INVALID) => undefined(mem, v),
                 Err(e) => Next::End(RunEnd::Unexpected(format!(
                     "emulator error {e:?} at RIP {:#x} ({} mode)",
                     v.regs.rip,
@@ -1148,6 +1151,13 @@ fn exception(
             },
         );
     }
+    if vector == 6 {
+        return undefined(mem, v);
+    }
+    // A #DB the model sees is a single step (no breakpoints are modelled): DR6.BS.
+    if vector == 1 {
+        v.pvm.dr[6] |= pvm::DR6_BS;
+    }
     let code = match vector {
         10..=13 => Some(error_code(mem, v)),
         _ => abi::x86::vector::has_error_code(vector).then_some(0),
@@ -1163,15 +1173,53 @@ fn exception(
     )
 }
 
+/// A #UD from Unicorn. RDPMC at CPL 3 with the host's CR4.PCE clear is #GP(0) on the host's
+/// CPU; Unicorn does not implement RDPMC and raises #UD for it.
+fn undefined(mem: &dyn GuestRam, v: &mut Vcpu) -> Next {
+    let (bytes, n) = insn_bytes(mem, v);
+    if emulate::is_rdpmc(&bytes[..n]) {
+        return gp(mem, v);
+    }
+    deliver(
+        mem,
+        v,
+        Event::Exception {
+            vector: 6,
+            code: None,
+            cr2: None,
+        },
+    )
+}
+
 /// What the instruction at RIP tells about the exception it raised (read through the guest's
 /// page tables; `Other` when its bytes cannot be read).
 fn faulting(mem: &dyn GuestRam, v: &Vcpu) -> emulate::Faulting {
     let (bytes, n) = insn_bytes(mem, v);
-    emulate::faulting(&bytes[..n], v.regs.rip, |r| match r {
+    emulate::faulting(&bytes[..n], v.regs.rip, |r| reg_value(v, r))
+}
+
+/// A register's value for address computations: general registers, and the FS/GS bases.
+fn reg_value(v: &Vcpu, r: iced_x86::Register) -> u64 {
+    match r {
         iced_x86::Register::FS => v.regs.fs_base,
         iced_x86::Register::GS => v.regs.gs_base,
         r => reg_slot(&mut v.regs.clone(), r).map_or(0, |x| *x),
-    })
+    }
+}
+
+/// Where a #PF the TLB hook reported at a page's start really was: Unicorn refills its TLB by
+/// page, so a write to a page a read had filled read-only reaches the hook with the page's
+/// address; the instruction's memory operand gives the byte (when it lies in that page; an
+/// access that crosses into the page faults at its start, which is right).
+fn fault_address(mem: &dyn GuestRam, v: &Vcpu, pf: &PageFault) -> u64 {
+    if pf.addr & 0xfff != 0 {
+        return pf.addr;
+    }
+    let (bytes, n) = insn_bytes(mem, v);
+    match emulate::memory_address(&bytes[..n], v.regs.rip, |r| reg_value(v, r)) {
+        Some(a) if a & !0xfff == pf.addr => a,
+        _ => pf.addr,
+    }
 }
 
 /// The instruction bytes at RIP: up to 15, fewer where the next page cannot be fetched.
@@ -1392,8 +1440,17 @@ fn privileged(
                 }
             }
         }
-        Op::Hlt => {
+        // With the in-kernel irqchip the host blocks the vCPU until an interrupt; without one
+        // KVM exits to the VMM (`KVM_EXIT_HLT`) and the guest resumes after the HLT.
+        Op::Hlt if v.pvm.irqchip => {
             v.pvm.halted = !v.pvm.faults.on(Fault::HltReturnsAtOnce);
+        }
+        Op::Hlt => {
+            let a = handler.borrow_mut().hlt();
+            if a != Action::Continue {
+                v.regs.rip = next_rip;
+                return action(a);
+            }
         }
         Op::Cli | Op::Sti => {
             let on = op == Op::Sti;
@@ -1441,13 +1498,14 @@ fn privileged(
                 *s = val;
             }
         }
-        Op::MovToDr => {}
+        Op::MovToDr { dr, reg } => {
+            if let Some(s) = reg_slot(r, reg) {
+                let val = *s;
+                v.pvm.write_dr(dr, val);
+            }
+        }
         Op::MovFromDr { dr, reg } => {
-            let val = match dr {
-                6 => 0xffff_0ff0,
-                7 => 0x400,
-                _ => 0,
-            };
+            let val = v.pvm.read_dr(dr);
             if let Some(s) = reg_slot(r, reg) {
                 *s = val;
             }
@@ -1462,6 +1520,8 @@ fn privileged(
         Op::Swapgs => {
             std::mem::swap(&mut r.gs_base, &mut v.pvm.kernel_gs_base);
         }
+        // KVM's emulator (`em_clts`): CR0 without TS, stored like every CR0 write.
+        Op::Clts => v.pvm.cr0 &= !abi::x86::cr0::TS,
         Op::Ignored => {}
     }
     v.regs.rip = next_rip;

@@ -216,6 +216,12 @@ pub struct Pvm {
     pub tls: [u64; 3],
     /// `tls` changed: the engine writes it into the host GDT.
     pub tls_dirty: bool,
+    /// DR0-DR3, DR6 and DR7 as the guest wrote them (KVM keeps them; breakpoints are not
+    /// modelled).
+    pub dr: [u64; 8],
+    /// The VM has the in-kernel irqchip (`KVM_CREATE_IRQCHIP`): HLT blocks in the host, else
+    /// it exits to the VMM.
+    pub irqchip: bool,
     /// This vCPU's x2APIC ID (its index in the VM).
     pub apic_id: u32,
     /// The other vCPUs' interrupt mailboxes (a VM of several vCPUs).
@@ -322,6 +328,16 @@ pub const HOST_GDT: [u64; 16] = [
     0x0040_f500_0000_0000,
 ];
 
+/// DR6 bits that read as 1, and the ones a write can change (arch/x86/include/asm/debugreg.h,
+/// `DR6_FIXED_1`, `DR6_VOLATILE` as KVM uses them).
+const DR6_FIXED_1: u64 = 0xfffe_0ff0;
+const DR6_VOLATILE: u64 = 0x0001_e80f;
+/// DR7 likewise (`DR7_FIXED_1`, `DR7_VOLATILE`).
+const DR7_FIXED_1: u64 = 0x400;
+const DR7_VOLATILE: u64 = 0xffff_2bff;
+/// DR6.BS: the #DB was a single step.
+pub const DR6_BS: u64 = 1 << 14;
+
 /// The host GDT's first TLS entry (`GDT_ENTRY_TLS_MIN`).
 pub const GDT_ENTRY_TLS_MIN: usize = 12;
 
@@ -423,6 +439,8 @@ impl Pvm {
             nmi_masked: false,
             nmi_pending: false,
             tls: [0; 3],
+            dr: [0, 0, 0, 0, 0, 0, DR6_FIXED_1, DR7_FIXED_1],
+            irqchip: true,
             tls_dirty: false,
             apic_id: 0,
             bus: None,
@@ -505,6 +523,25 @@ impl Pvm {
             f & !event_flags::IF
         };
         self.write64(mem, offset_of!(PvcsV2, event_flags), f)
+    }
+
+    /// MOV to DRn, as KVM's `kvm_set_dr` stores it (DR4/DR5 are DR6/DR7: CR4.DE is clear; the
+    /// fixed and reserved bits of DR6/DR7 forced).
+    pub fn write_dr(&mut self, dr: u8, v: u64) {
+        match dr {
+            0..=3 => self.dr[usize::from(dr)] = v,
+            4 | 6 => self.dr[6] = (v & DR6_VOLATILE) | DR6_FIXED_1,
+            _ => self.dr[7] = (v & DR7_VOLATILE) | DR7_FIXED_1,
+        }
+    }
+
+    /// MOV from DRn.
+    pub fn read_dr(&self, dr: u8) -> u64 {
+        match dr {
+            0..=3 => self.dr[usize::from(dr)],
+            4 | 6 => self.dr[6],
+            _ => self.dr[7],
+        }
     }
 
     /// Marks an interrupt pending for a guest whose IF is clear (notes §5.6).
