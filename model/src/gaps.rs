@@ -41,11 +41,6 @@ pub const GAPS: &[(&str, &str)] = &[
     ),
     ("interrupts.ioapic.", "the model has no IOAPIC"),
     (
-        "interrupts.timer_in_user_mode",
-        "the timer interrupt reaches the guest kernel outside the case's handler (IRQ 0x2e at \
-         CPL 0 on pv-v2); not analysed yet",
-    ),
-    (
         "isolation.two_vms",
         "the model target runs one VM per instance and starts no sibling VM",
     ),
