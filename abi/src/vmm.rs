@@ -84,11 +84,21 @@ pub enum Op {
     /// `r0` = leaf | subleaf << 32 | 1 << 63 when the subleaf is significant, `r1` = EAX |
     /// EBX << 32, `r2` = ECX | EDX << 32. `BadArgs` past the end.
     ConfiguredCpuidEntry = 24,
+    /// A machine check on this vCPU: `KVM_X86_SETUP_MCE` (once; one bank, `MCG_CTL_P`) and
+    /// `KVM_X86_SET_MCE` of an uncorrected error in bank 0 ([`MCE_STATUS`], MCG_STATUS
+    /// [`MCE_MCG_STATUS`]). KVM injects #MC, or shuts the vCPU down when the guest's CR4.MCE
+    /// is clear or MCG_STATUS.MCIP is still set from an earlier one.
+    Mce = 25,
 }
+
+/// [`Op::Mce`]'s MCi_STATUS: VAL | UC | EN (SDM Vol. 3B 16.3.2.2).
+pub const MCE_STATUS: u64 = (1 << 63) | (1 << 61) | (1 << 60);
+/// [`Op::Mce`]'s MCG_STATUS: MCIP | EIPV | RIPV (SDM Vol. 3B 16.3.1.2).
+pub const MCE_MCG_STATUS: u64 = 0b111;
 
 impl Op {
     /// Every op, in number order.
-    pub const ALL: [Op; 24] = [
+    pub const ALL: [Op; 25] = [
         Op::GetMsr,
         Op::SetMsr,
         Op::Nmi,
@@ -113,6 +123,7 @@ impl Op {
         Op::DeviceLogLen,
         Op::DeviceLogClear,
         Op::ConfiguredCpuidEntry,
+        Op::Mce,
     ];
 
     /// Decodes the raw op.

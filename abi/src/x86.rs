@@ -220,6 +220,8 @@ pub mod cr4 {
     pub const TSD: u64 = 1 << 2;
     /// Physical address extension.
     pub const PAE: u64 = 1 << 5;
+    /// Machine-check enable (an #MC with it clear shuts the CPU down).
+    pub const MCE: u64 = 1 << 6;
     /// Performance-counter enable (RDPMC at CPL3).
     pub const PCE: u64 = 1 << 8;
     /// FXSAVE/FXRSTOR and SSE enabled.

@@ -733,7 +733,20 @@ fn run_loop(
             None => None,
         };
         v.pvm.take_mail();
-        // An NMI the VMM injected goes first, whatever IF says (research §1).
+        if let Some(why) = v.pvm.shutdown.take() {
+            return Ok(shutdown(why));
+        }
+        // A machine check, then an NMI the VMM injected, whatever IF says (research §1-2).
+        if v.pvm.mce_pending && v.pvm.vcpu_struct != 0 {
+            v.pvm.mce_pending = false;
+            let was_user = !v.pvm.smod;
+            if let Err(TripleFault(why)) = v.pvm.deliver(mem, &mut v.regs, Event::Mce) {
+                return Ok(shutdown(why));
+            }
+            segments_dirty |= was_user;
+            write_regs(uc, &v.regs, segments_dirty)?;
+            segments_dirty = false;
+        }
         if v.pvm.nmi_pending && v.pvm.nmi_allowed() {
             v.pvm.nmi_pending = false;
             let was_user = !v.pvm.smod;

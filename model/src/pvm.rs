@@ -148,6 +148,9 @@ pub enum Event {
     /// no error code; RFC: vector 2 like an exception (docs/research/pvm-nmi-mce-eretu-star.md
     /// §1).
     Nmi,
+    /// A machine check the VMM injected (`KVM_X86_SET_MCE`). v2: `event_vector` = the MCE bit
+    /// alone (0x400), merged and re-delivered like an NMI; RFC: vector 18 (research §2).
+    Mce,
 }
 
 /// Why the vCPU cannot go on: the host triple-faults it (`KVM_EXIT_SHUTDOWN`), with the rule.
@@ -212,6 +215,10 @@ pub struct Pvm {
     pub nmi_masked: bool,
     /// An NMI the VMM injected and the host has not delivered yet.
     pub nmi_pending: bool,
+    /// A machine check the VMM injected and the host has not delivered yet.
+    pub mce_pending: bool,
+    /// A triple fault a VMM request caused (an #MC with CR4.MCE clear), for the run loop.
+    pub shutdown: Option<String>,
     /// The host GDT's TLS entries while this vCPU runs (`PVM_HC_LOAD_TLS`).
     pub tls: [u64; 3],
     /// `tls` changed: the engine writes it into the host GDT.
@@ -438,6 +445,8 @@ impl Pvm {
             apic_base: 0xfee0_0000 | (1 << 11) | (1 << 10) | (1 << 8),
             nmi_masked: false,
             nmi_pending: false,
+            mce_pending: false,
+            shutdown: None,
             tls: [0; 3],
             dr: [0, 0, 0, 0, 0, 0, DR6_FIXED_1, DR7_FIXED_1],
             irqchip: true,
@@ -583,7 +592,7 @@ impl Pvm {
         let (vector, code, cr2) = match ev {
             Event::Exception { vector, code, cr2 } => (vector, code, cr2),
             Event::Vector(v) => (v, None, None),
-            Event::UserSyscall | Event::Nmi => (0, None, None),
+            Event::UserSyscall | Event::Nmi | Event::Mce => (0, None, None),
         };
         if vector == 8 {
             return Err(TripleFault(
@@ -595,12 +604,18 @@ impl Pvm {
         if !from_user {
             let word = self.read16(mem, vec_at)?;
             let busy = word & 0xff00;
-            // An NMI while the previous event is not consumed only sets its bit; the guest
-            // finds it there, and ERETU delivers it (6.12 `__do_pvm_event`, research §1).
-            if ev == Event::Nmi && busy != 0 && !f.on(Fault::NmiNotHeldOff) {
-                return self.write16(mem, vec_at, word | vector_bits::NMI);
+            // An NMI or #MC while the previous event is not consumed only sets its bit; the
+            // guest finds it there, and ERETU delivers it (6.12 `__do_pvm_event`, research
+            // §1-2).
+            let bit = match ev {
+                Event::Nmi => vector_bits::NMI,
+                Event::Mce => vector_bits::MCE,
+                _ => 0,
+            };
+            if bit != 0 && busy != 0 && !f.on(Fault::NmiNotHeldOff) {
+                return self.write16(mem, vec_at, word | bit);
             }
-            if busy != 0 && ev != Event::Nmi {
+            if busy != 0 && bit == 0 {
                 return Err(TripleFault(format!(
                     "event {ev:?} in supervisor mode while PVCS.event_vector's high byte is {:#x} \
                      (the previous event not consumed, [SPEC-v2])",
@@ -633,6 +648,8 @@ impl Pvm {
         // event has one (6.12 host `__do_pvm_event`).
         if ev == Event::Nmi {
             self.write16(mem, vec_at, vector_bits::NMI)?;
+        } else if ev == Event::Mce {
+            self.write16(mem, vec_at, vector_bits::MCE)?;
         } else if ev != Event::UserSyscall {
             let std = if f.on(Fault::NoStdBit) {
                 0
@@ -748,6 +765,7 @@ impl Pvm {
                 }
                 (2, None, None)
             }
+            Event::Mce => (18, None, None),
         };
         if vector == 8 {
             return Err(TripleFault(
@@ -967,6 +985,12 @@ impl Pvm {
         // first; the model's VMM injects none), research §1.
         let pending = self.read16(mem, offset_of!(PvcsV2, event_vector))?;
         self.write16(mem, offset_of!(PvcsV2, event_vector), vector_bits::STD)?;
+        // #MC first; an NMI pending too then meets the #MC's unconsumed vector word and only
+        // sets its bit (research §1).
+        if pending & vector_bits::MCE != 0 {
+            self.nmi_pending |= pending & vector_bits::NMI != 0;
+            return Ok(Some(Event::Mce));
+        }
         if pending & vector_bits::NMI != 0 {
             return Ok(Some(Event::Nmi));
         }

@@ -111,6 +111,24 @@ pub fn serve(mem: &dyn GuestRam, v: &mut Vcpu, req: VmmRequest) -> Reply {
             v.pvm.resync = true;
             ok([0; 3])
         }
+        // KVM_X86_SET_MCE of an uncorrected error (kvm_vcpu_ioctl_x86_set_mce): a triple fault
+        // when CR4.MCE is clear or MCG_STATUS.MCIP still set, else MCG_STATUS and #MC.
+        Op::Mce => {
+            let mcip = v.pvm.rdmsr(abi::x86::msr::MCG_STATUS).unwrap_or(0) & (1 << 2) != 0;
+            if v.pvm.cr4 & abi::x86::cr4::MCE == 0 || mcip {
+                v.pvm.shutdown = Some(format!(
+                    "#MC with CR4 {:#x} and MCIP {mcip} (kvm_vcpu_ioctl_x86_set_mce)",
+                    v.pvm.cr4
+                ));
+            } else {
+                let _ = v
+                    .pvm
+                    .wrmsr(abi::x86::msr::MCG_STATUS, abi::vmm::MCE_MCG_STATUS);
+                v.pvm.mce_pending = true;
+            }
+            v.pvm.resync = true;
+            ok([0; 3])
+        }
         // KVM_GET_VCPU_EVENTS: the NMI state as the host reports it; nothing else is queued
         // between runs in the model.
         Op::VcpuEvents => {

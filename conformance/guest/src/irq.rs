@@ -45,7 +45,7 @@ fn count(v: u8) -> u32 {
 /// Counts every vector it is installed for; EOIs the ones that came through the LAPIC.
 fn counting(_: &mut Frame, ex: Exception) -> bool {
     let v = ex.vector;
-    if usize::from(v) >= COUNT.len() || v < 32 && v != vector::NMI {
+    if usize::from(v) >= COUNT.len() || v < 32 && v != vector::NMI && v != vector::MC {
         return false;
     }
     COUNT[usize::from(v)].fetch_add(1, SeqCst);
@@ -347,6 +347,43 @@ case!(
     )
     .smoke()
     .reqs("KVM-NMI-1")
+);
+
+/// A machine check the VMM injects (`KVM_X86_SET_MCE`, an uncorrected error in bank 0) with
+/// CR4.MCE set is delivered once as #MC, with MCG_STATUS.MCIP set in the handler.
+fn mce_delivery() {
+    use guest_lib::abi::x86::msr;
+    if instr::cpuid(1, 0)[3] & (1 << 7) == 0 {
+        guest_lib::skip!("CPUID offers no machine-check exception (CPUID.1:EDX.MCE)");
+    }
+    if let Err(e) = instr::set_cr4_mce_safe(true) {
+        guest_lib::skip!("CR4.MCE cannot be set: {:?}", e);
+    }
+    start_counting(&[]);
+    vmm::must(Op::Mce, [0; 3]);
+    let delivered = wait_for(vector::MC, 1, 20);
+    spin_ms(1);
+    exception::set_hook(None);
+    let status = instr::rdmsr_safe(msr::MCG_STATUS);
+    // Leave no machine check in progress (a second one would shut the vCPU down).
+    let _ = instr::wrmsr_safe(msr::MCG_STATUS, 0);
+    let _ = instr::set_cr4_mce_safe(false);
+    check!(delivered, "no #MC within 20 ms of KVM_X86_SET_MCE");
+    check_eq!(count(vector::MC), 1, "#MC deliveries");
+    check_eq!(
+        status.map(|s| s & 0b100),
+        Ok(0b100),
+        "MCG_STATUS.MCIP after the #MC (the VMM's MCG_STATUS)"
+    );
+}
+case!(
+    mce_delivery,
+    Spec::new(
+        "interrupts.mce",
+        Area::Interrupts,
+        "a machine check injected by the VMM is delivered once as #MC"
+    )
+    .reqs("KVM-MCE-1")
 );
 
 static NMI_EVENTS: AtomicU64 = AtomicU64::new(0);

@@ -844,6 +844,14 @@ pub fn set_cr4_user_bits(bits: u64, on: bool) {
     unsafe { asm!("movq {}, %cr4", in(reg) v, options(att_syntax, nostack)) }
 }
 
+/// Sets or clears CR4.MCE (machine checks are delivered as #MC when set, else they shut the
+/// CPU down), with a fixup: `Err` when the CPU refuses the bit.
+pub fn set_cr4_mce_safe(on: bool) -> Result<(), Exception> {
+    let cur = read_cr4();
+    let v = if on { cur | cr4::MCE } else { cur & !cr4::MCE };
+    with_fixup!("movq {v}, %cr4", v = in(reg) v)
+}
+
 /// Sets or clears CR0.TS (x87/SSE instructions then raise #NM; the library uses neither).
 pub fn set_cr0_ts(on: bool) {
     let cr0 = read_cr0();

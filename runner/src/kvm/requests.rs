@@ -36,6 +36,8 @@ pub(super) struct VcpuLocal {
     id: u64,
     /// An interrupt vector waiting for the vCPU to be able to take it ([`Op::Interrupt`]).
     pending_irq: Option<u8>,
+    /// `KVM_X86_SETUP_MCE` was done ([`Op::Mce`]).
+    mce_ready: bool,
 }
 
 /// A reply: status and results.
@@ -59,6 +61,45 @@ vmm_sys_util::ioctl_iow_nr!(
     0x86,
     kvm_bindings::kvm_interrupt
 );
+
+vmm_sys_util::ioctl_iow_nr!(KVM_X86_SETUP_MCE, kvm_bindings::KVMIO, 0x9c, u64);
+vmm_sys_util::ioctl_iow_nr!(
+    KVM_X86_SET_MCE,
+    kvm_bindings::KVMIO,
+    0x9e,
+    kvm_bindings::kvm_x86_mce
+);
+
+/// MCG_CAP for `KVM_X86_SETUP_MCE`: one bank, MCG_CTL present (KVM then starts MCG_CTL and
+/// MC0_CTL all ones, so uncorrected errors are reported).
+const MCG_CAP: u64 = 1 | (1 << 8);
+
+/// `KVM_X86_SETUP_MCE` then `KVM_X86_SET_MCE` (kvm-ioctls has no wrappers for them).
+fn inject_mce(vcpu: &VcpuFd, setup: bool) -> std::result::Result<(), kvm_ioctls::Error> {
+    if setup {
+        // SAFETY: KVM_X86_SETUP_MCE reads one u64 from the pointer, which refers to a live
+        // constant; `vcpu` is an open vCPU fd. The return value is checked.
+        let ret =
+            unsafe { vmm_sys_util::ioctl::ioctl_with_ref(vcpu, KVM_X86_SETUP_MCE(), &MCG_CAP) };
+        if ret != 0 {
+            return Err(kvm_ioctls::Error::last());
+        }
+    }
+    let mce = kvm_bindings::kvm_x86_mce {
+        status: vmm::MCE_STATUS,
+        mcg_status: vmm::MCE_MCG_STATUS,
+        bank: 0,
+        ..Default::default()
+    };
+    // SAFETY: KVM_X86_SET_MCE reads one `kvm_x86_mce` from the pointer, which refers to a live
+    // local of that type; `vcpu` is an open vCPU fd. The return value is checked.
+    let ret = unsafe { vmm_sys_util::ioctl::ioctl_with_ref(vcpu, KVM_X86_SET_MCE(), &mce) };
+    if ret == 0 {
+        Ok(())
+    } else {
+        Err(kvm_ioctls::Error::last())
+    }
+}
 
 /// `KVM_INTERRUPT` (kvm-ioctls has no wrapper for it).
 fn kvm_interrupt(vcpu: &VcpuFd, vector: u8) -> std::result::Result<(), kvm_ioctls::Error> {
@@ -118,6 +159,7 @@ impl VcpuLocal {
         Self {
             id,
             pending_irq: None,
+            mce_ready: false,
         }
     }
 
@@ -163,6 +205,11 @@ impl VcpuLocal {
             },
             Op::Nmi => {
                 try_reply!(vcpu.nmi());
+                ok([0; 3])
+            }
+            Op::Mce => {
+                try_reply!(inject_mce(vcpu, !self.mce_ready));
+                self.mce_ready = true;
                 ok([0; 3])
             }
             Op::Interrupt => {
