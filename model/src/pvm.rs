@@ -375,7 +375,7 @@ pub fn gs_base_of(gdt: &[u64], sel: u16) -> u64 {
     (d >> 16 & 0xff_ffff) | (d >> 56 & 0xff) << 24
 }
 
-/// The physical-address width the model's CPUID reports (leaf 0x80000008 EAX[7:0]); a paging
+/// The physical-address width the model's CPUID reports (leaf 0x80000008 EAX bits 7:0); a paging
 /// entry with an address bit at or above it is a reserved-bit #PF (SDM Vol. 3A 4.5.4), and
 /// every guest-physical address from the end of RAM up to it is MMIO.
 pub const MAXPHYADDR: u32 = 40;
