@@ -688,6 +688,25 @@ struct Ctl<'a> {
     smp: Option<&'a Smp<'a>>,
 }
 
+/// Delivers an event that comes between instructions (#MC, NMI, interrupt) and loads the
+/// registers the delivery set; `Some` when the delivery shut the vCPU down.
+fn deliver_async(
+    uc: &mut Uc<'_>,
+    mem: &dyn GuestRam,
+    v: &mut Vcpu,
+    ev: Event,
+    segments_dirty: &mut bool,
+) -> runner::Result<Option<RunEnd>> {
+    let was_user = !v.pvm.smod;
+    if let Err(TripleFault(why)) = v.pvm.deliver(mem, &mut v.regs, ev) {
+        return Ok(Some(shutdown(why)));
+    }
+    *segments_dirty |= was_user;
+    write_regs(uc, &v.regs, *segments_dirty)?;
+    *segments_dirty = false;
+    Ok(None)
+}
+
 /// The run's clock, shared by the run loop and the watchdog.
 struct Watch {
     /// When the run started.
@@ -739,23 +758,15 @@ fn run_loop(
         // A machine check, then an NMI the VMM injected, whatever IF says (research §1-2).
         if v.pvm.mce_pending && v.pvm.vcpu_struct != 0 {
             v.pvm.mce_pending = false;
-            let was_user = !v.pvm.smod;
-            if let Err(TripleFault(why)) = v.pvm.deliver(mem, &mut v.regs, Event::Mce) {
-                return Ok(shutdown(why));
+            if let Some(end) = deliver_async(uc, mem, v, Event::Mce, &mut segments_dirty)? {
+                return Ok(end);
             }
-            segments_dirty |= was_user;
-            write_regs(uc, &v.regs, segments_dirty)?;
-            segments_dirty = false;
         }
         if v.pvm.nmi_pending && v.pvm.nmi_allowed() {
             v.pvm.nmi_pending = false;
-            let was_user = !v.pvm.smod;
-            if let Err(TripleFault(why)) = v.pvm.deliver(mem, &mut v.regs, Event::Nmi) {
-                return Ok(shutdown(why));
+            if let Some(end) = deliver_async(uc, mem, v, Event::Nmi, &mut segments_dirty)? {
+                return Ok(end);
             }
-            segments_dirty |= was_user;
-            write_regs(uc, &v.regs, segments_dirty)?;
-            segments_dirty = false;
         }
         // Pending interrupts (notes §5.6): delivered when IF allows, else marked pending.
         v.pvm.tick(host_tsc());
@@ -770,16 +781,11 @@ fn run_loop(
                 );
             }
             if v.pvm.interrupts_enabled(mem) {
-                if let Some(vec) = v.pvm.next_interrupt() {
-                    let was_user = !v.pvm.smod;
-                    if let Err(TripleFault(why)) =
-                        v.pvm.deliver(mem, &mut v.regs, Event::Vector(vec))
-                    {
-                        return Ok(shutdown(why));
-                    }
-                    segments_dirty |= was_user;
-                    write_regs(uc, &v.regs, segments_dirty)?;
-                    segments_dirty = false;
+                if let Some(vec) = v.pvm.next_interrupt()
+                    && let Some(end) =
+                        deliver_async(uc, mem, v, Event::Vector(vec), &mut segments_dirty)?
+                {
+                    return Ok(end);
                 }
             } else {
                 v.pvm.mark_pending(mem);

@@ -348,40 +348,44 @@ pub fn synthetic_cpuid_safe(leaf: u32, sub: u32) -> Result<[u32; 4], Exception> 
     Ok([a, b as u32, c, d])
 }
 
-/// Reads `event_flags` of the PVCS at `pvcs` (identity-mapped guest RAM).
-pub fn read_event_flags(pvcs: u64) -> u64 {
-    let p = (pvcs + core::mem::offset_of!(PvcsV2, event_flags) as u64) as *const u64;
+/// Reads the field `offset` bytes into the PVCS at `pvcs` (identity-mapped guest RAM); `T` is
+/// the field's type.
+fn pvcs_read<T: Copy>(pvcs: u64, offset: usize) -> T {
     // SAFETY: the PVCS pages are guest RAM reserved for them in the layout (identity mapped,
-    // aligned); the host writes them too, so the access is volatile.
-    unsafe { core::ptr::read_volatile(p) }
+    // page aligned; callers name a field by its `offset_of!` and type, so the access is in
+    // the page and naturally aligned); the host writes them too, so the access is volatile.
+    unsafe { core::ptr::read_volatile((pvcs + offset as u64) as *const T) }
+}
+
+/// Writes the field `offset` bytes into the PVCS at `pvcs`; `T` is the field's type.
+fn pvcs_write<T>(pvcs: u64, offset: usize, v: T) {
+    // SAFETY: as in `pvcs_read`; only the owning vCPU's code writes its PVCS.
+    unsafe { core::ptr::write_volatile((pvcs + offset as u64) as *mut T, v) }
+}
+
+/// Reads `event_flags` of the PVCS at `pvcs`.
+pub fn read_event_flags(pvcs: u64) -> u64 {
+    pvcs_read(pvcs, core::mem::offset_of!(PvcsV2, event_flags))
 }
 
 /// Sets `user_gsbase` of the PVCS at `pvcs`: the GS base ERETU gives user mode.
 pub fn write_user_gsbase(pvcs: u64, v: u64) {
-    let p = (pvcs + core::mem::offset_of!(PvcsV2, user_gsbase) as u64) as *mut u64;
-    // SAFETY: as in `read_event_flags`; only the owning vCPU's code writes its PVCS.
-    unsafe { core::ptr::write_volatile(p, v) }
+    pvcs_write(pvcs, core::mem::offset_of!(PvcsV2, user_gsbase), v);
 }
 
 /// Reads `event_vector` of the PVCS at `pvcs`.
 pub fn read_event_vector(pvcs: u64) -> u16 {
-    let p = (pvcs + core::mem::offset_of!(PvcsV2, event_vector) as u64) as *const u16;
-    // SAFETY: as in `read_event_flags` (the field is 2-byte aligned in the page).
-    unsafe { core::ptr::read_volatile(p) }
+    pvcs_read(pvcs, core::mem::offset_of!(PvcsV2, event_vector))
 }
 
 /// Writes `event_vector` of the PVCS at `pvcs`.
 pub fn write_event_vector(pvcs: u64, v: u16) {
-    let p = (pvcs + core::mem::offset_of!(PvcsV2, event_vector) as u64) as *mut u16;
-    // SAFETY: as in `read_event_flags`; only the owning vCPU's code writes its PVCS.
-    unsafe { core::ptr::write_volatile(p, v) }
+    pvcs_write(pvcs, core::mem::offset_of!(PvcsV2, event_vector), v);
 }
 
 /// Writes `event_flags` of the PVCS at `pvcs`.
 pub fn write_event_flags(pvcs: u64, v: u64) {
-    let p = (pvcs + core::mem::offset_of!(PvcsV2, event_flags) as u64) as *mut u64;
-    // SAFETY: as in `read_event_flags`; only the owning vCPU's code writes its PVCS.
-    unsafe { core::ptr::write_volatile(p, v) }
+    pvcs_write(pvcs, core::mem::offset_of!(PvcsV2, event_flags), v);
 }
 
 /// Zeroes the PVCS page at `pvcs`, puts the host's user selectors in it and registers it and
