@@ -1,8 +1,14 @@
-//! The in-kernel I/O devices a VMM registers with KVM and the model plays for its VMM: ioeventfds
-//! (a write that matches becomes a counter increment, not an exit) and coalesced MMIO/PIO zones
-//! (writes are queued in a ring the VMM drains, not exits). KVM decides these before the exit
-//! reaches the VMM, as the model does before the case's exit handler sees the access
-//! (virt/kvm/eventfd.c:ioeventfd_write, virt/kvm/coalesced_mmio.c:coalesced_mmio_write).
+//! What a VMM registers with KVM for a VM and the model plays for its VMM: ioeventfds (a write
+//! that matches becomes a counter increment, not an exit), coalesced MMIO/PIO zones (writes are
+//! queued in a ring the VMM drains, not exits) and extra memslots. KVM decides the first two
+//! before the exit reaches the VMM, as the model does before the case's exit handler sees the
+//! access (virt/kvm/eventfd.c:ioeventfd_write, virt/kvm/coalesced_mmio.c:coalesced_mmio_write);
+//! memslots change the guest-physical map every vCPU's engine uses ([`Devices::slots`]).
+
+use std::sync::Arc;
+
+use runner::memory::MmapRam;
+use runner::vm::GuestRam;
 
 /// Port I/O or MMIO.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -37,6 +43,35 @@ struct Zone {
 /// a full ring makes the write an ordinary exit).
 const RING_ENTRIES: usize = (4096 - 16) / 32;
 
+/// An extra memslot (`KVM_SET_USER_MEMORY_REGION`), filled by the VMM.
+#[derive(Clone, Debug)]
+pub struct Slot {
+    /// Slot number (1 to `abi::vmm::MAX_EXTRA_SLOT`).
+    pub id: u64,
+    /// Guest-physical start.
+    pub gpa: u64,
+    /// Its memory (shared with every engine that maps it, so it outlives their mappings).
+    pub mem: Arc<MmapRam>,
+    /// `KVM_MEM_READONLY`: reads are memory, writes exit as MMIO.
+    pub readonly: bool,
+}
+
+impl Slot {
+    /// Bytes.
+    pub fn size(&self) -> u64 {
+        self.mem.size()
+    }
+}
+
+impl PartialEq for Slot {
+    fn eq(&self, o: &Self) -> bool {
+        self.id == o.id
+            && self.gpa == o.gpa
+            && self.readonly == o.readonly
+            && Arc::ptr_eq(&self.mem, &o.mem)
+    }
+}
+
 /// The devices of one VM.
 #[derive(Clone, Debug, Default)]
 pub struct Devices {
@@ -44,6 +79,9 @@ pub struct Devices {
     zones: Vec<Zone>,
     /// Coalesced writes not yet drained: address and the first 8 data bytes.
     ring: Vec<(u64, [u8; 8])>,
+    slots: Vec<Slot>,
+    /// Bumped by every memslot change; engines compare it with what they mapped.
+    slot_generation: u64,
 }
 
 /// The devices as the vCPUs of a VM share them.
@@ -110,6 +148,64 @@ impl Devices {
         (n, first, last)
     }
 
+    /// Adds memslot `id` at `gpa` of `size` bytes, filled with `abi::vmm::slot_pattern`, the
+    /// way the KVM backend's VMM does (`runner::kvm::requests`): page-aligned, at most 64 MiB,
+    /// inside `[lo, hi)` (where the model lets slots go), overlapping no other slot.
+    pub fn add_slot(
+        &mut self,
+        id: u64,
+        gpa: u64,
+        size: u64,
+        readonly: bool,
+        lo: u64,
+        hi: u64,
+    ) -> Result<(), Invalid> {
+        let page = abi::layout::PAGE_SIZE;
+        let end = gpa.checked_add(size).ok_or(Invalid)?;
+        let bad = id == 0
+            || id > abi::vmm::MAX_EXTRA_SLOT
+            || size == 0
+            || size > 64 << 20
+            || !size.is_multiple_of(page)
+            || !gpa.is_multiple_of(page)
+            || gpa < lo
+            || end > hi
+            || self
+                .slots
+                .iter()
+                .any(|s| s.id == id || (gpa < s.gpa + s.size() && s.gpa < end));
+        if bad {
+            return Err(Invalid);
+        }
+        let mem = MmapRam::new(size).map_err(|_| Invalid)?;
+        let bytes: Vec<u8> = (0..size)
+            .step_by(8)
+            .flat_map(|off| abi::vmm::slot_pattern(gpa + off).to_le_bytes())
+            .collect();
+        mem.write(0, &bytes).map_err(|_| Invalid)?;
+        self.slots.push(Slot {
+            id,
+            gpa,
+            mem: Arc::new(mem),
+            readonly,
+        });
+        self.slot_generation += 1;
+        Ok(())
+    }
+
+    /// Deletes memslot `id`.
+    pub fn remove_slot(&mut self, id: u64) -> Result<(), Invalid> {
+        let i = self.slots.iter().position(|s| s.id == id).ok_or(Invalid)?;
+        self.slots.remove(i);
+        self.slot_generation += 1;
+        Ok(())
+    }
+
+    /// The memslots, when they changed since generation `seen`: (generation, slots).
+    pub fn slots(&self, seen: u64) -> Option<(u64, Vec<Slot>)> {
+        (seen != self.slot_generation).then(|| (self.slot_generation, self.slots.clone()))
+    }
+
     /// A guest write of `data` at `addr`: whether a device took it (no exit to the VMM).
     pub fn write(&mut self, space: Space, addr: u64, data: &[u8]) -> bool {
         let mut b = [0u8; 8];
@@ -163,6 +259,43 @@ mod tests {
         assert_eq!(d.take_count(matched), Some(1));
         assert_eq!(d.take_count(9), None);
         assert_eq!(d.add_ioeventfd(Space::Pio, 0, 0, Some(1)), Err(Invalid));
+    }
+
+    #[test]
+    fn memslots_are_checked_filled_and_counted() {
+        let mut d = Devices::default();
+        let (lo, hi) = (0x4000_0000, 0x4400_0000);
+        assert_eq!(d.slots(0).map(|(g, _)| g), None, "nothing changed yet");
+        d.add_slot(1, lo, 0x2000, false, lo, hi).expect("a slot");
+        assert_eq!(
+            d.add_slot(1, lo + 0x4000, 0x1000, false, lo, hi),
+            Err(Invalid),
+            "id"
+        );
+        assert_eq!(
+            d.add_slot(2, lo + 0x1000, 0x1000, false, lo, hi),
+            Err(Invalid),
+            "overlap"
+        );
+        assert_eq!(
+            d.add_slot(2, lo - 0x1000, 0x1000, false, lo, hi),
+            Err(Invalid),
+            "below"
+        );
+        assert_eq!(
+            d.add_slot(2, lo + 0x4000, 0x800, false, lo, hi),
+            Err(Invalid),
+            "size"
+        );
+        let (g, slots) = d.slots(0).expect("a change");
+        assert_eq!((g, slots.len()), (1, 1));
+        let mut b = [0u8; 8];
+        slots[0].mem.read(8, &mut b).expect("slot memory");
+        assert_eq!(u64::from_le_bytes(b), abi::vmm::slot_pattern(lo + 8));
+        assert!(d.slots(g).is_none());
+        d.remove_slot(1).expect("removal");
+        assert_eq!(d.slots(g).map(|(g, s)| (g, s.len())), Some((2, 0)));
+        assert_eq!(d.remove_slot(1), Err(Invalid));
     }
 
     #[test]

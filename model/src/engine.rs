@@ -14,6 +14,7 @@
 //! every [`crate::smp::SLICE`] to hand it on.
 
 use std::cell::RefCell;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
@@ -48,6 +49,13 @@ const IRET_FRAME_OFFSET: u64 = 0x800;
 /// End of the MMIO space (guest-physical addresses from the end of RAM to here are MMIO,
 /// `KVM_EXIT_MMIO` on a host without memslots there).
 const MMIO_END: u64 = 1 << crate::pvm::MAXPHYADDR;
+
+/// Where the model's VMM puts extra memslots: the window cases use
+/// (`abi::vmm::EXTRA_SLOT_GPA`), as large as one slot may be (64 MiB).
+pub const SLOT_WINDOW: (u64, u64) = (
+    abi::vmm::EXTRA_SLOT_GPA,
+    abi::vmm::EXTRA_SLOT_GPA + (64 << 20),
+);
 
 /// The TSC of the machine the model runs on (Unicorn's RDTSC reads it too).
 pub fn host_tsc() -> u64 {
@@ -98,6 +106,9 @@ struct Hw {
     /// Stale translations a fault switch keeps past a flush (see `Pvm::keep_stale`): the TLB
     /// hook answers from here first, until a real flush.
     pinned: std::collections::HashMap<u64, TlbEntry>,
+    /// A stop is wanted: the block hook stops the engine at the start of the next translation
+    /// block (see [`set_stop`]).
+    kick: Arc<AtomicBool>,
     /// The 8-byte MMIO access in progress, which Unicorn hands to the MMIO callbacks as two
     /// 4-byte halves (its MMIO regions have QEMU's default `impl.max_access_size` of 4).
     wide: Option<WideMmio>,
@@ -123,8 +134,8 @@ const MAX_FILLS: usize = 4096;
 
 type Uc<'a> = Unicorn<'a, Hw>;
 
-/// Records why the engine must stop, unless a stop is already recorded: a hook's stop takes
-/// effect at the end of the translation block, and what a later instruction of the block
+/// Records why the engine must stop, unless a stop is already recorded, and asks the block
+/// hook for the stop: it takes effect at the end of the translation block, and what a later instruction of the block
 /// raised was not architecturally reached (the instruction runs again when the guest
 /// resumes at the first stop's RIP). A [`Stop::Resync`] is no such stop (the guest goes on
 /// where the engine stopped; the loop only looks at the vCPU), so a later one replaces it:
@@ -134,7 +145,7 @@ fn set_stop(uc: &mut Unicorn<'_, Hw>, stop: Stop) {
     if d.stop.is_none() || matches!(d.stop, Some(Stop::Resync)) {
         d.stop = Some(stop);
     }
-    let _ = uc.emu_stop();
+    d.kick.store(true, Ordering::Release);
 }
 
 fn uc_err(what: &str) -> impl Fn(unicorn_engine::uc_error) -> runner::RunnerError + '_ {
@@ -246,13 +257,6 @@ pub(crate) fn walk_ctx(p: &Pvm) -> WalkCtx {
     }
 }
 
-/// A raw handle the watchdog may stop the engine through.
-struct StopHandle(*mut unicorn_engine::uc_engine);
-// SAFETY: `uc_emu_stop` is documented as callable from another thread (Unicorn's own timeout
-// thread does exactly that); the watchdog only calls it while the engine is alive (the
-// thread is joined before the engine is dropped).
-unsafe impl Send for StopHandle {}
-
 /// Translates `va` for `access` without side effects on the guest beyond A/D bits.
 fn translate(mem: &dyn GuestRam, p: &Pvm, va: u64, access: Access) -> Result<u64, PageFault> {
     mmu::walk(mem, &walk_ctx(p), va, access).map(|t| t.page + (va & 0xfff))
@@ -313,6 +317,7 @@ pub fn run(
 ) -> runner::Result<RunEnd> {
     let handler = RefCell::new(handler);
     let mem: &dyn GuestRam = ram;
+    let kick = Arc::new(AtomicBool::new(false));
     let ram_size = ram.size();
     // The port hooks serve VMM requests synchronously and need the vCPU; the run loop holds
     // it only while the engine is stopped, the hooks only while it runs.
@@ -327,6 +332,7 @@ pub fn run(
             fills: std::collections::HashMap::new(),
             pinned: std::collections::HashMap::new(),
             wide: None,
+            kick: kick.clone(),
         },
     )
     .map_err(uc_err("open"))?;
@@ -355,72 +361,12 @@ pub fn run(
     uc.mem_write(HOST_GDT_PA, &gdt)
         .map_err(uc_err("write the host GDT"))?;
     let h = &handler;
-    let vcm = &vc;
-    uc.mmio_map(
-        ram_size,
-        MMIO_END - ram_size,
-        Some(move |uc: &mut Unicorn<'_, Hw>, off: u64, size: usize| {
-            let gpa = ram_size + off;
-            let mut n = size.min(8);
-            match uc.get_data().wide {
-                Some(w) if !w.write && size == 4 && gpa == w.gpa + 4 && w.high.is_some() => {
-                    uc.get_data_mut().wide = None;
-                    return u64::from(w.high.unwrap_or(0));
-                }
-                Some(w) if !w.write && size == 4 && gpa == w.gpa && w.high.is_none() => n = 8,
-                _ => {}
-            }
-            let mut b = [0u8; 8];
-            let a = h.borrow_mut().mmio_read(gpa, &mut b[..n]);
-            if n == 8 {
-                if let Some(w) = uc.get_data_mut().wide.as_mut() {
-                    w.high = Some(u32::from_le_bytes([b[4], b[5], b[6], b[7]]));
-                }
-                b[4..].fill(0);
-            }
-            if a != Action::Continue {
-                set_stop(uc, Stop::Handler(a));
-                let _ = uc.emu_stop();
-            }
-            u64::from_le_bytes(b)
-        }),
-        Some(
-            move |uc: &mut Unicorn<'_, Hw>, off: u64, size: usize, value: u64| {
-                let gpa = ram_size + off;
-                let mut b = value.to_le_bytes();
-                let mut n = size.min(8);
-                match uc.get_data().wide {
-                    // The upper half of an 8-byte write the lower half's callback made.
-                    Some(w) if w.write && size == 4 && gpa == w.gpa + 4 && w.high.is_some() => {
-                        uc.get_data_mut().wide = None;
-                        return;
-                    }
-                    Some(w) if w.write && size == 4 && gpa == w.gpa && w.high.is_none() => {
-                        b = w.value.to_le_bytes();
-                        n = 8;
-                        if let Some(w) = uc.get_data_mut().wide.as_mut() {
-                            w.high = Some((w.value >> 32) as u32);
-                        }
-                    }
-                    _ => {}
-                }
-                // An ioeventfd or a coalesced zone takes the write before the VMM sees it.
-                if let Ok(v) = vcm.try_borrow_mut()
-                    && v.devices
-                        .lock()
-                        .write(crate::devices::Space::Mmio, gpa, &b[..n])
-                {
-                    return;
-                }
-                let a = h.borrow_mut().mmio_write(gpa, &b[..n]);
-                if a != Action::Continue {
-                    set_stop(uc, Stop::Handler(a));
-                    let _ = uc.emu_stop();
-                }
-            },
-        ),
-    )
-    .map_err(uc_err("map MMIO"))?;
+    // Three MMIO regions, so that a memslot splits only the small one in the middle (Unicorn
+    // flushes its TLB page by page over the whole region it splits).
+    let (slots_lo, slots_hi) = SLOT_WINDOW;
+    map_mmio(&mut uc, ram_size, slots_lo - ram_size, None, h, &vc)?;
+    map_mmio(&mut uc, slots_lo, slots_hi - slots_lo, None, h, &vc)?;
+    map_mmio(&mut uc, slots_hi, MMIO_END - slots_hi, None, h, &vc)?;
     let split_wide = vc.borrow().pvm.faults.on(Fault::MmioSplitWide);
     // Sees each MMIO access whole (guest-physical address and size) before Unicorn splits an
     // 8-byte one for the callbacks below. (Any memory hook makes Unicorn take its slow path
@@ -440,21 +386,27 @@ pub fn run(
         },
     )
     .map_err(uc_err("MMIO access hook"))?;
+    // Every stop (a hook's, the watchdog's) is requested by `kick` and done here, at the start
+    // of a translation block, where Unicorn leaves the block before it runs any of it
+    // (`gen_tb_start`'s exit check). A stop requested while a block runs would set Unicorn's
+    // `stop_request` under its instruction helpers, and the SYSCALL and CPUID helpers leave
+    // their hook walks early when it is set, while still completing the instruction: a lost
+    // ERETS, or Unicorn's own CPUID values instead of the VMM's (seen with several vCPUs).
+    let kicked = kick.clone();
+    uc.add_block_hook(1, 0, move |uc, _, _| {
+        if kicked.swap(false, Ordering::AcqRel) {
+            let _ = uc.emu_stop();
+        }
+    })
+    .map_err(uc_err("block hook"))?;
     uc.add_intr_hook(|uc, n| {
         set_stop(uc, Stop::Intr(n));
-        let _ = uc.emu_stop();
     })
     .map_err(uc_err("interrupt hook"))?;
-    // The SYSCALL hook first of the instruction hooks: Unicorn's `helper_syscall` walks every
-    // instruction hook and leaves the walk at the first one after which `stop_request` is set
-    // (seg_helper.c), while still completing the instruction; a watchdog stop that lands
-    // inside the block would otherwise skip this hook behind the IN/OUT/CPUID ones and lose the
-    // `syscall` (an ERETS that ran on into its `ud2`, seen with several vCPUs). The IN/OUT
-    // walks do not stop early; the CPUID walk does, so a CPUID in that window runs Unicorn's
-    // own CPUID (rare: a stop inside the very block).
+    // (The block hook above keeps `stop_request` clear while a block runs; the SYSCALL hook
+    // also comes first of the instruction hooks, so no earlier hook can end its walk.)
     uc.add_insn_sys_hook(X86Insn::SYSCALL, 1, 0, |uc| {
         set_stop(uc, Stop::Syscall);
-        let _ = uc.emu_stop();
     })
     .map_err(uc_err("syscall hook"))?;
     // Unicorn runs IN and OUT without the IOPL check, calling these hooks: port I/O in user
@@ -468,7 +420,6 @@ pub fn run(
         if uc.get_data().walk.user {
             let pc = uc.pc_read().unwrap_or(0);
             set_stop(uc, Stop::UserIo { pc });
-            let _ = uc.emu_stop();
             return;
         }
         let mut data = value.to_le_bytes()[..size.min(4)].to_vec();
@@ -477,7 +428,6 @@ pub fn run(
                 uc,
                 Stop::Handler(Action::Unexpected("OUT while the vCPU is busy".into())),
             );
-            let _ = uc.emu_stop();
             return;
         };
         let v: &mut Vcpu = &mut guard;
@@ -488,11 +438,9 @@ pub fn run(
             Ok(Action::Continue) => {}
             Ok(a) => {
                 set_stop(uc, Stop::Handler(a));
-                let _ = uc.emu_stop();
             }
             Err(end) => {
                 set_stop(uc, Stop::End(end));
-                let _ = uc.emu_stop();
             }
         }
         if v.pvm.bases_dirty {
@@ -504,7 +452,6 @@ pub fn run(
             // A VMM request changed the vCPU (an interrupt to inject, an MSR): stop at the
             // end of the block so the loop looks at it.
             set_stop(uc, Stop::Resync);
-            let _ = uc.emu_stop();
         }
     })
     .map_err(uc_err("OUT hook"))?;
@@ -512,14 +459,12 @@ pub fn run(
         if uc.get_data().walk.user {
             let pc = uc.pc_read().unwrap_or(0);
             set_stop(uc, Stop::UserIo { pc });
-            let _ = uc.emu_stop();
             return 0;
         }
         let mut b = [0u8; 4];
         let a = h.borrow_mut().io_in(port as u16, &mut b[..size.min(4)]);
         if a != Action::Continue {
             set_stop(uc, Stop::Handler(a));
-            let _ = uc.emu_stop();
         }
         u32::from_le_bytes(b)
     })
@@ -644,21 +589,17 @@ pub fn run(
         start: Instant::now(),
         wake_at: AtomicU64::new(0),
     };
-    let stopper = StopHandle(uc.get_handle());
     std::thread::scope(|s| {
         let (running, watch) = (&running, &watch);
         let (start, wake_at) = (watch.start, &watch.wake_at);
         let cancel = limits.cancel.clone();
+        let kick = &kick;
         s.spawn(move || {
-            let stopper = stopper;
             while running.load(Ordering::Acquire) {
                 let now = start.elapsed().as_nanos() as u64;
                 let due = wake_at.load(Ordering::Acquire);
                 if now >= due || cancel.is_cancelled() {
-                    // SAFETY: see `StopHandle`: the engine lives until this thread is joined.
-                    unsafe {
-                        let _ = unicorn_engine::uc_emu_stop(stopper.0);
-                    }
+                    kick.store(true, Ordering::Release);
                     // Until the run loop sets the next deadline (at most a SLICE): a new one
                     // may be close (a vCPU's turn, an armed timer), so look again soon.
                     let stopped = Instant::now();
@@ -686,6 +627,146 @@ struct Ctl<'a> {
     limits: &'a RunLimits,
     watch: &'a Watch,
     smp: Option<&'a Smp<'a>>,
+}
+
+/// Maps `[base, base + size)` as MMIO. Writes go to the VM's devices (ioeventfds, coalesced
+/// zones) and then the exit handler; reads go to the exit handler, or, for a read-only
+/// memslot (`slot`), come from its memory. An 8-byte access is one access of 8 bytes
+/// ([`WideMmio`]).
+fn map_mmio<'a, 'h: 'a, 'v: 'a>(
+    uc: &mut Uc<'a>,
+    base: u64,
+    size: u64,
+    slot: Option<Arc<MmapRam>>,
+    h: &'a RefCell<&'h mut (dyn ExitHandler + Send)>,
+    vcm: &'a RefCell<&'v mut Vcpu>,
+) -> runner::Result<()> {
+    uc.mmio_map(
+        base,
+        size,
+        Some(move |uc: &mut Unicorn<'_, Hw>, off: u64, size: usize| {
+            let gpa = base + off;
+            let mut n = size.min(8);
+            let mut b = [0u8; 8];
+            if let Some(mem) = &slot {
+                let _ = mem.read(off, &mut b[..n]);
+                return u64::from_le_bytes(b);
+            }
+            match uc.get_data().wide {
+                Some(w) if !w.write && size == 4 && gpa == w.gpa + 4 && w.high.is_some() => {
+                    uc.get_data_mut().wide = None;
+                    return u64::from(w.high.unwrap_or(0));
+                }
+                Some(w) if !w.write && size == 4 && gpa == w.gpa && w.high.is_none() => n = 8,
+                _ => {}
+            }
+            let a = h.borrow_mut().mmio_read(gpa, &mut b[..n]);
+            if n == 8 {
+                if let Some(w) = uc.get_data_mut().wide.as_mut() {
+                    w.high = Some(u32::from_le_bytes([b[4], b[5], b[6], b[7]]));
+                }
+                b[4..].fill(0);
+            }
+            if a != Action::Continue {
+                set_stop(uc, Stop::Handler(a));
+            }
+            u64::from_le_bytes(b)
+        }),
+        Some(
+            move |uc: &mut Unicorn<'_, Hw>, off: u64, size: usize, value: u64| {
+                let gpa = base + off;
+                let mut b = value.to_le_bytes();
+                let mut n = size.min(8);
+                match uc.get_data().wide {
+                    // The upper half of an 8-byte write the lower half's callback made.
+                    Some(w) if w.write && size == 4 && gpa == w.gpa + 4 && w.high.is_some() => {
+                        uc.get_data_mut().wide = None;
+                        return;
+                    }
+                    Some(w) if w.write && size == 4 && gpa == w.gpa && w.high.is_none() => {
+                        b = w.value.to_le_bytes();
+                        n = 8;
+                        if let Some(w) = uc.get_data_mut().wide.as_mut() {
+                            w.high = Some((w.value >> 32) as u32);
+                        }
+                    }
+                    _ => {}
+                }
+                // An ioeventfd or a coalesced zone takes the write before the VMM sees it.
+                if let Ok(v) = vcm.try_borrow_mut()
+                    && v.devices
+                        .lock()
+                        .write(crate::devices::Space::Mmio, gpa, &b[..n])
+                {
+                    return;
+                }
+                let a = h.borrow_mut().mmio_write(gpa, &b[..n]);
+                if a != Action::Continue {
+                    set_stop(uc, Stop::Handler(a));
+                }
+            },
+        ),
+    )
+    .map_err(uc_err("map MMIO"))
+}
+
+/// Brings this engine's guest-physical map up to the VM's memslots (`mapped`: what it maps
+/// now, as of generation `seen`): a removed slot becomes MMIO again, a new one is mapped as
+/// memory, or (read-only) as MMIO that reads its memory; then the TLB is flushed (its entries
+/// cache the kind of memory behind each page).
+fn sync_memslots<'a, 'h: 'a, 'v: 'a>(
+    uc: &mut Uc<'a>,
+    mapped: &mut (u64, Vec<crate::devices::Slot>),
+    h: &'a RefCell<&'h mut (dyn ExitHandler + Send)>,
+    vcm: &'a RefCell<&'v mut Vcpu>,
+) -> runner::Result<()> {
+    let Some((generation, slots)) = vcm.borrow().devices.lock().slots(mapped.0) else {
+        return Ok(());
+    };
+
+    let keep = vcm.borrow().pvm.faults.on(Fault::MemslotKeptAfterRemove);
+    for old in mapped.1.iter().filter(|o| !slots.contains(o) && !keep) {
+        uc.mem_unmap(old.gpa, old.size())
+            .map_err(uc_err("unmap a removed memslot"))?;
+        map_mmio(uc, old.gpa, old.size(), None, h, vcm)?;
+    }
+    for new in slots.iter().filter(|n| !mapped.1.contains(n)) {
+        uc.mem_unmap(new.gpa, new.size())
+            .map_err(uc_err("unmap the MMIO under a memslot"))?;
+        if new.readonly {
+            map_mmio(uc, new.gpa, new.size(), Some(new.mem.clone()), h, vcm)?;
+        } else {
+            // SAFETY: the slot's memory is `new.size()` bytes long and lives in an `Arc` that
+            // `mapped` holds until this engine unmaps it (above) or is dropped (the engine
+            // goes first: `uc` lives inside `run`, which owns `mapped`).
+            unsafe {
+                uc.mem_map_ptr(
+                    new.gpa,
+                    new.size(),
+                    Prot::ALL,
+                    new.mem.host_addr() as *mut core::ffi::c_void,
+                )
+                .map_err(uc_err("map a memslot"))?;
+            }
+        }
+    }
+    // A fault switch keeps deleted slots mapped: their memory must stay alive with them.
+    let kept: Vec<_> = if keep {
+        mapped
+            .1
+            .iter()
+            .filter(|o| !slots.contains(o))
+            .cloned()
+            .collect()
+    } else {
+        Vec::new()
+    };
+    *mapped = (generation, slots.into_iter().chain(kept).collect());
+    uc.ctl_flush_tlb().map_err(uc_err("flush the TLB"))?;
+    let d = uc.get_data_mut();
+    d.fills.clear();
+    d.pinned.clear();
+    Ok(())
 }
 
 /// Delivers an event that comes between instructions (#MC, NMI, interrupt) and loads the
@@ -725,18 +806,21 @@ fn must_stop(limits: &RunLimits, start: Instant) -> Option<RunEnd> {
     }
 }
 
-fn run_loop(
-    uc: &mut Uc<'_>,
+fn run_loop<'a, 'h: 'a, 'v: 'a>(
+    uc: &mut Uc<'a>,
     clean: &unicorn_engine::Context,
     mem: &dyn GuestRam,
-    vc: &RefCell<&mut Vcpu>,
-    handler: &RefCell<&mut (dyn ExitHandler + Send)>,
+    vc: &'a RefCell<&'v mut Vcpu>,
+    handler: &'a RefCell<&'h mut (dyn ExitHandler + Send)>,
     ctl: &Ctl<'_>,
 ) -> runner::Result<RunEnd> {
     let Ctl { limits, watch, smp } = *ctl;
     let (start, wake_at) = (watch.start, &watch.wake_at);
     let mut segments_dirty = false;
+    // The memslots this engine maps (a VMM request, maybe another vCPU's, changes them).
+    let mut mapped = (0, Vec::new());
     loop {
+        sync_memslots(uc, &mut mapped, handler, vc)?;
         let mut guard = vc.borrow_mut();
         let v: &mut Vcpu = &mut guard;
         if let Some(end) = must_stop(limits, start) {

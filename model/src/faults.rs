@@ -79,11 +79,13 @@ pub enum Fault {
     IgnoreMaxphyaddr,
     /// PVM_HC_LOAD_TLS does not touch the host GDT.
     LoadTlsIgnored,
+    /// A deleted memslot stays mapped as memory.
+    MemslotKeptAfterRemove,
 }
 
 impl Fault {
     /// Every switch, in `--list-faults` order.
-    pub const ALL: [Fault; 36] = [
+    pub const ALL: [Fault; 37] = [
         Fault::WrongCr2,
         Fault::PfErrcodeNoWrite,
         Fault::PfErrcodeNoUser,
@@ -120,6 +122,7 @@ impl Fault {
         Fault::MmioSplitWide,
         Fault::IgnoreMaxphyaddr,
         Fault::LoadTlsIgnored,
+        Fault::MemslotKeptAfterRemove,
     ];
 
     /// Name on the command line.
@@ -161,6 +164,7 @@ impl Fault {
             Fault::MmioSplitWide => "mmio-split-wide",
             Fault::IgnoreMaxphyaddr => "ignore-maxphyaddr",
             Fault::LoadTlsIgnored => "load-tls-ignored",
+            Fault::MemslotKeptAfterRemove => "memslot-kept-after-remove",
         }
     }
 

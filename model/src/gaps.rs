@@ -48,7 +48,6 @@ pub const GAPS: &[(&str, &str)] = &[
         "vmm.highest_vcpu_id",
         "the model numbers its vCPUs 0..n and creates none with a high vCPU id",
     ),
-    ("vmm.memslot_readonly", "the model's VMM adds no memslots"),
 ];
 
 /// Why the model cannot judge case `name`, if it cannot.

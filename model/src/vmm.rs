@@ -177,10 +177,30 @@ pub fn serve(mem: &dyn GuestRam, v: &mut Vcpu, req: VmmRequest) -> Reply {
             let (n, first, last) = v.devices.lock().drain();
             ok([n, first, last])
         }
+        // KVM_SET_USER_MEMORY_REGION: the engines map it before they run on (`resync`).
+        Op::AddMemslot => {
+            let (size, readonly) = (
+                req.args[2] & abi::vmm::SIZE_MASK,
+                req.args[2] & abi::vmm::READONLY != 0,
+            );
+            let (lo, hi) = crate::engine::SLOT_WINDOW;
+            match v.devices.lock().add_slot(a0, a1, size, readonly, lo, hi) {
+                Ok(()) => {
+                    v.pvm.resync = true;
+                    ok([0; 3])
+                }
+                Err(_) => status(Status::BadArgs),
+            }
+        }
+        Op::RemoveMemslot => match v.devices.lock().remove_slot(a0) {
+            Ok(()) => {
+                v.pvm.resync = true;
+                ok([0; 3])
+            }
+            Err(_) => status(Status::BadArgs),
+        },
         Op::IrqLine
         | Op::RoundTrip
-        | Op::AddMemslot
-        | Op::RemoveMemslot
         | Op::RegisterIrqfd
         | Op::SignalEventfd
         | Op::DeviceLog

@@ -590,7 +590,12 @@ fn a_second_run_into_the_same_outputs_is_refused() {
     let d = tempfile::tempdir().expect("tempdir");
     let report = d.path().join("report.json");
     let lock = conformance::output::lock_path(&report);
-    let mut first = long_run(&report).spawn().expect("spawn");
+    // Nobody reads the first run's stderr: a pipe would fill with its progress lines and
+    // block it (seen under load: it never got to its SIGINT).
+    let mut first = long_run(&report)
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn");
     let t0 = Instant::now();
     while std::fs::read_to_string(&lock).map_or(true, |s| s.is_empty()) {
         assert!(
