@@ -934,6 +934,10 @@ fn run_loop<'a, 'h: 'a, 'v: 'a>(
         );
         // The hooks may need the vCPU while the engine runs.
         drop(guard);
+        // A kick left from before this start (the watchdog's for a deadline that passed while
+        // the loop was handling another stop) would stop the engine at its first block; the
+        // deadline for this start is set above, so its kick comes later.
+        uc.get_data().kick.store(false, Ordering::Release);
         let res = uc.emu_start(pc, u64::MAX, 0, 0);
         let mut guard = vc.borrow_mut();
         let v: &mut Vcpu = &mut guard;
