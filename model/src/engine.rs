@@ -3,15 +3,17 @@
 //!
 //! Hardware: 64-bit mode at CPL 3 on the host's selectors (a host GDT in a page only the
 //! model maps), CR0.PE|PG|WP, CR4.PAE|FSGSBASE, EFER.LME|LMA|SCE|NXE; Unicorn's virtual TLB,
-//! filled by [`crate::mmu::walk`]. Guest RAM is shared with the backend's mapping, and every
-//! guest-physical address above it is MMIO, handed to the exit handler.
+//! filled by [`crate::mmu::walk`]. Guest RAM is shared with the backend's mapping, the VM's
+//! memslots are mapped before each run on (`sync_memslots`), and every other
+//! guest-physical address above RAM, up to MAXPHYADDR, is MMIO, handed to the exit handler.
 //!
-//! The loop: deliver what is pending (timer, IPIs), run until Unicorn stops for an exception
-//! (interrupt hook), a `syscall` (instruction hook), a failed translation (TLB hook), an MMIO
-//! access the handler ends the run on, or the watchdog (at the timeout, when an armed timer
-//! is due, or on cancellation; it looks every [`SLICE`]); then do what the host does. One of
-//! several vCPUs runs each iteration with the VM's turn ([`crate::smp`]) and stops at least
-//! every [`crate::smp::SLICE`] to hand it on.
+//! The loop: deliver what is pending (#MC, NMI, timer, IPIs), run until Unicorn stops for an
+//! exception (interrupt hook), a `syscall` (instruction hook), a failed translation (TLB
+//! hook), an MMIO access the handler ends the run on, or the watchdog (at the timeout, when
+//! an armed timer is due, or on cancellation; it looks every [`SLICE`]); then do what the host
+//! does. Every stop is a kick that the block hook turns into a stop at the start of the next
+//! block (`set_stop`). One of several vCPUs runs each iteration with the VM's turn
+//! ([`crate::smp`]) and stops at least every [`crate::smp::SLICE`] to hand it on.
 
 use std::cell::RefCell;
 use std::sync::Arc;
