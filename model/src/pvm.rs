@@ -335,6 +335,38 @@ pub const HOST_GDT: [u64; 16] = [
     0x0040_f500_0000_0000,
 ];
 
+/// The MSRs the model's VMM saves and restores (its `KVM_GET_MSR_INDEX_LIST`): the
+/// architectural ones KVM lists that the model keeps, and the PVM MSRs of every generation
+/// (those a generation does not have read as absent and are skipped).
+pub const SAVED_MSRS: &[u32] = &[
+    msr::EFER,
+    msr::STAR,
+    msr::LSTAR,
+    msr::CSTAR,
+    msr::SFMASK,
+    msr::KERNEL_GS_BASE,
+    msr::TSC_AUX,
+    msr::PAT,
+    msr::APIC_BASE,
+    msr::SYSENTER_CS,
+    msr::SYSENTER_ESP,
+    msr::SYSENTER_EIP,
+    msr::DEBUGCTL,
+    msr::MCG_STATUS,
+    msr::MTRR_DEF_TYPE,
+    msr::MTRR_FIX64K,
+    msr::TSC_DEADLINE,
+    up::MSR_LINEAR_ADDRESS_RANGE,
+    up::MSR_VCPU_STRUCT,
+    up::MSR_EVENT_ENTRY,
+    up::MSR_RETU_RIP,
+    up::MSR_RETS_RIP,
+    // (The mid generation's SWITCH_CR3 and SUPERVISOR_RSP reuse v1's first two numbers.)
+    up::v1::MSR_SUPERVISOR_RSP,
+    up::v1::MSR_SUPERVISOR_REDZONE,
+    up::v1::MSR_SWITCH_CR3,
+];
+
 /// DR6 bits that read as 1, and the ones a write can change (arch/x86/include/asm/debugreg.h,
 /// `DR6_FIXED_1`, `DR6_VOLATILE` as KVM uses them).
 const DR6_FIXED_1: u64 = 0xfffe_0ff0;

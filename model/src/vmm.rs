@@ -1,7 +1,7 @@
 //! The model's VMM side: the requests of `abi::vmm` a case sends over the report channel,
 //! answered from the model's own vCPU state, the way the KVM backend answers them with ioctls
 //! (`runner::kvm::requests`); ioeventfds and coalesced zones go to [`crate::devices`]. Ops the
-//! model has no counterpart for (memslots, irqfds and an in-kernel irqchip, save/restore)
+//! model has no counterpart for (irqfds and an in-kernel IOAPIC)
 //! answer `Unsupported`, which the
 //! guest turns into SKIP with the op's name.
 
@@ -199,8 +199,31 @@ pub fn serve(mem: &dyn GuestRam, v: &mut Vcpu, req: VmmRequest) -> Reply {
             }
             Err(_) => status(Status::BadArgs),
         },
+        // Save and restore what the model's VMM saves: every MSR of its index list the vCPU has
+        // (plus a0/a1), read with KVM_GET_MSRS and written back with host-initiated
+        // KVM_SET_MSRS (registers, segments and the APIC are the vCPU's own state here and
+        // stay as they are). A write the host refuses fails the request with its index.
+        Op::RoundTrip => {
+            let mut indices = pvm::SAVED_MSRS.to_vec();
+            for extra in [a0 as u32, a1 as u32] {
+                if extra != 0 && !indices.contains(&extra) {
+                    indices.push(extra);
+                }
+            }
+            let saved: Vec<(u32, u64)> = indices
+                .iter()
+                .filter_map(|&i| v.pvm.rdmsr(i).map(|val| (i, val)))
+                .collect();
+            for &(i, val) in &saved {
+                if v.pvm.wrmsr_host(i, val).is_err() {
+                    return [Status::Failed as u64, u64::from(i), 0, 0];
+                }
+            }
+            v.pvm.resync = true;
+            let read = |i: u32| saved.iter().find(|s| s.0 == i).map_or(0, |s| s.1);
+            ok([saved.len() as u64, read(a0 as u32), read(a1 as u32)])
+        }
         Op::IrqLine
-        | Op::RoundTrip
         | Op::RegisterIrqfd
         | Op::SignalEventfd
         | Op::DeviceLog
