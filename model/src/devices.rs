@@ -19,7 +19,138 @@ pub enum Space {
     Mmio,
 }
 
-/// One ioeventfd (`KVM_IOEVENTFD`).
+/// An interrupt to deliver: (destination x2APIC ID, vector).
+pub type Delivery = (u32, u8);
+
+/// Pins of the model's I/O APIC (KVM's `IOAPIC_NUM_PINS`).
+pub const IOAPIC_PINS: usize = 24;
+
+/// The in-kernel I/O APIC (`KVM_CREATE_IRQCHIP`; arch/x86/kvm/ioapic.c): IOREGSEL/IOWIN at
+/// `abi::x86::ioapic::BASE`, 24 redirection entries with vector, trigger mode, mask and
+/// physical destination (bits 63:56); edge pins interrupt on a rising edge, level pins while
+/// high and their remote IRR is clear, and an EOI of the vector clears remote IRR (and brings
+/// a still-high line back).
+#[derive(Clone, Debug)]
+pub struct Ioapic {
+    select: u32,
+    entries: [u64; IOAPIC_PINS],
+    /// Lines the VMM holds high, by pin.
+    high: u32,
+}
+
+impl Default for Ioapic {
+    fn default() -> Self {
+        Self {
+            select: 0,
+            entries: [abi::x86::ioapic::MASKED; IOAPIC_PINS],
+            high: 0,
+        }
+    }
+}
+
+impl Ioapic {
+    /// A 32-bit read at `off` in the I/O APIC's page.
+    pub fn read(&self, off: u64) -> u32 {
+        match (off, self.select) {
+            (abi::x86::ioapic::IOREGSEL, _) => self.select,
+            (abi::x86::ioapic::IOWIN, 0) => 0,
+            // Version 0x11, maximum redirection entry 23.
+            (abi::x86::ioapic::IOWIN, abi::x86::ioapic::VERSION) => {
+                0x11 | ((IOAPIC_PINS as u32 - 1) << 16)
+            }
+            (abi::x86::ioapic::IOWIN, r) if r >= 0x10 => {
+                match self.entries.get((r as usize - 0x10) / 2) {
+                    Some(e) if r.is_multiple_of(2) => *e as u32,
+                    Some(e) => (*e >> 32) as u32,
+                    None => 0,
+                }
+            }
+            _ => 0,
+        }
+    }
+
+    /// A 32-bit write at `off`; returns what it makes deliverable (an unmasked level pin
+    /// that is high).
+    pub fn write(&mut self, off: u64, v: u32) -> Vec<Delivery> {
+        match off {
+            abi::x86::ioapic::IOREGSEL => self.select = v & 0xff,
+            abi::x86::ioapic::IOWIN if self.select >= 0x10 => {
+                let r = self.select as usize - 0x10;
+                let Some(e) = self.entries.get_mut(r / 2) else {
+                    return Vec::new();
+                };
+                // Remote IRR and delivery status are read-only.
+                let ro = *e & (abi::x86::ioapic::REMOTE_IRR | 1 << 12);
+                *e = if r.is_multiple_of(2) {
+                    (*e & !0xffff_ffff) | u64::from(v)
+                } else {
+                    (*e & 0xffff_ffff) | u64::from(v) << 32
+                };
+                *e = (*e & !(abi::x86::ioapic::REMOTE_IRR | 1 << 12)) | ro;
+                return self.service(r / 2);
+            }
+            _ => {}
+        }
+        Vec::new()
+    }
+
+    /// The VMM sets line `pin` to `level` (`KVM_IRQ_LINE`).
+    pub fn set_line(&mut self, pin: usize, level: bool) -> Vec<Delivery> {
+        if pin >= IOAPIC_PINS {
+            return Vec::new();
+        }
+        let was = self.high & (1 << pin) != 0;
+        if level {
+            self.high |= 1 << pin;
+        } else {
+            self.high &= !(1 << pin);
+        }
+        let e = self.entries[pin];
+        if e & abi::x86::ioapic::LEVEL == 0 {
+            // Edge: one interrupt per rising edge of an unmasked pin.
+            return if level && !was && e & abi::x86::ioapic::MASKED == 0 {
+                vec![Self::target(e)]
+            } else {
+                Vec::new()
+            };
+        }
+        self.service(pin)
+    }
+
+    /// An EOI of `vector` from a local APIC: level pins routed to it drop remote IRR and, if
+    /// still high, interrupt again.
+    pub fn eoi(&mut self, vector: u8) -> Vec<Delivery> {
+        let mut out = Vec::new();
+        for pin in 0..IOAPIC_PINS {
+            let e = self.entries[pin];
+            if e & abi::x86::ioapic::LEVEL != 0 && e as u8 == vector {
+                self.entries[pin] &= !abi::x86::ioapic::REMOTE_IRR;
+                out.extend(self.service(pin));
+            }
+        }
+        out
+    }
+
+    /// A level pin that is high, unmasked and not awaiting an EOI interrupts (remote IRR set).
+    fn service(&mut self, pin: usize) -> Vec<Delivery> {
+        let e = self.entries[pin];
+        let ready = e & abi::x86::ioapic::LEVEL != 0
+            && e & abi::x86::ioapic::MASKED == 0
+            && e & abi::x86::ioapic::REMOTE_IRR == 0
+            && self.high & (1 << pin) != 0;
+        if !ready {
+            return Vec::new();
+        }
+        self.entries[pin] |= abi::x86::ioapic::REMOTE_IRR;
+        vec![Self::target(e)]
+    }
+
+    fn target(e: u64) -> Delivery {
+        ((e >> 56) as u32, e as u8)
+    }
+}
+
+/// One ioeventfd (`KVM_IOEVENTFD`), or an irqfd (`KVM_IRQFD`: signalling it pulses its GSI).
 #[derive(Clone, Debug)]
 struct IoEventfd {
     space: Space,
@@ -27,6 +158,8 @@ struct IoEventfd {
     /// Access size it matches; 0 matches any (KVM: only without datamatch).
     len: usize,
     datamatch: Option<u64>,
+    /// An irqfd's GSI (then the other fields are unused).
+    irqfd: Option<usize>,
     /// Signals since the VMM last read the counter.
     count: u64,
 }
@@ -82,6 +215,8 @@ pub struct Devices {
     slots: Vec<Slot>,
     /// Bumped by every memslot change; engines compare it with what they mapped.
     slot_generation: u64,
+    /// The in-kernel I/O APIC (used when the VM has the in-kernel irqchip).
+    pub ioapic: Ioapic,
 }
 
 /// The devices as the vCPUs of a VM share them.
@@ -119,9 +254,43 @@ impl Devices {
             addr,
             len,
             datamatch,
+            irqfd: None,
             count: 0,
         });
         Ok(self.ioeventfds.len() as u64 - 1)
+    }
+
+    /// Registers an irqfd for I/O APIC pin `gsi`; returns its id (ioeventfds' id space, as
+    /// the KVM backend's VMM numbers its eventfds).
+    pub fn add_irqfd(&mut self, gsi: usize) -> Result<u64, Invalid> {
+        if gsi >= IOAPIC_PINS {
+            return Err(Invalid);
+        }
+        self.ioeventfds.push(IoEventfd {
+            space: Space::Mmio,
+            addr: 0,
+            len: 0,
+            datamatch: None,
+            irqfd: Some(gsi),
+            count: 0,
+        });
+        Ok(self.ioeventfds.len() as u64 - 1)
+    }
+
+    /// Signals eventfd `id`: an irqfd pulses its pin (`kvm_set_irq` 1 then 0,
+    /// virt/kvm/eventfd.c:irqfd_inject), an ioeventfd counts.
+    pub fn signal(&mut self, id: u64) -> Result<Vec<Delivery>, Invalid> {
+        let e = usize::try_from(id)
+            .ok()
+            .and_then(|i| self.ioeventfds.get_mut(i))
+            .ok_or(Invalid)?;
+        let Some(gsi) = e.irqfd else {
+            e.count += 1;
+            return Ok(Vec::new());
+        };
+        let mut out = self.ioapic.set_line(gsi, true);
+        out.extend(self.ioapic.set_line(gsi, false));
+        Ok(out)
     }
 
     /// Reads and resets ioeventfd `id`'s counter.
@@ -213,7 +382,8 @@ impl Devices {
         b[..n].copy_from_slice(&data[..n]);
         let value = u64::from_le_bytes(b);
         if let Some(e) = self.ioeventfds.iter_mut().find(|e| {
-            e.space == space
+            e.irqfd.is_none()
+                && e.space == space
                 && e.addr == addr
                 && (e.len == 0 || e.len == data.len())
                 && e.datamatch.is_none_or(|d| d == value)
@@ -259,6 +429,41 @@ mod tests {
         assert_eq!(d.take_count(matched), Some(1));
         assert_eq!(d.take_count(9), None);
         assert_eq!(d.add_ioeventfd(Space::Pio, 0, 0, Some(1)), Err(Invalid));
+    }
+
+    #[test]
+    fn ioapic_pins_interrupt_by_edge_and_by_level_until_the_eoi() {
+        use abi::x86::ioapic::{IOREGSEL, IOWIN, LEVEL, REMOTE_IRR, redirection};
+        let mut io = Ioapic::default();
+        let route = |io: &mut Ioapic, pin: u32, low: u64, dest: u32| {
+            io.write(IOREGSEL, redirection(pin) + 1);
+            io.write(IOWIN, dest << 24);
+            io.write(IOREGSEL, redirection(pin));
+            io.write(IOWIN, low as u32)
+        };
+        assert!(io.set_line(1, true).is_empty(), "masked at reset");
+        io.set_line(1, false);
+        assert!(route(&mut io, 1, 0x41, 0).is_empty());
+        assert_eq!(io.set_line(1, true), vec![(0, 0x41)], "a rising edge");
+        assert!(io.set_line(1, true).is_empty(), "held high: no second edge");
+        io.set_line(2, true);
+        assert_eq!(
+            route(&mut io, 2, LEVEL | 0x42, 1),
+            vec![(1, 0x42)],
+            "unmasked while high"
+        );
+        io.write(IOREGSEL, redirection(2));
+        assert_ne!(
+            u64::from(io.read(IOWIN)) & REMOTE_IRR,
+            0,
+            "awaiting the EOI"
+        );
+        assert!(io.set_line(2, true).is_empty(), "remote IRR holds it");
+        assert_eq!(io.eoi(0x42), vec![(1, 0x42)], "still high: again");
+        io.set_line(2, false);
+        assert!(io.eoi(0x42).is_empty(), "low: done");
+        io.write(IOREGSEL, abi::x86::ioapic::VERSION);
+        assert_eq!(io.read(IOWIN), 0x17_0011);
     }
 
     #[test]

@@ -654,6 +654,9 @@ fn map_mmio<'a, 'h: 'a, 'v: 'a>(
                 let _ = mem.read(off, &mut b[..n]);
                 return u64::from_le_bytes(b);
             }
+            if let Some(r) = ioapic_access(vcm, gpa, None) {
+                return u64::from(r);
+            }
             match uc.get_data().wide {
                 Some(w) if !w.write && size == 4 && gpa == w.gpa + 4 && w.high.is_some() => {
                     uc.get_data_mut().wide = None;
@@ -694,6 +697,10 @@ fn map_mmio<'a, 'h: 'a, 'v: 'a>(
                     }
                     _ => {}
                 }
+                if ioapic_access(vcm, gpa, Some(value as u32)).is_some() {
+                    set_stop(uc, Stop::Resync);
+                    return;
+                }
                 // An ioeventfd or a coalesced zone takes the write before the VMM sees it.
                 if let Ok(v) = vcm.try_borrow_mut()
                     && v.devices
@@ -710,6 +717,33 @@ fn map_mmio<'a, 'h: 'a, 'v: 'a>(
         ),
     )
     .map_err(uc_err("map MMIO"))
+}
+
+/// An access to the in-kernel I/O APIC's page (when the VM has the in-kernel irqchip): a read
+/// (`write` None) gives the value, a write's deliveries go to their local APICs. `None` when
+/// the access is not the I/O APIC's.
+fn ioapic_access(vcm: &RefCell<&mut Vcpu>, gpa: u64, write: Option<u32>) -> Option<u32> {
+    if gpa & !0xfff != abi::x86::ioapic::BASE {
+        return None;
+    }
+    let mut guard = vcm.try_borrow_mut().ok()?;
+    let v: &mut Vcpu = &mut guard;
+    if !v.pvm.irqchip {
+        return None;
+    }
+    let off = gpa & 0xfff;
+    let mut devices = v.devices.lock();
+    match write {
+        None => Some(devices.ioapic.read(off)),
+        Some(val) => {
+            let out = devices.ioapic.write(off, val);
+            drop(devices);
+            for d in out {
+                v.pvm.post_interrupt(d);
+            }
+            Some(0)
+        }
+    }
 }
 
 /// Brings this engine's guest-physical map up to the VM's memslots (`mapped`: what it maps
@@ -838,6 +872,22 @@ fn run_loop<'a, 'h: 'a, 'v: 'a>(
             None => None,
         };
         v.pvm.take_mail();
+        // EOIs reach the I/O APIC (a level pin still high interrupts again).
+        if !v.pvm.eois.is_empty() {
+            let eois = std::mem::take(&mut v.pvm.eois);
+            let out: Vec<_> = {
+                let mut d = v.devices.lock();
+                eois.into_iter().flat_map(|e| d.ioapic.eoi(e)).collect()
+            };
+            let out = if v.pvm.faults.on(Fault::IoapicLevelNotReasserted) {
+                Vec::new()
+            } else {
+                out
+            };
+            for d in out {
+                v.pvm.post_interrupt(d);
+            }
+        }
         if let Some(why) = v.pvm.shutdown.take() {
             return Ok(shutdown(why));
         }

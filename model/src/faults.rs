@@ -81,11 +81,13 @@ pub enum Fault {
     LoadTlsIgnored,
     /// A deleted memslot stays mapped as memory.
     MemslotKeptAfterRemove,
+    /// An EOI does not bring back a level-triggered I/O APIC pin that is still high.
+    IoapicLevelNotReasserted,
 }
 
 impl Fault {
     /// Every switch, in `--list-faults` order.
-    pub const ALL: [Fault; 37] = [
+    pub const ALL: [Fault; 38] = [
         Fault::WrongCr2,
         Fault::PfErrcodeNoWrite,
         Fault::PfErrcodeNoUser,
@@ -123,6 +125,7 @@ impl Fault {
         Fault::IgnoreMaxphyaddr,
         Fault::LoadTlsIgnored,
         Fault::MemslotKeptAfterRemove,
+        Fault::IoapicLevelNotReasserted,
     ];
 
     /// Name on the command line.
@@ -165,6 +168,7 @@ impl Fault {
             Fault::IgnoreMaxphyaddr => "ignore-maxphyaddr",
             Fault::LoadTlsIgnored => "load-tls-ignored",
             Fault::MemslotKeptAfterRemove => "memslot-kept-after-remove",
+            Fault::IoapicLevelNotReasserted => "ioapic-level-not-reasserted",
         }
     }
 

@@ -229,6 +229,8 @@ pub struct Pvm {
     /// The VM has the in-kernel irqchip (`KVM_CREATE_IRQCHIP`): HLT blocks in the host, else
     /// it exits to the VMM.
     pub irqchip: bool,
+    /// Vectors this vCPU's local APIC ended (EOI) that the I/O APIC has not heard of yet.
+    pub eois: Vec<u8>,
     /// This vCPU's x2APIC ID (its index in the VM).
     pub apic_id: u32,
     /// The other vCPUs' interrupt mailboxes (a VM of several vCPUs).
@@ -483,6 +485,7 @@ impl Pvm {
             dr: [0, 0, 0, 0, 0, 0, DR6_FIXED_1, DR7_FIXED_1],
             irqchip: true,
             tls_dirty: false,
+            eois: Vec::new(),
             apic_id: 0,
             bus: None,
             flush_tlb: true,
@@ -1318,9 +1321,11 @@ impl Pvm {
         match idx {
             0x808 => self.cr8 = (v >> 4) & 0xf,
             0x80b => {
-                // EOI: clear the highest in-service vector.
+                // EOI: clear the highest in-service vector; the I/O APIC hears of it (the
+                // engine passes it on before the vCPU runs again).
                 if let Some(vec) = highest(&self.isr) {
                     self.isr[usize::from(vec / 64)] &= !(1 << (vec % 64));
+                    self.eois.push(vec);
                 }
             }
             msr::X2APIC_TIMER_INIT => {
@@ -1368,6 +1373,16 @@ impl Pvm {
                 (false, _, Some(bus)) => bus.post(t, vector),
                 (false, _, None) => {}
             }
+        }
+    }
+
+    /// An interrupt for the local APIC with x2APIC ID `dest` (an I/O APIC's delivery): into
+    /// this vCPU's IRR, or another vCPU's mailbox (lost when there is no such vCPU).
+    pub fn post_interrupt(&mut self, (dest, vector): crate::devices::Delivery) {
+        if dest == self.apic_id {
+            self.request_interrupt(vector);
+        } else if let Some(bus) = &self.bus {
+            bus.post(dest as usize, vector);
         }
     }
 

@@ -1,9 +1,9 @@
 //! The model's VMM side: the requests of `abi::vmm` a case sends over the report channel,
 //! answered from the model's own vCPU state, the way the KVM backend answers them with ioctls
 //! (`runner::kvm::requests`); ioeventfds and coalesced zones go to [`crate::devices`]. Ops the
-//! model has no counterpart for (irqfds and an in-kernel IOAPIC)
-//! answer `Unsupported`, which the
-//! guest turns into SKIP with the op's name.
+//! model has no counterpart for answer `Unsupported`, which the guest turns into SKIP with the
+//! op's name; the I/O APIC ops (IRQ lines, irqfds) need the in-kernel irqchip (`BadArgs`
+//! without, as KVM refuses them).
 
 use std::sync::OnceLock;
 use std::time::Instant;
@@ -29,6 +29,14 @@ fn status(s: Status) -> Reply {
 fn host_nanos() -> u64 {
     static EPOCH: OnceLock<Instant> = OnceLock::new();
     EPOCH.get_or_init(Instant::now).elapsed().as_nanos() as u64
+}
+
+/// Hands the I/O APIC's deliveries to their local APICs and has the engine look at them.
+fn deliver(v: &mut Vcpu, out: Vec<crate::devices::Delivery>) {
+    for d in out {
+        v.pvm.post_interrupt(d);
+    }
+    v.pvm.resync = true;
 }
 
 /// Answers `req` for vCPU `v` (the only one).
@@ -223,11 +231,28 @@ pub fn serve(mem: &dyn GuestRam, v: &mut Vcpu, req: VmmRequest) -> Reply {
             let read = |i: u32| saved.iter().find(|s| s.0 == i).map_or(0, |s| s.1);
             ok([saved.len() as u64, read(a0 as u32), read(a1 as u32)])
         }
-        Op::IrqLine
-        | Op::RegisterIrqfd
-        | Op::SignalEventfd
-        | Op::DeviceLog
-        | Op::DeviceLogLen
-        | Op::DeviceLogClear => status(Status::Unsupported),
+        // KVM_IRQ_LINE (needs the in-kernel irqchip): the I/O APIC pin's level.
+        Op::IrqLine if v.pvm.irqchip => {
+            let out = v.devices.lock().ioapic.set_line(a0 as usize, a1 != 0);
+            deliver(v, out);
+            ok([0; 3])
+        }
+        // KVM_IRQFD for GSI a0.
+        Op::RegisterIrqfd if v.pvm.irqchip => match v.devices.lock().add_irqfd(a0 as usize) {
+            Ok(id) => ok([id, 0, 0]),
+            Err(_) => status(Status::BadArgs),
+        },
+        Op::SignalEventfd => {
+            let out = v.devices.lock().signal(a0);
+            match out {
+                Ok(out) => {
+                    deliver(v, out);
+                    ok([0; 3])
+                }
+                Err(_) => status(Status::BadArgs),
+            }
+        }
+        Op::IrqLine | Op::RegisterIrqfd => status(Status::BadArgs),
+        Op::DeviceLog | Op::DeviceLogLen | Op::DeviceLogClear => status(Status::Unsupported),
     }
 }
