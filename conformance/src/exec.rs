@@ -79,6 +79,43 @@ pub fn execute(
     }
 }
 
+/// Starts the second VM of a `HostCheck::Sibling` case: the same case, its parameter plus
+/// `SIBLING_PARAM`, in a VM of its own on a thread of its own, on the backend `backend`
+/// makes (each sibling its own: the local target opens `/dev/kvm` again).
+pub fn sibling_launcher<B: Backend + 'static>(
+    backend: impl Fn() -> Result<B, String> + Send + Sync + 'static,
+    image: &std::sync::Arc<GuestImage>,
+    inst: &Instance,
+    limits: RunLimits,
+) -> crate::host_check::SiblingLauncher {
+    let image = std::sync::Arc::clone(image);
+    let mut case = (*inst.case).clone();
+    case.param |= abi::case::io::SIBLING_PARAM;
+    let sibling = Instance {
+        case: std::sync::Arc::new(case),
+        env: inst.env,
+    };
+    let backend = std::sync::Arc::new(backend);
+    std::sync::Arc::new(move || {
+        let (image, sibling, limits) = (
+            std::sync::Arc::clone(&image),
+            sibling.clone(),
+            limits.clone(),
+        );
+        let backend = std::sync::Arc::clone(&backend);
+        std::thread::spawn(move || {
+            let b = match backend() {
+                Ok(b) => b,
+                Err(e) => return (Outcome::Error, e),
+            };
+            match execute(&b, &image, &sibling, &limits) {
+                Executed::Done(raw) => (raw.outcome, raw.detail),
+                Executed::Cancelled => (Outcome::Error, "cancelled".into()),
+            }
+        })
+    })
+}
+
 /// The result of an instance whose VM could not be set up.
 pub fn setup_failed(e: &runner::RunnerError) -> Executed {
     Executed::Done(RawResult {

@@ -20,6 +20,10 @@ use crate::smp::{IpiBus, Smp, Turn};
 /// Most vCPUs a model VM has (each is a thread with its own engine).
 pub const MAX_VCPUS: u32 = 4;
 
+/// The model host's `KVM_CAP_MAX_VCPU_ID` (KVM's default `KVM_MAX_VCPU_IDS` on x86): a VM
+/// with high vCPU ids gets the highest ones below it.
+pub const MAX_VCPU_ID: u32 = 1024;
+
 /// A software PVM host of one generation, with some fault switches on.
 #[derive(Clone, Copy, Debug)]
 pub struct ModelBackend {
@@ -54,6 +58,11 @@ impl Backend for ModelBackend {
         Ok(Box::new(ModelVm {
             ram: MmapRam::new(opts.ram)?,
             irqchip: opts.irqchip,
+            first_id: if opts.high_vcpu_ids {
+                MAX_VCPU_ID - opts.vcpus
+            } else {
+                0
+            },
             vcpus: Vec::new(),
             backend: *self,
             started: false,
@@ -65,6 +74,8 @@ impl Backend for ModelBackend {
 pub struct ModelVm {
     ram: MmapRam,
     irqchip: bool,
+    /// The first vCPU's id (and x2APIC ID); the others follow.
+    first_id: u32,
     vcpus: Vec<Vcpu>,
     backend: ModelBackend,
     started: bool,
@@ -80,7 +91,7 @@ impl Vm for ModelVm {
             return Err(unsupported("an initial state without vCPUs".into()));
         }
         let n = state.vcpus.len();
-        let bus = (n > 1).then(|| std::sync::Arc::new(IpiBus::new(n)));
+        let bus = (n > 1).then(|| std::sync::Arc::new(IpiBus::new(self.first_id as usize, n)));
         let devices = crate::devices::Shared::default();
         self.vcpus = state
             .vcpus
@@ -103,7 +114,7 @@ impl Vm for ModelVm {
                     s.cr4,
                     s.efer,
                 );
-                pvm.apic_id = i as u32;
+                pvm.apic_id = self.first_id + i as u32;
                 pvm.irqchip = self.irqchip;
                 pvm.bus = bus.clone();
                 Vcpu {

@@ -39,14 +39,6 @@ pub const GAPS: &[(&str, &str)] = &[
         "Unicorn (QEMU TCG) does not implement alignment checking (CR0.AM + RFLAGS.AC at CPL3): \
          no #AC",
     ),
-    (
-        "isolation.two_vms",
-        "the model target runs one VM per instance and starts no sibling VM",
-    ),
-    (
-        "vmm.highest_vcpu_id",
-        "the model numbers its vCPUs 0..n and creates none with a high vCPU id",
-    ),
 ];
 
 /// Why the model cannot judge case `name`, if it cannot.

@@ -138,7 +138,20 @@ fn run_one(
     let backend = ModelBackend::new(generation, faults);
     let limits = RunLimits::timeout(exec::timeout_of(inst, timeout));
     let start = Instant::now();
-    match exec::execute(&backend, &catalog.image, inst, &limits) {
+    // A sibling VM (isolation.two_vms) runs on a model host of the same generation.
+    let sibling = (inst.case.host == abi::case::HostCheck::Sibling).then(|| {
+        exec::sibling_launcher(
+            move || Ok::<_, String>(ModelBackend::new(generation, faults)),
+            &catalog.image,
+            inst,
+            limits.clone(),
+        )
+    });
+    let executed = match exec::boot_instance(&backend, &catalog.image, inst) {
+        Ok(mut vm) => exec::execute_booted(vm.as_mut(), inst, &limits, sibling),
+        Err(e) => exec::setup_failed(&e),
+    };
+    match executed {
         Executed::Done(raw) => CaseResult::new(inst, raw, start.elapsed().as_secs_f64() * 1e3),
         Executed::Cancelled => CaseResult::skipped(inst, "cancelled".into()),
     }

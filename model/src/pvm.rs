@@ -1358,12 +1358,12 @@ impl Pvm {
             return;
         }
         let me = self.apic_id as usize;
-        let n = self.bus.as_ref().map_or(1, |b| b.len());
+        let ids = self.bus.as_ref().map_or(me..me + 1, |b| b.ids());
         let targets: Vec<usize> = match (icr >> 18) & 3 {
             0 => vec![(icr >> 32) as usize],
             1 => vec![me],
-            2 => (0..n).collect(),
-            _ => (0..n).filter(|&t| t != me).collect(),
+            2 => ids.collect(),
+            _ => ids.filter(|&t| t != me).collect(),
         };
         for t in targets {
             match (t == me, mode, self.bus.as_ref()) {

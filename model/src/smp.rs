@@ -70,43 +70,44 @@ impl Drop for TurnGuard<'_> {
     }
 }
 
-/// Interrupt mailboxes, one per vCPU (by x2APIC ID = index).
+/// Interrupt mailboxes, one per vCPU, by x2APIC ID (the IDs `first`.. of the VM's vCPUs).
 #[derive(Debug)]
 pub struct IpiBus {
+    first: usize,
     fixed: Vec<[AtomicU64; 4]>,
     nmi: Vec<AtomicBool>,
 }
 
 impl IpiBus {
-    /// Mailboxes for `n` vCPUs.
-    pub fn new(n: usize) -> Self {
+    /// Mailboxes for `n` vCPUs with x2APIC IDs `first..first + n`.
+    pub fn new(first: usize, n: usize) -> Self {
         Self {
+            first,
             fixed: (0..n).map(|_| Default::default()).collect(),
             nmi: (0..n).map(|_| AtomicBool::new(false)).collect(),
         }
     }
 
-    /// How many vCPUs.
-    pub fn len(&self) -> usize {
-        self.fixed.len()
+    /// The vCPUs' x2APIC IDs.
+    pub fn ids(&self) -> std::ops::Range<usize> {
+        self.first..self.first + self.fixed.len()
     }
 
-    /// Whether the bus has no vCPUs.
-    pub fn is_empty(&self) -> bool {
-        self.fixed.is_empty()
+    fn index(&self, id: usize) -> usize {
+        id.wrapping_sub(self.first)
     }
 
     /// Posts fixed `vector` to vCPU `dest` (ignored when there is no such vCPU, as an IPI to
     /// an absent APIC is lost).
     pub fn post(&self, dest: usize, vector: u8) {
-        if let Some(m) = self.fixed.get(dest) {
+        if let Some(m) = self.fixed.get(self.index(dest)) {
             m[usize::from(vector / 64)].fetch_or(1 << (vector % 64), Ordering::AcqRel);
         }
     }
 
     /// Posts an NMI to vCPU `dest`.
     pub fn post_nmi(&self, dest: usize) {
-        if let Some(m) = self.nmi.get(dest) {
+        if let Some(m) = self.nmi.get(self.index(dest)) {
             m.store(true, Ordering::Release);
         }
     }
@@ -114,6 +115,7 @@ impl IpiBus {
     /// Takes vCPU `me`'s mail: the fixed vectors (IRR words) and whether an NMI came.
     pub fn take(&self, me: usize) -> ([u64; 4], bool) {
         let mut irr = [0u64; 4];
+        let me = self.index(me);
         if let Some(m) = self.fixed.get(me) {
             for (w, a) in irr.iter_mut().zip(m) {
                 *w = a.swap(0, Ordering::AcqRel);
@@ -143,7 +145,7 @@ mod tests {
 
     #[test]
     fn mail_is_taken_once() {
-        let bus = IpiBus::new(2);
+        let bus = IpiBus::new(0, 2);
         bus.post(1, 0x41);
         bus.post(1, 0xf0);
         bus.post(7, 0x41);

@@ -94,8 +94,14 @@ impl LocalTarget {
             cancel: opts.cancel.clone(),
             no_progress: Some(runner::vm::NO_PROGRESS),
         };
-        let sibling = (inst.case.host == abi::case::HostCheck::Sibling)
-            .then(|| sibling_launcher(image, inst, limits.clone()));
+        let sibling = (inst.case.host == abi::case::HostCheck::Sibling).then(|| {
+            exec::sibling_launcher(
+                || Kvm::open().map_err(|e| format!("/dev/kvm: {e}")),
+                image,
+                inst,
+                limits.clone(),
+            )
+        });
         let executed = exec::execute_booted(vm.as_mut(), inst, &limits, sibling);
         let run_ms = start.elapsed().as_secs_f64() * 1e3;
         // Teardown (closing the VM and unmapping its memory) happens behind us; if the reaper
@@ -113,35 +119,6 @@ impl LocalTarget {
             Executed::Cancelled => None,
         }
     }
-}
-
-/// Starts the second VM of a `HostCheck::Sibling` case: the same case, its parameter plus
-/// `SIBLING_PARAM`, in a VM of its own (its own `/dev/kvm` handle) on a thread of its own.
-fn sibling_launcher(
-    image: &Arc<GuestImage>,
-    inst: &Instance,
-    limits: RunLimits,
-) -> crate::host_check::SiblingLauncher {
-    let image = Arc::clone(image);
-    let mut case = (*inst.case).clone();
-    case.param |= abi::case::io::SIBLING_PARAM;
-    let sibling = Instance {
-        case: Arc::new(case),
-        env: inst.env,
-    };
-    Arc::new(move || {
-        let (image, sibling, limits) = (Arc::clone(&image), sibling.clone(), limits.clone());
-        std::thread::spawn(move || {
-            let kvm = match Kvm::open() {
-                Ok(k) => k,
-                Err(e) => return (crate::outcome::Outcome::Error, format!("/dev/kvm: {e}")),
-            };
-            match exec::execute(&kvm, &image, &sibling, &limits) {
-                Executed::Done(raw) => (raw.outcome, raw.detail),
-                Executed::Cancelled => (crate::outcome::Outcome::Error, "cancelled".into()),
-            }
-        })
-    })
 }
 
 /// An instance ready to run ([`LocalTarget::prepare`]).
