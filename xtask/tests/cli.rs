@@ -24,7 +24,7 @@ use nix::unistd::Pid;
 use serde_json::Value;
 
 mod support;
-use support::{image, xtask};
+use support::{image, read_report, xtask};
 
 fn kvm_usable() -> bool {
     runner::kvm::Kvm::open().is_ok()
@@ -471,11 +471,6 @@ fn report_ids(r: &Value) -> Vec<String> {
         .iter()
         .filter_map(|c| c["id"].as_str().map(String::from))
         .collect()
-}
-
-fn read_report(path: &Path) -> Value {
-    serde_json::from_str(&std::fs::read_to_string(path).expect("report readable"))
-        .expect("report is JSON")
 }
 
 fn wait_for_lines(path: &Path, n: usize, child: &mut std::process::Child) {

@@ -111,8 +111,7 @@ impl World {
     }
 
     fn report(&self) -> Value {
-        let p = self.dir.path().join("out/report.json");
-        serde_json::from_str(&std::fs::read_to_string(p).expect("report")).expect("JSON")
+        support::read_report(&self.dir.path().join("out/report.json"))
     }
 }
 

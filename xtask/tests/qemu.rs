@@ -5,10 +5,8 @@
 
 use std::process::Command;
 
-use serde_json::Value;
-
 mod support;
-use support::{image, xtask};
+use support::{image, read_report, xtask};
 
 fn have_qemu() -> bool {
     let ok = Command::new("qemu-system-x86_64")
@@ -42,8 +40,7 @@ fn hvm64_boots_in_qemu_with_tcg_deviations_as_xfail_and_pvm_environments_skipped
         .expect("run");
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(0), "{err}");
-    let r: Value =
-        serde_json::from_str(&std::fs::read_to_string(&report).expect("report")).expect("JSON");
+    let r = read_report(&report);
     assert_eq!(r["run"]["target"], "qemu");
     let cases = r["cases"].as_array().expect("cases");
     let outcome = |id: &str| {

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 mod support;
-use support::{image, xtask};
+use support::{image, read_report, xtask};
 
 const SSHD: &str = "/usr/sbin/sshd";
 
@@ -143,10 +143,6 @@ fn remote_dir(stderr: &str) -> PathBuf {
     PathBuf::from(line.rsplit_once(':').expect("DEST:DIR").1)
 }
 
-fn read(path: &Path) -> Value {
-    serde_json::from_str(&std::fs::read_to_string(path).expect("report")).expect("JSON")
-}
-
 fn ids(report: &Value) -> Vec<String> {
     report["cases"]
         .as_array()
@@ -187,7 +183,7 @@ fn a_run_over_ssh_matches_a_local_run_and_leaves_nothing_behind() {
     assert_eq!(out.status.code(), Some(0), "{err}");
     let dir = remote_dir(&err);
     assert!(!dir.exists(), "{} is left on the remote", dir.display());
-    let r = read(&remote);
+    let r = read_report(&remote);
     assert_eq!(r["run"]["target"], "ssh");
     let got = ids(&r);
     let unique: std::collections::HashSet<_> = got.iter().collect();
@@ -262,7 +258,7 @@ fn an_interrupted_ssh_run_reports_what_finished_and_cleans_up() {
     let out = child.wait_with_output().expect("wait");
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(130), "{err}");
-    let r = read(&report);
+    let r = read_report(&report);
     assert_eq!(r["state"], "interrupted");
     assert!(ids(&r).len() >= 3);
     let dir = remote_dir(&err);

@@ -36,6 +36,12 @@ pub fn image() -> &'static Path {
     })
 }
 
+/// The JSON report at `path`.
+pub fn read_report(path: &Path) -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(path).expect("report readable"))
+        .expect("report is JSON")
+}
+
 /// The host kernel the fixtures claim.
 pub const KERNEL: &str = "6.18.0-fixture-pvm";
 /// The guest image hash the fixtures claim.
