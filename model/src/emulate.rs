@@ -191,12 +191,7 @@ pub fn faulting(bytes: &[u8], rip: u64, reg: impl Fn(Register) -> u64) -> Faulti
     if insn.is_invalid() {
         return Faulting::Other;
     }
-    let value = |r: Register| -> u64 {
-        match r {
-            Register::ES | Register::CS | Register::SS | Register::DS => 0,
-            _ => reg(r.full_register()),
-        }
-    };
+    let value = |r: Register| address_register(&reg, r);
     let address = |op: u32| insn.virtual_address(op, 0, |r, _, _| Some(value(r)));
     let memory_operand = (0..insn.op_count()).find(|&i| insn.op_kind(i) == OpKind::Memory);
     match insn.mnemonic() {
@@ -237,12 +232,16 @@ pub fn memory_address(bytes: &[u8], rip: u64, reg: impl Fn(Register) -> u64) -> 
     let mut d = Decoder::with_ip(64, bytes, rip, DecoderOptions::NONE);
     let insn: Instruction = d.decode();
     let op = (0..insn.op_count()).find(|&i| insn.op_kind(i) == OpKind::Memory)?;
-    insn.virtual_address(op, 0, |r, _, _| {
-        Some(match r {
-            Register::ES | Register::CS | Register::SS | Register::DS => 0,
-            _ => reg(r.full_register()),
-        })
-    })
+    insn.virtual_address(op, 0, |r, _, _| Some(address_register(&reg, r)))
+}
+
+/// A register as an address computation reads it: ES, CS, SS and DS have base 0 in 64-bit
+/// mode; FS and GS (their bases) and general registers (by their full name) come from `reg`.
+fn address_register(reg: &impl Fn(Register) -> u64, r: Register) -> u64 {
+    match r {
+        Register::ES | Register::CS | Register::SS | Register::DS => 0,
+        _ => reg(r.full_register()),
+    }
 }
 
 /// Whether the bytes are RDPMC (`0f 33`).

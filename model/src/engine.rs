@@ -738,9 +738,7 @@ fn ioapic_access(vcm: &RefCell<&mut Vcpu>, gpa: u64, write: Option<u32>) -> Opti
         Some(val) => {
             let out = devices.ioapic.write(off, val);
             drop(devices);
-            for d in out {
-                v.pvm.post_interrupt(d);
-            }
+            v.pvm.post_interrupts(out);
             Some(0)
         }
     }
@@ -879,13 +877,8 @@ fn run_loop<'a, 'h: 'a, 'v: 'a>(
                 let mut d = v.devices.lock();
                 eois.into_iter().flat_map(|e| d.ioapic.eoi(e)).collect()
             };
-            let out = if v.pvm.faults.on(Fault::IoapicLevelNotReasserted) {
-                Vec::new()
-            } else {
-                out
-            };
-            for d in out {
-                v.pvm.post_interrupt(d);
+            if !v.pvm.faults.on(Fault::IoapicLevelNotReasserted) {
+                v.pvm.post_interrupts(out);
             }
         }
         if let Some(why) = v.pvm.shutdown.take() {

@@ -636,17 +636,17 @@ impl Pvm {
         }
         let from_user = !self.smod;
         let vec_at = offset_of!(PvcsV2, event_vector);
+        // NMI and #MC are named by a bit of the vector word alone (research §1-2).
+        let bit = match ev {
+            Event::Nmi => vector_bits::NMI,
+            Event::Mce => vector_bits::MCE,
+            _ => 0,
+        };
         if !from_user {
             let word = self.read16(mem, vec_at)?;
             let busy = word & 0xff00;
             // An NMI or #MC while the previous event is not consumed only sets its bit; the
-            // guest finds it there, and ERETU delivers it (6.12 `__do_pvm_event`, research
-            // §1-2).
-            let bit = match ev {
-                Event::Nmi => vector_bits::NMI,
-                Event::Mce => vector_bits::MCE,
-                _ => 0,
-            };
+            // guest finds it there, and ERETU delivers it (6.12 `__do_pvm_event`).
             if bit != 0 && busy != 0 && !f.on(Fault::NmiNotHeldOff) {
                 return self.write16(mem, vec_at, word | bit);
             }
@@ -681,10 +681,8 @@ impl Pvm {
         self.write64(mem, offset_of!(PvcsV2, r11), r.r11)?;
         // The vector is left alone for SYSCALL, and the error code written only when the
         // event has one (6.12 host `__do_pvm_event`).
-        if ev == Event::Nmi {
-            self.write16(mem, vec_at, vector_bits::NMI)?;
-        } else if ev == Event::Mce {
-            self.write16(mem, vec_at, vector_bits::MCE)?;
+        if bit != 0 {
+            self.write16(mem, vec_at, bit)?;
         } else if ev != Event::UserSyscall {
             let std = if f.on(Fault::NoStdBit) {
                 0
@@ -1376,13 +1374,18 @@ impl Pvm {
         }
     }
 
-    /// An interrupt for the local APIC with x2APIC ID `dest` (an I/O APIC's delivery): into
-    /// this vCPU's IRR, or another vCPU's mailbox (lost when there is no such vCPU).
-    pub fn post_interrupt(&mut self, (dest, vector): crate::devices::Delivery) {
-        if dest == self.apic_id {
-            self.request_interrupt(vector);
-        } else if let Some(bus) = &self.bus {
-            bus.post(dest as usize, vector);
+    /// Interrupts for the local APICs with the given x2APIC IDs (an I/O APIC's deliveries):
+    /// into this vCPU's IRR, or another vCPU's mailbox (lost when there is no such vCPU).
+    pub fn post_interrupts(
+        &mut self,
+        deliveries: impl IntoIterator<Item = crate::devices::Delivery>,
+    ) {
+        for (dest, vector) in deliveries {
+            if dest == self.apic_id {
+                self.request_interrupt(vector);
+            } else if let Some(bus) = &self.bus {
+                bus.post(dest as usize, vector);
+            }
         }
     }
 

@@ -33,9 +33,7 @@ fn host_nanos() -> u64 {
 
 /// Hands the I/O APIC's deliveries to their local APICs and has the engine look at them.
 fn deliver(v: &mut Vcpu, out: Vec<crate::devices::Delivery>) {
-    for d in out {
-        v.pvm.post_interrupt(d);
-    }
+    v.pvm.post_interrupts(out);
     v.pvm.resync = true;
 }
 
