@@ -244,6 +244,37 @@ fn address_register(reg: &impl Fn(Register) -> u64, r: Register) -> u64 {
     }
 }
 
+/// The address of the first port-I/O instruction (IN, OUT, INS, OUTS, with or without REP)
+/// among the instructions in `bytes` (code at `rip`), if any. Unicorn runs port I/O without
+/// the IOPL check and only reports it from inside the instruction, after which the rest of the
+/// translation block runs too; the engine looks for one at the start of each user-mode block
+/// so that the #GP comes before the instruction, as the hardware raises it.
+pub fn first_port_io(bytes: &[u8], rip: u64) -> Option<u64> {
+    let mut d = Decoder::with_ip(64, bytes, rip, DecoderOptions::NONE);
+    let mut insn = Instruction::default();
+    while d.can_decode() {
+        d.decode_out(&mut insn);
+        if insn.is_invalid() {
+            return None;
+        }
+        let port_io = matches!(
+            insn.mnemonic(),
+            Mnemonic::In
+                | Mnemonic::Out
+                | Mnemonic::Insb
+                | Mnemonic::Insw
+                | Mnemonic::Insd
+                | Mnemonic::Outsb
+                | Mnemonic::Outsw
+                | Mnemonic::Outsd
+        );
+        if port_io {
+            return Some(insn.ip());
+        }
+    }
+    None
+}
+
 /// Whether the bytes are RDPMC (`0f 33`).
 pub fn is_rdpmc(bytes: &[u8]) -> bool {
     bytes.starts_with(&[0x0f, 0x33])
@@ -271,6 +302,17 @@ fn cr_number(r: Register) -> Option<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_first_port_io_of_a_block_is_found() {
+        // mov eax, 1; nop; in al, dx; ret
+        let block = [0xb8, 1, 0, 0, 0, 0x90, 0xec, 0xc3];
+        assert_eq!(first_port_io(&block, 0x1000), Some(0x1006));
+        // rep outsb first
+        assert_eq!(first_port_io(&[0xf3, 0x6e], 0x2000), Some(0x2000));
+        // mov eax, 1; ret
+        assert_eq!(first_port_io(&[0xb8, 1, 0, 0, 0, 0xc3], 0), None);
+    }
 
     #[test]
     fn the_privileged_forms_the_guest_uses_decode() {

@@ -95,6 +95,14 @@ enum Stop {
         /// The instruction.
         pc: u64,
     },
+    /// The user-mode block at `block` holds port I/O at `at`, after its start: run the block
+    /// up to `at` (an exit there), where a [`Stop::UserIo`] follows.
+    UserIoAhead {
+        /// The block's start.
+        block: u64,
+        /// The port-I/O instruction.
+        at: u64,
+    },
 }
 
 /// The data the hooks share.
@@ -285,6 +293,22 @@ fn read_virt(
     Ok(())
 }
 
+/// The first port-I/O instruction of the user-mode block at `addr` (`size` bytes, as Unicorn
+/// translated it), read through the guest's page tables as the fetch did.
+fn user_port_io(mem: &dyn GuestRam, walk: &WalkCtx, addr: u64, size: usize) -> Option<u64> {
+    let mut code = vec![0u8; size];
+    let mut done = 0;
+    while done < size {
+        let a = addr + done as u64;
+        let n = (0x1000 - (a & 0xfff) as usize).min(size - done);
+        let t = mmu::walk(mem, walk, a, Access::Fetch).ok()?;
+        mem.read(t.page + (a & 0xfff), &mut code[done..done + n])
+            .ok()?;
+        done += n;
+    }
+    emulate::first_port_io(&code, addr)
+}
+
 fn write_virt(mem: &dyn GuestRam, p: &Pvm, va: u64, data: &[u8]) -> Result<(), PageFault> {
     let mut done = 0;
     while done < data.len() {
@@ -394,11 +418,31 @@ pub fn run(
     // `stop_request` under its instruction helpers, and the SYSCALL and CPUID helpers leave
     // their hook walks early when it is set, while still completing the instruction: a lost
     // ERETS, or Unicorn's own CPUID values instead of the VMM's (seen with several vCPUs).
+    //
+    // Port I/O in user mode is a #GP before the instruction runs (hardware ring 3, IOPL 0, no
+    // I/O bitmap: notes §9), but Unicorn runs it without the IOPL check and its port hooks
+    // come from inside the instruction, with the rest of the block still to run. So each
+    // user-mode block is looked at here first: port I/O at its start is stopped before it
+    // runs; port I/O further in stops the block, which then runs again up to that instruction.
     let kicked = kick.clone();
-    uc.add_block_hook(1, 0, move |uc, _, _| {
+    uc.add_block_hook(1, 0, move |uc, addr, size| {
         if kicked.swap(false, Ordering::AcqRel) {
             let _ = uc.emu_stop();
+            return;
         }
+        let walk = uc.get_data().walk;
+        if !walk.user {
+            return;
+        }
+        let Some(at) = user_port_io(mem, &walk, addr, size as usize) else {
+            return;
+        };
+        uc.get_data_mut().stop = Some(if at == addr {
+            Stop::UserIo { pc: at }
+        } else {
+            Stop::UserIoAhead { block: addr, at }
+        });
+        let _ = uc.emu_stop();
     })
     .map_err(uc_err("block hook"))?;
     uc.add_intr_hook(|uc, n| {
@@ -851,6 +895,8 @@ fn run_loop<'a, 'h: 'a, 'v: 'a>(
     let Ctl { limits, watch, smp } = *ctl;
     let (start, wake_at) = (watch.start, &watch.wake_at);
     let mut segments_dirty = false;
+    // An exit set for `Stop::UserIoAhead`, cleared after the next start.
+    let mut exit_armed = false;
     // The memslots this engine maps (a VMM request, maybe another vCPU's, changes them).
     let mut mapped = (0, Vec::new());
     loop {
@@ -984,6 +1030,9 @@ fn run_loop<'a, 'h: 'a, 'v: 'a>(
         // deadline for this start is set above, so its kick comes later.
         uc.get_data().kick.store(false, Ordering::Release);
         let res = uc.emu_start(pc, u64::MAX, 0, 0);
+        if std::mem::take(&mut exit_armed) {
+            uc.ctl_set_exits(&[]).map_err(uc_err("clear the exit"))?;
+        }
         let mut guard = vc.borrow_mut();
         let v: &mut Vcpu = &mut guard;
         v.pvm.resync = false;
@@ -1052,6 +1101,15 @@ fn run_loop<'a, 'h: 'a, 'v: 'a>(
             (None, Some(Stop::UserIo { pc })) => {
                 v.regs.rip = pc;
                 gp(mem, v)
+            }
+            (None, Some(Stop::UserIoAhead { block, at })) => {
+                // The block is translated again, ending at `at` (the exit); the exit is
+                // cleared after the next start, whatever stops it.
+                uc.ctl_remove_cache(block, at + 1)
+                    .map_err(uc_err("drop the block"))?;
+                uc.ctl_set_exits(&[at]).map_err(uc_err("exit at port I/O"))?;
+                exit_armed = true;
+                Next::Go
             }
             (None, None) => match res {
                 Ok(()) => Next::Go,
