@@ -112,6 +112,22 @@ pub const ALL_ENVS: u32 = {
     m
 };
 
+/// Mask of the upstream virt-pvm generations ([`Env::PvV1`], [`Env::PvMid`], [`Env::PvV2`]).
+pub const UPSTREAM_ENVS: u32 = Env::PvV1.bit() | Env::PvMid.bit() | Env::PvV2.bit();
+
+/// Mask of the environments whose guest kernel is promised the x86 rules of ring 0 that ring
+/// compression changes: `mov %cs` reads RPL 0, PUSHF shows the interrupt flag CLI/STI set,
+/// SGDT/SIDT show the tables the kernel loaded, its own IDT gates and GDT judge `int n` and
+/// segment loads, the return to user mode is IRETQ's, the kernel's IOPL and CR0.TS/CR4.TSD
+/// take effect in hardware. The upstream PVM ABI replaces each of these rules with one of its
+/// own (the guest kernel runs in hardware ring 3 on the host's GDT and IDT, IF=1 and IOPL 0 in
+/// hardware, the virtual IF in the PVCS, guest CR0/CR4 writes stored without hardware effect,
+/// ERETU: shared/notes/pvm-abi-upstream.md §1, §3, §4.3, §5.1, §6), so the cases of those x86
+/// rules apply outside [`UPSTREAM_ENVS`] only, and `abi.upstream.ring.*` cases check the ABI's
+/// rules there instead. (The local dialect documents no such rules: where its host breaks an
+/// x86 rule, that is a deviation in its expectations file.)
+pub const X86_RING0_ENVS: u32 = ALL_ENVS & !UPSTREAM_ENVS;
+
 /// The paravirtual dialect a host speaks.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Dialect {
@@ -245,6 +261,15 @@ mod tests {
         }
         assert_eq!(Env::from_name("pv-v3"), None);
         assert_eq!(ALL_ENVS, 0b1_1111);
+        assert_eq!(X86_RING0_ENVS | UPSTREAM_ENVS, ALL_ENVS);
+        assert_eq!(X86_RING0_ENVS & UPSTREAM_ENVS, 0);
+        for e in Env::ALL {
+            let upstream = matches!(
+                e.required_dialect(),
+                Some(Dialect::UpstreamV1 | Dialect::UpstreamMid | Dialect::UpstreamV2)
+            );
+            assert_eq!(UPSTREAM_ENVS & e.bit() != 0, upstream, "{e:?}");
+        }
         assert!(Env::implemented().any(|e| e == Env::Hvm64));
     }
 }

@@ -23,6 +23,16 @@ pub const HOST_USER_CS: u16 = 0x33;
 pub const HOST_USER_DS: u16 = 0x2b;
 /// `__USER32_CS` of an x86-64 Linux host (compatibility-mode user code).
 pub const HOST_USER32_CS: u16 = 0x23;
+/// Entries of an x86-64 Linux host's GDT (`GDT_ENTRIES`): SGDT in the guest kernel shows a
+/// limit of `HOST_GDT_ENTRIES * 8 - 1` on a host without UMIP (notes §6, "Not trapping").
+pub const HOST_GDT_ENTRIES: usize = 16;
+/// The host's TSS selector (`GDT_ENTRY_TSS` = 8), which STR shows the guest kernel.
+pub const HOST_TSS_SELECTOR: u16 = 0x40;
+/// The host's CPUNODE entry (`GDT_ENTRY_CPUNODE` = 15, RPL 0): a DPL-3 data segment for the
+/// vDSO's getcpu, which the guest can load because segment loads see the host GDT.
+pub const HOST_CPUNODE_SELECTOR: u16 = 0x78;
+/// The limit of the host's IDT (256 gates), as SIDT shows it.
+pub const HOST_IDT_LIMIT: u16 = 0xfff;
 /// The selectors (RPL 3) of the host GDT's three TLS entries (`GDT_ENTRY_TLS_MIN` = 12 on an
 /// x86-64 Linux host), which `PVM_HC_LOAD_TLS` fills.
 pub const HOST_TLS_SELECTORS: [u16; 3] = [0x63, 0x6b, 0x73];

@@ -44,6 +44,11 @@ const HOST_GDT_PA: u64 = 1 << crate::pvm::MAXPHYADDR;
 /// so every change of the hardware CS/SS goes through a real IRETQ on this page, with the
 /// frame at [`IRET_FRAME_OFFSET`].
 const HOST_CODE_VA: u64 = HOST_GDT_VA + 0x1000;
+/// Where an x86-64 Linux host keeps its IDT (`CPU_ENTRY_AREA_RO_IDT`): what SIDT shows. Not
+/// mapped: nothing reads it.
+const HOST_IDT_VA: u64 = 0xffff_fe00_0000_0000;
+/// The host TSS's address (SDM: STR shows only the selector; the base is for completeness).
+const HOST_TSS_VA: u64 = 0xffff_fe00_0000_3000;
 /// Physical page of [`HOST_CODE_VA`].
 const HOST_CODE_PA: u64 = HOST_GDT_PA + 0x1000;
 /// Offset of the IRETQ frame in the code page.
@@ -431,7 +436,7 @@ pub fn run(
             return;
         }
         let walk = uc.get_data().walk;
-        if !walk.user {
+        if !walk.user || walk.faults.on(Fault::UserIoAllowed) {
             return;
         }
         let Some(at) = user_port_io(mem, &walk, addr, size as usize) else {
@@ -463,7 +468,8 @@ pub fn run(
     // same block must see the OUT's effect (and a VMM request's reply must be in memory when
     // the guest reads it, maybe in the same block).
     uc.add_insn_out_hook(move |uc, port, size, value| {
-        if uc.get_data().walk.user {
+        let walk = uc.get_data().walk;
+        if walk.user && !walk.faults.on(Fault::UserIoAllowed) {
             let pc = uc.pc_read().unwrap_or(0);
             set_stop(uc, Stop::UserIo { pc });
             return;
@@ -502,7 +508,8 @@ pub fn run(
     })
     .map_err(uc_err("OUT hook"))?;
     uc.add_insn_in_hook(move |uc, port, size| {
-        if uc.get_data().walk.user {
+        let walk = uc.get_data().walk;
+        if walk.user && !walk.faults.on(Fault::UserIoAllowed) {
             let pc = uc.pc_read().unwrap_or(0);
             set_stop(uc, Stop::UserIo { pc });
             return 0;
@@ -596,6 +603,20 @@ pub fn run(
         &mmr(HOST_GDT_VA, (pvm::HOST_GDT.len() * 8 - 1) as u32),
     )
     .map_err(uc_err("GDTR"))?;
+    // The host's IDT and its busy TSS (GDT entry 8), which SIDT and STR in hardware ring 3
+    // show the guest (notes §6, "Not trapping"). Unicorn hands every exception to the
+    // interrupt hook, so it never reads either.
+    uc.reg_write_long(
+        RegisterX86::IDTR,
+        &mmr(HOST_IDT_VA, u32::from(abi::upstream::HOST_IDT_LIMIT)),
+    )
+    .map_err(uc_err("IDTR"))?;
+    let mut tr = mmr(HOST_TSS_VA, 0x67);
+    tr[0..2].copy_from_slice(&abi::upstream::HOST_TSS_SELECTOR.to_le_bytes());
+    // Present (P, bit 15) busy 64-bit TSS (type 0xb), in QEMU's descriptor-flags layout.
+    tr[20..24].copy_from_slice(&0x8b00u32.to_le_bytes());
+    uc.reg_write_long(RegisterX86::TR, &tr)
+        .map_err(uc_err("TR"))?;
     uc.reg_write_long(
         RegisterX86::MSR,
         &msr_bytes(0xc000_0080, (1 << 0) | (1 << 8) | (1 << 10) | (1 << 11)),
@@ -1107,7 +1128,8 @@ fn run_loop<'a, 'h: 'a, 'v: 'a>(
                 // cleared after the next start, whatever stops it.
                 uc.ctl_remove_cache(block, at + 1)
                     .map_err(uc_err("drop the block"))?;
-                uc.ctl_set_exits(&[at]).map_err(uc_err("exit at port I/O"))?;
+                uc.ctl_set_exits(&[at])
+                    .map_err(uc_err("exit at port I/O"))?;
                 exit_armed = true;
                 Next::Go
             }
@@ -1327,6 +1349,9 @@ fn exception(
                 },
             ),
             0x80 => deliver(mem, v, Event::Vector(0x80)),
+            _ if v.pvm.faults.on(Fault::IntNThroughGuestGate) => {
+                deliver(mem, v, Event::Vector(vector))
+            }
             _ => {
                 v.regs.rip -= 2;
                 deliver(

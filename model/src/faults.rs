@@ -83,11 +83,19 @@ pub enum Fault {
     MemslotKeptAfterRemove,
     /// An EOI does not bring back a level-triggered I/O APIC pin that is still high.
     IoapicLevelNotReasserted,
+    /// `int n` from the guest kernel is delivered as vector n, as if the host's IDT gate had
+    /// DPL 3 (instead of #GP(n*8+2)).
+    IntNThroughGuestGate,
+    /// Port I/O from guest user mode reaches the VMM like the kernel's (as with an I/O bitmap
+    /// or a hardware IOPL the guest controls).
+    UserIoAllowed,
+    /// v2: the host keeps KVM's NMI mask from an NMI's delivery to ERETU, as the RFC hosts do.
+    V2NmiMasked,
 }
 
 impl Fault {
     /// Every switch, in `--list-faults` order.
-    pub const ALL: [Fault; 38] = [
+    pub const ALL: [Fault; 41] = [
         Fault::WrongCr2,
         Fault::PfErrcodeNoWrite,
         Fault::PfErrcodeNoUser,
@@ -126,6 +134,9 @@ impl Fault {
         Fault::LoadTlsIgnored,
         Fault::MemslotKeptAfterRemove,
         Fault::IoapicLevelNotReasserted,
+        Fault::IntNThroughGuestGate,
+        Fault::UserIoAllowed,
+        Fault::V2NmiMasked,
     ];
 
     /// Name on the command line.
@@ -169,6 +180,9 @@ impl Fault {
             Fault::LoadTlsIgnored => "load-tls-ignored",
             Fault::MemslotKeptAfterRemove => "memslot-kept-after-remove",
             Fault::IoapicLevelNotReasserted => "ioapic-level-not-reasserted",
+            Fault::IntNThroughGuestGate => "int-n-through-guest-gate",
+            Fault::UserIoAllowed => "user-io-allowed",
+            Fault::V2NmiMasked => "v2-nmi-masked",
         }
     }
 

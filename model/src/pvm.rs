@@ -318,7 +318,7 @@ fn noncanonical_return(r: &Regs) -> Option<Event> {
 /// host's busy TSS at 8-9, LDT 10-11 and TLS 12-14 empty, and the CPUNODE entry at 15 that
 /// vDSO getcpu reads with LSL (arch/x86/kernel/cpu/common.c:setup_getcpu: type 5, DPL 3,
 /// D=1, CPU and node number in the limit; vCPU 0 on node 0 here).
-pub const HOST_GDT: [u64; 16] = [
+pub const HOST_GDT: [u64; abi::upstream::HOST_GDT_ENTRIES] = [
     0,
     0x00cf_9b00_0000_ffff,
     0x00af_9b00_0000_ffff,
@@ -642,6 +642,9 @@ impl Pvm {
             Event::Mce => vector_bits::MCE,
             _ => 0,
         };
+        if ev == Event::Nmi && f.on(Fault::V2NmiMasked) {
+            self.nmi_masked = true;
+        }
         if !from_user {
             let word = self.read16(mem, vec_at)?;
             let busy = word & 0xff00;
@@ -1429,13 +1432,14 @@ impl Pvm {
     /// Whether an NMI the VMM injected can be delivered now: once a PVCS is registered, and
     /// (RFC) while KVM's NMI mask is clear; the virtual IF does not matter (research §1).
     pub fn nmi_allowed(&self) -> bool {
-        self.vcpu_struct != 0 && !(self.generation.rfc() && self.nmi_masked)
+        let mask = self.generation.rfc() || self.faults.on(Fault::V2NmiMasked);
+        self.vcpu_struct != 0 && !(mask && self.nmi_masked)
     }
 
     /// KVM_GET_VCPU_EVENTS' NMI state: (pending, masked). v2 reports NMIs masked only while
     /// no PVCS is registered (`pvm_get_nmi_mask`); RFC reports its mask.
     pub fn nmi_state(&self) -> (bool, bool) {
-        let masked = if self.generation.rfc() {
+        let masked = if self.generation.rfc() || self.faults.on(Fault::V2NmiMasked) {
             self.nmi_masked
         } else {
             self.vcpu_struct == 0

@@ -19,6 +19,19 @@ pub const PING_VECTOR: u8 = 0x2c;
 /// IPI vector vCPU 1 answers with.
 pub const PONG_VECTOR: u8 = 0x2d;
 
+/// A case of a rule the upstream PVM ABI puts in place of an x86 ring-0 rule
+/// (`abi::env::X86_RING0_ENVS`): it runs in the upstream generations, next to the case of the
+/// x86 rule it replaces, which runs everywhere else.
+pub const fn upstream_ring(name: &'static str, summary: &'static str) -> guest_lib::case::Spec {
+    guest_lib::case::Spec::new(name, guest_lib::abi::env::Area::Abi, summary)
+        .envs(guest_lib::abi::env::UPSTREAM_ENVS)
+}
+
+/// Whether `va` lies in the guest image (where the library's own tables are).
+pub fn in_image(va: u64) -> bool {
+    (guest_lib::abi::layout::IMAGE_BASE..guest_lib::abi::layout::IMAGE_END).contains(&va)
+}
+
 /// Two frames holding 0xaaaa and 0xbbbb, with [`TEST_VA`] mapped (RW, US) to the first and
 /// that mapping checked; for cases that remap [`TEST_VA`] and check a flush.
 pub fn remap_fixture() -> (Frame, Frame) {

@@ -1041,10 +1041,19 @@ case_table!(
         ),
         ("cpu.insn.crc32", 11, "CRC32 at CPL0 gives its result"),
         ("cpu.insn.rdrand", 12, "RDRAND at CPL0 reports success"),
-        (
-            "cpu.insn.segment_queries",
-            13,
-            "LAR/LSL/VERR/VERW at CPL0 describe the kernel's segments"
-        ),
     ]
+);
+
+const fn insn_ring0_spec(name: &'static str, summary: &'static str) -> Spec {
+    insn_spec(name, summary).envs(guest_lib::abi::env::X86_RING0_ENVS)
+}
+
+case_table!(
+    insn_class,
+    insn_ring0_spec,
+    [(
+        "cpu.insn.segment_queries",
+        13,
+        "LAR/LSL/VERR/VERW at CPL0 describe the kernel's segments"
+    )]
 );

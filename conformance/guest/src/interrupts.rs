@@ -11,7 +11,9 @@ use guest_lib::case::Spec;
 use guest_lib::exception::{self, Exception, Frame, vector};
 use guest_lib::{case, case_table, check, check_eq, rt};
 
-use crate::common::{PING_VECTOR, PONG_VECTOR, TIMER_VECTOR};
+use crate::common::{PING_VECTOR, PONG_VECTOR, TIMER_VECTOR, upstream_ring};
+use guest_lib::abi::env::X86_RING0_ENVS;
+use guest_lib::abi::upstream::HOST_CPUNODE_SELECTOR;
 
 /// Where an exception must be reported.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -179,6 +181,31 @@ fn cpl0_exception() {
                 ),
             }
         }
+        15 => {
+            expect_cpl0(
+                instr::int_n_safe::<SOFT_VECTOR>(),
+                Exception::gp(idt_error_code(SOFT_VECTOR)),
+                At::Fault,
+            );
+            expect_cpl0(
+                instr::int_n_safe::<ABSENT_VECTOR>(),
+                Exception::gp(idt_error_code(ABSENT_VECTOR)),
+                At::Fault,
+            );
+        }
+        16 => {
+            check_eq!(
+                instr::load_ds_safe(HOST_CPUNODE_SELECTOR),
+                Ok(()),
+                "loading DS with {:#x}, the host's CPUNODE entry (DPL 3)",
+                HOST_CPUNODE_SELECTOR
+            );
+            check_eq!(
+                guest_lib::arch::insn::segment_queries(),
+                0,
+                "LAR/LSL/VERR/VERW on the kernel's selectors (the host's DPL-0 descriptors)"
+            );
+        }
         n => guest_lib::error!("no CPL0 exception {}", n),
     }
 }
@@ -228,28 +255,10 @@ case_table!(
             "X86-EXC-UD,X86-EVT-1"
         ),
         (
-            "interrupts.cpl0.nm",
-            6,
-            "FWAIT with CR0.TS|MP at CPL0: #NM",
-            "X86-EXC-NM,X86-EVT-1"
-        ),
-        (
             "interrupts.cpl0.gp_noncanonical",
             7,
             "a read of a non-canonical address at CPL0: #GP(0)",
             "X86-EXC-GP,X86-EVT-1"
-        ),
-        (
-            "interrupts.cpl0.gp_selector",
-            8,
-            "loading DS with a selector past the GDT limit: #GP(selector)",
-            "X86-EXC-GP,X86-EVT-1"
-        ),
-        (
-            "interrupts.cpl0.np_gate",
-            9,
-            "INT n through a not-present IDT gate: #NP(n*8+2)",
-            "X86-EXC-NP,X86-EVT-1"
         ),
         (
             "interrupts.cpl0.ss_noncanonical",
@@ -275,11 +284,59 @@ case_table!(
             "an unmasked SSE exception with CR4.OSXMMEXCPT clear: #UD",
             "X86-EXC-XM,X86-EVT-1"
         ),
+    ]
+);
+
+const fn cpl0_ring0_spec(name: &'static str, summary: &'static str) -> Spec {
+    cpl0_spec(name, summary).envs(X86_RING0_ENVS)
+}
+
+case_table!(
+    cpl0_exception,
+    cpl0_ring0_spec,
+    [
+        (
+            "interrupts.cpl0.nm",
+            6,
+            "FWAIT with CR0.TS|MP at CPL0: #NM",
+            "X86-EXC-NM,X86-EVT-1"
+        ),
+        (
+            "interrupts.cpl0.gp_selector",
+            8,
+            "loading DS with a selector past the GDT limit: #GP(selector)",
+            "X86-EXC-GP,X86-EVT-1"
+        ),
+        (
+            "interrupts.cpl0.np_gate",
+            9,
+            "INT n through a not-present IDT gate: #NP(n*8+2)",
+            "X86-EXC-NP,X86-EVT-1"
+        ),
         (
             "interrupts.cpl0.int_n",
             14,
             "INT n at CPL0 through a DPL0 gate: the handler runs, RIP after the int",
             "X86-INTN-1,X86-EVT-1"
+        ),
+    ]
+);
+
+case_table!(
+    cpl0_exception,
+    upstream_ring,
+    [
+        (
+            "abi.upstream.ring.host_idt",
+            15,
+            "INT n in supervisor mode via a host IDT gate of DPL 0 (all but 3, 4, 0x80): #GP(n*8+2)",
+            "UP-RING-5"
+        ),
+        (
+            "abi.upstream.ring.host_gdt",
+            16,
+            "segment loads and LAR/LSL/VERR/VERW see the host's GDT (0x78 loads; 0x10/0x18 are DPL 0)",
+            "UP-RING-6"
         ),
     ]
 );

@@ -1,7 +1,7 @@
 //! Isolation: guest user code must not reach hypervisor services meant for the guest kernel,
 //! nor supervisor-only memory.
 
-use guest_lib::abi::env::{Area, Env};
+use guest_lib::abi::env::{Area, Env, X86_RING0_ENVS};
 use guest_lib::abi::local::{HYPERCALL_VECTOR, hc};
 use guest_lib::abi::x86::{idt_error_code, pfec};
 use guest_lib::arch::instr;
@@ -12,7 +12,7 @@ use guest_lib::paging::{PteFlags, alloc_frame, map};
 use guest_lib::user::{self, UserExit};
 use guest_lib::{case, check, check_eq};
 
-use crate::common::TEST_VA;
+use crate::common::{TEST_VA, upstream_ring};
 
 extern "C" fn u_local_hypercall(nr: u64) -> u64 {
     pv_local::hypercall(nr, 0, 0, 0).map_or(u64::MAX, |v| v as u64)
@@ -212,12 +212,28 @@ fn grant_iopl(frame: &mut Frame, ex: Exception) -> bool {
 }
 
 /// When the kernel grants IOPL 3, a user IN is allowed, and it is the VMM's port that answers
-/// (it exits like the kernel's own): IOPL is virtual, never the hardware's.
+/// (it exits like the kernel's own): IOPL is virtual, never the hardware's. With parameter 1
+/// the upstream ABI's rule: both guest modes run with hardware IOPL 0 and no I/O bitmap, and
+/// ERETU keeps IOPL out of the user flags, so the IN is #GP(0) again and reaches nothing.
 fn iopl3_grant() {
     GRANTED.set(false);
     user::set_fault_hook(Some(grant_iopl));
     let exit = user::run(u_port, 0);
     user::set_fault_hook(None);
+    if rt::case_param() == 1 {
+        check!(GRANTED.get(), "the first user IN did not raise #GP");
+        check_eq!(
+            exit,
+            UserExit::Exception(Exception::gp(0)),
+            "the user IN after the kernel granted IOPL 3"
+        );
+        check_eq!(
+            vmm::device_log_len(),
+            0,
+            "INs that reached the VMM's device"
+        );
+        return;
+    }
     check!(
         matches!(exit, UserExit::Returned(_)),
         "the IN with IOPL 3 ended with {:?}",
@@ -237,6 +253,18 @@ case!(
     )
     .smoke()
     .reqs("X86-IO-PERM-1,PVM-ISO-3")
+    .envs(X86_RING0_ENVS)
+);
+case!(
+    iopl3_grant,
+    upstream_ring(
+        "abi.upstream.ring.iopl",
+        "user port I/O is #GP(0) even after the kernel grants IOPL 3 (hardware IOPL 0, no I/O bitmap)"
+    )
+    .host(HostCheck::Scratch)
+    .param(1)
+    .smoke()
+    .reqs("UP-RING-7,PVM-ISO-3")
 );
 
 // --- Hostile values in the frame of a return to user mode ----------------------------------
@@ -249,6 +277,9 @@ mod spoil {
     pub const NULL_CS: u64 = 3;
     pub const RSP: u64 = 4;
     pub const RFLAGS: u64 = 5;
+    /// Added to the above: the upstream ABI's rule for the return (ERETU), which refuses any
+    /// CS or SS but the host's user selectors with #GP(0) at the ERETU itself (notes §4.3).
+    pub const ERETU: u64 = 0x100;
 }
 
 static SPOIL: guest_lib::PerCpu<Option<u64>> = guest_lib::PerCpu::new(None);
@@ -288,7 +319,8 @@ extern "C" fn u_plain(x: u64) -> u64 {
 /// an ordinary exception, or (reserved RFLAGS bits) the bits are dropped; never does user
 /// code run with the bad state, and the kernel can enter user mode normally afterwards.
 fn hostile_return() {
-    let how = rt::case_param();
+    let eretu = rt::case_param() & spoil::ERETU != 0;
+    let how = rt::case_param() & !spoil::ERETU;
     SPOIL.set(Some(how));
     user::set_fault_hook(Some(spoil_frame));
     let exit = user::run(u_trap_then_flags, 0);
@@ -297,6 +329,7 @@ fn hostile_return() {
     // The exception the architecture gives for the spoiled return (an IRETQ fault in the
     // kernel; a dialect may deliver the same exception as a user event instead).
     let allowed: &[Exception] = match how {
+        spoil::SS | spoil::DATA_CS if eretu => &[Exception::gp(0)],
         spoil::RIP | spoil::NULL_CS => &[Exception::gp(0)],
         spoil::SS => &[Exception::gp(0x78)],
         spoil::DATA_CS => &[Exception::gp(0x28)],
@@ -305,7 +338,8 @@ fn hostile_return() {
     };
     let held = match exit {
         UserExit::Returned(flags) if how == spoil::RFLAGS => flags & 0xffff_ffff_ffc0_0000 == 0,
-        UserExit::ReturnRefused(e, _) | UserExit::Exception(e) => allowed.contains(&e),
+        UserExit::ReturnRefused(e, _) => allowed.contains(&e),
+        UserExit::Exception(e) => !eretu && allowed.contains(&e),
         _ => false,
     };
     check!(
@@ -336,16 +370,6 @@ case_table!(
             "a return to user mode at a non-canonical RIP is refused"
         ),
         (
-            "isolation.return.bad_ss",
-            spoil::SS,
-            "a return to user mode with an SS past the GDT is refused"
-        ),
-        (
-            "isolation.return.data_cs",
-            spoil::DATA_CS,
-            "a return to user mode with a data selector in CS is refused"
-        ),
-        (
             "isolation.return.null_cs",
             spoil::NULL_CS,
             "a return to user mode with a null CS is refused"
@@ -359,6 +383,46 @@ case_table!(
             "isolation.return.reserved_rflags",
             spoil::RFLAGS,
             "reserved RFLAGS bits in a return frame do not reach user code"
+        ),
+    ]
+);
+
+const fn hostile_ring0_spec(name: &'static str, summary: &'static str) -> Spec {
+    hostile_spec(name, summary).envs(X86_RING0_ENVS)
+}
+
+case_table!(
+    hostile_return,
+    hostile_ring0_spec,
+    [
+        (
+            "isolation.return.bad_ss",
+            spoil::SS,
+            "a return to user mode with an SS past the GDT is refused"
+        ),
+        (
+            "isolation.return.data_cs",
+            spoil::DATA_CS,
+            "a return to user mode with a data selector in CS is refused"
+        ),
+    ]
+);
+
+case_table!(
+    hostile_return,
+    upstream_ring,
+    [
+        (
+            "abi.upstream.ring.eretu_bad_ss",
+            spoil::SS | spoil::ERETU,
+            "ERETU with an SS other than the host's __USER_DS: #GP(0) at the ERETU",
+            "UP-RING-8,PVM-ISO-4"
+        ),
+        (
+            "abi.upstream.ring.eretu_data_cs",
+            spoil::DATA_CS | spoil::ERETU,
+            "ERETU with a data selector in CS: #GP(0) at the ERETU",
+            "UP-RING-8,PVM-ISO-4"
         ),
     ]
 );

@@ -11,7 +11,9 @@ use guest_lib::case::Spec;
 use guest_lib::paging::PteFlags;
 use guest_lib::{case_table, rt};
 
-use crate::common::TEST_VA;
+use crate::common::{TEST_VA, in_image, upstream_ring};
+use guest_lib::abi::env::X86_RING0_ENVS;
+use guest_lib::abi::upstream::{HOST_GDT_ENTRIES, HOST_IDT_LIMIT, HOST_TSS_SELECTOR, HOST_USER_CS};
 use guest_lib::exception::{Exception, Frame, SyscallFrame, vector};
 use guest_lib::user::{self, UserExit};
 use guest_lib::{case, check, check_eq, log};
@@ -351,6 +353,25 @@ case!(
     .smoke()
     .reqs("X86-PRIV-2,PVM-RING-2")
     .host(HostCheck::None)
+    .envs(X86_RING0_ENVS)
+);
+
+/// Upstream ABI: the guest kernel runs in hardware ring 3 on the host's `__USER_CS`.
+fn cs_upstream() {
+    check_eq!(
+        instr::read_cs(),
+        HOST_USER_CS,
+        "CS as read by `mov %cs` in supervisor mode"
+    );
+}
+case!(
+    cs_upstream,
+    upstream_ring(
+        "abi.upstream.ring.cs",
+        "`mov %cs` in supervisor mode reads the host's __USER_CS, 0x33"
+    )
+    .smoke()
+    .reqs("UP-RING-1")
 );
 
 // --- CPL0: the same instructions take effect ---------------------------------------------------
@@ -372,6 +393,35 @@ case!(
         "CLI/STI at CPL0 take effect as PUSHF shows (ring compression invisible)"
     )
     .reqs("X86-PRIV-3,PVM-RING-2")
+    .envs(X86_RING0_ENVS)
+);
+
+/// Upstream ABI: the hardware runs the guest kernel with IF=1 and IOPL 0 whatever it does;
+/// CLI and STI trap and set the virtual IF in the PVCS.
+fn flags_upstream() {
+    let env = guest_lib::env::current();
+    let booted = (instr::read_rflags(), env.virtual_interrupt_flag());
+    let _ = instr::sti_safe();
+    let on = (instr::read_rflags(), env.virtual_interrupt_flag());
+    let _ = instr::cli_safe();
+    let off = (instr::read_rflags(), env.virtual_interrupt_flag());
+    for (when, (f, vif), want) in [
+        ("as booted", booted, false),
+        ("after STI", on, true),
+        ("after CLI", off, false),
+    ] {
+        check_eq!(f & rflags::IF, rflags::IF, "PUSHF's IF {}", when);
+        check_eq!(f & rflags::IOPL, 0u64, "PUSHF's IOPL {}", when);
+        check_eq!(vif, Some(want), "the virtual IF {}", when);
+    }
+}
+case!(
+    flags_upstream,
+    upstream_ring(
+        "abi.upstream.ring.flags",
+        "PUSHF in supervisor mode shows IF=1 and IOPL 0; CLI/STI set only the PVCS's virtual IF"
+    )
+    .reqs("UP-RING-2")
 );
 
 /// CR0.WP and CR0.TS written at CPL0 read back.
@@ -434,6 +484,30 @@ case!(
         "CR4.TSD=1 makes RDTSC at CPL3 #GP(0); TSD=0 allows it"
     )
     .reqs("X86-PRIV-4")
+    .envs(X86_RING0_ENVS)
+);
+
+/// Upstream ABI: the guest's CR4 is stored, not loaded into the hardware, and RDTSC does not
+/// trap: with the guest's CR4.TSD set, RDTSC in user mode still runs.
+fn cr4_tsd_upstream() {
+    instr::set_cr4_user_bits(cr4::TSD, true);
+    let tsd_on = instr::read_cr4() & cr4::TSD;
+    let ran = user::run(p_rdtsc, 0);
+    instr::set_cr4_user_bits(cr4::TSD, false);
+    check_eq!(tsd_on, cr4::TSD, "CR4.TSD reads back");
+    check!(
+        matches!(ran, UserExit::Returned(t) if t != 0),
+        "RDTSC in user mode with the guest's CR4.TSD=1: {:?}",
+        ran
+    );
+}
+case!(
+    cr4_tsd_upstream,
+    upstream_ring(
+        "abi.upstream.ring.cr4_tsd",
+        "the guest's CR4.TSD reads back but has no hardware effect: RDTSC in user mode runs"
+    )
+    .reqs("UP-RING-3")
 );
 
 /// CR3 written with its own value reads back; DR7 written at CPL0 reads back.
@@ -588,6 +662,37 @@ case!(
     )
     .reqs("X86-PRIV-2,PVM-RING-2")
     .smoke()
+    .envs(X86_RING0_ENVS)
+);
+
+/// Upstream ABI: the host stores GDTR and IDTR and ignores TR; SGDT, SIDT, SLDT and STR do not
+/// trap and show the host's registers, unless the host has UMIP, where the host emulates them.
+/// Either way the GDT is the kernel's or the host's whole GDT, the IDT has 256 gates, the TSS
+/// selector is 0x40 (the guest library's and the host's alike) and the LDT is null.
+fn tables_upstream() {
+    let gdt = instr::sgdt();
+    let idt = instr::sidt();
+    let kernels = gdt.limit == 79 && in_image(gdt.base);
+    let hosts = usize::from(gdt.limit) == HOST_GDT_ENTRIES * 8 - 1 && !in_image(gdt.base);
+    check!(
+        kernels || hosts,
+        "SGDT shows base {:#x} limit {:#x}: neither the kernel's GDT (limit 79, in the image) \
+         nor the host's ({} entries, outside it)",
+        gdt.base,
+        gdt.limit,
+        HOST_GDT_ENTRIES
+    );
+    check_eq!(idt.limit, HOST_IDT_LIMIT, "IDTR limit (256 gates)");
+    check_eq!(instr::str_selector(), HOST_TSS_SELECTOR, "STR");
+    check_eq!(instr::sldt(), 0u16, "SLDT (LDTR null)");
+}
+case!(
+    tables_upstream,
+    upstream_ring(
+        "abi.upstream.ring.tables",
+        "SGDT/SIDT/STR/SLDT in supervisor mode show the host's registers (or, under UMIP, the kernel's)"
+    )
+    .reqs("UP-RING-4")
 );
 
 /// PUSHF at CPL0 shows the interrupt flag the kernel set, and IOPL 0.
@@ -609,6 +714,7 @@ case!(
         "PUSHF at CPL0 shows IF=0 (as booted) and IOPL 0"
     )
     .reqs("X86-PRIV-2,PVM-RING-2")
+    .envs(X86_RING0_ENVS)
 );
 
 // --- Exceptions raised by user code ----------------------------------------------------------------
@@ -796,11 +902,6 @@ case_table!(
         ),
         ("priv.user_exc.ud", 4, "UD2 at CPL3: #UD to the kernel"),
         (
-            "priv.user_exc.nm",
-            5,
-            "FWAIT at CPL3 with CR0.TS=1, MP=1: #NM"
-        ),
-        (
             "priv.user_exc.mf",
             6,
             "an unmasked x87 zero-divide pending at FWAIT (CR0.NE=1): #MF"
@@ -831,6 +932,49 @@ case_table!(
             "INT $0x21 at CPL3 through a DPL0 gate: #GP(0x10a)"
         ),
     ]
+);
+
+const fn user_exc_ring0_spec(name: &'static str, summary: &'static str) -> Spec {
+    user_exc_spec(name, summary).envs(X86_RING0_ENVS)
+}
+
+case_table!(
+    user_exc,
+    user_exc_ring0_spec,
+    [(
+        "priv.user_exc.nm",
+        5,
+        "FWAIT at CPL3 with CR0.TS=1, MP=1: #NM"
+    )]
+);
+
+/// Upstream ABI: the guest's CR0 is stored, not loaded into the hardware (TS=0 there): with
+/// the guest's CR0.TS set, FWAIT runs in both modes.
+fn cr0_ts_upstream() {
+    instr::set_cr0_ts(true);
+    let ts = instr::read_cr0() & cr0::TS;
+    let kernel = instr::fwait_safe();
+    let user = user::run(u_fwait, 0);
+    instr::set_cr0_ts(false);
+    check_eq!(ts, cr0::TS, "CR0.TS reads back set");
+    check_eq!(
+        kernel,
+        Ok(()),
+        "FWAIT in supervisor mode with the guest's CR0.TS set"
+    );
+    check_eq!(
+        user,
+        UserExit::Returned(0),
+        "FWAIT in user mode with the guest's CR0.TS set"
+    );
+}
+case!(
+    cr0_ts_upstream,
+    upstream_ring(
+        "abi.upstream.ring.cr0_ts",
+        "the guest's CR0.TS reads back but has no hardware effect: FWAIT runs in both modes"
+    )
+    .reqs("UP-RING-3")
 );
 
 // --- State preserved across a user -> kernel -> user round trip ---------------------------------

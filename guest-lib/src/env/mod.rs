@@ -75,6 +75,12 @@ pub trait Environment: Sync {
         Ok(())
     }
 
+    /// The environment's own interrupt flag, where it keeps one apart from RFLAGS.IF (a
+    /// paravirtual kernel runs with the hardware IF set): `None` when RFLAGS.IF is the flag.
+    fn virtual_interrupt_flag(&self) -> Option<bool> {
+        None
+    }
+
     /// The environment's own indication that an interrupt waits for the interrupt flag
     /// (`None`: it has none; the LAPIC's IRR is the architectural one).
     fn interrupt_pending(&self) -> Option<bool> {

@@ -80,6 +80,10 @@ impl Environment for PvLocal {
         }
     }
 
+    fn virtual_interrupt_flag(&self) -> Option<bool> {
+        Some(raw::virtual_if(cpu_index()))
+    }
+
     fn interrupt_pending(&self) -> Option<bool> {
         Some(raw::interrupt_pending(cpu_index()))
     }

@@ -101,6 +101,10 @@ impl Environment for PvRfc {
         }
     }
 
+    fn virtual_interrupt_flag(&self) -> Option<bool> {
+        Some(read_flags() & event_flags::IF != 0)
+    }
+
     fn interrupt_pending(&self) -> Option<bool> {
         Some(read_flags() & event_flags::IP != 0)
     }

@@ -136,6 +136,10 @@ impl Environment for PvV2 {
         }
     }
 
+    fn virtual_interrupt_flag(&self) -> Option<bool> {
+        Some(read_event_flags() & event_flags::IF != 0)
+    }
+
     fn interrupt_pending(&self) -> Option<bool> {
         Some(read_event_flags() & event_flags::IP != 0)
     }

@@ -133,6 +133,11 @@ pub fn set_virtual_if(cpu: u32, on: bool) {
     crate::arch::mem::write_vif_byte(cpu, u8::from(on));
 }
 
+/// vCPU `cpu`'s virtual interrupt flag, as its VIF page holds it.
+pub fn virtual_if(cpu: u32) -> bool {
+    crate::arch::mem::read_vif_byte(cpu, abi::local::VIF_BYTE_IF) != 0
+}
+
 /// Whether the host marked an interrupt pending in vCPU `cpu`'s VIF page.
 pub fn interrupt_pending(cpu: u32) -> bool {
     crate::arch::mem::read_vif_byte(cpu, abi::local::VIF_BYTE_PENDING) != 0
