@@ -111,6 +111,65 @@ fn expectations_name_instances(w: &World) -> Result<(), Failed> {
     Ok(())
 }
 
+/// The invariant of `abi::env::X86_RING0_ENVS`: a case the catalog runs on hvm64 and pv-local
+/// but keeps from an upstream environment (other than a local-dialect case) is an x86 rule the
+/// upstream ABI replaces, and docs/model.md's table of those names it with the upstream cases
+/// that check the ABI's rule instead; each of those exists and runs in the upstream
+/// environments only, and every `abi.upstream.ring.*` case is in the table.
+fn upstream_replacements_documented(w: &World) -> Result<(), Failed> {
+    use abi::env::UPSTREAM_ENVS;
+    let path = conformance::guest_build::workspace_root().join("docs/model.md");
+    let doc = std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let section = doc
+        .split("\n## ")
+        .find(|s| s.starts_with("x86 rules the upstream ABI replaces"))
+        .ok_or("docs/model.md has no section \"x86 rules the upstream ABI replaces\"")?;
+    let case = |name: &str| w.catalog.cases.iter().find(|c| c.name == name);
+    let names = |cell: &str| -> Vec<String> {
+        cell.split('`')
+            .skip(1)
+            .step_by(2)
+            .filter(|t| case(t).is_some())
+            .map(str::to_string)
+            .collect()
+    };
+    let mut replaced = std::collections::HashSet::new();
+    let mut replacing = std::collections::HashSet::new();
+    for row in section.lines().filter(|l| l.starts_with("| `")) {
+        let cells: Vec<&str> = row.split('|').collect();
+        let (x86, abi) = (names(cells[1]), names(cells[2]));
+        if x86.is_empty() || abi.is_empty() {
+            return Err(format!("docs/model.md: a row names no case on one side: {row}").into());
+        }
+        for a in &abi {
+            let c = case(a).ok_or("unreachable")?;
+            if c.envs & !UPSTREAM_ENVS != 0 || c.envs == 0 {
+                return Err(format!("{a} must run in upstream environments only").into());
+            }
+        }
+        replaced.extend(x86);
+        replacing.extend(abi);
+    }
+    for c in &w.catalog.cases {
+        let kept = c.applies_to(Env::Hvm64)
+            && c.applies_to(Env::PvLocal)
+            && c.envs & UPSTREAM_ENVS != UPSTREAM_ENVS
+            && c.flags & abi::case::FLAG_LOCAL_DIALECT == 0;
+        if kept && !replaced.contains(&c.name) {
+            return Err(format!(
+                "{} runs outside some upstream environment but docs/model.md does not say \
+                 which case replaces it there",
+                c.name
+            )
+            .into());
+        }
+        if c.name.starts_with("abi.upstream.ring.") && !replacing.contains(&c.name) {
+            return Err(format!("{} is not in docs/model.md's table", c.name).into());
+        }
+    }
+    Ok(())
+}
+
 fn bench_smoke(w: &World) -> Result<Completion, Failed> {
     if let Some(skip) = w.kvm_missing()? {
         return Ok(skip);
@@ -206,6 +265,11 @@ fn main() -> ExitCode {
     trials.push(Trial::test(
         "harness::expectations_name_instances",
         move || expectations_name_instances(&w),
+    ));
+    let w = Arc::clone(&world);
+    trials.push(Trial::test(
+        "harness::upstream_replacements_documented",
+        move || upstream_replacements_documented(&w),
     ));
     let w = Arc::clone(&world);
     trials.push(Trial::ignorable_test("harness::bench_smoke", move || {

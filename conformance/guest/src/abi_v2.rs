@@ -8,7 +8,7 @@ use guest_lib::abi::case::HostCheck;
 use guest_lib::abi::env::{Area, Env};
 use guest_lib::abi::upstream::{
     CPUID_SIGNATURE, CPUID_VENDOR_FEATURES, HC_BASE, HC_WRMSR_EIO, KVM_ENOSYS, MSR_EVENT_ENTRY,
-    MSR_VCPU_STRUCT, event_flags, hc, vector_bits,
+    MSR_LINEAR_ADDRESS_RANGE, MSR_VCPU_STRUCT, event_flags, hc, range_value, vector_bits,
 };
 use guest_lib::abi::x86::msr;
 use guest_lib::arch::instr;
@@ -16,7 +16,7 @@ use guest_lib::case::Spec;
 use guest_lib::env::{self, pv_v2};
 use guest_lib::exception::{self, Exception, Frame};
 use guest_lib::paging::{Pte, PteFlags, set_pte};
-use guest_lib::{case, check, check_eq};
+use guest_lib::{case, check, check_eq, vmm};
 
 use crate::common::{TEST_VA, remap_fixture};
 
@@ -109,6 +109,58 @@ case!(
         "WRMSR of a PVCS address that is not page aligned is #GP(0)"
     )
     .reqs("UP-MSR-1")
+);
+
+/// The VMM's writes of the PVM MSRs get the host's checks too (KVM_SET_MSRS goes through
+/// `pvm_set_msr`): an unaligned PVCS or a linear range wider than the host's is refused and
+/// changes nothing; a valid write (the value already there) is accepted.
+fn vmm_msr_checks() {
+    let pvcs = pv_v2::pvcs_gpa(0);
+    check!(
+        !vmm::set_msr(MSR_VCPU_STRUCT, pvcs + 8),
+        "the VMM's write of an unaligned MSR_PVM_VCPU_STRUCT was accepted"
+    );
+    check_eq!(
+        vmm::get_msr(MSR_VCPU_STRUCT),
+        Some(pvcs),
+        "MSR_PVM_VCPU_STRUCT after the refused write"
+    );
+    let range = vmm::get_msr(MSR_LINEAR_ADDRESS_RANGE);
+    check!(
+        range.is_some(),
+        "the VMM cannot read the linear-address range MSR"
+    );
+    if let Some(r) = range {
+        // PML4 slots 0x100..0x1ff: wider than any host's range (notes §7).
+        let wide = range_value(0x100, 0x1ff);
+        check!(
+            !vmm::set_msr(MSR_LINEAR_ADDRESS_RANGE, wide),
+            "the VMM's write of a range wider than the host's ({:#x}) was accepted",
+            wide
+        );
+        check_eq!(
+            vmm::get_msr(MSR_LINEAR_ADDRESS_RANGE),
+            Some(r),
+            "the range MSR after the refused write"
+        );
+    }
+    check!(
+        vmm::set_msr(MSR_VCPU_STRUCT, pvcs),
+        "the VMM's write of the registered PVCS address was refused"
+    );
+    check_eq!(
+        pv_v2::hypercall(UNKNOWN_HC, 0, 0, 0),
+        Ok(KVM_ENOSYS),
+        "a hypercall afterwards"
+    );
+}
+case!(
+    vmm_msr_checks,
+    v2(
+        "abi.v2.vmm_msr_checks",
+        "the VMM's KVM_SET_MSRS of a PVM MSR gets the host's checks: invalid values refused"
+    )
+    .reqs("UP-MSR-1,PVM-VMM-2")
 );
 
 fn signature() {

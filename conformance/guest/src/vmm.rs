@@ -5,7 +5,7 @@
 //! runs behave as memory.
 
 use guest_lib::abi::case::{FLAG_HIGH_VCPU_ID, FLAG_IRQCHIP};
-use guest_lib::abi::env::Area;
+use guest_lib::abi::env::{Area, Env};
 use guest_lib::abi::vmm::{EXTRA_SLOT_GPA, Op, READONLY, Status, slot_pattern};
 use guest_lib::abi::x86::msr;
 use guest_lib::arch::instr;
@@ -781,7 +781,11 @@ fn pv_msr_readonly_for_vmm() {
 }
 
 const fn pv_ro_spec(name: &'static str, summary: &'static str) -> Spec {
-    Spec::new(name, Area::Vmm, summary).reqs("PVM-VMM-2")
+    // The local dialect's MSRs: an upstream host has none of them.
+    Spec::new(name, Area::Vmm, summary)
+        .envs(Env::Hvm64.bit() | Env::PvLocal.bit())
+        .local_dialect()
+        .reqs("PVM-VMM-2")
 }
 
 case_table!(
@@ -825,6 +829,7 @@ case!(
         Area::Vmm,
         "the TSC kHz MSR says what KVM_GET_TSC_KHZ tells the VMM"
     )
+    .envs(Env::Hvm64.bit() | Env::PvLocal.bit())
     .local_dialect()
     .reqs("LOCAL-MSR-TSC,X86-TSC-1")
 );
