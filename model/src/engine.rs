@@ -1715,6 +1715,12 @@ fn privileged(
                     }
                 }
                 4 => {
+                    // KVM's `kvm_set_cr4`: turning PCIDE on needs CR3's PCID field clear
+                    // (SDM Vol. 3A 4.10.1); the host offers PCID (notes §6: PCID recommended).
+                    let pcide = abi::x86::cr4::PCIDE;
+                    if val & pcide != 0 && v.pvm.cr4 & pcide == 0 && v.pvm.cr3 & 0xfff != 0 {
+                        return gp(mem, v);
+                    }
                     v.pvm.cr4 = val;
                     v.pvm.flush_tlb = true;
                 }

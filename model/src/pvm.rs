@@ -1562,12 +1562,12 @@ pub fn cpuid(faults: Faults, leaf: u32, _sub: u32) -> [u32; 4] {
             u32::from_le_bytes(*b"ntel"),
             u32::from_le_bytes(*b"ineI"),
         ],
-        // SSE3, SSSE3, CX16, SSE4.1/4.2, x2APIC, TSC-deadline, RDRAND (it runs unprivileged,
-        // in hardware, on a host CPU that has it), hypervisor; FPU..SSE2.
+        // SSE3, SSSE3, CX16, PCID, SSE4.1/4.2, x2APIC, TSC-deadline, RDRAND (it runs
+        // unprivileged, in hardware, on a host CPU that has it), hypervisor; FPU..SSE2.
         1 => [
             0x000306a9,
             0x0000_0800,
-            0x8198_2201 | (1 << 21) | (1 << 24) | (1 << 30),
+            0x8198_2201 | (1 << 17) | (1 << 21) | (1 << 24) | (1 << 30),
             0x078b_fbff,
         ],
         0x4000_0000 => [up::CPUID_VENDOR_FEATURES, kvm, vmk, m],
