@@ -435,10 +435,11 @@ pub fn run(
             let _ = uc.emu_stop();
             return;
         }
-        let walk = uc.get_data().walk;
-        if !walk.user || walk.faults.on(Fault::UserIoAllowed) {
+        let d = uc.get_data();
+        if !d.walk.user || d.walk.faults.on(Fault::UserIoAllowed) {
             return;
         }
+        let walk = d.walk;
         let Some(at) = user_port_io(mem, &walk, addr, size as usize) else {
             return;
         };
