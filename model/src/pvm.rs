@@ -1580,6 +1580,9 @@ pub fn cpuid(faults: Faults, leaf: u32, _sub: u32) -> [u32; 4] {
             };
             [0, sig, 0, 0]
         }
+        // Leaf 7 offers nothing: no SMEP/SMAP (the guest-visible CR4 has them 0, notes §6),
+        // no PKU (KVM offers it only with TDP: "PKU is not yet implemented for shadow
+        // paging", arch/x86/kvm/cpuid.c).
         0x8000_0000 => [0x8000_0008, 0, 0, 0],
         // LAHF; SYSCALL, NX, 1 GiB pages, RDTSCP, long mode.
         0x8000_0001 => [
