@@ -1772,6 +1772,15 @@ fn privileged(
 
 /// A `syscall`: from user mode an event (LSTAR), from supervisor mode ERETU or a hypercall.
 fn syscall(mem: &dyn GuestRam, v: &mut Vcpu) -> Next {
+    let hc_range = abi::upstream::HC_BASE..abi::upstream::hc::END;
+    if !v.pvm.smod
+        && v.pvm.faults.on(Fault::UserSyscallIsHypercall)
+        && hc_range.contains(&v.regs.rax)
+    {
+        let r = &mut v.regs;
+        r.rax = v.pvm.hypercall(mem, r.rax, r.rbx, r.r10, r.rdx) as u64;
+        return Next::Go;
+    }
     if !v.pvm.smod {
         // Unicorn already advanced RIP past the instruction; SYSCALL leaves RCX = that RIP and
         // R11 = RFLAGS, which the host saves in the PVCS.

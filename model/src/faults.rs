@@ -91,11 +91,14 @@ pub enum Fault {
     UserIoAllowed,
     /// v2: the host keeps KVM's NMI mask from an NMI's delivery to ERETU, as the RFC hosts do.
     V2NmiMasked,
+    /// A SYSCALL from guest user mode with a PVM hypercall number in RAX is served as a
+    /// hypercall (and user code goes on) instead of reaching the guest kernel's LSTAR.
+    UserSyscallIsHypercall,
 }
 
 impl Fault {
     /// Every switch, in `--list-faults` order.
-    pub const ALL: [Fault; 41] = [
+    pub const ALL: [Fault; 42] = [
         Fault::WrongCr2,
         Fault::PfErrcodeNoWrite,
         Fault::PfErrcodeNoUser,
@@ -137,6 +140,7 @@ impl Fault {
         Fault::IntNThroughGuestGate,
         Fault::UserIoAllowed,
         Fault::V2NmiMasked,
+        Fault::UserSyscallIsHypercall,
     ];
 
     /// Name on the command line.
@@ -183,6 +187,7 @@ impl Fault {
             Fault::IntNThroughGuestGate => "int-n-through-guest-gate",
             Fault::UserIoAllowed => "user-io-allowed",
             Fault::V2NmiMasked => "v2-nmi-masked",
+            Fault::UserSyscallIsHypercall => "user-syscall-is-hypercall",
         }
     }
 

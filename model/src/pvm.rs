@@ -1068,7 +1068,9 @@ impl Pvm {
         Ok((SupervisorSyscall::Hypercall, None))
     }
 
-    fn hypercall(&mut self, mem: &dyn GuestRam, nr: u64, a0: u64, a1: u64, a2: u64) -> i64 {
+    /// Hypercall `nr` with its three arguments, as the host serves it from supervisor mode:
+    /// the value for RAX (notes §4).
+    pub fn hypercall(&mut self, mem: &dyn GuestRam, nr: u64, a0: u64, a1: u64, a2: u64) -> i64 {
         let f = self.faults;
         match nr {
             hc::LOAD_PGTBL => {

@@ -13,7 +13,9 @@ use guest_lib::{case_table, rt};
 
 use crate::common::{TEST_VA, in_image, upstream_ring};
 use guest_lib::abi::env::X86_RING0_ENVS;
-use guest_lib::abi::upstream::{HOST_GDT_ENTRIES, HOST_IDT_LIMIT, HOST_TSS_SELECTOR, HOST_USER_CS};
+use guest_lib::abi::upstream::{
+    HOST_GDT_ENTRIES, HOST_IDT_LIMIT, HOST_TSS_SELECTOR, HOST_USER_CS, hc,
+};
 use guest_lib::exception::{Exception, Frame, SyscallFrame, vector};
 use guest_lib::user::{self, UserExit};
 use guest_lib::{case, check, check_eq, log};
@@ -301,6 +303,39 @@ fn record_syscall(f: &mut SyscallFrame) -> bool {
 extern "C" fn u_syscall(_: u64) -> u64 {
     instr::syscall(0x77)
 }
+
+extern "C" fn u_syscall_hypercall_number(_: u64) -> u64 {
+    instr::syscall(hc::TLB_FLUSH_CURRENT)
+}
+
+/// Upstream ABI: SYSCALL is a hypercall only from supervisor mode; from user mode it is an
+/// event to the guest kernel's LSTAR whatever RAX holds (notes §4.1, §5.2), so user code
+/// cannot call the host with a hypercall number.
+fn user_syscall_not_hypercall() {
+    SYSCALL_SEEN.set(None);
+    user::set_syscall_hook(Some(record_syscall));
+    let exit = user::run(u_syscall_hypercall_number, 0);
+    user::set_syscall_hook(None);
+    check_eq!(
+        exit,
+        UserExit::Syscall(hc::TLB_FLUSH_CURRENT),
+        "a user SYSCALL with a hypercall number in RAX must reach the kernel's LSTAR"
+    );
+    check!(
+        SYSCALL_SEEN.get().is_some(),
+        "the kernel's SYSCALL entry did not run"
+    );
+}
+case!(
+    user_syscall_not_hypercall,
+    Spec::new(
+        "abi.upstream.user_syscall_not_hypercall",
+        Area::Abi,
+        "a SYSCALL from user mode with a hypercall number in RAX is an event to LSTAR, no hypercall"
+    )
+    .envs(guest_lib::abi::env::UPSTREAM_ENVS)
+    .reqs("PVM-ISO-1")
+);
 
 /// SYSCALL from CPL3 enters LSTAR at CPL0 (CS from STAR) with RCX = next RIP, R11 = RFLAGS.
 fn syscall_to_cpl0() {
