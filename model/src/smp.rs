@@ -76,6 +76,10 @@ pub struct IpiBus {
     first: usize,
     fixed: Vec<[AtomicU64; 4]>,
     nmi: Vec<AtomicBool>,
+    /// Rung after every post (a count, so that a waiter that looked at its mailbox under the
+    /// lock cannot miss a post made after that).
+    bell: Mutex<u64>,
+    rung: Condvar,
 }
 
 impl IpiBus {
@@ -85,6 +89,8 @@ impl IpiBus {
             first,
             fixed: (0..n).map(|_| Default::default()).collect(),
             nmi: (0..n).map(|_| AtomicBool::new(false)).collect(),
+            bell: Mutex::new(0),
+            rung: Condvar::new(),
         }
     }
 
@@ -102,6 +108,7 @@ impl IpiBus {
     pub fn post(&self, dest: usize, vector: u8) {
         if let Some(m) = self.fixed.get(self.index(dest)) {
             m[usize::from(vector / 64)].fetch_or(1 << (vector % 64), Ordering::AcqRel);
+            self.ring();
         }
     }
 
@@ -109,6 +116,42 @@ impl IpiBus {
     pub fn post_nmi(&self, dest: usize) {
         if let Some(m) = self.nmi.get(self.index(dest)) {
             m.store(true, Ordering::Release);
+            self.ring();
+        }
+    }
+
+    fn ring(&self) {
+        if let Ok(mut b) = self.bell.lock() {
+            *b = b.wrapping_add(1);
+        }
+        self.rung.notify_all();
+    }
+
+    /// Whether vCPU `me` has mail waiting (without taking it).
+    fn has_mail(&self, me: usize) -> bool {
+        let me = self.index(me);
+        self.fixed
+            .get(me)
+            .is_some_and(|m| m.iter().any(|w| w.load(Ordering::Acquire) != 0))
+            || self.nmi.get(me).is_some_and(|n| n.load(Ordering::Acquire))
+    }
+
+    /// Waits until vCPU `me` has mail or `timeout` passed (a halted vCPU: an IPI wakes it at
+    /// once, the timeout bounds how late it looks at its timer and at the run's end).
+    pub fn wait(&self, me: usize, timeout: Duration) {
+        let Ok(mut b) = self.bell.lock() else {
+            return;
+        };
+        let until = std::time::Instant::now() + timeout;
+        while !self.has_mail(me) {
+            let left = until.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() {
+                return;
+            }
+            b = match self.rung.wait_timeout(b, left) {
+                Ok((g, _)) => g,
+                Err(_) => return,
+            };
         }
     }
 
@@ -156,6 +199,32 @@ mod tests {
         assert!(nmi);
         assert_eq!(bus.take(1), ([0; 4], false));
         assert_eq!(bus.take(0), ([0; 4], false));
+    }
+
+    #[test]
+    fn a_post_wakes_a_waiter_and_an_idle_wait_times_out() {
+        let bus = Arc::new(IpiBus::new(4, 2));
+        let t0 = std::time::Instant::now();
+        bus.wait(5, Duration::from_millis(20));
+        assert!(
+            t0.elapsed() >= Duration::from_millis(20),
+            "no mail: the whole timeout"
+        );
+        let poster = {
+            let bus = bus.clone();
+            std::thread::spawn(move || {
+                std::thread::sleep(Duration::from_millis(10));
+                bus.post(5, 0x30);
+            })
+        };
+        let t1 = std::time::Instant::now();
+        bus.wait(5, Duration::from_secs(10));
+        assert!(
+            t1.elapsed() < Duration::from_secs(5),
+            "the post woke the waiter"
+        );
+        poster.join().expect("the posting thread");
+        assert_eq!(bus.take(5).0[0], 1 << 0x30);
     }
 
     #[test]
