@@ -313,6 +313,43 @@ fn noncanonical_return(r: &Regs) -> Option<Event> {
     })
 }
 
+/// Where a generation's PVCS keeps the user context ERETU loads (`Pvm::load_user_context`).
+struct UserContextAt {
+    user_cs: usize,
+    user_ss: usize,
+    eflags: usize,
+    rip: usize,
+    /// The RFC PVCS holds the user RSP; v2 returns with RSP as it is.
+    rsp: Option<usize>,
+    rcx: usize,
+    r11: usize,
+    user_gsbase: usize,
+}
+
+/// The RFC generations' PVCS (v1 and mid share it).
+const RFC_USER_CONTEXT: UserContextAt = UserContextAt {
+    user_cs: offset_of!(PvcsV1, user_cs),
+    user_ss: offset_of!(PvcsV1, user_ss),
+    eflags: offset_of!(PvcsV1, eflags),
+    rip: offset_of!(PvcsV1, rip),
+    rsp: Some(offset_of!(PvcsV1, rsp)),
+    rcx: offset_of!(PvcsV1, rcx),
+    r11: offset_of!(PvcsV1, r11),
+    user_gsbase: offset_of!(PvcsV1, user_gsbase),
+};
+
+/// The v2 PVCS.
+const V2_USER_CONTEXT: UserContextAt = UserContextAt {
+    user_cs: offset_of!(PvcsV2, user_cs),
+    user_ss: offset_of!(PvcsV2, user_ss),
+    eflags: offset_of!(PvcsV2, eflags),
+    rip: offset_of!(PvcsV2, rip),
+    rsp: None,
+    rcx: offset_of!(PvcsV2, rcx),
+    r11: offset_of!(PvcsV2, r11),
+    user_gsbase: offset_of!(PvcsV2, user_gsbase),
+};
+
 /// The host's GDT as an x86-64 Linux host lays it out (arch/x86/include/asm/segment.h,
 /// `GDT_ENTRY_*`; 16 entries): kernel CS/DS, user CS32/DS/CS (the guest runs on these), the
 /// host's busy TSS at 8-9, LDT 10-11 and TLS 12-14 empty, and the CPUNODE entry at 15 that
@@ -931,15 +968,10 @@ impl Pvm {
         mem: &dyn GuestRam,
         r: &mut Regs,
     ) -> Result<Option<Event>, TripleFault> {
-        let cs = self.read16(mem, offset_of!(PvcsV1, user_cs))? | 3;
-        let ss = self.read16(mem, offset_of!(PvcsV1, user_ss))? | 3;
-        if !(cs == up::HOST_USER_CS || cs == up::HOST_USER32_CS) || ss != up::HOST_USER_DS {
-            return Ok(Some(Event::Exception {
-                vector: 13,
-                code: Some(0),
-                cr2: None,
-            }));
-        }
+        let (cs, ss) = match self.user_selectors(mem, &RFC_USER_CONTEXT)? {
+            Ok(sel) => sel,
+            Err(gp) => return Ok(Some(gp)),
+        };
         self.supervisor_rsp = r.rsp;
         if self.switch_cr3 != 0 {
             core::mem::swap(&mut self.cr3, &mut self.switch_cr3);
@@ -947,23 +979,59 @@ impl Pvm {
         let at = offset_of!(PvcsV1, event_flags);
         let fl = self.read64(mem, at)?;
         self.write64(mem, at, fl & !event_flags::IP)?;
-        let eflags = u64::from(self.read32(mem, offset_of!(PvcsV1, eflags))?);
+        self.load_user_context(mem, r, &RFC_USER_CONTEXT, (cs, ss))?;
+        Ok(noncanonical_return(r))
+    }
+
+    /// ERETU's selector check, the same in every generation: the PVCS's user CS and SS (RPL
+    /// forced to 3) must be the host's user selectors, else #GP(0) at the ERETU (notes §4.3,
+    /// a software check before the VM entry).
+    fn user_selectors(
+        &self,
+        mem: &dyn GuestRam,
+        at: &UserContextAt,
+    ) -> Result<Result<(u16, u16), Event>, TripleFault> {
+        let cs = self.read16(mem, at.user_cs)? | 3;
+        let ss = self.read16(mem, at.user_ss)? | 3;
+        if !(cs == up::HOST_USER_CS || cs == up::HOST_USER32_CS) || ss != up::HOST_USER_DS {
+            return Ok(Err(Event::Exception {
+                vector: 13,
+                code: Some(0),
+                cr2: None,
+            }));
+        }
+        Ok(Ok((cs, ss)))
+    }
+
+    /// The user context ERETU loads from the PVCS, the same in every generation but for the
+    /// layout (and the RSP, which only the RFC PVCS holds): RFLAGS (the flags user code may
+    /// hold, with IF), RIP, RCX, R11, the GS base, CS/SS; then user mode.
+    fn load_user_context(
+        &mut self,
+        mem: &dyn GuestRam,
+        r: &mut Regs,
+        at: &UserContextAt,
+        (cs, ss): (u16, u16),
+    ) -> Result<(), TripleFault> {
+        let eflags = u64::from(self.read32(mem, at.eflags)?);
         r.rflags = (eflags & rflags::ALLOWED) | rflags::FIXED | rflags::IF;
-        r.rip = self.read64(mem, offset_of!(PvcsV1, rip))?;
-        r.rsp = self.read64(mem, offset_of!(PvcsV1, rsp))?;
-        r.rcx = self.read64(mem, offset_of!(PvcsV1, rcx))?;
+        r.rip = self.read64(mem, at.rip)?;
+        if let Some(rsp) = at.rsp {
+            r.rsp = self.read64(mem, rsp)?;
+        }
+        r.rcx = self.read64(mem, at.rcx)?;
         if !self.faults.on(Fault::EretuIgnoresR11) {
-            r.r11 = self.read64(mem, offset_of!(PvcsV1, r11))?;
+            r.r11 = self.read64(mem, at.r11)?;
         }
         if !self.faults.on(Fault::EretuIgnoresUserGsbase) {
-            r.gs_base = self.read64(mem, offset_of!(PvcsV1, user_gsbase))?;
+            r.gs_base = self.read64(mem, at.user_gsbase)?;
         }
         r.cs = cs;
         r.ss = ss;
         self.smod = false;
         self.nmi_masked = false;
         self.flush_tlb = true;
-        Ok(noncanonical_return(r))
+        Ok(())
     }
 
     /// ERETS (RFC, notes §4.4): RIP, RFLAGS (its IF into the PVCS), RSP, RCX, R11 from the
@@ -991,30 +1059,11 @@ impl Pvm {
     /// as is). Selectors other than the host's user ones are refused with #GP, as a failed VM
     /// entry is (notes §5.1, exit reason 1025).
     fn eretu(&mut self, mem: &dyn GuestRam, r: &mut Regs) -> Result<Option<Event>, TripleFault> {
-        let cs = self.read16(mem, offset_of!(PvcsV2, user_cs))? | 3;
-        let ss = self.read16(mem, offset_of!(PvcsV2, user_ss))? | 3;
-        if !(cs == up::HOST_USER_CS || cs == up::HOST_USER32_CS) || ss != up::HOST_USER_DS {
-            return Ok(Some(Event::Exception {
-                vector: 13,
-                code: Some(0),
-                cr2: None,
-            }));
-        }
-        let eflags = u64::from(self.read32(mem, offset_of!(PvcsV2, eflags))?);
-        r.rflags = (eflags & rflags::ALLOWED) | rflags::FIXED | rflags::IF;
-        r.rip = self.read64(mem, offset_of!(PvcsV2, rip))?;
-        r.rcx = self.read64(mem, offset_of!(PvcsV2, rcx))?;
-        if !self.faults.on(Fault::EretuIgnoresR11) {
-            r.r11 = self.read64(mem, offset_of!(PvcsV2, r11))?;
-        }
-        if !self.faults.on(Fault::EretuIgnoresUserGsbase) {
-            r.gs_base = self.read64(mem, offset_of!(PvcsV2, user_gsbase))?;
-        }
-        r.cs = cs;
-        r.ss = ss;
-        self.smod = false;
-        self.nmi_masked = false;
-        self.flush_tlb = true;
+        let (cs, ss) = match self.user_selectors(mem, &V2_USER_CONTEXT)? {
+            Ok(sel) => sel,
+            Err(gp) => return Ok(Some(gp)),
+        };
+        self.load_user_context(mem, r, &V2_USER_CONTEXT, (cs, ss))?;
         // The 6.12 slow path sets event_vector to STD and leaves event_flags alone (IP is not
         // cleared, contrary to the spec), docs/research/pvm-v2-host-semantics.md §2; an NMI
         // whose bit the vector word held is delivered now, as a user event (#MC would come
