@@ -313,8 +313,11 @@ fn noncanonical_return(r: &Regs) -> Option<Event> {
     })
 }
 
-/// Where a generation's PVCS keeps the user context ERETU loads (`Pvm::load_user_context`).
+/// Where a generation's PVCS keeps the context an event saves and ERETU loads
+/// (`Pvm::save_context`, `Pvm::enter_from_user`, `Pvm::load_user_context`).
 struct UserContextAt {
+    cr2: usize,
+    pkru: usize,
     user_cs: usize,
     user_ss: usize,
     eflags: usize,
@@ -328,6 +331,8 @@ struct UserContextAt {
 
 /// The RFC generations' PVCS (v1 and mid share it).
 const RFC_USER_CONTEXT: UserContextAt = UserContextAt {
+    cr2: offset_of!(PvcsV1, cr2),
+    pkru: offset_of!(PvcsV1, pkru),
     user_cs: offset_of!(PvcsV1, user_cs),
     user_ss: offset_of!(PvcsV1, user_ss),
     eflags: offset_of!(PvcsV1, eflags),
@@ -340,6 +345,8 @@ const RFC_USER_CONTEXT: UserContextAt = UserContextAt {
 
 /// The v2 PVCS.
 const V2_USER_CONTEXT: UserContextAt = UserContextAt {
+    cr2: offset_of!(PvcsV2, cr2),
+    pkru: offset_of!(PvcsV2, pkru),
     user_cs: offset_of!(PvcsV2, user_cs),
     user_ss: offset_of!(PvcsV2, user_ss),
     eflags: offset_of!(PvcsV2, eflags),
@@ -698,27 +705,8 @@ impl Pvm {
                 )));
             }
         }
-        let mut eflags = r.rflags;
-        if self.smod {
-            eflags = (eflags & !rflags::IF)
-                | if self.interrupts_enabled(mem) {
-                    rflags::IF
-                } else {
-                    0
-                };
-        }
-        if f.on(Fault::PvcsEflagsLost) {
-            eflags &= !0x8d5;
-        }
-        let rip = if f.on(Fault::PvcsRipOffByOne) {
-            r.rip + 1
-        } else {
-            r.rip
-        };
-        self.write32(mem, offset_of!(PvcsV2, eflags), eflags as u32)?;
-        self.write64(mem, offset_of!(PvcsV2, rip), rip)?;
-        self.write64(mem, offset_of!(PvcsV2, rcx), r.rcx)?;
-        self.write64(mem, offset_of!(PvcsV2, r11), r.r11)?;
+        let (eflags, rip) = self.saved_flags_rip(mem, r);
+        self.save_context(mem, r, &V2_USER_CONTEXT, eflags, rip)?;
         // The vector is left alone for SYSCALL, and the error code written only when the
         // event has one (6.12 host `__do_pvm_event`).
         if bit != 0 {
@@ -734,22 +722,10 @@ impl Pvm {
         if let Some(code) = code {
             self.write16(mem, offset_of!(PvcsV2, event_errcode), code as u16)?;
         }
-        if let Some(a) = cr2 {
-            let a = if f.on(Fault::WrongCr2) { a ^ 0x1000 } else { a };
-            self.write64(mem, offset_of!(PvcsV2, cr2), a)?;
-            self.cr2 = a;
-        }
+        self.save_cr2(mem, &V2_USER_CONTEXT, cr2)?;
         let mut entry_offset = if from_user { 0 } else { 512 };
         if from_user {
-            self.write16(mem, offset_of!(PvcsV2, user_cs), r.cs)?;
-            self.write16(mem, offset_of!(PvcsV2, user_ss), r.ss)?;
-            self.write64(mem, offset_of!(PvcsV2, user_gsbase), r.gs_base)?;
-            self.write32(mem, offset_of!(PvcsV2, pkru), 0)?;
-            r.gs_base = self.kernel_gs_base;
-            r.cs = up::HOST_USER_CS;
-            r.ss = up::HOST_USER_DS;
-            self.smod = true;
-            self.flush_tlb = true;
+            self.enter_from_user(mem, r, &V2_USER_CONTEXT)?;
             if f.on(Fault::UserEventAtSupervisorEntry) {
                 entry_offset = 512;
             }
@@ -859,35 +835,10 @@ impl Pvm {
             }
         }
         let from_user = !self.smod;
-        let virtual_if = if self.interrupts_enabled(mem) {
-            rflags::IF
-        } else {
-            0
-        };
-        let mut eflags = if from_user {
-            r.rflags
-        } else {
-            (r.rflags & !rflags::IF) | virtual_if
-        };
-        if f.on(Fault::PvcsEflagsLost) {
-            eflags &= !0x8d5;
-        }
-        let rip = if f.on(Fault::PvcsRipOffByOne) {
-            r.rip + 1
-        } else {
-            r.rip
-        };
-        if let Some(a) = cr2 {
-            let a = if f.on(Fault::WrongCr2) { a ^ 0x1000 } else { a };
-            self.write64(mem, offset_of!(PvcsV1, cr2), a)?;
-            self.cr2 = a;
-        }
+        let (eflags, rip) = self.saved_flags_rip(mem, r);
+        self.save_cr2(mem, &RFC_USER_CONTEXT, cr2)?;
         let pvcs_context = |p: &Self, mem: &dyn GuestRam, r: &Regs| -> Result<(), TripleFault> {
-            p.write32(mem, offset_of!(PvcsV1, eflags), eflags as u32)?;
-            p.write64(mem, offset_of!(PvcsV1, rip), rip)?;
-            p.write64(mem, offset_of!(PvcsV1, rsp), r.rsp)?;
-            p.write64(mem, offset_of!(PvcsV1, rcx), r.rcx)?;
-            p.write64(mem, offset_of!(PvcsV1, r11), r.r11)?;
+            p.save_context(mem, r, &RFC_USER_CONTEXT, eflags, rip)?;
             if ev != Event::UserSyscall {
                 p.write32(mem, offset_of!(PvcsV1, event_vector), u32::from(vector))?;
                 if let Some(code) = code {
@@ -899,19 +850,11 @@ impl Pvm {
         let mut entry_offset;
         if from_user {
             pvcs_context(self, mem, r)?;
-            self.write16(mem, offset_of!(PvcsV1, user_cs), r.cs)?;
-            self.write16(mem, offset_of!(PvcsV1, user_ss), r.ss)?;
-            self.write64(mem, offset_of!(PvcsV1, user_gsbase), r.gs_base)?;
-            self.write32(mem, offset_of!(PvcsV1, pkru), 0)?;
-            r.gs_base = self.kernel_gs_base;
-            r.cs = up::HOST_USER_CS;
-            r.ss = up::HOST_USER_DS;
+            self.enter_from_user(mem, r, &RFC_USER_CONTEXT)?;
             r.rsp = self.supervisor_rsp;
             if self.switch_cr3 != 0 {
                 core::mem::swap(&mut self.cr3, &mut self.switch_cr3);
             }
-            self.smod = true;
-            self.flush_tlb = true;
             entry_offset = up::V1_USER_ENTRY_OFFSET;
             if f.on(Fault::UserEventAtSupervisorEntry) {
                 entry_offset = up::V1_INTERRUPT_ENTRY_OFFSET;
@@ -1030,6 +973,89 @@ impl Pvm {
         r.ss = ss;
         self.smod = false;
         self.nmi_masked = false;
+        self.flush_tlb = true;
+        Ok(())
+    }
+
+    /// The RFLAGS and RIP an event saves: from supervisor mode with the virtual IF in place of
+    /// the hardware's (which is always 1), from user mode as they are.
+    fn saved_flags_rip(&self, mem: &dyn GuestRam, r: &Regs) -> (u64, u64) {
+        let f = self.faults;
+        let mut eflags = r.rflags;
+        if self.smod {
+            let virtual_if = if self.interrupts_enabled(mem) {
+                rflags::IF
+            } else {
+                0
+            };
+            eflags = (eflags & !rflags::IF) | virtual_if;
+        }
+        if f.on(Fault::PvcsEflagsLost) {
+            eflags &= !0x8d5;
+        }
+        let rip = if f.on(Fault::PvcsRipOffByOne) {
+            r.rip + 1
+        } else {
+            r.rip
+        };
+        (eflags, rip)
+    }
+
+    /// The interrupted context into the PVCS: RFLAGS, RIP, RCX, R11 (and RSP where the layout
+    /// holds it).
+    fn save_context(
+        &self,
+        mem: &dyn GuestRam,
+        r: &Regs,
+        at: &UserContextAt,
+        eflags: u64,
+        rip: u64,
+    ) -> Result<(), TripleFault> {
+        self.write32(mem, at.eflags, eflags as u32)?;
+        self.write64(mem, at.rip, rip)?;
+        if let Some(rsp) = at.rsp {
+            self.write64(mem, rsp, r.rsp)?;
+        }
+        self.write64(mem, at.rcx, r.rcx)?;
+        self.write64(mem, at.r11, r.r11)
+    }
+
+    /// A #PF's CR2, into the PVCS and the vCPU.
+    fn save_cr2(
+        &mut self,
+        mem: &dyn GuestRam,
+        at: &UserContextAt,
+        cr2: Option<u64>,
+    ) -> Result<(), TripleFault> {
+        if let Some(a) = cr2 {
+            let a = if self.faults.on(Fault::WrongCr2) {
+                a ^ 0x1000
+            } else {
+                a
+            };
+            self.write64(mem, at.cr2, a)?;
+            self.cr2 = a;
+        }
+        Ok(())
+    }
+
+    /// An event from user mode, every generation: the user selectors and GS base into the
+    /// PVCS (PKRU 0), the kernel's GS base, the host's user selectors in hardware, supervisor
+    /// mode.
+    fn enter_from_user(
+        &mut self,
+        mem: &dyn GuestRam,
+        r: &mut Regs,
+        at: &UserContextAt,
+    ) -> Result<(), TripleFault> {
+        self.write16(mem, at.user_cs, r.cs)?;
+        self.write16(mem, at.user_ss, r.ss)?;
+        self.write64(mem, at.user_gsbase, r.gs_base)?;
+        self.write32(mem, at.pkru, 0)?;
+        r.gs_base = self.kernel_gs_base;
+        r.cs = up::HOST_USER_CS;
+        r.ss = up::HOST_USER_DS;
+        self.smod = true;
         self.flush_tlb = true;
         Ok(())
     }
