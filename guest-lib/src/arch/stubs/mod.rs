@@ -61,7 +61,18 @@ macro_rules! gprs_rcx_r11_from_pvcs {
     };
 }
 #[cfg(target_os = "none")]
-pub(crate) use {drop_stale_errcode, gprs_rcx_r11_from_pvcs, pop_gprs, push_gprs};
+/// RCX = an RSP value; leaves the PVCS address of its vCPU in RCX, for the upstream
+/// generations' stubs (operands `ust`: the top of vCPU 0's user stack, at and below which RSP
+/// is vCPU 0's; `pvcs0`: vCPU 0's PVCS, the next vCPUs' one page apart, their stacks 64 KiB
+/// apart above `ust`).
+macro_rules! pvcs_of_rsp {
+    () => {
+        "cmpq ${ust}, %rcx\n ja 91f\n movq ${pvcs0}, %rcx\n jmp 92f\n 91: subq ${ust}+1, %rcx\n \
+         shrq $16, %rcx\n incq %rcx\n shlq $12, %rcx\n addq ${pvcs0}, %rcx\n 92:\n"
+    };
+}
+#[cfg(target_os = "none")]
+pub(crate) use {drop_stale_errcode, gprs_rcx_r11_from_pvcs, pop_gprs, push_gprs, pvcs_of_rsp};
 
 /// The two ways back to CPL3 an environment provides (addresses of assembly stubs).
 ///

@@ -29,18 +29,10 @@ const _: () = assert!(
 core::arch::global_asm!(
     r#"
     .text
-    # RCX = an RSP value; leaves the PVCS address of its vCPU in RCX.
     .macro pvmc_rfc_pvcs_of_rsp
-    cmpq ${ust}, %rcx
-    ja 91f
-    movq ${pvcs0}, %rcx
-    jmp 92f
-91: subq ${ust}+1, %rcx
-    shrq $16, %rcx
-    incq %rcx
-    shlq $12, %rcx
-    addq ${pvcs0}, %rcx
-92:
+"#,
+    super::pvcs_of_rsp!(),
+    r#"
     .endm
 
     .balign 4096
