@@ -29,6 +29,20 @@ const _: () = assert!(
 core::arch::global_asm!(
     r#"
     .text
+    # Leaves vCPU 0's PVCS (user mode runs there only) in RCX and pushes the user context it
+    # holds as an interrupt frame: SS, RSP, RFLAGS, CS, RIP.
+    .macro pvmc_rfc_user_frame
+    movl ${pvcs0}, %ecx
+    movzwl {o_user_ss}(%rcx), %r11d
+    pushq %r11
+    pushq {o_rsp}(%rcx)
+    movl {o_eflags}(%rcx), %r11d
+    pushq %r11
+    movzwl {o_user_cs}(%rcx), %r11d
+    pushq %r11
+    pushq {o_rip}(%rcx)
+    .endm
+
     .macro pvmc_rfc_pvcs_of_rsp
 "#,
     super::pvcs_of_rsp!(),
@@ -39,15 +53,7 @@ core::arch::global_asm!(
     .global pvmc_rfc_event_entry
 pvmc_rfc_event_entry:
     # +0: from user mode.
-    movl ${pvcs0}, %ecx
-    movzwl {o_user_ss}(%rcx), %r11d
-    pushq %r11
-    pushq {o_rsp}(%rcx)
-    movl {o_eflags}(%rcx), %r11d
-    pushq %r11
-    movzwl {o_user_cs}(%rcx), %r11d
-    pushq %r11
-    pushq {o_rip}(%rcx)
+    pvmc_rfc_user_frame
     movl {o_errcode}(%rcx), %r11d
     pushq %r11
     movl {o_vector}(%rcx), %r11d
@@ -137,15 +143,7 @@ pvmc_rfc_rets:
     # A user `syscall`, at LSTAR: RSP = SUPERVISOR_RSP, the user context in the PVCS.
     .global pvmc_rfc_syscall_entry
 pvmc_rfc_syscall_entry:
-    movl ${pvcs0}, %ecx
-    movzwl {o_user_ss}(%rcx), %r11d
-    pushq %r11
-    pushq {o_rsp}(%rcx)
-    movl {o_eflags}(%rcx), %r11d
-    pushq %r11
-    movzwl {o_user_cs}(%rcx), %r11d
-    pushq %r11
-    pushq {o_rip}(%rcx)
+    pvmc_rfc_user_frame
 "#,
     super::push_gprs!(),
     super::gprs_rcx_r11_from_pvcs!(),

@@ -79,6 +79,25 @@ core::arch::global_asm!(
 96:
     .endm
 
+    # From user mode, RSP = the user stack: onto the trap stack, RCX = vCPU 0's PVCS (user
+    # mode runs there only), and the user context it holds pushed as an interrupt frame (SS,
+    # RSP, RFLAGS, CS, RIP as an image address).
+    .macro pvmc_v2_user_frame
+    movq %rsp, pvmc_v2_user_rsp(%rip)
+    leaq pvmc_trap_stack_top(%rip), %rsp
+    movl ${pvcs0}, %ecx
+    movzwl {o_user_ss}(%rcx), %r11d
+    pushq %r11
+    pushq pvmc_v2_user_rsp(%rip)
+    movl {eflags}(%rcx), %r11d
+    pushq %r11
+    movzwl {o_user_cs}(%rcx), %r11d
+    pushq %r11
+    movq {rip}(%rcx), %r11
+    pvmc_v2_to_image %r11
+    pushq %r11
+    .endm
+
     .balign 4096
     .global pvmc_v2_event_entry
 pvmc_v2_event_entry:
@@ -140,19 +159,7 @@ pvmc_v2_event_entry:
 
 pvmc_v2_user_event:
     # From user mode: RSP = the user stack, the user context in vCPU 0's PVCS.
-    movq %rsp, pvmc_v2_user_rsp(%rip)
-    leaq pvmc_trap_stack_top(%rip), %rsp
-    movl ${pvcs0}, %ecx
-    movzwl {o_user_ss}(%rcx), %r11d
-    pushq %r11
-    pushq pvmc_v2_user_rsp(%rip)
-    movl {eflags}(%rcx), %r11d
-    pushq %r11
-    movzwl {o_user_cs}(%rcx), %r11d
-    pushq %r11
-    movq {rip}(%rcx), %r11
-    pvmc_v2_to_image %r11
-    pushq %r11
+    pvmc_v2_user_frame
     movzwl {errcode}(%rcx), %r11d
     pushq %r11
     pvmc_v2_event_word
@@ -175,19 +182,7 @@ pvmc_v2_user_event:
     # A user `syscall`, at LSTAR: RSP = the user stack, RIP/RCX/R11/RFLAGS in the PVCS.
     .global pvmc_v2_syscall_entry
 pvmc_v2_syscall_entry:
-    movq %rsp, pvmc_v2_user_rsp(%rip)
-    leaq pvmc_trap_stack_top(%rip), %rsp
-    movl ${pvcs0}, %ecx
-    movzwl {o_user_ss}(%rcx), %r11d
-    pushq %r11
-    pushq pvmc_v2_user_rsp(%rip)
-    movl {eflags}(%rcx), %r11d
-    pushq %r11
-    movzwl {o_user_cs}(%rcx), %r11d
-    pushq %r11
-    movq {rip}(%rcx), %r11
-    pvmc_v2_to_image %r11
-    pushq %r11
+    pvmc_v2_user_frame
 "#,
     super::push_gprs!(),
     r#"
