@@ -300,6 +300,16 @@ fn record_syscall(f: &mut SyscallFrame) -> bool {
     false
 }
 
+/// Runs `probe` at CPL3 with the SYSCALL entry recording its frame: how the run ended, and
+/// the frame the kernel's entry saw (if it ran).
+fn run_recording_syscall(probe: Probe) -> (UserExit, Option<SyscallFrame>) {
+    SYSCALL_SEEN.set(None);
+    user::set_syscall_hook(Some(record_syscall));
+    let exit = user::run(probe, 0);
+    user::set_syscall_hook(None);
+    (exit, SYSCALL_SEEN.get())
+}
+
 extern "C" fn u_syscall(_: u64) -> u64 {
     instr::syscall(0x77)
 }
@@ -312,19 +322,13 @@ extern "C" fn u_syscall_hypercall_number(_: u64) -> u64 {
 /// event to the guest kernel's LSTAR whatever RAX holds (notes §4.1, §5.2), so user code
 /// cannot call the host with a hypercall number.
 fn user_syscall_not_hypercall() {
-    SYSCALL_SEEN.set(None);
-    user::set_syscall_hook(Some(record_syscall));
-    let exit = user::run(u_syscall_hypercall_number, 0);
-    user::set_syscall_hook(None);
+    let (exit, seen) = run_recording_syscall(u_syscall_hypercall_number);
     check_eq!(
         exit,
         UserExit::Syscall(hc::TLB_FLUSH_CURRENT),
         "a user SYSCALL with a hypercall number in RAX must reach the kernel's LSTAR"
     );
-    check!(
-        SYSCALL_SEEN.get().is_some(),
-        "the kernel's SYSCALL entry did not run"
-    );
+    check!(seen.is_some(), "the kernel's SYSCALL entry did not run");
 }
 case!(
     user_syscall_not_hypercall,
@@ -339,16 +343,13 @@ case!(
 
 /// SYSCALL from CPL3 enters LSTAR at CPL0 (CS from STAR) with RCX = next RIP, R11 = RFLAGS.
 fn syscall_to_cpl0() {
-    SYSCALL_SEEN.set(None);
-    user::set_syscall_hook(Some(record_syscall));
-    let exit = user::run(u_syscall, 0);
-    user::set_syscall_hook(None);
+    let (exit, seen) = run_recording_syscall(u_syscall);
     check_eq!(
         exit,
         UserExit::Syscall(0x77),
         "syscall must reach the CPL0 handler"
     );
-    if let Some(f) = SYSCALL_SEEN.get() {
+    if let Some(f) = seen {
         let entry = u_syscall as *const () as u64;
         check!(
             f.gprs.rcx > entry && f.gprs.rcx < entry + 64,
