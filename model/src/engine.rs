@@ -150,11 +150,12 @@ const MAX_FILLS: usize = 4096;
 type Uc<'a> = Unicorn<'a, Hw>;
 
 /// Records why the engine must stop, unless a stop is already recorded, and asks the block
-/// hook for the stop: it takes effect at the end of the translation block, and what a later instruction of the block
-/// raised was not architecturally reached (the instruction runs again when the guest
-/// resumes at the first stop's RIP). A [`Stop::Resync`] is no such stop (the guest goes on
-/// where the engine stopped; the loop only looks at the vCPU), so a later one replaces it:
-/// a `syscall` later in the block ran in hardware, and its hook's stop must not be lost.
+/// hook for the stop: it takes effect at the end of the translation block, and what a later
+/// instruction of the block raised was not architecturally reached (the instruction runs
+/// again when the guest resumes at the first stop's RIP). A [`Stop::Resync`] is no such stop
+/// (the guest goes on where the engine stopped; the loop only looks at the vCPU), so a later
+/// one replaces it: a `syscall` later in the block ran in hardware, and its hook's stop must
+/// not be lost.
 fn set_stop(uc: &mut Unicorn<'_, Hw>, stop: Stop) {
     let d = uc.get_data_mut();
     if d.stop.is_none() || matches!(d.stop, Some(Stop::Resync)) {
@@ -273,8 +274,13 @@ pub(crate) fn walk_ctx(p: &Pvm) -> WalkCtx {
 }
 
 /// Translates `va` for `access` without side effects on the guest beyond A/D bits.
-fn translate(mem: &dyn GuestRam, p: &Pvm, va: u64, access: Access) -> Result<u64, PageFault> {
-    mmu::walk(mem, &walk_ctx(p), va, access).map(|t| t.page + (va & 0xfff))
+fn translate(
+    mem: &dyn GuestRam,
+    walk: &WalkCtx,
+    va: u64,
+    access: Access,
+) -> Result<u64, PageFault> {
+    mmu::walk(mem, walk, va, access).map(|t| t.page + (va & 0xfff))
 }
 
 /// Reads `out.len()` bytes of guest-virtual memory.
@@ -285,11 +291,22 @@ fn read_virt(
     out: &mut [u8],
     access: Access,
 ) -> Result<(), PageFault> {
+    read_walked(mem, &walk_ctx(p), va, out, access)
+}
+
+/// [`read_virt`] through the walk context `walk` (a hook has that, not the vCPU).
+fn read_walked(
+    mem: &dyn GuestRam,
+    walk: &WalkCtx,
+    va: u64,
+    out: &mut [u8],
+    access: Access,
+) -> Result<(), PageFault> {
     let mut done = 0;
     while done < out.len() {
         let a = va + done as u64;
         let n = (0x1000 - (a & 0xfff) as usize).min(out.len() - done);
-        let pa = translate(mem, p, a, access)?;
+        let pa = translate(mem, walk, a, access)?;
         if mem.read(pa, &mut out[done..done + n]).is_err() {
             return Err(PageFault { addr: a, code: 0 });
         }
@@ -302,16 +319,14 @@ fn read_virt(
 /// translated it), read through the guest's page tables as the fetch did.
 fn user_port_io(mem: &dyn GuestRam, walk: &WalkCtx, addr: u64, size: usize) -> Option<u64> {
     let mut code = vec![0u8; size];
-    let mut done = 0;
-    while done < size {
-        let a = addr + done as u64;
-        let n = (0x1000 - (a & 0xfff) as usize).min(size - done);
-        let t = mmu::walk(mem, walk, a, Access::Fetch).ok()?;
-        mem.read(t.page + (a & 0xfff), &mut code[done..done + n])
-            .ok()?;
-        done += n;
-    }
+    read_walked(mem, walk, addr, &mut code, Access::Fetch).ok()?;
     emulate::first_port_io(&code, addr)
+}
+
+/// Whether port I/O in the mode `walk` describes is a #GP (user mode: hardware IOPL 0, no
+/// I/O bitmap, notes §9) rather than an exit to the VMM.
+fn user_io_faults(walk: &WalkCtx) -> bool {
+    walk.user && !walk.faults.on(Fault::UserIoAllowed)
 }
 
 fn write_virt(mem: &dyn GuestRam, p: &Pvm, va: u64, data: &[u8]) -> Result<(), PageFault> {
@@ -319,7 +334,7 @@ fn write_virt(mem: &dyn GuestRam, p: &Pvm, va: u64, data: &[u8]) -> Result<(), P
     while done < data.len() {
         let a = va + done as u64;
         let n = (0x1000 - (a & 0xfff) as usize).min(data.len() - done);
-        let pa = translate(mem, p, a, Access::Write)?;
+        let pa = translate(mem, &walk_ctx(p), a, Access::Write)?;
         if mem.write(pa, &data[done..done + n]).is_err() {
             return Err(PageFault { addr: a, code: 2 });
         }
@@ -435,11 +450,10 @@ pub fn run(
             let _ = uc.emu_stop();
             return;
         }
-        let d = uc.get_data();
-        if !d.walk.user || d.walk.faults.on(Fault::UserIoAllowed) {
+        let walk = uc.get_data().walk;
+        if !user_io_faults(&walk) {
             return;
         }
-        let walk = d.walk;
         let Some(at) = user_port_io(mem, &walk, addr, size as usize) else {
             return;
         };
@@ -469,8 +483,7 @@ pub fn run(
     // same block must see the OUT's effect (and a VMM request's reply must be in memory when
     // the guest reads it, maybe in the same block).
     uc.add_insn_out_hook(move |uc, port, size, value| {
-        let walk = uc.get_data().walk;
-        if walk.user && !walk.faults.on(Fault::UserIoAllowed) {
+        if user_io_faults(&uc.get_data().walk) {
             let pc = uc.pc_read().unwrap_or(0);
             set_stop(uc, Stop::UserIo { pc });
             return;
@@ -509,8 +522,7 @@ pub fn run(
     })
     .map_err(uc_err("OUT hook"))?;
     uc.add_insn_in_hook(move |uc, port, size| {
-        let walk = uc.get_data().walk;
-        if walk.user && !walk.faults.on(Fault::UserIoAllowed) {
+        if user_io_faults(&uc.get_data().walk) {
             let pc = uc.pc_read().unwrap_or(0);
             set_stop(uc, Stop::UserIo { pc });
             return 0;
@@ -1778,16 +1790,13 @@ fn privileged(
 
 /// A `syscall`: from user mode an event (LSTAR), from supervisor mode ERETU or a hypercall.
 fn syscall(mem: &dyn GuestRam, v: &mut Vcpu) -> Next {
-    let hc_range = abi::upstream::HC_BASE..abi::upstream::hc::END;
-    if !v.pvm.smod
-        && v.pvm.faults.on(Fault::UserSyscallIsHypercall)
-        && hc_range.contains(&v.regs.rax)
-    {
-        let r = &mut v.regs;
-        r.rax = v.pvm.hypercall(mem, r.rax, r.rbx, r.r10, r.rdx) as u64;
-        return Next::Go;
-    }
     if !v.pvm.smod {
+        let hypercall_nr = (abi::upstream::HC_BASE..abi::upstream::hc::END).contains(&v.regs.rax);
+        if hypercall_nr && v.pvm.faults.on(Fault::UserSyscallIsHypercall) {
+            let r = &mut v.regs;
+            r.rax = v.pvm.hypercall(mem, r.rax, r.rbx, r.r10, r.rdx) as u64;
+            return Next::Go;
+        }
         // Unicorn already advanced RIP past the instruction; SYSCALL leaves RCX = that RIP and
         // R11 = RFLAGS, which the host saves in the PVCS.
         v.regs.rcx = v.regs.rip;
