@@ -1378,7 +1378,7 @@ fn exception(
                     v,
                     Event::Exception {
                         vector: 13,
-                        code: Some(u32::from(vector) << 3 | 2),
+                        code: Some(abi::x86::idt_error_code(vector)),
                         cr2: None,
                     },
                 )

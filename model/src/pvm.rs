@@ -306,12 +306,15 @@ pub const DEFAULT_RANGE: (u64, u64) = (0x1e0, 0x1f0);
 /// fault path is inferred, not traced). A non-canonical RSP is not checked either: the user's
 /// first stack reference is #SS(0), which the engine raises.
 fn noncanonical_return(r: &Regs) -> Option<Event> {
-    (!canonical(r.rip)).then_some(Event::Exception {
-        vector: 13,
-        code: Some(0),
-        cr2: None,
-    })
+    (!canonical(r.rip)).then_some(GP0)
 }
+
+/// #GP(0).
+const GP0: Event = Event::Exception {
+    vector: 13,
+    code: Some(0),
+    cr2: None,
+};
 
 /// Where a generation's PVCS keeps the context an event saves and ERETU loads
 /// (`Pvm::save_context`, `Pvm::enter_from_user`, `Pvm::load_user_context`).
@@ -660,24 +663,24 @@ impl Pvm {
                 "event {ev:?} with no PVCS registered (MSR_PVM_VCPU_STRUCT = 0)"
             )));
         }
-        if self.generation.rfc() {
-            return self.deliver_rfc(mem, r, ev);
-        }
         if self.event_entry == 0 && ev != Event::UserSyscall {
             return Err(TripleFault(format!(
                 "event {ev:?} with MSR_PVM_EVENT_ENTRY = 0"
             )));
+        }
+        if matches!(ev, Event::Exception { vector: 8, .. } | Event::Vector(8)) {
+            return Err(TripleFault(
+                "#DF is a triple fault in PVM (no IDT, notes §5)".into(),
+            ));
+        }
+        if self.generation.rfc() {
+            return self.deliver_rfc(mem, r, ev);
         }
         let (vector, code, cr2) = match ev {
             Event::Exception { vector, code, cr2 } => (vector, code, cr2),
             Event::Vector(v) => (v, None, None),
             Event::UserSyscall | Event::Nmi | Event::Mce => (0, None, None),
         };
-        if vector == 8 {
-            return Err(TripleFault(
-                "#DF is a triple fault in PVM (no IDT, notes §5)".into(),
-            ));
-        }
         let from_user = !self.smod;
         let vec_at = offset_of!(PvcsV2, event_vector);
         // NMI and #MC are named by a bit of the vector word alone (research §1-2).
@@ -816,16 +819,6 @@ impl Pvm {
             }
             Event::Mce => (18, None, None),
         };
-        if vector == 8 {
-            return Err(TripleFault(
-                "#DF is a triple fault in PVM (no IDT, notes §5)".into(),
-            ));
-        }
-        if self.event_entry == 0 && ev != Event::UserSyscall {
-            return Err(TripleFault(format!(
-                "event {ev:?} with MSR_PVM_EVENT_ENTRY = 0"
-            )));
-        }
         if self.generation == Generation::Mid && vector != 2 {
             let flags = self.read64(mem, offset_of!(PvcsV1, event_flags))?;
             if flags & event_flags::EF == 0 {
@@ -937,11 +930,7 @@ impl Pvm {
         let cs = self.read16(mem, at.user_cs)? | 3;
         let ss = self.read16(mem, at.user_ss)? | 3;
         if !(cs == up::HOST_USER_CS || cs == up::HOST_USER32_CS) || ss != up::HOST_USER_DS {
-            return Ok(Err(Event::Exception {
-                vector: 13,
-                code: Some(0),
-                cr2: None,
-            }));
+            return Ok(Err(GP0));
         }
         Ok(Ok((cs, ss)))
     }
@@ -1509,14 +1498,19 @@ impl Pvm {
     /// Whether an NMI the VMM injected can be delivered now: once a PVCS is registered, and
     /// (RFC) while KVM's NMI mask is clear; the virtual IF does not matter (research §1).
     pub fn nmi_allowed(&self) -> bool {
-        let mask = self.generation.rfc() || self.faults.on(Fault::V2NmiMasked);
-        self.vcpu_struct != 0 && !(mask && self.nmi_masked)
+        self.vcpu_struct != 0 && !(self.keeps_nmi_mask() && self.nmi_masked)
+    }
+
+    /// Whether the host keeps KVM's NMI mask from an NMI's delivery to ERETU/ERETS: the RFC
+    /// hosts do (`pvm_inject_nmi`), v2 does not (research §1).
+    fn keeps_nmi_mask(&self) -> bool {
+        self.generation.rfc() || self.faults.on(Fault::V2NmiMasked)
     }
 
     /// KVM_GET_VCPU_EVENTS' NMI state: (pending, masked). v2 reports NMIs masked only while
     /// no PVCS is registered (`pvm_get_nmi_mask`); RFC reports its mask.
     pub fn nmi_state(&self) -> (bool, bool) {
-        let masked = if self.generation.rfc() || self.faults.on(Fault::V2NmiMasked) {
+        let masked = if self.keeps_nmi_mask() {
             self.nmi_masked
         } else {
             self.vcpu_struct == 0
@@ -1660,6 +1654,7 @@ pub fn cpuid(faults: Faults, leaf: u32, _sub: u32) -> [u32; 4] {
         // Leaf 7 offers nothing: no SMEP/SMAP (the guest-visible CR4 has them 0, notes §6),
         // no PKU (KVM offers it only with TDP: "PKU is not yet implemented for shadow
         // paging", arch/x86/kvm/cpuid.c).
+        7 => [0; 4],
         0x8000_0000 => [0x8000_0008, 0, 0, 0],
         // LAHF; SYSCALL, NX, 1 GiB pages, RDTSCP, long mode.
         0x8000_0001 => [
