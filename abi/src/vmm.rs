@@ -185,6 +185,30 @@ pub const fn slot_pattern(gpa: u64) -> u64 {
     gpa ^ 0x5107_5107_5107_5107
 }
 
+/// Largest memslot [`Op::AddMemslot`] takes (64 MiB).
+pub const MAX_SLOT_SIZE: u64 = 64 << 20;
+
+/// Whether an [`Op::AddMemslot`] request names a slot, GPA and size a VMM takes: slot 1 to
+/// [`MAX_EXTRA_SLOT`], a page-aligned GPA, a non-zero size of whole pages up to
+/// [`MAX_SLOT_SIZE`]. (Whether the slot is free and where it may go are the VMM's to check.)
+pub const fn memslot_request_valid(slot: u64, gpa: u64, size: u64) -> bool {
+    let page = crate::layout::PAGE_SIZE;
+    slot != 0
+        && slot <= MAX_EXTRA_SLOT
+        && size != 0
+        && size <= MAX_SLOT_SIZE
+        && size.is_multiple_of(page)
+        && gpa.is_multiple_of(page)
+}
+
+/// Fills `mem`, the memory of a slot at `gpa`, with [`slot_pattern`] (8-byte words; a
+/// shorter tail is left as it is).
+pub fn fill_slot_pattern(mem: &mut [u8], gpa: u64) {
+    for (i, word) in mem.chunks_exact_mut(8).enumerate() {
+        word.copy_from_slice(&slot_pattern(gpa + 8 * i as u64).to_le_bytes());
+    }
+}
+
 /// [`Op::RegisterIoEventfd`] `a1`: the address is a GPA (MMIO), not a port.
 pub const MMIO: u64 = 1 << 8;
 /// [`Op::RegisterIoEventfd`] `a1`: match only writes of `a2`.
@@ -231,5 +255,22 @@ mod tests {
             assert_eq!(Status::from_raw(s).map(|x| x as u64), Some(s));
         }
         assert_eq!(Status::from_raw(NO_REPLY), None);
+    }
+
+    #[test]
+    fn memslot_requests_and_their_pattern() {
+        let page = crate::layout::PAGE_SIZE;
+        assert!(memslot_request_valid(1, EXTRA_SLOT_GPA, page));
+        assert!(memslot_request_valid(MAX_EXTRA_SLOT, 0, MAX_SLOT_SIZE));
+        assert!(!memslot_request_valid(0, 0, page), "slot 0 is RAM");
+        assert!(!memslot_request_valid(MAX_EXTRA_SLOT + 1, 0, page));
+        assert!(!memslot_request_valid(1, 0, 0));
+        assert!(!memslot_request_valid(1, 0, MAX_SLOT_SIZE + page));
+        assert!(!memslot_request_valid(1, 0, page / 2));
+        assert!(!memslot_request_valid(1, 8, page));
+        let mut m = [0u8; 20];
+        fill_slot_pattern(&mut m, 0x1000);
+        assert_eq!(m[8..16], slot_pattern(0x1008).to_le_bytes());
+        assert_eq!(m[16..], [0; 4], "the tail");
     }
 }

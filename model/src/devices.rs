@@ -318,8 +318,9 @@ impl Devices {
     }
 
     /// Adds memslot `id` at `gpa` of `size` bytes, filled with `abi::vmm::slot_pattern`, the
-    /// way the KVM backend's VMM does (`runner::kvm::requests`): page-aligned, at most 64 MiB,
-    /// inside `[lo, hi)` (where the model lets slots go), overlapping no other slot.
+    /// way the KVM backend's VMM does (`runner::kvm::requests`): a request
+    /// `abi::vmm::memslot_request_valid` takes, inside `[lo, hi)` (where the model lets slots
+    /// go), overlapping no other slot.
     pub fn add_slot(
         &mut self,
         id: u64,
@@ -329,14 +330,8 @@ impl Devices {
         lo: u64,
         hi: u64,
     ) -> Result<(), Invalid> {
-        let page = abi::layout::PAGE_SIZE;
         let end = gpa.checked_add(size).ok_or(Invalid)?;
-        let bad = id == 0
-            || id > abi::vmm::MAX_EXTRA_SLOT
-            || size == 0
-            || size > 64 << 20
-            || !size.is_multiple_of(page)
-            || !gpa.is_multiple_of(page)
+        let bad = !abi::vmm::memslot_request_valid(id, gpa, size)
             || gpa < lo
             || end > hi
             || self
@@ -347,10 +342,8 @@ impl Devices {
             return Err(Invalid);
         }
         let mem = MmapRam::new(size).map_err(|_| Invalid)?;
-        let bytes: Vec<u8> = (0..size)
-            .step_by(8)
-            .flat_map(|off| abi::vmm::slot_pattern(gpa + off).to_le_bytes())
-            .collect();
+        let mut bytes = vec![0u8; size as usize];
+        abi::vmm::fill_slot_pattern(&mut bytes, gpa);
         mem.write(0, &bytes).map_err(|_| Invalid)?;
         self.slots.push(Slot {
             id,

@@ -58,10 +58,10 @@ const IRET_FRAME_OFFSET: u64 = 0x800;
 const MMIO_END: u64 = 1 << crate::pvm::MAXPHYADDR;
 
 /// Where the model's VMM puts extra memslots: the window cases use
-/// (`abi::vmm::EXTRA_SLOT_GPA`), as large as one slot may be (64 MiB).
+/// (`abi::vmm::EXTRA_SLOT_GPA`), as large as one slot may be.
 pub const SLOT_WINDOW: (u64, u64) = (
     abi::vmm::EXTRA_SLOT_GPA,
-    abi::vmm::EXTRA_SLOT_GPA + (64 << 20),
+    abi::vmm::EXTRA_SLOT_GPA + abi::vmm::MAX_SLOT_SIZE,
 );
 
 /// The TSC of the machine the model runs on (Unicorn's RDTSC reads it too).

@@ -435,14 +435,7 @@ fn round_trip(vcpu: &mut VcpuFd, ctx: &Ctx<'_>, extra: [u32; 2]) -> Reply {
 fn add_memslot(ctx: &Ctx<'_>, slot: u64, gpa: u64, size_flags: u64) -> Reply {
     let size = size_flags & vmm::SIZE_MASK;
     let readonly = size_flags & vmm::READONLY != 0;
-    let page = abi::layout::PAGE_SIZE;
-    let bad = slot == 0
-        || slot > vmm::MAX_EXTRA_SLOT
-        || size == 0
-        || size > 64 << 20
-        || !size.is_multiple_of(page)
-        || !gpa.is_multiple_of(page);
-    if bad {
+    if !vmm::memslot_request_valid(slot, gpa, size) {
         return status(Status::BadArgs);
     }
     let Ok(mut extras) = ctx.extras.lock() else {
@@ -454,10 +447,8 @@ fn add_memslot(ctx: &Ctx<'_>, slot: u64, gpa: u64, size_flags: u64) -> Reply {
     let Ok(mem) = MmapRam::new(size) else {
         return status(Status::Failed);
     };
-    let mut bytes = Vec::with_capacity(size as usize);
-    for off in (0..size).step_by(8) {
-        bytes.extend_from_slice(&vmm::slot_pattern(gpa + off).to_le_bytes());
-    }
+    let mut bytes = vec![0u8; size as usize];
+    vmm::fill_slot_pattern(&mut bytes, gpa);
     if mem.write(0, &bytes).is_err() {
         return status(Status::Failed);
     }
