@@ -12,6 +12,11 @@
 //! (`<image>.sha256`) when cargo last linked it, and it must pass validation (ELF and case
 //! table). A cached image that fails either is removed with `cargo clean -p` and rebuilt once;
 //! [`build`] says so in its [`Built::rebuilt`].
+//!
+//! Build, check and the recorded hash are one step under an exclusive lock on
+//! `<guest target dir>/image.lock`: a second build in between (parallel tests, or `cargo
+//! xtask` beside `cargo test`) would see cargo's fresh image before the first recorded its
+//! hash, take it for a changed cache and clean it while the first one's users run it.
 
 use std::path::{Path, PathBuf};
 
@@ -160,6 +165,15 @@ fn cache_problem(path: &Path, fresh: bool) -> Option<String> {
 /// documentation) and returns it loaded.
 pub fn build(root: &Path) -> Result<Built, Error> {
     let path = image_path(root);
+    let lock_path = target_dir(root).join("image.lock");
+    let io = |error| Error::Io {
+        path: lock_path.display().to_string(),
+        error,
+    };
+    std::fs::create_dir_all(target_dir(root)).map_err(io)?;
+    let lock = std::fs::File::create(&lock_path).map_err(io)?;
+    // Held until `lock` is dropped, when this function returns.
+    lock.lock().map_err(io)?;
     let fresh = cargo_build(root)?;
     let mut rebuilt = None;
     if let Some(problem) = cache_problem(&path, fresh) {
