@@ -18,16 +18,10 @@ use guest_lib::exception::{self, Exception, Frame};
 use guest_lib::paging::{Pte, PteFlags, set_pte};
 use guest_lib::{case, check, check_eq, vmm};
 
-use crate::common::{TEST_VA, remap_fixture};
+use crate::common::{TEST_VA, remap_fixture, u_plus_one, upstream};
 
 const fn v2(name: &'static str, summary: &'static str) -> Spec {
     Spec::new(name, Area::Abi, summary).envs(Env::PvV2.bit())
-}
-
-/// A case for every upstream generation (what they share: the hypercall numbers and their
-/// effects).
-const fn upstream(name: &'static str, summary: &'static str) -> Spec {
-    Spec::new(name, Area::Abi, summary).envs(Env::PvV1.bit() | Env::PvMid.bit() | Env::PvV2.bit())
 }
 
 /// A hypercall number no generation defines.
@@ -334,9 +328,9 @@ fn nmi_while_unconsumed() {
     exception::set_hook(Some(count_nmi));
     let unconsumed = vector_bits::STD | 0x20;
     pv_v2::write_event_vector(unconsumed);
-    guest_lib::vmm::must(guest_lib::abi::vmm::Op::Nmi, [0; 3]);
+    vmm::must(guest_lib::abi::vmm::Op::Nmi, [0; 3]);
     // An exit and a while for the host to act on the NMI.
-    let _ = guest_lib::vmm::host_nanos();
+    let _ = vmm::host_nanos();
     crate::common::spin_ms(2);
     let word = pv_v2::read_event_vector();
     let during = NMIS.load(Ordering::SeqCst);
@@ -365,10 +359,6 @@ fn nmi_while_unconsumed() {
         1,
         "NMIs delivered by the ERETU that followed"
     );
-}
-
-extern "C" fn u_plus_one(x: u64) -> u64 {
-    x + 1
 }
 
 case!(

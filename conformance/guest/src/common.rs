@@ -19,12 +19,18 @@ pub const PING_VECTOR: u8 = 0x2c;
 /// IPI vector vCPU 1 answers with.
 pub const PONG_VECTOR: u8 = 0x2d;
 
-/// A case of a rule the upstream PVM ABI puts in place of an x86 ring-0 rule
-/// (`abi::env::X86_RING0_ENVS`): it runs in the upstream generations, next to the case of the
-/// x86 rule it replaces, which runs everywhere else.
-pub const fn upstream_ring(name: &'static str, summary: &'static str) -> guest_lib::case::Spec {
+/// An ABI case of every upstream generation (`abi::env::UPSTREAM_ENVS`): what they share
+/// (the hypercalls and their effects), and the rules the upstream ABI puts in place of x86
+/// ring-0 rules (`abi.upstream.ring.*`, next to the case of the x86 rule each replaces, which
+/// runs in `abi::env::X86_RING0_ENVS`).
+pub const fn upstream(name: &'static str, summary: &'static str) -> guest_lib::case::Spec {
     guest_lib::case::Spec::new(name, guest_lib::abi::env::Area::Abi, summary)
         .envs(guest_lib::abi::env::UPSTREAM_ENVS)
+}
+
+/// A user-mode probe that returns its argument plus one (a user run that must simply work).
+pub extern "C" fn u_plus_one(x: u64) -> u64 {
+    x + 1
 }
 
 /// Whether `va` lies in the guest image (where the library's own tables are).

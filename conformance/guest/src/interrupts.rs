@@ -11,7 +11,7 @@ use guest_lib::case::Spec;
 use guest_lib::exception::{self, Exception, Frame, vector};
 use guest_lib::{case, case_table, check, check_eq, rt};
 
-use crate::common::{PING_VECTOR, PONG_VECTOR, TIMER_VECTOR, upstream_ring};
+use crate::common::{PING_VECTOR, PONG_VECTOR, TIMER_VECTOR, upstream};
 use guest_lib::abi::env::X86_RING0_ENVS;
 use guest_lib::abi::upstream::HOST_CPUNODE_SELECTOR;
 
@@ -324,7 +324,7 @@ case_table!(
 
 case_table!(
     cpl0_exception,
-    upstream_ring,
+    upstream,
     [
         (
             "abi.upstream.ring.host_idt",

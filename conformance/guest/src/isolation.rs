@@ -12,7 +12,7 @@ use guest_lib::paging::{PteFlags, alloc_frame, map};
 use guest_lib::user::{self, UserExit};
 use guest_lib::{case, check, check_eq};
 
-use crate::common::{TEST_VA, upstream_ring};
+use crate::common::{TEST_VA, u_plus_one, upstream};
 
 extern "C" fn u_local_hypercall(nr: u64) -> u64 {
     pv_local::hypercall(nr, 0, 0, 0).map_or(u64::MAX, |v| v as u64)
@@ -257,7 +257,7 @@ case!(
 );
 case!(
     iopl3_grant,
-    upstream_ring(
+    upstream(
         "abi.upstream.ring.iopl",
         "user port I/O is #GP(0) even after the kernel grants IOPL 3 (hardware IOPL 0, no I/O bitmap)"
     )
@@ -310,10 +310,6 @@ extern "C" fn u_trap_then_flags(_: u64) -> u64 {
     instr::read_rflags()
 }
 
-extern "C" fn u_plain(x: u64) -> u64 {
-    x + 1
-}
-
 /// A return to user mode through a frame with a hostile value (non-canonical RIP or RSP, a
 /// bad SS, a data or null CS, reserved RFLAGS bits): the return is refused, or user code gets
 /// an ordinary exception, or (reserved RFLAGS bits) the bits are dropped; never does user
@@ -350,7 +346,7 @@ fn hostile_return() {
         allowed
     );
     check_eq!(
-        user::run(u_plain, 7),
+        user::run(u_plus_one, 7),
         UserExit::Returned(8),
         "an ordinary user run afterwards"
     );
@@ -410,7 +406,7 @@ case_table!(
 
 case_table!(
     hostile_return,
-    upstream_ring,
+    upstream,
     [
         (
             "abi.upstream.ring.eretu_bad_ss",

@@ -11,7 +11,7 @@ use guest_lib::case::Spec;
 use guest_lib::paging::PteFlags;
 use guest_lib::{case_table, rt};
 
-use crate::common::{TEST_VA, in_image, upstream_ring};
+use crate::common::{TEST_VA, in_image, upstream};
 use guest_lib::abi::env::X86_RING0_ENVS;
 use guest_lib::abi::upstream::{
     HOST_GDT_ENTRIES, HOST_IDT_LIMIT, HOST_TSS_SELECTOR, HOST_USER_CS, hc,
@@ -332,12 +332,10 @@ fn user_syscall_not_hypercall() {
 }
 case!(
     user_syscall_not_hypercall,
-    Spec::new(
+    upstream(
         "abi.upstream.user_syscall_not_hypercall",
-        Area::Abi,
         "a SYSCALL from user mode with a hypercall number in RAX is an event to LSTAR, no hypercall"
     )
-    .envs(guest_lib::abi::env::UPSTREAM_ENVS)
     .reqs("PVM-ISO-1")
 );
 
@@ -402,7 +400,7 @@ fn cs_upstream() {
 }
 case!(
     cs_upstream,
-    upstream_ring(
+    upstream(
         "abi.upstream.ring.cs",
         "`mov %cs` in supervisor mode reads the host's __USER_CS, 0x33"
     )
@@ -453,7 +451,7 @@ fn flags_upstream() {
 }
 case!(
     flags_upstream,
-    upstream_ring(
+    upstream(
         "abi.upstream.ring.flags",
         "PUSHF in supervisor mode shows IF=1 and IOPL 0; CLI/STI set only the PVCS's virtual IF"
     )
@@ -539,7 +537,7 @@ fn cr4_tsd_upstream() {
 }
 case!(
     cr4_tsd_upstream,
-    upstream_ring(
+    upstream(
         "abi.upstream.ring.cr4_tsd",
         "the guest's CR4.TSD reads back but has no hardware effect: RDTSC in user mode runs"
     )
@@ -724,7 +722,7 @@ fn tables_upstream() {
 }
 case!(
     tables_upstream,
-    upstream_ring(
+    upstream(
         "abi.upstream.ring.tables",
         "SGDT/SIDT/STR/SLDT in supervisor mode show the host's registers (or, under UMIP, the kernel's)"
     )
@@ -1006,7 +1004,7 @@ fn cr0_ts_upstream() {
 }
 case!(
     cr0_ts_upstream,
-    upstream_ring(
+    upstream(
         "abi.upstream.ring.cr0_ts",
         "the guest's CR0.TS reads back but has no hardware effect: FWAIT runs in both modes"
     )
