@@ -19,11 +19,14 @@ rustup toolchain install "$channel" --profile minimal \
 packages=()
 [ -e /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf ] || packages+=(fonts-dejavu-core)
 # The reference model (model/) builds the Unicorn CPU emulator from source: cmake, a C
-# compiler, and libclang for its bindings.
+# compiler, and libclang for its bindings. Only libclang itself counts (the names bindgen
+# loads: libclang.so*, libclang-N.so*): libclang-cpp, which other packages bring, is not it.
 command -v cmake >/dev/null || packages+=(cmake)
 command -v cc >/dev/null || packages+=(gcc g++ make)
-ls /usr/lib/llvm-*/lib/libclang*.so* >/dev/null 2>&1 || ls /usr/lib/x86_64-linux-gnu/libclang*.so* \
-    >/dev/null 2>&1 || packages+=(libclang-dev)
+compgen -G '/usr/lib/llvm-*/lib/libclang.so*' >/dev/null \
+    || compgen -G '/usr/lib/x86_64-linux-gnu/libclang-[0-9]*.so*' >/dev/null \
+    || compgen -G '/usr/lib/x86_64-linux-gnu/libclang.so*' >/dev/null \
+    || packages+=(libclang-dev)
 # Host images (cargo xtask images, kmod build): a static busybox, sfdisk, GRUB's i386-pc
 # image and modules, Debian's kernel headers for the out-of-tree marker module.
 [ -x /bin/busybox ] && ! ldd /bin/busybox >/dev/null 2>&1 || packages+=(busybox-static)
