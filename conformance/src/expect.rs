@@ -12,11 +12,17 @@
 //! An instance whose outcome equals its listed outcome becomes XFAIL (the detail keeps what
 //! happened). One that now passes becomes FAIL ("XPASS": the expectation is stale and must be
 //! removed); any other outcome stays as it is, with the expectation noted in the detail.
+//!
+//! A deviation that shows only on some machines names the host fact it needs, and is in force
+//! only where that holds ([`Expectations::for_host`]): `when_cpuid_differs = "0x80000001.0"`
+//! (the CPU's own CPUID differs from the VMM's in that leaf) or `"0x7.0:edx:29"` (in that bit),
+//! for a host that shows guests the CPU's CPUID ([`runner::detect::CpuidDiff`]).
 
 use std::collections::HashMap;
 use std::path::Path;
 
 use abi::env::Dialect;
+use runner::detect::HostInfo;
 use serde::Deserialize;
 
 use crate::Error;
@@ -35,6 +41,56 @@ pub struct Deviation {
     /// Where the evidence is.
     #[serde(default)]
     pub evidence: String,
+    /// In force only on a host whose CPU's own CPUID differs from the VMM's here (see the
+    /// module documentation).
+    #[serde(default)]
+    pub when_cpuid_differs: Option<String>,
+}
+
+/// A parsed `when_cpuid_differs`: a leaf, and maybe one bit of one register.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct CpuidCondition {
+    function: u32,
+    index: u32,
+    /// Register (0 = EAX .. 3 = EDX) and bit.
+    bit: Option<(usize, u32)>,
+}
+
+impl CpuidCondition {
+    fn parse(s: &str) -> Option<Self> {
+        let mut parts = s.split(':');
+        let (function, index) = parts.next()?.split_once('.')?;
+        let function = u32::from_str_radix(function.strip_prefix("0x")?, 16).ok()?;
+        let index = index.parse().ok()?;
+        let bit = match (parts.next(), parts.next(), parts.next()) {
+            (None, None, None) => None,
+            (Some(reg), Some(bit), None) => {
+                let reg = ["eax", "ebx", "ecx", "edx"]
+                    .iter()
+                    .position(|r| *r == reg)?;
+                let bit: u32 = bit.parse().ok()?;
+                (bit < 32).then_some((reg, bit))?;
+                Some((reg, bit))
+            }
+            _ => return None,
+        };
+        Some(Self {
+            function,
+            index,
+            bit,
+        })
+    }
+
+    fn holds(&self, host: &HostInfo) -> bool {
+        host.cpuid_differs.iter().any(|d| {
+            d.function == self.function
+                && d.index == self.index
+                && match self.bit {
+                    None => d.bits != [0; 4],
+                    Some((reg, bit)) => d.bits[reg] & (1 << bit) != 0,
+                }
+        })
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -95,6 +151,15 @@ impl Expectations {
             if d.reason.trim().is_empty() {
                 return Err(bad(format!("{}: a deviation needs a reason", d.id)));
             }
+            if let Some(c) = &d.when_cpuid_differs
+                && CpuidCondition::parse(c).is_none()
+            {
+                return Err(bad(format!(
+                    "{}: when_cpuid_differs {c:?} is neither LEAF.SUB (0x80000001.0) nor \
+                     LEAF.SUB:REG:BIT (0x7.0:edx:29)",
+                    d.id
+                )));
+            }
             if by_id.insert(d.id.clone(), (o, d.clone())).is_some() {
                 return Err(bad(format!("{} listed twice", d.id)));
             }
@@ -134,6 +199,34 @@ impl Expectations {
     /// The built-in expectations of QEMU's TCG emulator.
     pub fn builtin_qemu_tcg() -> Result<Self, Error> {
         Self::parse(QEMU_TCG, "built-in expectations/qemu-tcg.toml")
+    }
+
+    /// The deviations in force on `host`: those without a host condition, and those whose
+    /// condition holds there. The others are dropped, and counted in [`Expectations::source`].
+    pub fn for_host(mut self, host: &HostInfo) -> Self {
+        let before = self.by_id.len();
+        self.by_id.retain(|_, (_, d)| {
+            d.when_cpuid_differs
+                .as_deref()
+                .and_then(CpuidCondition::parse)
+                .is_none_or(|c| c.holds(host))
+        });
+        let dropped = before - self.by_id.len();
+        if dropped > 0 {
+            self.source = format!(
+                "{} ({dropped} not in force: their CPUID condition does not hold on this host)",
+                self.source
+            );
+        }
+        self
+    }
+
+    /// Whether the deviation listed for `id` depends on a host condition (the instance's
+    /// outcome then depends on the machine).
+    pub fn is_conditional(&self, id: &str) -> bool {
+        self.by_id
+            .get(id)
+            .is_some_and(|(_, d)| d.when_cpuid_differs.is_some())
     }
 
     /// Every listed instance id.
@@ -240,6 +333,69 @@ evidence = "notes"
             e.apply("other~hvm64", Outcome::Fail, "y".into()).0,
             Outcome::Fail
         );
+    }
+
+    #[test]
+    fn a_cpuid_condition_keeps_a_deviation_only_where_it_holds() {
+        let text = r#"
+[[deviation]]
+id = "leaf~pv-local"
+outcome = "fail"
+reason = "r"
+when_cpuid_differs = "0x80000001.0"
+
+[[deviation]]
+id = "bit~pv-local"
+outcome = "fail"
+reason = "r"
+when_cpuid_differs = "0x7.0:edx:29"
+
+[[deviation]]
+id = "always~pv-local"
+outcome = "fail"
+reason = "r"
+"#;
+        let host = |diffs: Vec<runner::detect::CpuidDiff>| HostInfo {
+            kernel: String::new(),
+            cpu: String::new(),
+            kvm_backend: String::new(),
+            kvm: runner::detect::KvmStatus::Usable,
+            dialect: None,
+            dialect_evidence: String::new(),
+            cpuid_differs: diffs,
+        };
+        let diff = |function, bits| runner::detect::CpuidDiff {
+            function,
+            index: 0,
+            bits,
+        };
+        let in_force = |h: &HostInfo| {
+            let e = Expectations::parse(text, "t").expect("valid").for_host(h);
+            let mut ids: Vec<String> = e.ids().map(str::to_string).collect();
+            ids.sort();
+            ids
+        };
+        assert_eq!(in_force(&host(Vec::new())), ["always~pv-local"]);
+        assert_eq!(
+            in_force(&host(vec![diff(0x8000_0001, [0, 0, 0x60, 0])])),
+            ["always~pv-local", "leaf~pv-local"]
+        );
+        // Leaf 7 differs, but not in EDX bit 29.
+        assert_eq!(
+            in_force(&host(vec![diff(7, [0, 1, 0, 0])])),
+            ["always~pv-local"]
+        );
+        assert_eq!(
+            in_force(&host(vec![diff(7, [0, 0, 0, 1 << 29])])),
+            ["always~pv-local", "bit~pv-local"]
+        );
+        for bad in ["0x7", "7.0", "0x7.0:edx", "0x7.0:esi:1", "0x7.0:edx:32"] {
+            let t = format!(
+                "[[deviation]]\nid = \"x\"\noutcome = \"fail\"\nreason = \"r\"\n\
+                 when_cpuid_differs = \"{bad}\""
+            );
+            assert!(Expectations::parse(&t, "t").is_err(), "{bad}");
+        }
     }
 
     #[test]

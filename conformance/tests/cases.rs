@@ -231,7 +231,7 @@ fn main() -> ExitCode {
     };
     let target = LocalTarget::new(Arc::clone(&catalog.image));
     let expectations = match Expectations::builtin(target.host().dialect) {
-        Ok(e) => e,
+        Ok(e) => e.for_host(target.host()),
         Err(e) => {
             eprintln!("error: {e}");
             return ExitCode::from(101);

@@ -38,6 +38,84 @@ pub struct HostInfo {
     pub dialect: Option<Dialect>,
     /// How the dialect was decided.
     pub dialect_evidence: String,
+    /// Where the CPU's own CPUID differs from what the VMM configures.
+    pub cpuid_differs: Vec<CpuidDiff>,
+}
+
+/// A CPUID leaf whose value on the CPU itself (the `cpuid` instruction in this process, what
+/// code in hardware ring 3 reads) differs from the one the VMM sets on every vCPU
+/// (`KVM_GET_SUPPORTED_CPUID`, [`Kvm::supported_cpuid`]). A host that does not intercept
+/// CPUID shows its guests the first (local dialect, docs/local-dialect.md 5.18), so which
+/// cases see features the VMM did not offer depends on the machine's CPU.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CpuidDiff {
+    /// Leaf.
+    pub function: u32,
+    /// Subleaf.
+    pub index: u32,
+    /// EAX..EDX: the bits that differ.
+    pub bits: [u32; 4],
+}
+
+impl std::fmt::Display for CpuidDiff {
+    /// `0x80000001.0: eax 0x0 ebx 0x0 ecx 0x60 edx 0xc000000`, which [`CpuidDiff::parse`]
+    /// reads back.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let [a, b, c, d] = self.bits;
+        write!(
+            f,
+            "{:#x}.{}: eax {a:#x} ebx {b:#x} ecx {c:#x} edx {d:#x}",
+            self.function, self.index
+        )
+    }
+}
+
+impl CpuidDiff {
+    /// Parses [`CpuidDiff`]'s `Display` form.
+    pub fn parse(s: &str) -> Option<Self> {
+        let (leaf, regs) = s.split_once(": ")?;
+        let (function, index) = leaf.split_once('.')?;
+        let function = u32::from_str_radix(function.strip_prefix("0x")?, 16).ok()?;
+        let index = index.parse().ok()?;
+        let words: Vec<&str> = regs.split_whitespace().collect();
+        let mut bits = [0u32; 4];
+        if words.len() != 8 {
+            return None;
+        }
+        for (i, name) in ["eax", "ebx", "ecx", "edx"].iter().enumerate() {
+            if words[2 * i] != *name {
+                return None;
+            }
+            bits[i] = u32::from_str_radix(words[2 * i + 1].strip_prefix("0x")?, 16).ok()?;
+        }
+        Some(Self {
+            function,
+            index,
+            bits,
+        })
+    }
+}
+
+/// The leaves of `kvm`'s configured CPUID whose value on this CPU differs ([`CpuidDiff`]).
+/// Per-CPU fields (APIC IDs) may differ too: a condition names the bits it means.
+pub fn cpuid_differences(kvm: &Kvm) -> Vec<CpuidDiff> {
+    kvm.supported_cpuid()
+        .as_slice()
+        .iter()
+        .filter_map(|e| {
+            // Hypervisor leaves are the VMM's own; the CPU answers them for the outer one.
+            if e.function & 0xf000_0000 == 0x4000_0000 {
+                return None;
+            }
+            let r = core::arch::x86_64::__cpuid_count(e.function, e.index);
+            let bits = [r.eax ^ e.eax, r.ebx ^ e.ebx, r.ecx ^ e.ecx, r.edx ^ e.edx];
+            (bits != [0; 4]).then_some(CpuidDiff {
+                function: e.function,
+                index: e.index,
+                bits,
+            })
+        })
+        .collect()
 }
 
 fn read_trimmed(path: &str) -> Option<String> {
@@ -80,6 +158,7 @@ pub fn detect() -> HostInfo {
         kvm: KvmStatus::Usable,
         dialect: None,
         dialect_evidence: String::new(),
+        cpuid_differs: Vec::new(),
     };
     let kvm = match Kvm::open() {
         Ok(k) => k,
@@ -92,6 +171,7 @@ pub fn detect() -> HostInfo {
     let (dialect, evidence) = dialect_of(&kvm);
     info.dialect = dialect;
     info.dialect_evidence = evidence;
+    info.cpuid_differs = cpuid_differences(&kvm);
     info
 }
 
@@ -171,6 +251,19 @@ pub fn upstream_dialect(
 #[cfg(test)]
 mod upstream_tests {
     use super::*;
+
+    #[test]
+    fn a_cpuid_difference_reads_back() {
+        let d = CpuidDiff {
+            function: 0x8000_0001,
+            index: 0,
+            bits: [0, 0, 0x60, 0xc00_0000],
+        };
+        let text = d.to_string();
+        assert_eq!(text, "0x80000001.0: eax 0x0 ebx 0x0 ecx 0x60 edx 0xc000000");
+        assert_eq!(CpuidDiff::parse(&text), Some(d));
+        assert_eq!(CpuidDiff::parse("0x1.0: eax 0x0"), None);
+    }
 
     fn cpuid(entries: &[(u32, [u32; 4])]) -> impl Fn(u32) -> Option<[u32; 4]> + '_ {
         move |f| entries.iter().find(|(l, _)| *l == f).map(|(_, r)| *r)

@@ -245,6 +245,7 @@ mod tests {
                 kvm: KvmStatus::Usable,
                 dialect: Some(abi::env::Dialect::Local),
                 dialect_evidence: "MSR".into(),
+                cpuid_differs: Vec::new(),
             },
             cpu_flags: flags.split_whitespace().map(str::to_string).collect(),
             cmdline: "console=ttyS0 pti=off".into(),

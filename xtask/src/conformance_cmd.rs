@@ -415,7 +415,8 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             Expectations::builtin_qemu_tcg()?
         }
         None => Expectations::builtin(host.dialect)?,
-    };
+    }
+    .for_host(host);
     errln!(
         "host: kernel {}, backend {}, dialect {} ({}), cpu {}",
         host.kernel,

@@ -234,6 +234,7 @@ pub(crate) mod fixtures {
                 dialect_evidence: "MSR".into(),
                 cpu: "cpu".into(),
                 kvm: "usable".into(),
+                cpuid_differs: Vec::new(),
             },
             tsc_khz: 2_000_000,
             repetitions: 3,

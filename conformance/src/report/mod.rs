@@ -47,6 +47,11 @@ pub struct HostReport {
     pub cpu: String,
     /// Whether /dev/kvm was usable (and why not).
     pub kvm: String,
+    /// Where the CPU's own CPUID differs from the VMM's (`runner::detect::CpuidDiff`, one
+    /// line each): what the conditional expectations of a host that shows guests the CPU's
+    /// CPUID were decided by.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub cpuid_differs: Vec<String>,
 }
 
 impl HostReport {
@@ -62,6 +67,7 @@ impl HostReport {
                 KvmStatus::Usable => "usable".into(),
                 KvmStatus::Unusable(why) => format!("unusable: {why}"),
             },
+            cpuid_differs: h.cpuid_differs.iter().map(|d| d.to_string()).collect(),
         }
     }
 
@@ -85,6 +91,14 @@ impl HostReport {
             },
             dialect,
             dialect_evidence: self.dialect_evidence.clone(),
+            cpuid_differs: self
+                .cpuid_differs
+                .iter()
+                .map(|d| {
+                    runner::detect::CpuidDiff::parse(d)
+                        .ok_or_else(|| format!("unreadable CPUID difference {d:?}"))
+                })
+                .collect::<Result<_, _>>()?,
         })
     }
 }
@@ -391,6 +405,7 @@ pub(crate) mod fixtures {
                 dialect_evidence: "MSR".into(),
                 cpu: "cpu".into(),
                 kvm: "usable".into(),
+                cpuid_differs: Vec::new(),
             },
             image_sha256: "00".into(),
             suite_version: SUITE_VERSION.into(),

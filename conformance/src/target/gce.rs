@@ -318,6 +318,7 @@ impl GceTarget {
             kvm: KvmStatus::Usable,
             dialect: None,
             dialect_evidence: "reported by the VM's worker once it boots".into(),
+            cpuid_differs: Vec::new(),
         };
         let poll = std::env::var(POLL_VAR)
             .ok()

@@ -61,6 +61,7 @@ impl ModelTarget {
                     faults.join(", ")
                 )
             },
+            cpuid_differs: Vec::new(),
         };
         Ok(Self {
             binary,

@@ -84,6 +84,7 @@ impl QemuTarget {
                 ),
                 Err(_) => "QEMU direct boot".into(),
             },
+            cpuid_differs: Vec::new(),
         };
         Self { qemu, host, image }
     }

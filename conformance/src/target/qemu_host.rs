@@ -87,6 +87,7 @@ impl QemuHostTarget {
                  reports its own",
                 manifest.profile.name, manifest.profile.expected_dialect
             ),
+            cpuid_differs: Vec::new(),
         };
         Ok(Self {
             qemu,

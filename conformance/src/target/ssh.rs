@@ -134,6 +134,7 @@ impl SshTarget {
                 kvm: runner::detect::KvmStatus::Unusable("not detected yet".into()),
                 dialect: None,
                 dialect_evidence: String::new(),
+                cpuid_differs: Vec::new(),
             },
             kernel_lines: worker::ForwardedLog::default(),
         };

@@ -69,6 +69,7 @@ fn host() -> HostReport {
         dialect_evidence: "MSR 0x4b564d11 = 0x4d5650".into(),
         cpu: "Fixture CPU".into(),
         kvm: "usable".into(),
+        cpuid_differs: Vec::new(),
     }
 }
 
