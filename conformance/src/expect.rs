@@ -13,6 +13,10 @@
 //! happened). One that now passes becomes FAIL ("XPASS": the expectation is stale and must be
 //! removed); any other outcome stays as it is, with the expectation noted in the detail.
 //!
+//! A deviation that shows in some runs only (it hangs on timing the host does not fix, such as
+//! when a level-triggered interrupt is re-sent) says `intermittent = true`: a PASS then stays
+//! PASS, with the expectation noted in the detail, instead of an XPASS.
+//!
 //! A deviation that shows only on some machines names the host fact it needs, and is in force
 //! only where that holds ([`Expectations::for_host`]): `when_cpuid_differs = "0x80000001.0"`
 //! (the CPU's own CPUID differs from the VMM's in that leaf) or `"0x7.0:edx:29"` (in that bit),
@@ -45,6 +49,9 @@ pub struct Deviation {
     /// module documentation).
     #[serde(default)]
     pub when_cpuid_differs: Option<String>,
+    /// Shows in some runs only: a PASS is not an XPASS.
+    #[serde(default)]
+    pub intermittent: bool,
 }
 
 /// A parsed `when_cpuid_differs`: a leaf, and maybe one bit of one register.
@@ -221,12 +228,12 @@ impl Expectations {
         self
     }
 
-    /// Whether the deviation listed for `id` depends on a host condition (the instance's
-    /// outcome then depends on the machine).
+    /// Whether the deviation listed for `id` depends on a host condition or shows in some
+    /// runs only (the instance's outcome then depends on the machine or the run).
     pub fn is_conditional(&self, id: &str) -> bool {
         self.by_id
             .get(id)
-            .is_some_and(|(_, d)| d.when_cpuid_differs.is_some())
+            .is_some_and(|(_, d)| d.when_cpuid_differs.is_some() || d.intermittent)
     }
 
     /// Every listed instance id.
@@ -285,6 +292,14 @@ impl Expectations {
             (
                 Outcome::Xfail,
                 format!("{note}; observed {}: {detail}", want.label()),
+            )
+        } else if outcome == Outcome::Pass && d.intermittent {
+            (
+                Outcome::Pass,
+                format!(
+                    "{detail}; the intermittent {} did not show this run ({note})",
+                    want.label()
+                ),
             )
         } else if outcome == Outcome::Pass {
             (
@@ -396,6 +411,21 @@ reason = "r"
             );
             assert!(Expectations::parse(&t, "t").is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn an_intermittent_deviation_lets_a_pass_stand() {
+        let text = "[[deviation]]\nid = \"a~hvm64\"\noutcome = \"fail\"\nreason = \"r\"\n\
+                    intermittent = true";
+        let e = Expectations::parse(text, "t").expect("valid");
+        let (o, d) = e.apply("a~hvm64", Outcome::Pass, "ok".into());
+        assert_eq!(o, Outcome::Pass);
+        assert!(d.contains("did not show this run"), "{d}");
+        assert_eq!(
+            e.apply("a~hvm64", Outcome::Fail, "x".into()).0,
+            Outcome::Xfail
+        );
+        assert!(e.is_conditional("a~hvm64"));
     }
 
     #[test]

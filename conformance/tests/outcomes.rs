@@ -75,8 +75,8 @@ fn local_host_outcomes() -> Result<Completion, Failed> {
         .into());
     }
     // An instance whose deviation holds only on some CPUs (`when_cpuid_differs`) is XFAIL on
-    // one machine and PASS or SKIP on another: the snapshot names that instead (any other
-    // outcome of it still shows).
+    // one machine and PASS or SKIP on another, and an intermittent one XFAIL or PASS from run
+    // to run: the snapshot names that instead (any other outcome of it still shows).
     let all = Expectations::builtin(Some(Dialect::Local)).map_err(|e| e.to_string())?;
     let lines: Vec<String> = run
         .results
@@ -85,7 +85,7 @@ fn local_host_outcomes() -> Result<Completion, Failed> {
             let by_cpu = all.is_conditional(&r.id)
                 && matches!(r.outcome, Outcome::Pass | Outcome::Skip | Outcome::Xfail);
             let label = if by_cpu {
-                "XFAIL-WHERE-CPUID-DIFFERS"
+                "XFAIL-ON-SOME-HOSTS-OR-RUNS"
             } else {
                 r.outcome.label()
             };
@@ -98,6 +98,13 @@ fn local_host_outcomes() -> Result<Completion, Failed> {
     match snapshot {
         Ok(()) => Ok(Completion::Completed),
         Err(_) => {
+            // What the failing instances said (the snapshot holds labels only).
+            for r in run.results.iter().filter(|r| {
+                matches!(r.outcome, Outcome::Fail | Outcome::Error | Outcome::Crash)
+                    && !r.id.starts_with("selftest.")
+            }) {
+                eprintln!("{} {}: {}", r.id, r.outcome.label(), r.detail);
+            }
             Err("the local host's outcomes differ from the snapshot (see the diff above)".into())
         }
     }
