@@ -276,6 +276,31 @@ pub mod rflags {
     pub const AC: u64 = 1 << 18;
 }
 
+/// The x87 FPU (SDM Vol. 1 8.1).
+pub mod x87 {
+    /// The control word after FNINIT: every exception masked, 64-bit precision, round to
+    /// nearest.
+    pub const FCW_DEFAULT: u16 = 0x37f;
+}
+
+/// MXCSR, the SSE control and status register (SDM Vol. 1 10.2.3).
+pub mod mxcsr {
+    /// The six exception flags (IE, DE, ZE, OE, UE, PE), sticky.
+    pub const FLAGS: u32 = 0x3f;
+    /// The six exception masks (IM..PM), bits 7-12: the flags shifted left by this.
+    pub const MASK_SHIFT: u32 = 7;
+    /// The zero-divide mask (ZM).
+    pub const ZM: u32 = 1 << 9;
+    /// The power-up value: every exception masked, round to nearest, no flags.
+    pub const DEFAULT: u32 = 0x1f80;
+
+    /// The exception flags of `raised` whose exceptions `mxcsr` leaves unmasked: what makes
+    /// a SIMD floating-point instruction raise #XM (or #UD with CR4.OSXMMEXCPT clear).
+    pub const fn unmasked(mxcsr: u32, raised: u32) -> u32 {
+        raised & FLAGS & !(mxcsr >> MASK_SHIFT)
+    }
+}
+
 /// Exception vectors.
 pub mod vector {
     /// Divide error.

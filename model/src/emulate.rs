@@ -5,7 +5,10 @@
 //! [`faulting`] classifies an instruction that raised an exception, for what Unicorn does not
 //! report (error codes, #SS for stack references).
 
-use iced_x86::{Code, Decoder, DecoderOptions, Instruction, Mnemonic, OpKind, Register};
+use iced_x86::{
+    Code, Decoder, DecoderOptions, Instruction, InstructionInfoFactory, Mnemonic, OpAccess, OpKind,
+    Register,
+};
 
 /// A trapped instruction the host emulates.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -244,18 +247,29 @@ fn address_register(reg: &impl Fn(Register) -> u64, r: Register) -> u64 {
     }
 }
 
-/// The address of the first port-I/O instruction (IN, OUT, INS, OUTS, with or without REP)
-/// among the instructions in `bytes` (code at `rip`), if any. Unicorn runs port I/O without
-/// the IOPL check and only reports it from inside the instruction, after which the rest of the
-/// translation block runs too; the engine looks for one at the start of each user-mode block
-/// so that the #GP comes before the instruction, as the hardware raises it.
-pub fn first_port_io(bytes: &[u8], rip: u64) -> Option<u64> {
+/// What the engine looks for in a translation block before it runs (`bytes`, code at `rip`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct BlockScan {
+    /// The first port-I/O instruction (IN, OUT, INS, OUTS, with or without REP). Unicorn runs
+    /// port I/O without the IOPL check and reports it only from inside the instruction, after
+    /// which the rest of the block runs too; in user mode the engine stops there instead, so
+    /// that the #GP comes before the instruction, as the hardware raises it.
+    pub port_io: Option<u64>,
+    /// The first instruction that may turn on a check the engine makes one instruction at a
+    /// time ([`turns_on_checks`]): from there the engine single-steps.
+    pub check_switch: Option<u64>,
+}
+
+/// Scans the instructions in `bytes` (code at `rip`) for [`BlockScan`]'s two kinds, up to an
+/// instruction that does not decode.
+pub fn scan_block(bytes: &[u8], rip: u64) -> BlockScan {
     let mut d = Decoder::with_ip(64, bytes, rip, DecoderOptions::NONE);
     let mut insn = Instruction::default();
-    while d.can_decode() {
+    let mut scan = BlockScan::default();
+    while d.can_decode() && (scan.port_io.is_none() || scan.check_switch.is_none()) {
         d.decode_out(&mut insn);
         if insn.is_invalid() {
-            return None;
+            break;
         }
         let port_io = matches!(
             insn.mnemonic(),
@@ -268,11 +282,137 @@ pub fn first_port_io(bytes: &[u8], rip: u64) -> Option<u64> {
                 | Mnemonic::Outsw
                 | Mnemonic::Outsd
         );
-        if port_io {
-            return Some(insn.ip());
+        if port_io && scan.port_io.is_none() {
+            scan.port_io = Some(insn.ip());
+        }
+        if turns_on_checks(insn.mnemonic()) && scan.check_switch.is_none() {
+            scan.check_switch = Some(insn.ip());
         }
     }
-    None
+    scan
+}
+
+/// Whether an instruction may set RFLAGS.AC (alignment checks: every guest access is at
+/// hardware CPL 3, and the host's CR0.AM is set) or unmask an MXCSR exception (#XM). QEMU's
+/// TCG, under Unicorn, makes neither check, so the engine makes them before each instruction
+/// while they can apply, stepping one instruction at a time (`engine::needs_steps`). POPF
+/// and IRET load RFLAGS; LDMXCSR, FXRSTOR and XRSTOR load MXCSR. (The host loads RFLAGS and
+/// MXCSR itself at every event and ERETU/ERETS, and looks at them then.)
+pub fn turns_on_checks(m: Mnemonic) -> bool {
+    matches!(
+        m,
+        Mnemonic::Popf
+            | Mnemonic::Popfq
+            | Mnemonic::Iret
+            | Mnemonic::Iretd
+            | Mnemonic::Iretq
+            | Mnemonic::Ldmxcsr
+            | Mnemonic::Vldmxcsr
+            | Mnemonic::Fxrstor
+            | Mnemonic::Fxrstor64
+            | Mnemonic::Xrstor
+            | Mnemonic::Xrstor64
+            | Mnemonic::Xrstors
+            | Mnemonic::Xrstors64
+    )
+}
+
+/// A data access an alignment check faults on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Misaligned {
+    /// Its linear address.
+    pub addr: u64,
+    /// Its size in bytes.
+    pub size: u64,
+    /// A write (else a read).
+    pub write: bool,
+}
+
+/// The first data access of the instruction at `bytes` (at `rip`) that an alignment check
+/// faults on (#AC(0): CPL 3, CR0.AM and RFLAGS.AC; SDM Vol. 3A 6.15, interrupt 17, table
+/// 6-7), with registers read as for [`faulting`]. Checked: 2-, 4- and 8-byte accesses at their
+/// size, 10-byte x87 values at 8, explicit operands and the implicit stack and string
+/// accesses alike. Not checked: 16-byte and wider SSE accesses, which the SDM leaves to the
+/// instruction (#GP for the aligned forms, no check for most others).
+pub fn misaligned_access(
+    bytes: &[u8],
+    rip: u64,
+    reg: impl Fn(Register) -> u64,
+) -> Option<Misaligned> {
+    let mut d = Decoder::with_ip(64, bytes, rip, DecoderOptions::NONE);
+    let insn: Instruction = d.decode();
+    if insn.is_invalid() {
+        return None;
+    }
+    let mut factory = InstructionInfoFactory::new();
+    let info = factory.info(&insn);
+    info.used_memory().iter().find_map(|m| {
+        let write = match m.access() {
+            OpAccess::Read | OpAccess::CondRead => false,
+            OpAccess::Write
+            | OpAccess::CondWrite
+            | OpAccess::ReadWrite
+            | OpAccess::ReadCondWrite => true,
+            _ => return None,
+        };
+        let size = m.memory_size().size() as u64;
+        let align: u64 = match size {
+            2 => 2,
+            4 => 4,
+            8 | 10 => 8,
+            _ => return None,
+        };
+        let addr = m.virtual_address(0, |r, _, _| Some(address_register(&reg, r)))?;
+        (addr % align != 0).then_some(Misaligned { addr, size, write })
+    })
+}
+
+/// Where an SSE instruction [`crate::simd`] replays takes its source from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SimdSource {
+    /// XMM register n.
+    Xmm(usize),
+    /// Memory at this linear address ([`crate::simd::Op::source_size`] bytes).
+    Memory(u64),
+}
+
+/// An SSE instruction [`crate::simd::raised`] can replay.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SimdInsn {
+    /// The operation.
+    pub op: crate::simd::Op,
+    /// The destination (first) operand: XMM register n.
+    pub dst: usize,
+    /// The source.
+    pub src: SimdSource,
+}
+
+/// The instruction at `bytes` (at `rip`) as a [`SimdInsn`], if it is one (the two-operand
+/// legacy SSE forms), with registers read as for [`faulting`].
+pub fn simd_insn(bytes: &[u8], rip: u64, reg: impl Fn(Register) -> u64) -> Option<SimdInsn> {
+    let mut d = Decoder::with_ip(64, bytes, rip, DecoderOptions::NONE);
+    let insn: Instruction = d.decode();
+    let op = crate::simd::op(insn.mnemonic())?;
+    if insn.op_count() != 2 || insn.op0_kind() != OpKind::Register {
+        return None;
+    }
+    let xmm = |r: Register| r.is_xmm().then(|| r.number());
+    let dst = xmm(insn.op0_register())?;
+    let src = match insn.op1_kind() {
+        OpKind::Register => SimdSource::Xmm(xmm(insn.op1_register())?),
+        OpKind::Memory => SimdSource::Memory(
+            insn.virtual_address(1, 0, |r, _, _| Some(address_register(&reg, r)))?,
+        ),
+        _ => return None,
+    };
+    Some(SimdInsn { op, dst, src })
+}
+
+/// The length of the instruction at `bytes` (at `rip`), if it decodes.
+pub fn length(bytes: &[u8], rip: u64) -> Option<usize> {
+    let mut d = Decoder::with_ip(64, bytes, rip, DecoderOptions::NONE);
+    let insn: Instruction = d.decode();
+    (!insn.is_invalid()).then(|| insn.len())
 }
 
 /// Whether the bytes are RDPMC (`0f 33`).
@@ -304,14 +444,80 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_first_port_io_of_a_block_is_found() {
+    fn a_block_scan_finds_the_first_port_io_and_check_switch() {
+        let port_io = |b: &[u8], rip| scan_block(b, rip).port_io;
         // mov eax, 1; nop; in al, dx; ret
         let block = [0xb8, 1, 0, 0, 0, 0x90, 0xec, 0xc3];
-        assert_eq!(first_port_io(&block, 0x1000), Some(0x1006));
+        assert_eq!(port_io(&block, 0x1000), Some(0x1006));
         // rep outsb first
-        assert_eq!(first_port_io(&[0xf3, 0x6e], 0x2000), Some(0x2000));
+        assert_eq!(port_io(&[0xf3, 0x6e], 0x2000), Some(0x2000));
         // mov eax, 1; ret
-        assert_eq!(first_port_io(&[0xb8, 1, 0, 0, 0, 0xc3], 0), None);
+        assert_eq!(
+            scan_block(&[0xb8, 1, 0, 0, 0, 0xc3], 0),
+            BlockScan::default()
+        );
+        // nop; popfq; ldmxcsr (%rax): the POPF
+        let block = [0x90, 0x9d, 0x0f, 0xae, 0x10];
+        assert_eq!(scan_block(&block, 0x10).check_switch, Some(0x11));
+        // xor eax, eax; ldmxcsr (%rax); out %al, $0x80
+        let block = [0x31, 0xc0, 0x0f, 0xae, 0x10, 0xe6, 0x80];
+        assert_eq!(
+            scan_block(&block, 0),
+            BlockScan {
+                port_io: Some(5),
+                check_switch: Some(2)
+            }
+        );
+    }
+
+    #[test]
+    fn misaligned_accesses_are_found_at_their_size() {
+        let reg = |r: Register| match r {
+            Register::RAX => 0x1000,
+            Register::RSP => 0x8008,
+            Register::FS => 0x7000_0001,
+            _ => 0,
+        };
+        // mov 1(%rax), %rdi: 8 bytes at 0x1001
+        let at = |b: &[u8]| misaligned_access(b, 0, reg).map(|m| m.addr);
+        assert_eq!(
+            misaligned_access(&[0x48, 0x8b, 0x78, 0x01], 0, reg),
+            Some(Misaligned {
+                addr: 0x1001,
+                size: 8,
+                write: false
+            })
+        );
+        // mov 8(%rax), %rdi; movb 1(%rax), %dil (one byte is never misaligned)
+        assert_eq!(at(&[0x48, 0x8b, 0x78, 0x08]), None);
+        assert_eq!(at(&[0x40, 0x8a, 0x78, 0x01]), None);
+        // mov 2(%rax), %edi: 4 bytes at 0x1002
+        assert_eq!(at(&[0x8b, 0x78, 0x02]), Some(0x1002));
+        // push %rax with RSP 8-aligned: the store at 0x8000 is aligned
+        assert_eq!(at(&[0x50]), None);
+        // mov %edi, 3(%rax): a write
+        assert!(misaligned_access(&[0x89, 0x78, 0x03], 0, reg).is_some_and(|m| m.write));
+        // mov %fs:0, %eax: FS's base makes it misaligned
+        assert_eq!(at(&[0x64, 0x8b, 0x04, 0x25, 0, 0, 0, 0]), Some(0x7000_0001));
+        // lea 1(%rax), %rdi accesses no memory
+        assert_eq!(at(&[0x48, 0x8d, 0x78, 0x01]), None);
+    }
+
+    #[test]
+    fn sse_arithmetic_names_its_operands() {
+        let reg = |r: Register| if r == Register::RAX { 0x2000 } else { 0 };
+        // divss %xmm1, %xmm0
+        let i = simd_insn(&[0xf3, 0x0f, 0x5e, 0xc1], 0, reg).expect("divss");
+        assert_eq!((i.dst, i.src), (0, SimdSource::Xmm(1)));
+        // divsd 8(%rax), %xmm2
+        let i = simd_insn(&[0xf2, 0x0f, 0x5e, 0x50, 0x08], 0, reg).expect("divsd");
+        assert_eq!(
+            (i.dst, i.src, i.op.source_size),
+            (2, SimdSource::Memory(0x2008), 8)
+        );
+        // movss %xmm1, %xmm0 raises nothing: not replayed
+        assert_eq!(simd_insn(&[0xf3, 0x0f, 0x10, 0xc1], 0, reg), None);
+        assert_eq!(length(&[0xf3, 0x0f, 0x5e, 0xc1], 0), Some(4));
     }
 
     #[test]

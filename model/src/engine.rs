@@ -100,14 +100,18 @@ enum Stop {
         /// The instruction.
         pc: u64,
     },
-    /// The user-mode block at `block` holds port I/O at `at`, after its start: run the block
-    /// up to `at` (an exit there), where a [`Stop::UserIo`] follows.
-    UserIoAhead {
+    /// The block at `block` holds an instruction at `at`, after its start, that the block
+    /// hook must stop before (user-mode port I/O, a [`emulate::BlockScan::check_switch`]):
+    /// run the block up to `at` (an exit there), where the hook stops again.
+    Ahead {
         /// The block's start.
         block: u64,
-        /// The port-I/O instruction.
+        /// The instruction.
         at: u64,
     },
+    /// The block starts with an instruction that may turn on the checks made one instruction
+    /// at a time: the loop single-steps from here.
+    Check,
 }
 
 /// The data the hooks share.
@@ -127,6 +131,93 @@ struct Hw {
     /// The 8-byte MMIO access in progress, which Unicorn hands to the MMIO callbacks as two
     /// 4-byte halves (its MMIO regions have QEMU's default `impl.max_access_size` of 4).
     wide: Option<WideMmio>,
+    /// What the block hook read in each block since the last flush.
+    scans: BlockScans,
+    /// Single-stepping: how many more blocks may start before the block hook stops the
+    /// engine (the stepped instruction's own block is the one).
+    step_blocks: Option<u8>,
+}
+
+/// The block hook's [`emulate::BlockScan`]s by block (start and size), so that a block's code
+/// is read and decoded once per TLB flush, not each time it runs. Direct-mapped: a block
+/// whose slot another took is scanned again; a flush starts a new epoch (entries of older
+/// ones no longer count) instead of clearing the table. Guest code that changes in place
+/// without a flush would keep its old scan (no guest of the suite writes code).
+struct BlockScans {
+    slots: Vec<ScanSlot>,
+    epoch: u32,
+}
+
+/// One [`BlockScans`] entry: the block, the epoch it was scanned in, and the scan as offsets
+/// from the block's start ([`ScanSlot::NONE`]: nothing found).
+#[derive(Clone, Copy, Default)]
+struct ScanSlot {
+    addr: u64,
+    epoch: u32,
+    size: u16,
+    port_io: u16,
+    check_switch: u16,
+}
+
+impl ScanSlot {
+    const NONE: u16 = u16::MAX;
+}
+
+impl BlockScans {
+    const SLOTS: usize = 2048;
+
+    fn new() -> Self {
+        BlockScans {
+            slots: vec![ScanSlot::default(); Self::SLOTS],
+            epoch: 1,
+        }
+    }
+
+    /// The scan of the block at `addr` (`size` bytes), from `scan` when not recorded.
+    fn get(
+        &mut self,
+        addr: u64,
+        size: u32,
+        scan: impl FnOnce() -> emulate::BlockScan,
+    ) -> emulate::BlockScan {
+        let epoch = self.epoch;
+        let slot = &mut self.slots[(addr ^ addr >> 11) as usize % Self::SLOTS];
+        let at = |off: u16| (off != ScanSlot::NONE).then(|| addr + u64::from(off));
+        // A translation block is at most a page and an instruction long, but a size that
+        // does not fit is simply not recorded.
+        let Ok(size16) = u16::try_from(size) else {
+            return scan();
+        };
+        if slot.epoch == epoch && slot.addr == addr && slot.size == size16 {
+            return emulate::BlockScan {
+                port_io: at(slot.port_io),
+                check_switch: at(slot.check_switch),
+            };
+        }
+        let found = scan();
+        let off = |a: Option<u64>| {
+            a.and_then(|a| u16::try_from(a - addr).ok())
+                .unwrap_or(ScanSlot::NONE)
+        };
+        *slot = ScanSlot {
+            addr,
+            epoch,
+            size: size16,
+            port_io: off(found.port_io),
+            check_switch: off(found.check_switch),
+        };
+        found
+    }
+
+    /// Forgets every scan (a TLB flush: the code behind an address may have changed).
+    fn clear(&mut self) {
+        self.epoch = self.epoch.wrapping_add(1);
+        if self.epoch == 0 {
+            // Entries of the first epoch would count again: clear them once in 2^32 flushes.
+            self.slots.fill(ScanSlot::default());
+            self.epoch = 1;
+        }
+    }
 }
 
 /// An 8-byte MMIO access as the memory hook saw it (the whole access, before the split):
@@ -315,12 +406,14 @@ fn read_walked(
     Ok(())
 }
 
-/// The first port-I/O instruction of the user-mode block at `addr` (`size` bytes, as Unicorn
-/// translated it), read through the guest's page tables as the fetch did.
-fn user_port_io(mem: &dyn GuestRam, walk: &WalkCtx, addr: u64, size: usize) -> Option<u64> {
+/// The scan of the block at `addr` (`size` bytes, as Unicorn translated it), read through the
+/// guest's page tables as the fetch did (nothing found where it cannot be read).
+fn scan_block(mem: &dyn GuestRam, walk: &WalkCtx, addr: u64, size: usize) -> emulate::BlockScan {
     let mut code = vec![0u8; size];
-    read_walked(mem, walk, addr, &mut code, Access::Fetch).ok()?;
-    emulate::first_port_io(&code, addr)
+    match read_walked(mem, walk, addr, &mut code, Access::Fetch) {
+        Ok(()) => emulate::scan_block(&code, addr),
+        Err(_) => emulate::BlockScan::default(),
+    }
 }
 
 /// Whether port I/O in the mode `walk` describes is a #GP (user mode: hardware IOPL 0, no
@@ -379,6 +472,8 @@ pub fn run(
             pinned: std::collections::HashMap::new(),
             wide: None,
             kick: kick.clone(),
+            scans: BlockScans::new(),
+            step_blocks: None,
         },
     )
     .map_err(uc_err("open"))?;
@@ -442,25 +537,41 @@ pub fn run(
     // Port I/O in user mode is a #GP before the instruction runs (hardware ring 3, IOPL 0, no
     // I/O bitmap: notes §9), but Unicorn runs it without the IOPL check and its port hooks
     // come from inside the instruction, with the rest of the block still to run. So each
-    // user-mode block is looked at here first: port I/O at its start is stopped before it
-    // runs; port I/O further in stops the block, which then runs again up to that instruction.
+    // block is looked at here first (`emulate::scan_block`): user-mode port I/O at its start
+    // is stopped before it runs; further in, it stops the block, which then runs again up to
+    // that instruction. An instruction that may turn on the checks Unicorn does not make
+    // (#AC, #XM) is stopped before the same way, and the loop single-steps from it
+    // (`needs_steps`); while it steps, the second block to start stops the engine.
     let kicked = kick.clone();
     uc.add_block_hook(1, 0, move |uc, addr, size| {
         if kicked.swap(false, Ordering::AcqRel) {
             let _ = uc.emu_stop();
             return;
         }
-        let walk = uc.get_data().walk;
-        if !user_io_faults(&walk) {
-            return;
+        let d = uc.get_data_mut();
+        let stepping = d.step_blocks.is_some();
+        if let Some(left) = d.step_blocks {
+            if left == 0 {
+                let _ = uc.emu_stop();
+                return;
+            }
+            d.step_blocks = Some(left - 1);
         }
-        let Some(at) = user_port_io(mem, &walk, addr, size as usize) else {
+        let walk = d.walk;
+        let scan = d
+            .scans
+            .get(addr, size, || scan_block(mem, &walk, addr, size as usize));
+        let port_io = scan.port_io.filter(|_| user_io_faults(&walk));
+        let check = scan.check_switch.filter(|_| !stepping);
+        let Some(at) = port_io.into_iter().chain(check).min() else {
             return;
         };
-        uc.get_data_mut().stop = Some(if at == addr {
+        d.stop = Some(if at != addr {
+            Stop::Ahead { block: addr, at }
+        } else if port_io == Some(at) {
             Stop::UserIo { pc: at }
         } else {
-            Stop::UserIoAhead { block: addr, at }
+            Stop::Check
         });
         let _ = uc.emu_stop();
     })
@@ -659,6 +770,14 @@ pub fn run(
     // hook without delivering them, so QEMU's record of the exception in progress
     // (`old_exception`) is never reset, and the next contributory one would become a #DF.
     // Restoring this context resets it; the registers are written again after it.
+    if first {
+        // A fresh KVM vCPU's x87/SSE state (`fpstate_init_fxstate`: FCW 0x37f, MXCSR 0x1f80,
+        // every exception masked); Unicorn starts with both zero, every exception unmasked.
+        uc.reg_write(RegisterX86::FPCW, u64::from(abi::x86::x87::FCW_DEFAULT))
+            .map_err(uc_err("FCW"))?;
+        uc.reg_write(RegisterX86::MXCSR, u64::from(abi::x86::mxcsr::DEFAULT))
+            .map_err(uc_err("MXCSR"))?;
+    }
     let clean = uc.context_init().map_err(uc_err("save a context"))?;
     write_regs(&mut uc, &vc.borrow().regs, true)?;
 
@@ -878,11 +997,13 @@ fn sync_memslots<'a, 'h: 'a, 'v: 'a>(
     let d = uc.get_data_mut();
     d.fills.clear();
     d.pinned.clear();
+    d.scans.clear();
     Ok(())
 }
 
-/// Delivers an event that comes between instructions (#MC, NMI, interrupt) and loads the
-/// registers the delivery set; `Some` when the delivery shut the vCPU down.
+/// Delivers an event that comes between instructions (#MC, NMI, interrupt, or an exception
+/// the loop raises before an instruction runs: `precheck`) and loads the registers the
+/// delivery set; `Some` when the delivery shut the vCPU down.
 fn deliver_async(
     uc: &mut Uc<'_>,
     mem: &dyn GuestRam,
@@ -898,6 +1019,92 @@ fn deliver_async(
     write_regs(uc, &v.regs, *segments_dirty)?;
     *segments_dirty = false;
     Ok(None)
+}
+
+/// Whether the loop must run one instruction per start and check it first (`precheck`):
+/// with RFLAGS.AC set every data access of the guest is alignment-checked (hardware CPL 3,
+/// the host's CR0.AM set: notes §6), and with an MXCSR exception unmasked SSE arithmetic may
+/// raise #XM. Unicorn (QEMU's TCG) makes neither check.
+fn needs_steps(v: &Vcpu, mxcsr: u32) -> bool {
+    let f = v.pvm.faults;
+    (v.regs.rflags & abi::x86::rflags::AC != 0 && !f.on(Fault::AlignmentUnchecked))
+        || (abi::x86::mxcsr::unmasked(mxcsr, abi::x86::mxcsr::FLAGS) != 0
+            && !f.on(Fault::SimdExceptionLost))
+}
+
+/// The exception the instruction `bytes` at RIP raises before it runs, of those Unicorn does
+/// not raise: #AC(0) for a misaligned data access (unless the access faults in the page walk
+/// first: #PF comes before #AC, SDM Vol. 3A 6.9), else #XM for an unmasked SIMD
+/// floating-point exception (`simd`; the host's CR4.OSXMMEXCPT is set, so never #UD, notes
+/// §6). A replayed SSE instruction's flags go into MXCSR, as the CPU sets them.
+fn precheck(
+    uc: &mut Uc<'_>,
+    mem: &dyn GuestRam,
+    v: &Vcpu,
+    bytes: &[u8],
+    mxcsr: u32,
+) -> runner::Result<Option<Event>> {
+    let rip = v.regs.rip;
+    let f = v.pvm.faults;
+    if v.regs.rflags & abi::x86::rflags::AC != 0
+        && !f.on(Fault::AlignmentUnchecked)
+        && let Some(m) = emulate::misaligned_access(bytes, rip, |r| reg_value(v, r))
+    {
+        let walk = walk_ctx(&v.pvm);
+        let access = if m.write { Access::Write } else { Access::Read };
+        let mapped = [m.addr, m.addr + m.size - 1]
+            .iter()
+            .all(|&a| translate(mem, &walk, a, access).is_ok());
+        if mapped {
+            return Ok(Some(Event::Exception {
+                vector: abi::x86::vector::AC,
+                code: Some(0),
+                cr2: None,
+            }));
+        }
+    }
+    use abi::x86::mxcsr as m;
+    if m::unmasked(mxcsr, m::FLAGS) == 0 || f.on(Fault::SimdExceptionLost) {
+        return Ok(None);
+    }
+    let Some(insn) = emulate::simd_insn(bytes, rip, |r| reg_value(v, r)) else {
+        return Ok(None);
+    };
+    let xmm = |uc: &Uc<'_>, n: usize| -> runner::Result<u128> {
+        let b = uc.reg_read_long(FPU_LONG[n]).map_err(uc_err("XMM"))?;
+        let mut le = [0u8; 16];
+        let k = b.len().min(16);
+        le[..k].copy_from_slice(&b[..k]);
+        Ok(u128::from_le_bytes(le))
+    };
+    let dst = xmm(uc, insn.dst)?;
+    let src = match insn.src {
+        emulate::SimdSource::Xmm(n) => xmm(uc, n)?,
+        emulate::SimdSource::Memory(a) => {
+            let mut le = [0u8; 16];
+            // A source that cannot be read faults when the instruction runs (#PF first).
+            if read_virt(mem, &v.pvm, a, &mut le[..insn.op.source_size], Access::Read).is_err() {
+                return Ok(None);
+            }
+            u128::from_le_bytes(le)
+        }
+    };
+    let raised = crate::simd::raised(insn.op, dst, src, mxcsr);
+    uc.reg_write(RegisterX86::MXCSR, u64::from(mxcsr | raised))
+        .map_err(uc_err("MXCSR"))?;
+    if m::unmasked(mxcsr, raised) == 0 {
+        return Ok(None);
+    }
+    let vector = if f.on(Fault::XmAsUdByGuestCr4) && v.pvm.cr4 & abi::x86::cr4::OSXMMEXCPT == 0 {
+        abi::x86::vector::UD
+    } else {
+        abi::x86::vector::XM
+    };
+    Ok(Some(Event::Exception {
+        vector,
+        code: None,
+        cr2: None,
+    }))
 }
 
 /// The run's clock, shared by the run loop and the watchdog.
@@ -929,8 +1136,10 @@ fn run_loop<'a, 'h: 'a, 'v: 'a>(
     let Ctl { limits, watch, smp } = *ctl;
     let (start, wake_at) = (watch.start, &watch.wake_at);
     let mut segments_dirty = false;
-    // An exit set for `Stop::UserIoAhead`, cleared after the next start.
+    // An exit set for `Stop::Ahead` or a single step, cleared after the next start.
     let mut exit_armed = false;
+    // The next start runs one instruction (after a `Stop::Check`, or the IRETQ stub's start).
+    let mut step_next = false;
     // The memslots this engine maps (a VMM request, maybe another vCPU's, changes them).
     let mut mapped = (0, Vec::new());
     loop {
@@ -1024,6 +1233,7 @@ fn run_loop<'a, 'h: 'a, 'v: 'a>(
                 None => d.fills.iter().map(|(k, e)| (*k, *e)).collect(),
             };
             d.pinned.extend(kept);
+            d.scans.clear();
             uc.ctl_flush_tlb().map_err(uc_err("flush the TLB"))?;
         }
         if v.pvm.flush_tlb {
@@ -1031,6 +1241,7 @@ fn run_loop<'a, 'h: 'a, 'v: 'a>(
             let d = uc.get_data_mut();
             d.fills.clear();
             d.pinned.clear();
+            d.scans.clear();
             v.pvm.flush_tlb = false;
         }
         if v.pvm.tls_dirty {
@@ -1063,6 +1274,34 @@ fn run_loop<'a, 'h: 'a, 'v: 'a>(
             (start.elapsed() + wait).as_nanos() as u64,
             Ordering::Release,
         );
+        // Alignment checks and SIMD floating-point exceptions, which Unicorn does not raise:
+        // while they can apply, each start runs one instruction, checked first.
+        let mxcsr = uc.reg_read(RegisterX86::MXCSR).map_err(uc_err("MXCSR"))? as u32;
+        let step = std::mem::take(&mut step_next) || needs_steps(v, mxcsr);
+        if step && pc == HOST_CODE_VA {
+            // The IRETQ stub loads the guest's state first: this start runs only the stub,
+            // the next one the guest's instruction.
+            step_next = true;
+        } else if step {
+            let (bytes, n) = insn_bytes(mem, v);
+            if let Some(ev) = precheck(uc, mem, v, &bytes[..n], mxcsr)? {
+                if let Some(end) = deliver_async(uc, mem, v, ev, &mut segments_dirty)? {
+                    return Ok(end);
+                }
+                continue;
+            }
+            if let Some(len) = emulate::length(&bytes[..n], pc) {
+                // The block is this instruction alone: the exit ends it (a branch ends it
+                // anyway, and the block hook stops at the next block).
+                let next = pc + len as u64;
+                uc.ctl_remove_cache(pc, next + 1)
+                    .map_err(uc_err("drop the block"))?;
+                uc.ctl_set_exits(&[next])
+                    .map_err(uc_err("exit after the instruction"))?;
+                exit_armed = true;
+            }
+        }
+        uc.get_data_mut().step_blocks = step.then_some(1);
         // The hooks may need the vCPU while the engine runs.
         drop(guard);
         // A kick left from before this start (the watchdog's for a deadline that passed while
@@ -1070,6 +1309,7 @@ fn run_loop<'a, 'h: 'a, 'v: 'a>(
         // deadline for this start is set above, so its kick comes later.
         uc.get_data().kick.store(false, Ordering::Release);
         let res = uc.emu_start(pc, u64::MAX, 0, 0);
+        uc.get_data_mut().step_blocks = None;
         if std::mem::take(&mut exit_armed) {
             uc.ctl_set_exits(&[]).map_err(uc_err("clear the exit"))?;
         }
@@ -1142,14 +1382,18 @@ fn run_loop<'a, 'h: 'a, 'v: 'a>(
                 v.regs.rip = pc;
                 gp(mem, v)
             }
-            (None, Some(Stop::UserIoAhead { block, at })) => {
+            (None, Some(Stop::Ahead { block, at })) => {
                 // The block is translated again, ending at `at` (the exit); the exit is
                 // cleared after the next start, whatever stops it.
                 uc.ctl_remove_cache(block, at + 1)
                     .map_err(uc_err("drop the block"))?;
                 uc.ctl_set_exits(&[at])
-                    .map_err(uc_err("exit at port I/O"))?;
+                    .map_err(uc_err("exit before the instruction"))?;
                 exit_armed = true;
+                Next::Go
+            }
+            (None, Some(Stop::Check)) => {
+                step_next = true;
                 Next::Go
             }
             (None, None) => match res {
@@ -1168,7 +1412,9 @@ fn run_loop<'a, 'h: 'a, 'v: 'a>(
             Next::End(end) => return Ok(end),
         }
         segments_dirty |= was_user == v.pvm.smod;
-        if pf.is_some() || stop.is_some() || failed {
+        // (A stop the block hook made before a block ran left no exception in progress.)
+        let before_block = matches!(stop, Some(Stop::Ahead { .. } | Stop::Check));
+        if pf.is_some() || (stop.is_some() && !before_block) || failed {
             // The clean context would reset the FPU/SSE state too: keep the guest's.
             let fpu = FpuState::read(uc)?;
             uc.context_restore(clean)

@@ -94,11 +94,18 @@ pub enum Fault {
     /// A SYSCALL from guest user mode with a PVM hypercall number in RAX is served as a
     /// hypercall (and user code goes on) instead of reaching the guest kernel's LSTAR.
     UserSyscallIsHypercall,
+    /// RFLAGS.AC has no effect: no #AC for a misaligned access (as on QEMU's TCG).
+    AlignmentUnchecked,
+    /// An unmasked SIMD floating-point exception is not raised (as on QEMU's TCG).
+    SimdExceptionLost,
+    /// An unmasked SIMD floating-point exception is #UD while the guest's CR4.OSXMMEXCPT is
+    /// clear, as if the guest's CR4 were the hardware's.
+    XmAsUdByGuestCr4,
 }
 
 impl Fault {
     /// Every switch, in `--list-faults` order.
-    pub const ALL: [Fault; 42] = [
+    pub const ALL: [Fault; 45] = [
         Fault::WrongCr2,
         Fault::PfErrcodeNoWrite,
         Fault::PfErrcodeNoUser,
@@ -141,6 +148,9 @@ impl Fault {
         Fault::UserIoAllowed,
         Fault::V2NmiMasked,
         Fault::UserSyscallIsHypercall,
+        Fault::AlignmentUnchecked,
+        Fault::SimdExceptionLost,
+        Fault::XmAsUdByGuestCr4,
     ];
 
     /// Name on the command line.
@@ -188,6 +198,9 @@ impl Fault {
             Fault::UserIoAllowed => "user-io-allowed",
             Fault::V2NmiMasked => "v2-nmi-masked",
             Fault::UserSyscallIsHypercall => "user-syscall-is-hypercall",
+            Fault::AlignmentUnchecked => "alignment-check-ignored",
+            Fault::SimdExceptionLost => "simd-exception-lost",
+            Fault::XmAsUdByGuestCr4 => "xm-as-ud-by-guest-cr4",
         }
     }
 

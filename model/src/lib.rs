@@ -16,6 +16,7 @@
 //! - [`mmu`]: the guest page walk with the host's rules (allowed ranges, the U/S split);
 //! - [`emulate`]: trapped privileged instructions, decoded with iced-x86;
 //! - [`pvm`]: the per-generation rules (MSRs, PVCS, events, ERETU/ERETS, hypercalls);
+//! - [`simd`]: SIMD floating-point exceptions (#XM), replayed on the model's own CPU;
 //! - [`vmm`]: the VMM requests a case sends, answered from the model's vCPU state;
 //! - [`smp`]: several vCPUs: one engine each, taking turns; IPIs between them;
 //! - [`devices`]: the in-kernel devices the VMM registers (ioeventfds, coalesced zones);
@@ -33,6 +34,7 @@ pub mod faults;
 pub mod gaps;
 pub mod mmu;
 pub mod pvm;
+pub mod simd;
 pub mod smp;
 pub mod vmm;
 

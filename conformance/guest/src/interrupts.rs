@@ -278,12 +278,6 @@ case_table!(
             "an unmasked SSE exception with CR4.OSXMMEXCPT: #XM",
             "X86-EXC-XM,X86-EVT-1"
         ),
-        (
-            "interrupts.cpl0.xm_as_ud",
-            13,
-            "an unmasked SSE exception with CR4.OSXMMEXCPT clear: #UD",
-            "X86-EXC-XM,X86-EVT-1"
-        ),
     ]
 );
 
@@ -300,6 +294,12 @@ case_table!(
             6,
             "FWAIT with CR0.TS|MP at CPL0: #NM",
             "X86-EXC-NM,X86-EVT-1"
+        ),
+        (
+            "interrupts.cpl0.xm_as_ud",
+            13,
+            "an unmasked SSE exception with CR4.OSXMMEXCPT clear: #UD",
+            "X86-EXC-XM-UD,X86-EVT-1"
         ),
         (
             "interrupts.cpl0.gp_selector",

@@ -544,6 +544,36 @@ case!(
     .reqs("UP-RING-3")
 );
 
+/// Upstream ABI: the guest's CR4 is stored, not loaded into the hardware, whose
+/// CR4.OSXMMEXCPT is the host's (set): with the guest's OSXMMEXCPT clear, an unmasked SIMD
+/// floating-point exception is still #XM, in both modes.
+fn cr4_osxmmexcpt_upstream() {
+    instr::enable_sse(false);
+    let clear = instr::read_cr4() & cr4::OSXMMEXCPT;
+    let kernel = instr::sse_zero_divide_safe();
+    let user = user::run(u_sse_div0, 0);
+    instr::enable_sse(true);
+    check_eq!(clear, 0u64, "CR4.OSXMMEXCPT reads back clear");
+    check_eq!(
+        kernel,
+        Err(Exception::new(vector::XM)),
+        "an unmasked SSE zero-divide in supervisor mode with the guest's OSXMMEXCPT clear"
+    );
+    check_eq!(
+        user,
+        UserExit::Exception(Exception::new(vector::XM)),
+        "an unmasked SSE zero-divide in user mode with the guest's OSXMMEXCPT clear"
+    );
+}
+case!(
+    cr4_osxmmexcpt_upstream,
+    upstream(
+        "abi.upstream.ring.cr4_osxmmexcpt",
+        "the guest's CR4.OSXMMEXCPT=0 reads back but has no hardware effect: #XM, not #UD"
+    )
+    .reqs("UP-RING-3")
+);
+
 /// CR3 written with its own value reads back; DR7 written at CPL0 reads back.
 fn cpl0_cr3_dr7() {
     let cr3 = instr::read_cr3();
@@ -946,11 +976,6 @@ case_table!(
             "an unmasked SSE zero-divide at CPL3 with CR4.OSXMMEXCPT=1: #XM"
         ),
         (
-            "priv.user_exc.xm_as_ud",
-            8,
-            "an unmasked SSE zero-divide with CR4.OSXMMEXCPT=0: #UD"
-        ),
-        (
             "priv.user_exc.ac",
             9,
             "a misaligned read at CPL3 with CR0.AM and RFLAGS.AC: #AC(0)"
@@ -975,11 +1000,18 @@ const fn user_exc_ring0_spec(name: &'static str, summary: &'static str) -> Spec 
 case_table!(
     user_exc,
     user_exc_ring0_spec,
-    [(
-        "priv.user_exc.nm",
-        5,
-        "FWAIT at CPL3 with CR0.TS=1, MP=1: #NM"
-    )]
+    [
+        (
+            "priv.user_exc.nm",
+            5,
+            "FWAIT at CPL3 with CR0.TS=1, MP=1: #NM"
+        ),
+        (
+            "priv.user_exc.xm_as_ud",
+            8,
+            "an unmasked SSE zero-divide with CR4.OSXMMEXCPT=0: #UD"
+        ),
+    ]
 );
 
 /// Upstream ABI: the guest's CR0 is stored, not loaded into the hardware (TS=0 there): with

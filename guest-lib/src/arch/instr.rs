@@ -7,7 +7,7 @@
 
 use core::arch::asm;
 
-use abi::x86::{apic_base, cr0, cr3, cr4, msr};
+use abi::x86::{apic_base, cr0, cr3, cr4, msr, mxcsr};
 
 use crate::exception::{self, Exception};
 use crate::paging::TestVa;
@@ -1004,8 +1004,8 @@ pub fn x87_reset() {
 /// (or #UD with CR4.OSXMMEXCPT=0). MXCSR is reset to its default afterwards. Needs SSE
 /// enabled ([`enable_sse`]).
 pub fn sse_zero_divide_safe() -> Result<(), Exception> {
-    let unmasked: u32 = 0x1f80 & !(1 << 9); // default MXCSR with ZM cleared
-    let default: u32 = 0x1f80;
+    let unmasked: u32 = mxcsr::DEFAULT & !mxcsr::ZM;
+    let default: u32 = mxcsr::DEFAULT;
     let one: u32 = 0x3f80_0000;
     let r = with_fixup!(pre "ldmxcsr ({m}); movd {o:e}, %xmm0; xorps %xmm1, %xmm1",
         "divss %xmm1, %xmm0", post "",
