@@ -766,10 +766,6 @@ pub fn run(
     ] {
         uc.reg_write(seg, 0).map_err(uc_err("data segments"))?;
     }
-    // A clean CPU state to go back to after each exception: Unicorn hands exceptions to the
-    // hook without delivering them, so QEMU's record of the exception in progress
-    // (`old_exception`) is never reset, and the next contributory one would become a #DF.
-    // Restoring this context resets it; the registers are written again after it.
     if first {
         // A fresh KVM vCPU's x87/SSE state (`fpstate_init_fxstate`: FCW 0x37f, MXCSR 0x1f80,
         // every exception masked); Unicorn starts with both zero, every exception unmasked.
@@ -778,6 +774,10 @@ pub fn run(
         uc.reg_write(RegisterX86::MXCSR, u64::from(abi::x86::mxcsr::DEFAULT))
             .map_err(uc_err("MXCSR"))?;
     }
+    // A clean CPU state to go back to after each exception: Unicorn hands exceptions to the
+    // hook without delivering them, so QEMU's record of the exception in progress
+    // (`old_exception`) is never reset, and the next contributory one would become a #DF.
+    // Restoring this context resets it; the registers are written again after it.
     let clean = uc.context_init().map_err(uc_err("save a context"))?;
     write_regs(&mut uc, &vc.borrow().regs, true)?;
 
@@ -1026,10 +1026,29 @@ fn deliver_async(
 /// the host's CR0.AM set: notes §6), and with an MXCSR exception unmasked SSE arithmetic may
 /// raise #XM. Unicorn (QEMU's TCG) makes neither check.
 fn needs_steps(v: &Vcpu, mxcsr: u32) -> bool {
-    let f = v.pvm.faults;
-    (v.regs.rflags & abi::x86::rflags::AC != 0 && !f.on(Fault::AlignmentUnchecked))
-        || (abi::x86::mxcsr::unmasked(mxcsr, abi::x86::mxcsr::FLAGS) != 0
-            && !f.on(Fault::SimdExceptionLost))
+    alignment_checked(v) || simd_checked(v, mxcsr)
+}
+
+/// Whether the guest's data accesses are alignment-checked now (RFLAGS.AC).
+fn alignment_checked(v: &Vcpu) -> bool {
+    v.regs.rflags & abi::x86::rflags::AC != 0 && !v.pvm.faults.on(Fault::AlignmentUnchecked)
+}
+
+/// Whether MXCSR (`mxcsr`) leaves some SIMD floating-point exception unmasked.
+fn simd_checked(v: &Vcpu, mxcsr: u32) -> bool {
+    abi::x86::mxcsr::unmasked(mxcsr, abi::x86::mxcsr::FLAGS) != 0
+        && !v.pvm.faults.on(Fault::SimdExceptionLost)
+}
+
+/// Makes Unicorn translate the block at `block` again, ending before `at` (an exit there,
+/// which the loop clears after the next start, whatever stops it: `exit_armed`).
+fn end_block_at(uc: &mut Uc<'_>, block: u64, at: u64, exit_armed: &mut bool) -> runner::Result<()> {
+    uc.ctl_remove_cache(block, at + 1)
+        .map_err(uc_err("drop the block"))?;
+    uc.ctl_set_exits(&[at])
+        .map_err(uc_err("exit before the instruction"))?;
+    *exit_armed = true;
+    Ok(())
 }
 
 /// The exception the instruction `bytes` at RIP raises before it runs, of those Unicorn does
@@ -1045,9 +1064,7 @@ fn precheck(
     mxcsr: u32,
 ) -> runner::Result<Option<Event>> {
     let rip = v.regs.rip;
-    let f = v.pvm.faults;
-    if v.regs.rflags & abi::x86::rflags::AC != 0
-        && !f.on(Fault::AlignmentUnchecked)
+    if alignment_checked(v)
         && let Some(m) = emulate::misaligned_access(bytes, rip, |r| reg_value(v, r))
     {
         let walk = walk_ctx(&v.pvm);
@@ -1063,8 +1080,7 @@ fn precheck(
             }));
         }
     }
-    use abi::x86::mxcsr as m;
-    if m::unmasked(mxcsr, m::FLAGS) == 0 || f.on(Fault::SimdExceptionLost) {
+    if !simd_checked(v, mxcsr) {
         return Ok(None);
     }
     let Some(insn) = emulate::simd_insn(bytes, rip, |r| reg_value(v, r)) else {
@@ -1092,14 +1108,15 @@ fn precheck(
     let raised = crate::simd::raised(insn.op, dst, src, mxcsr);
     uc.reg_write(RegisterX86::MXCSR, u64::from(mxcsr | raised))
         .map_err(uc_err("MXCSR"))?;
-    if m::unmasked(mxcsr, raised) == 0 {
+    if abi::x86::mxcsr::unmasked(mxcsr, raised) == 0 {
         return Ok(None);
     }
-    let vector = if f.on(Fault::XmAsUdByGuestCr4) && v.pvm.cr4 & abi::x86::cr4::OSXMMEXCPT == 0 {
-        abi::x86::vector::UD
-    } else {
-        abi::x86::vector::XM
-    };
+    let vector =
+        if v.pvm.faults.on(Fault::XmAsUdByGuestCr4) && v.pvm.cr4 & abi::x86::cr4::OSXMMEXCPT == 0 {
+            abi::x86::vector::UD
+        } else {
+            abi::x86::vector::XM
+        };
     Ok(Some(Event::Exception {
         vector,
         code: None,
@@ -1293,12 +1310,7 @@ fn run_loop<'a, 'h: 'a, 'v: 'a>(
             if let Some(len) = emulate::length(&bytes[..n], pc) {
                 // The block is this instruction alone: the exit ends it (a branch ends it
                 // anyway, and the block hook stops at the next block).
-                let next = pc + len as u64;
-                uc.ctl_remove_cache(pc, next + 1)
-                    .map_err(uc_err("drop the block"))?;
-                uc.ctl_set_exits(&[next])
-                    .map_err(uc_err("exit after the instruction"))?;
-                exit_armed = true;
+                end_block_at(uc, pc, pc + len as u64, &mut exit_armed)?;
             }
         }
         uc.get_data_mut().step_blocks = step.then_some(1);
@@ -1383,13 +1395,7 @@ fn run_loop<'a, 'h: 'a, 'v: 'a>(
                 gp(mem, v)
             }
             (None, Some(Stop::Ahead { block, at })) => {
-                // The block is translated again, ending at `at` (the exit); the exit is
-                // cleared after the next start, whatever stops it.
-                uc.ctl_remove_cache(block, at + 1)
-                    .map_err(uc_err("drop the block"))?;
-                uc.ctl_set_exits(&[at])
-                    .map_err(uc_err("exit before the instruction"))?;
-                exit_armed = true;
+                end_block_at(uc, block, at, &mut exit_armed)?;
                 Next::Go
             }
             (None, Some(Stop::Check)) => {
