@@ -66,18 +66,13 @@ struct CpuidCondition {
 impl CpuidCondition {
     fn parse(s: &str) -> Option<Self> {
         let mut parts = s.split(':');
-        let (function, index) = parts.next()?.split_once('.')?;
-        let function = u32::from_str_radix(function.strip_prefix("0x")?, 16).ok()?;
-        let index = index.parse().ok()?;
+        let (function, index) = runner::detect::parse_cpuid_leaf(parts.next()?)?;
         let bit = match (parts.next(), parts.next(), parts.next()) {
             (None, None, None) => None,
             (Some(reg), Some(bit), None) => {
-                let reg = ["eax", "ebx", "ecx", "edx"]
-                    .iter()
-                    .position(|r| *r == reg)?;
+                let reg = runner::detect::CPUID_REGS.iter().position(|r| *r == reg)?;
                 let bit: u32 = bit.parse().ok()?;
-                (bit < 32).then_some((reg, bit))?;
-                Some((reg, bit))
+                Some((reg, (bit < 32).then_some(bit)?))
             }
             _ => return None,
         };
@@ -110,7 +105,8 @@ struct File {
 /// The expectations in force.
 #[derive(Clone, Debug, Default)]
 pub struct Expectations {
-    by_id: HashMap<String, (Outcome, Deviation)>,
+    /// Each deviation with its outcome and its parsed `when_cpuid_differs`.
+    by_id: HashMap<String, (Outcome, Deviation, Option<CpuidCondition>)>,
     /// Where they came from (for the report).
     pub source: String,
 }
@@ -158,16 +154,20 @@ impl Expectations {
             if d.reason.trim().is_empty() {
                 return Err(bad(format!("{}: a deviation needs a reason", d.id)));
             }
-            if let Some(c) = &d.when_cpuid_differs
-                && CpuidCondition::parse(c).is_none()
+            let condition = match &d.when_cpuid_differs {
+                None => None,
+                Some(c) => Some(CpuidCondition::parse(c).ok_or_else(|| {
+                    bad(format!(
+                        "{}: when_cpuid_differs {c:?} is neither LEAF.SUB (0x80000001.0) nor \
+                         LEAF.SUB:REG:BIT (0x7.0:edx:29)",
+                        d.id
+                    ))
+                })?),
+            };
+            if by_id
+                .insert(d.id.clone(), (o, d.clone(), condition))
+                .is_some()
             {
-                return Err(bad(format!(
-                    "{}: when_cpuid_differs {c:?} is neither LEAF.SUB (0x80000001.0) nor \
-                     LEAF.SUB:REG:BIT (0x7.0:edx:29)",
-                    d.id
-                )));
-            }
-            if by_id.insert(d.id.clone(), (o, d.clone())).is_some() {
                 return Err(bad(format!("{} listed twice", d.id)));
             }
         }
@@ -212,12 +212,8 @@ impl Expectations {
     /// condition holds there. The others are dropped, and counted in [`Expectations::source`].
     pub fn for_host(mut self, host: &HostInfo) -> Self {
         let before = self.by_id.len();
-        self.by_id.retain(|_, (_, d)| {
-            d.when_cpuid_differs
-                .as_deref()
-                .and_then(CpuidCondition::parse)
-                .is_none_or(|c| c.holds(host))
-        });
+        self.by_id
+            .retain(|_, (_, _, condition)| condition.is_none_or(|c| c.holds(host)));
         let dropped = before - self.by_id.len();
         if dropped > 0 {
             self.source = format!(
@@ -233,7 +229,7 @@ impl Expectations {
     pub fn is_conditional(&self, id: &str) -> bool {
         self.by_id
             .get(id)
-            .is_some_and(|(_, d)| d.when_cpuid_differs.is_some() || d.intermittent)
+            .is_some_and(|(_, d, condition)| condition.is_some() || d.intermittent)
     }
 
     /// Every listed instance id.
@@ -276,7 +272,7 @@ impl Expectations {
         let mut entries: Vec<String> = self
             .by_id
             .iter()
-            .map(|(id, (o, _))| format!("{id}={}", o.name()))
+            .map(|(id, (o, _, _))| format!("{id}={}", o.name()))
             .collect();
         entries.sort();
         entries.join(",")
@@ -284,7 +280,7 @@ impl Expectations {
 
     /// Applies the expectations to an instance's raw outcome and detail.
     pub fn apply(&self, id: &str, outcome: Outcome, detail: String) -> (Outcome, String) {
-        let Some((want, d)) = self.by_id.get(id) else {
+        let Some((want, d, _)) = self.by_id.get(id) else {
             return (outcome, detail);
         };
         let note = format!("known deviation: {} [evidence: {}]", d.reason, d.evidence);

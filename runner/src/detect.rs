@@ -57,16 +57,26 @@ pub struct CpuidDiff {
     pub bits: [u32; 4],
 }
 
+/// The CPUID registers' names, EAX to EDX, as [`CpuidDiff`] and conditions on it write them.
+pub const CPUID_REGS: [&str; 4] = ["eax", "ebx", "ecx", "edx"];
+
+/// Parses a CPUID leaf written `0xLEAF.SUB` (the leaf in hex, the subleaf in decimal), as
+/// [`CpuidDiff`] writes it: `(function, index)`.
+pub fn parse_cpuid_leaf(s: &str) -> Option<(u32, u32)> {
+    let (function, index) = s.split_once('.')?;
+    let function = u32::from_str_radix(function.strip_prefix("0x")?, 16).ok()?;
+    Some((function, index.parse().ok()?))
+}
+
 impl std::fmt::Display for CpuidDiff {
     /// `0x80000001.0: eax 0x0 ebx 0x0 ecx 0x60 edx 0xc000000`, which [`CpuidDiff::parse`]
     /// reads back.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let [a, b, c, d] = self.bits;
-        write!(
-            f,
-            "{:#x}.{}: eax {a:#x} ebx {b:#x} ecx {c:#x} edx {d:#x}",
-            self.function, self.index
-        )
+        write!(f, "{:#x}.{}:", self.function, self.index)?;
+        for (name, bits) in CPUID_REGS.iter().zip(self.bits) {
+            write!(f, " {name} {bits:#x}")?;
+        }
+        Ok(())
     }
 }
 
@@ -74,15 +84,13 @@ impl CpuidDiff {
     /// Parses [`CpuidDiff`]'s `Display` form.
     pub fn parse(s: &str) -> Option<Self> {
         let (leaf, regs) = s.split_once(": ")?;
-        let (function, index) = leaf.split_once('.')?;
-        let function = u32::from_str_radix(function.strip_prefix("0x")?, 16).ok()?;
-        let index = index.parse().ok()?;
+        let (function, index) = parse_cpuid_leaf(leaf)?;
         let words: Vec<&str> = regs.split_whitespace().collect();
         let mut bits = [0u32; 4];
         if words.len() != 8 {
             return None;
         }
-        for (i, name) in ["eax", "ebx", "ecx", "edx"].iter().enumerate() {
+        for (i, name) in CPUID_REGS.iter().enumerate() {
             if words[2 * i] != *name {
                 return None;
             }
