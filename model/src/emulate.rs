@@ -87,7 +87,15 @@ pub enum Op {
     Swapgs,
     /// CLTS: clears the stored CR0.TS.
     Clts,
-    /// Instructions the host stores or ignores (LGDT, LIDT, LTR, LLDT, WBINVD, INVD).
+    /// LGDT: the memory operand becomes the guest's GDTR, which the hardware never loads
+    /// (it runs on the host's GDT); emulated descriptor loads read it (`pvm_set_gdt`).
+    Lgdt,
+    /// LTR of the selector in this register, or in the memory operand when `None`.
+    Ltr {
+        /// The source register.
+        reg: Option<Register>,
+    },
+    /// Instructions the host stores or ignores (LIDT, LLDT, WBINVD, INVD).
     Ignored,
 }
 
@@ -151,12 +159,11 @@ pub fn decode(bytes: &[u8], rip: u64) -> Option<(Op, usize)> {
         },
         Mnemonic::Invlpg => Op::Invlpg,
         Mnemonic::Swapgs => Op::Swapgs,
-        Mnemonic::Lgdt
-        | Mnemonic::Lidt
-        | Mnemonic::Ltr
-        | Mnemonic::Lldt
-        | Mnemonic::Wbinvd
-        | Mnemonic::Invd => Op::Ignored,
+        Mnemonic::Lgdt => Op::Lgdt,
+        Mnemonic::Ltr => Op::Ltr {
+            reg: (insn.op0_kind() == OpKind::Register).then(|| insn.op0_register()),
+        },
+        Mnemonic::Lidt | Mnemonic::Lldt | Mnemonic::Wbinvd | Mnemonic::Invd => Op::Ignored,
         Mnemonic::Clts => Op::Clts,
         _ => return None,
     };

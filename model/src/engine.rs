@@ -358,6 +358,7 @@ pub(crate) fn walk_ctx(p: &Pvm) -> WalkCtx {
         // supervisor mode cannot execute user pages. The RFC hosts switch CR3 between the
         // modes instead and do not (notes §7).
         smep: p.generation == crate::pvm::Generation::V2,
+        wp: p.cr0 & abi::x86::cr0::WP != 0,
         range: p.range(),
         us_split: true,
         faults: p.faults,
@@ -1899,15 +1900,7 @@ fn privileged(
                 let mut item = [0u8; 4];
                 if let Err(pf) = read_virt(mem, &v.pvm, v.regs.rsi, &mut item[..size], Access::Read)
                 {
-                    return deliver(
-                        mem,
-                        v,
-                        Event::Exception {
-                            vector: 14,
-                            code: Some(pf.code),
-                            cr2: Some(pf.addr),
-                        },
-                    );
+                    return deliver(mem, v, Event::page_fault(pf));
                 }
                 match io_action(mem, v, handler, port, &item[..size]) {
                     Ok(Action::Continue) => {}
@@ -1927,15 +1920,7 @@ fn privileged(
                 let mut item = [0u8; 4];
                 let a = handler.borrow_mut().io_in(port, &mut item[..size]);
                 if let Err(pf) = write_virt(mem, &v.pvm, v.regs.rdi, &item[..size]) {
-                    return deliver(
-                        mem,
-                        v,
-                        Event::Exception {
-                            vector: 14,
-                            code: Some(pf.code),
-                            cr2: Some(pf.addr),
-                        },
-                    );
+                    return deliver(mem, v, Event::page_fault(pf));
                 }
                 if a != Action::Continue {
                     return action(a);
@@ -1975,7 +1960,13 @@ fn privileged(
         Op::MovToCr { cr, reg } => {
             let val = reg_slot(r, reg).map_or(0, |s| *s);
             match cr {
-                0 => v.pvm.cr0 = val,
+                0 => {
+                    // `kvm_post_set_cr0` resets the MMU context when WP (or PG) changes.
+                    if (v.pvm.cr0 ^ val) & (abi::x86::cr0::WP | abi::x86::cr0::PG) != 0 {
+                        v.pvm.flush_tlb = true;
+                    }
+                    v.pvm.cr0 = val;
+                }
                 2 => v.pvm.cr2 = val,
                 3 => {
                     v.pvm.cr3 = val & !(1 << 63);
@@ -2034,10 +2025,81 @@ fn privileged(
         }
         // KVM's emulator (`em_clts`): CR0 without TS, stored like every CR0 write.
         Op::Clts => v.pvm.cr0 &= !abi::x86::cr0::TS,
+        Op::Lgdt => {
+            let mut b = [0u8; 10];
+            if let Err(e) = read_operand(mem, v, &mut b) {
+                return deliver(mem, v, e);
+            }
+            let base = u64::from_le_bytes([b[2], b[3], b[4], b[5], b[6], b[7], b[8], b[9]]);
+            v.pvm.gdtr = (base, u16::from_le_bytes([b[0], b[1]]));
+        }
+        Op::Ltr { reg } => {
+            let sel = match reg {
+                Some(reg) => reg_value(v, reg) as u16,
+                None => {
+                    let mut b = [0u8; 2];
+                    if let Err(e) = read_operand(mem, v, &mut b) {
+                        return deliver(mem, v, e);
+                    }
+                    u16::from_le_bytes(b)
+                }
+            };
+            if let Err(e) = ltr(mem, &v.pvm, sel) {
+                return deliver(mem, v, e);
+            }
+        }
         Op::Ignored => {}
     }
     v.regs.rip = next_rip;
     Next::Go
+}
+
+/// Reads the memory operand of the instruction at RIP into `out`; the #PF if that fails (or
+/// #GP(0) if the instruction has no memory operand, which the decoder does not produce).
+fn read_operand(mem: &dyn GuestRam, v: &Vcpu, out: &mut [u8]) -> Result<(), Event> {
+    let (bytes, n) = insn_bytes(mem, v);
+    let at = emulate::memory_address(&bytes[..n], v.regs.rip, |r| reg_value(v, r))
+        .ok_or(Event::fault(abi::x86::vector::GP, 0))?;
+    read_virt(mem, &v.pvm, at, out, Access::Read).map_err(Event::page_fault)
+}
+
+/// LTR of `sel` as KVM's emulator does it against the guest's GDT (`em_ltr`,
+/// `__load_segment_descriptor` and `read_segment_descriptor` in arch/x86/kvm/emulate.c of the
+/// 6.12 line): the null selector and a selector into the LDT are #GP(0); past the GDTR's
+/// limit #GP(selector); a descriptor that is not an available TSS (type 1 or 9, S clear)
+/// #GP(selector); not present #NP(selector); a non-canonical 64-bit base #GP(selector); then
+/// the descriptor is written back with the busy bit (a supervisor write, so CR0.WP applies).
+/// The selector is stored nowhere the guest can see: STR shows the host's TR.
+fn ltr(mem: &dyn GuestRam, p: &Pvm, sel: u16) -> Result<(), Event> {
+    use abi::x86::vector::{GP, NP};
+    if sel & !3 == 0 || sel & 4 != 0 {
+        return Err(Event::fault(GP, 0));
+    }
+    let code = u32::from(sel & 0xfffc);
+    let (base, limit) = p.gdtr;
+    let index = u64::from(sel >> 3);
+    if u64::from(limit) < index * 8 + 7 {
+        return Err(Event::fault(GP, code));
+    }
+    let at = base.wrapping_add(index * 8);
+    let mut d = [0u8; 8];
+    read_virt(mem, p, at, &mut d, Access::Read).map_err(Event::page_fault)?;
+    let desc = u64::from_le_bytes(d);
+    let (system, kind, present) = (desc >> 44 & 1 == 0, desc >> 40 & 0xf, desc >> 47 & 1 == 1);
+    let busy_ok = p.faults.on(Fault::LtrLoadsBusy) && kind == 0xb;
+    if !system || (kind != 1 && kind != 9 && !busy_ok) {
+        return Err(Event::fault(GP, code));
+    }
+    if !present {
+        return Err(Event::fault(NP, code));
+    }
+    read_virt(mem, p, at + 8, &mut d, Access::Read).map_err(Event::page_fault)?;
+    let tss = (desc >> 16 & 0xff_ffff) | (desc >> 56) << 24 | u64::from_le_bytes(d) << 32;
+    if (tss as i64) << 16 >> 16 != tss as i64 {
+        return Err(Event::fault(GP, code));
+    }
+    let busy = desc | 2 << 40;
+    write_virt(mem, p, at, &busy.to_le_bytes()).map_err(Event::page_fault)
 }
 
 /// A `syscall`: from user mode an event (LSTAR), from supervisor mode ERETU or a hypercall.

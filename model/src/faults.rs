@@ -48,6 +48,10 @@ pub enum Fault {
     UserReadsSupervisor,
     /// Writes to read-only pages succeed in supervisor mode.
     IgnoreWriteProtect,
+    /// Supervisor writes honour read-only pages even with the guest's CR0.WP clear.
+    Cr0WpForced,
+    /// LTR loads a busy TSS as if it were available.
+    LtrLoadsBusy,
     /// NX is not enforced on fetches.
     IgnoreNx,
     /// Accessed bits are not set by the page walk.
@@ -105,7 +109,7 @@ pub enum Fault {
 
 impl Fault {
     /// Every switch, in `--list-faults` order.
-    pub const ALL: [Fault; 45] = [
+    pub const ALL: [Fault; 47] = [
         Fault::WrongCr2,
         Fault::PfErrcodeNoWrite,
         Fault::PfErrcodeNoUser,
@@ -127,6 +131,8 @@ impl Fault {
         Fault::Cr3KeepsStale,
         Fault::UserReadsSupervisor,
         Fault::IgnoreWriteProtect,
+        Fault::Cr0WpForced,
+        Fault::LtrLoadsBusy,
         Fault::IgnoreNx,
         Fault::NoAccessedBit,
         Fault::NoDirtyBit,
@@ -177,6 +183,8 @@ impl Fault {
             Fault::Cr3KeepsStale => "cr3-keeps-stale",
             Fault::UserReadsSupervisor => "user-reads-supervisor",
             Fault::IgnoreWriteProtect => "ignore-write-protect",
+            Fault::Cr0WpForced => "cr0-wp-forced",
+            Fault::LtrLoadsBusy => "ltr-loads-busy",
             Fault::IgnoreNx => "ignore-nx",
             Fault::NoAccessedBit => "no-accessed-bit",
             Fault::NoDirtyBit => "no-dirty-bit",

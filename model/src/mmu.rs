@@ -6,7 +6,13 @@
 //!   `MSR_PVM_LINEAR_ADDRESS_RANGE` allows; a walk for any other address fails as not present
 //!   (host_mmu.c of the RFC: "a guest page-table walk for an illegal VA fails");
 //! - the walk sets accessed bits on every level and the dirty bit on a write (SDM 4.8);
-//! - write protection is always on in supervisor mode (the host forces CR0.WP);
+//! - a supervisor write honours read-only entries while the guest's CR0.WP is set; with it
+//!   clear the write succeeds and the entry stays read-only: the host keeps the guest's CR0
+//!   (`pvm_set_cr0`), `kvm_post_set_cr0` resets the MMU role, and the shadow MMU's
+//!   `FNAME(page_fault)` makes the shadow entry writable for a supervisor fault when
+//!   `!is_cr0_wp` (its removal of the user bit has no effect: a PVM shadow entry always has it,
+//!   `make_spte`); the shadow entry lives in the supervisor mode's tables only (the model
+//!   flushes its TLB on every mode switch and every change of CR0.WP);
 //! - NX is enforced when EFER.NXE is set;
 //! - v2: the host keeps one shadow table per mode from the U/S bits, so user mode cannot
 //!   touch a page that is supervisor-only at any level ([SPEC-v2] "Paging").
@@ -58,6 +64,8 @@ pub struct WalkCtx {
     pub nxe: bool,
     /// CR4.SMEP of the guest: supervisor fetches from user pages fault.
     pub smep: bool,
+    /// CR0.WP of the guest: supervisor writes to read-only pages fault.
+    pub wp: bool,
     /// The legal upper-half PML4 indexes, `start..end`.
     pub range: (u64, u64),
     /// Apply the U/S split for user mode (v2).
@@ -163,7 +171,10 @@ pub fn walk(
     if ctx.user && !us && ctx.us_split && !f.on(Fault::UserReadsSupervisor) {
         return Err(fault(present));
     }
-    if access == Access::Write && !rw && !f.on(Fault::IgnoreWriteProtect) {
+    // A read-only entry is writable for this access and translation (the user never
+    // sees this translation: the TLB is flushed when the mode changes).
+    let writable = rw || (!ctx.user && !ctx.wp && !f.on(Fault::Cr0WpForced));
+    if access == Access::Write && !writable && !f.on(Fault::IgnoreWriteProtect) {
         return Err(fault(present));
     }
     if access == Access::Fetch {
@@ -191,7 +202,7 @@ pub fn walk(
     Ok(Translation {
         page,
         read: true,
-        write: rw && (dirty || access == Access::Write || f.on(Fault::NoDirtyBit)),
+        write: writable && (dirty || access == Access::Write || f.on(Fault::NoDirtyBit)),
         exec: !(nx && ctx.nxe) || f.on(Fault::IgnoreNx),
     })
 }
@@ -207,6 +218,7 @@ mod tests {
             user,
             nxe: true,
             smep: false,
+            wp: true,
             range: (0x1f0, 0x1f8),
             us_split: true,
             faults: Faults::NONE,
@@ -252,6 +264,34 @@ mod tests {
         assert!(walk(r, &ctx(false), 0x5000, Access::Write).is_ok());
         let e = walk(r, &ctx(false), 0x6000, Access::Read).expect_err("absent");
         assert_eq!((e.addr, e.code), (0x6000, 0));
+    }
+
+    #[test]
+    fn cr0_wp_clear_lets_supervisor_writes_through_read_only_entries() {
+        let m = tables(pte::P | pte::US);
+        let r: &dyn GuestRam = &m;
+        let e = walk(r, &ctx(false), 0x5000, Access::Write).expect_err("WP=1");
+        assert_eq!(e.code, pfec::P | pfec::W);
+        let wp0 = WalkCtx {
+            wp: false,
+            ..ctx(false)
+        };
+        let t = walk(r, &wp0, 0x5000, Access::Write).expect("WP=0: supervisor write");
+        assert!(t.write);
+        let leaf = r.read_u64(0x4000 + 40).expect("r");
+        assert_eq!(
+            leaf & (pte::RW | pte::D),
+            pte::D,
+            "still read-only, now dirty"
+        );
+        let user = WalkCtx { user: true, ..wp0 };
+        let e = walk(r, &user, 0x5000, Access::Write).expect_err("user mode: WP irrelevant");
+        assert_eq!(e.code, pfec::P | pfec::W | pfec::U);
+        let forced = WalkCtx {
+            faults: Faults::NONE.with(Fault::Cr0WpForced),
+            ..wp0
+        };
+        assert!(walk(r, &forced, 0x5000, Access::Write).is_err());
     }
 
     #[test]

@@ -153,6 +153,26 @@ pub enum Event {
     Mce,
 }
 
+impl Event {
+    /// The #PF of a failed translation.
+    pub fn page_fault(pf: crate::mmu::PageFault) -> Self {
+        Event::Exception {
+            vector: abi::x86::vector::PF,
+            code: Some(pf.code),
+            cr2: Some(pf.addr),
+        }
+    }
+
+    /// Exception `vector` with error code `code`.
+    pub fn fault(vector: u8, code: u32) -> Self {
+        Event::Exception {
+            vector,
+            code: Some(code),
+            cr2: None,
+        }
+    }
+}
+
 /// Why the vCPU cannot go on: the host triple-faults it (`KVM_EXIT_SHUTDOWN`), with the rule.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TripleFault(pub String);
@@ -168,6 +188,9 @@ pub struct Pvm {
     pub smod: bool,
     /// Virtual control registers (stored, no hardware effect but CR3 and CR4.SMEP).
     pub cr0: u64,
+    /// The guest's GDTR (base, limit) as LGDT stored it: the hardware runs on the host's GDT,
+    /// the host's emulated LTR reads this one.
+    pub gdtr: (u64, u16),
     /// CR2 as the guest reads it.
     pub cr2: u64,
     /// CR3 (the guest page table; v2 has one for both modes).
@@ -500,6 +523,8 @@ impl Pvm {
                 | (1 << 16)
                 | (1 << 31)
                 | 1,
+            // `pvm_vcpu_reset`: base 0, limit 0xffff (docs/research/pvm-cr0-wp-ltr.md §2).
+            gdtr: (0, 0xffff),
             cr2: 0,
             cr3,
             cr4,

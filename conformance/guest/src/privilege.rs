@@ -659,6 +659,91 @@ case!(
         "WBINVD, LGDT/LIDT/LLDT, INVLPG at CPL0 work; LTR of a busy TSS is #GP(sel)"
     )
     .reqs("X86-PRIV-3")
+    .envs(X86_RING0_ENVS)
+);
+
+/// A 64-bit TSS descriptor (16 bytes) of `base` and limit 0x67, type `kind` (9 available,
+/// 0xb busy), present or not (SDM Vol. 3A 8.2.3).
+fn tss_descriptor(base: u64, kind: u64, present: bool) -> [u64; 2] {
+    let low = 0x67
+        | (base & 0xff_ffff) << 16
+        | kind << 40
+        | u64::from(present) << 47
+        | ((base >> 24) & 0xff) << 56;
+    [low, base >> 32]
+}
+
+/// Upstream ABI: LGDT is stored and LTR emulated (KVM's `__load_segment_descriptor`) against
+/// the guest's own GDT at the stored GDTR, since the hardware runs on the host's: an available
+/// TSS loads and is marked busy in the guest's memory; a selector past the limit, a
+/// non-TSS descriptor, a busy TSS and a TSS with a non-canonical base are #GP(selector), the
+/// null selector #GP(0), a TSS not present #NP(selector).
+fn ltr_guest_gdt() {
+    const DATA: u16 = 0x08;
+    const AVAILABLE: u16 = 0x10;
+    const BUSY: u16 = 0x20;
+    const ABSENT: u16 = 0x30;
+    const NON_CANONICAL: u16 = 0x40;
+    const PAST_LIMIT: u16 = 0x50;
+    let f = guest_lib::paging::alloc_frame();
+    guest_lib::paging::map(TEST_VA, &f, PteFlags::RW);
+    instr::invlpg(TEST_VA.get());
+    let tss = TEST_VA.get() + 0x800;
+    f.write_u64(u64::from(DATA), 0x00cf_9300_0000_ffff);
+    for (sel, desc) in [
+        (AVAILABLE, tss_descriptor(tss, 9, true)),
+        (BUSY, tss_descriptor(tss, 0xb, true)),
+        (ABSENT, tss_descriptor(tss, 9, false)),
+        (
+            NON_CANONICAL,
+            tss_descriptor(0x8000_0000_0000_0000 | tss, 9, true),
+        ),
+    ] {
+        f.write_u64(u64::from(sel), desc[0]);
+        f.write_u64(u64::from(sel) + 8, desc[1]);
+    }
+    let Some(mut tables) = guest_lib::env::current().stored_descriptor_tables() else {
+        guest_lib::error!("an upstream environment without stored descriptor tables");
+    };
+    let gdt = tables.load_gdt(TEST_VA, PAST_LIMIT - 1);
+    check!(gdt.is_ok(), "LGDT of the case's GDT: {:?}", gdt);
+    let Ok(gdt) = gdt else { return };
+    let ltr = |sel: u16| gdt.ltr(sel);
+    let gp = |sel: u16| Err(Exception::gp(u32::from(sel)));
+    check_eq!(ltr(PAST_LIMIT), gp(PAST_LIMIT), "LTR past the GDT limit");
+    check_eq!(ltr(0), gp(0), "LTR of the null selector");
+    check_eq!(ltr(DATA), gp(DATA), "LTR of a data segment");
+    check_eq!(ltr(BUSY), gp(BUSY), "LTR of a busy TSS");
+    check_eq!(
+        ltr(ABSENT),
+        Err(Exception::new(vector::NP).with_error_code(u32::from(ABSENT))),
+        "LTR of a TSS not present"
+    );
+    check_eq!(
+        ltr(NON_CANONICAL),
+        gp(NON_CANONICAL),
+        "LTR of a TSS with a non-canonical base"
+    );
+    let before = f.read_u64(u64::from(AVAILABLE));
+    check_eq!(ltr(AVAILABLE), Ok(()), "LTR of an available TSS");
+    check_eq!(
+        f.read_u64(u64::from(AVAILABLE)),
+        before | 2 << 40,
+        "the TSS descriptor after LTR: marked busy, nothing else changed"
+    );
+    check_eq!(
+        ltr(AVAILABLE),
+        gp(AVAILABLE),
+        "LTR of the same TSS again (now busy)"
+    );
+}
+case!(
+    ltr_guest_gdt,
+    upstream(
+        "abi.upstream.ring.ltr_guest_gdt",
+        "LGDT is stored and LTR emulated against the guest's GDT: the TSS turns busy; bad ones fault"
+    )
+    .reqs("UP-RING-9")
 );
 
 extern "C" fn p_rdtscp_aux(_: u64) -> u64 {

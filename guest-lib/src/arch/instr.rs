@@ -644,6 +644,32 @@ pub fn reload_gdtr_safe() -> Result<(), Exception> {
     with_fixup!("lgdt ({p})", p = in(reg) cur.as_ptr())
 }
 
+/// `lgdt` of `table`, with a fixup.
+///
+/// # Safety
+///
+/// Where the GDTR is the hardware's (x86 at CPL0), `table` must be a GDT holding the
+/// descriptors of every selector in use (CS, SS, the data segments, TR) as they are now, in
+/// memory that stays valid while it is loaded. On an upstream PVM host the hardware runs on
+/// the host's GDT and the host only stores the value, for the descriptor loads it emulates.
+pub unsafe fn lgdt_safe(table: TableRegister) -> Result<(), Exception> {
+    let mut b = [0u8; 10];
+    b[..2].copy_from_slice(&table.limit.to_le_bytes());
+    b[2..].copy_from_slice(&table.base.to_le_bytes());
+    with_fixup!("lgdt ({p})", p = in(reg) b.as_ptr())
+}
+
+/// `ltr` of `sel`, with a fixup.
+///
+/// # Safety
+///
+/// A successful LTR writes the GDT: it marks the TSS descriptor `sel` names busy. The current
+/// GDT must be memory the caller owns, and that descriptor a TSS that stays valid while TR
+/// names it (the CPU takes interrupt stacks and the I/O bitmap from it).
+pub unsafe fn ltr_safe(sel: u16) -> Result<(), Exception> {
+    with_fixup!("ltr {s:x}", s = in(reg) sel)
+}
+
 /// `lidt` of the IDTR's current value, with a fixup.
 pub fn reload_idtr_safe() -> Result<(), Exception> {
     let cur = store_raw(1);

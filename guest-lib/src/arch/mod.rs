@@ -29,6 +29,7 @@ pub(crate) mod tables;
 mod entry;
 
 pub use cell::{AtomicHook, BootCell, FnPtr, PerCpu, aps_released, cpu_index, release_aps};
+pub use tables::{StoredDescriptorTables, StoredGdt};
 
 /// Declares a case: `case!(function, spec)`; see `crate::case`. The descriptor goes into the
 /// image's `pvmc_cases` section, where the host reads it.

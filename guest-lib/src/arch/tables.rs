@@ -12,6 +12,7 @@ use abi::x86::{efer, msr, rflags};
 use super::BootCell;
 use super::instr;
 use super::stubs::idt;
+use crate::exception::Exception;
 
 /// Vectors whose gate is callable from CPL3 (`int3`, `into`, `int $0x80`).
 const USER_GATES: [u8; 3] = [3, 4, 0x80];
@@ -182,5 +183,53 @@ mod tests {
         let (g0, _) = gate(0x20_1000, 0);
         let (g47, _) = gate(0x20_1000 + 16 * 47, 0);
         assert_eq!(g47, g0 + 16 * 47);
+    }
+}
+
+/// Proof that the host stores the guest's GDTR and TR without loading them into the hardware,
+/// which runs on the host's GDT and TR (the upstream PVM ABI, notes §6): there LGDT and LTR only
+/// change what the host's emulated descriptor loads read. Only an environment module whose host
+/// does that makes one ([`crate::env::Environment::stored_descriptor_tables`]).
+#[derive(Debug)]
+pub struct StoredDescriptorTables(());
+
+impl StoredDescriptorTables {
+    /// The proof. An environment module calls this only for a host of the upstream ABI.
+    pub(crate) const fn new() -> Self {
+        Self(())
+    }
+
+    /// LGDT of a table at `base` with `limit`; the [`StoredGdt`] whose LTRs read it.
+    pub fn load_gdt(
+        &mut self,
+        base: crate::paging::TestVa,
+        limit: u16,
+    ) -> Result<StoredGdt<'_>, Exception> {
+        let table = instr::TableRegister {
+            limit,
+            base: base.get(),
+        };
+        // SAFETY: with this proof the hardware keeps the host's GDT (see the type), so no
+        // selector in use changes meaning; the stored table only serves emulated loads.
+        unsafe { instr::lgdt_safe(table) }?;
+        Ok(StoredGdt(core::marker::PhantomData))
+    }
+}
+
+/// The guest's stored GDTR as [`StoredDescriptorTables::load_gdt`] set it: a table at a
+/// [`crate::paging::TestVa`], which only a case's own mapping puts (scratch) memory behind.
+#[derive(Debug)]
+pub struct StoredGdt<'a>(core::marker::PhantomData<&'a mut StoredDescriptorTables>);
+
+impl StoredGdt<'_> {
+    /// LTR of `sel`: the host's emulation reads the descriptor from the stored table and, if
+    /// it loads, writes its busy bit there.
+    pub fn ltr(&self, sel: u16) -> Result<(), Exception> {
+        // SAFETY: the GDTR is the table `load_gdt` stored, at a test address, so the busy bit
+        // lands in scratch memory or faults. (The borrow of the proof keeps other LGDTs through
+        // it away; the only other LGDT, `instr::reload_gdtr_safe`, stores what SGDT shows: the
+        // host's GDT, outside the guest's address range, or under the host's UMIP this table.) The hardware TR stays the host's, so no stack or I/O bitmap comes from
+        // the TSS the descriptor names.
+        unsafe { instr::ltr_safe(sel) }
     }
 }

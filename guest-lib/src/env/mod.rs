@@ -115,6 +115,13 @@ pub trait Environment: Sync {
     fn mode(&self) -> Mode {
         Mode::Architectural
     }
+
+    /// Where the host stores the guest's GDTR and TR without loading them (the upstream ABI),
+    /// the proof that LGDT and LTR of the guest's own tables are harmless; `None` where they
+    /// are the hardware's.
+    fn stored_descriptor_tables(&self) -> Option<crate::arch::StoredDescriptorTables> {
+        None
+    }
 }
 
 /// How the guest kernel executes ([`Environment::mode`]).

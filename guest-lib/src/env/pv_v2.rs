@@ -169,6 +169,12 @@ impl Environment for PvV2 {
         checked(hc::TLB_INVLPG, [va, 0, 0]).map(drop)
     }
 
+    fn stored_descriptor_tables(&self) -> Option<crate::arch::StoredDescriptorTables> {
+        // The hardware runs on the host's GDT and TR; `pvm_set_gdt` and `pvm_set_segment`
+        // store the guest's (docs/research/pvm-cr0-wp-ltr.md §2).
+        Some(crate::arch::StoredDescriptorTables::new())
+    }
+
     fn linear_pml4_range(&self) -> Option<(u64, u64)> {
         linear_pml4_range()
     }
