@@ -979,6 +979,9 @@ fn stress_worker(_: &mut guest_lib::exception::Frame, ex: Exception) -> bool {
     true
 }
 
+/// How long [`stress`] waits for vCPU 1 to acknowledge a change or to finish.
+const ACK_WAIT_MS: u64 = 2000;
+
 /// Two vCPUs on the same pages for 300 ms (at least one full cycle): vCPU 1 writes them without pause while vCPU 0
 /// remaps each to one of two frames, write-protects it or zaps it, and waits until vCPU 1 has
 /// invalidated. At the end every page maps its first frame again: vCPU 1's final writes must
@@ -1000,9 +1003,15 @@ fn stress() {
     let publish = |what: &str| {
         let g = GEN.fetch_add(1, SeqCst) + 1;
         let t0 = instr::rdtsc();
+        // A hang guard, not a timing check: a vCPU thread the host deschedules (a loaded
+        // machine, the model's vCPUs taking turns) may take well over 100 ms to come back.
         while ACK.load(SeqCst) < g {
-            if instr::rdtsc() - t0 > 100 * rt::cycles_per_ms() {
-                guest_lib::error!("vCPU 1 did not acknowledge {} within 100 ms", what);
+            if instr::rdtsc() - t0 > ACK_WAIT_MS * rt::cycles_per_ms() {
+                guest_lib::error!(
+                    "vCPU 1 did not acknowledge {} within {} ms",
+                    what,
+                    ACK_WAIT_MS
+                );
             }
             core::hint::spin_loop();
         }
@@ -1037,7 +1046,7 @@ fn stress() {
     publish("the final mapping");
     STOP.store(true, SeqCst);
     let t1 = instr::rdtsc();
-    while !FINAL_DONE.load(SeqCst) && instr::rdtsc() - t1 < 100 * rt::cycles_per_ms() {
+    while !FINAL_DONE.load(SeqCst) && instr::rdtsc() - t1 < ACK_WAIT_MS * rt::cycles_per_ms() {
         core::hint::spin_loop();
     }
     guest_lib::exception::set_hook(None);
