@@ -204,6 +204,14 @@ pub fn classify(
             ),
             parts,
         ),
+        // The shutdown came where it must, but a check the guest made before it failed.
+        Ok(RunEnd::Shutdown) if expected_shutdown && h.failed_checks > 0 => {
+            parts.push(
+                "the host shut the vCPU down after checkpoint 0, but checks before it failed"
+                    .into(),
+            );
+            (Outcome::Fail, parts)
+        }
         Ok(RunEnd::Shutdown) if expected_shutdown => {
             parts.push("the host shut the vCPU down after checkpoint 0, as it must".into());
             (Outcome::Pass, parts)
@@ -309,5 +317,15 @@ mod tests {
         other.report(&Message::new(MessageKind::Checkpoint));
         let r = classify(Ok(RunEnd::Shutdown), &other, String::new);
         assert_eq!(r.outcome, Outcome::Crash, "a case that does not expect it");
+    }
+
+    #[test]
+    fn an_expected_shutdown_after_a_failed_check_fails() {
+        let mut h = CaseHandler::new(HostCheck::Shutdown);
+        h.report(&Message::new(MessageKind::AssertFail));
+        h.report(&Message::new(MessageKind::Checkpoint));
+        let r = classify(Ok(RunEnd::Shutdown), &h, String::new);
+        assert_eq!(r.outcome, Outcome::Fail, "{}", r.detail);
+        assert!(r.detail.contains("check failed"), "{}", r.detail);
     }
 }

@@ -518,6 +518,9 @@ pub struct CaseHandler {
     pub samples: Vec<Sample>,
     /// The last checkpoint the guest reported.
     pub last_checkpoint: Option<u64>,
+    /// Checks the guest reported failed (before any final status: a case that ends in an
+    /// expected shutdown sends none).
+    pub failed_checks: u32,
 }
 
 impl CaseHandler {
@@ -537,6 +540,7 @@ impl CaseHandler {
             host_checks: 0,
             samples: Vec::new(),
             last_checkpoint: None,
+            failed_checks: 0,
         }
     }
 
@@ -594,6 +598,7 @@ impl ExitHandler for CaseHandler {
                     line += &format!(" [left={:#x} right={:#x}]", msg.values[0], msg.values[1]);
                 }
                 self.lines.push(line);
+                self.failed_checks = self.failed_checks.saturating_add(1);
                 Action::Continue
             }
             Some(MessageKind::Checkpoint) => {
