@@ -95,7 +95,12 @@ pub enum Op {
         /// The source register.
         reg: Option<Register>,
     },
-    /// Instructions the host stores or ignores (LIDT, LLDT, WBINVD, INVD).
+    /// LLDT of the selector in this register, or in the memory operand when `None`.
+    Lldt {
+        /// The source register.
+        reg: Option<Register>,
+    },
+    /// Instructions the host stores or ignores (LIDT, WBINVD, INVD).
     Ignored,
 }
 
@@ -163,7 +168,10 @@ pub fn decode(bytes: &[u8], rip: u64) -> Option<(Op, usize)> {
         Mnemonic::Ltr => Op::Ltr {
             reg: (insn.op0_kind() == OpKind::Register).then(|| insn.op0_register()),
         },
-        Mnemonic::Lidt | Mnemonic::Lldt | Mnemonic::Wbinvd | Mnemonic::Invd => Op::Ignored,
+        Mnemonic::Lldt => Op::Lldt {
+            reg: (insn.op0_kind() == OpKind::Register).then(|| insn.op0_register()),
+        },
+        Mnemonic::Lidt | Mnemonic::Wbinvd | Mnemonic::Invd => Op::Ignored,
         Mnemonic::Clts => Op::Clts,
         _ => return None,
     };

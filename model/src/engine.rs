@@ -2034,18 +2034,20 @@ fn privileged(
             v.pvm.gdtr = (base, u16::from_le_bytes([b[0], b[1]]));
         }
         Op::Ltr { reg } => {
-            let sel = match reg {
-                Some(reg) => reg_value(v, reg) as u16,
-                None => {
-                    let mut b = [0u8; 2];
-                    if let Err(e) = read_operand(mem, v, &mut b) {
-                        return deliver(mem, v, e);
-                    }
-                    u16::from_le_bytes(b)
-                }
-            };
-            if let Err(e) = ltr(mem, &v.pvm, sel) {
+            if let Err(e) = selector_operand(mem, v, reg).and_then(|sel| ltr(mem, &v.pvm, sel)) {
                 return deliver(mem, v, e);
+            }
+        }
+        Op::Lldt { reg } => {
+            match selector_operand(mem, v, reg).and_then(|s| lldt(mem, &v.pvm, s)) {
+                Err(e) => return deliver(mem, v, e),
+                // `pvm_set_segment`: "pvm doesn't support LDT": a non-null LDTR is a triple fault.
+                Ok(true) if !v.pvm.faults.on(Fault::LdtStored) => {
+                    return Next::End(shutdown(
+                        "LLDT of an LDT descriptor: the host has no LDT (pvm_set_segment)".into(),
+                    ));
+                }
+                Ok(_) => {}
             }
         }
         Op::Ignored => {}
@@ -2063,22 +2065,41 @@ fn read_operand(mem: &dyn GuestRam, v: &Vcpu, out: &mut [u8]) -> Result<(), Even
     read_virt(mem, &v.pvm, at, out, Access::Read).map_err(Event::page_fault)
 }
 
-/// LTR of `sel` as KVM's emulator does it against the guest's GDT (`em_ltr`,
-/// `__load_segment_descriptor` and `read_segment_descriptor` in arch/x86/kvm/emulate.c of the
-/// 6.12 line): the null selector and a selector into the LDT are #GP(0); past the GDTR's
-/// limit #GP(selector); a descriptor that is not an available TSS (type 1 or 9, S clear)
-/// #GP(selector); not present #NP(selector); a non-canonical 64-bit base #GP(selector); then
-/// the descriptor is written back with the busy bit (a supervisor write, so CR0.WP applies).
-/// The selector is stored nowhere the guest can see: STR shows the host's TR.
-fn ltr(mem: &dyn GuestRam, p: &Pvm, sel: u16) -> Result<(), Event> {
-    use abi::x86::vector::{GP, NP};
-    if sel & !3 == 0 || sel & 4 != 0 {
-        return Err(Event::fault(GP, 0));
+/// The selector operand of the LTR or LLDT at RIP: the 16-bit register `reg`, or memory.
+fn selector_operand(
+    mem: &dyn GuestRam,
+    v: &Vcpu,
+    reg: Option<iced_x86::Register>,
+) -> Result<u16, Event> {
+    match reg {
+        Some(reg) => Ok(reg_value(v, reg) as u16),
+        None => {
+            let mut b = [0u8; 2];
+            read_operand(mem, v, &mut b)?;
+            Ok(u16::from_le_bytes(b))
+        }
     }
+}
+
+/// The system descriptor `sel` names in the guest's GDT, checked as KVM's emulator checks
+/// one for LTR or LLDT (`__load_segment_descriptor` and `read_segment_descriptor` in
+/// arch/x86/kvm/emulate.c of the 6.12 line; the callers handle the null selector): past the
+/// GDTR's limit #GP(selector); S set or a type not in `kinds` #GP(selector); not present
+/// #NP(selector); a non-canonical 64-bit base #GP(selector). Returns the descriptor's linear
+/// address and its low half.
+fn system_descriptor(
+    mem: &dyn GuestRam,
+    p: &Pvm,
+    sel: u16,
+    kinds: &[u64],
+) -> Result<(u64, u64), Event> {
+    use abi::x86::vector::{GP, NP};
     let code = u32::from(sel & 0xfffc);
     let (base, limit) = p.gdtr;
     let index = u64::from(sel >> 3);
-    if u64::from(limit) < index * 8 + 7 {
+    // A selector into the LDT reads the current LDT, which upstream is always null (not
+    // present): #GP(selector).
+    if sel & 4 != 0 || u64::from(limit) < index * 8 + 7 {
         return Err(Event::fault(GP, code));
     }
     let at = base.wrapping_add(index * 8);
@@ -2086,20 +2107,49 @@ fn ltr(mem: &dyn GuestRam, p: &Pvm, sel: u16) -> Result<(), Event> {
     read_virt(mem, p, at, &mut d, Access::Read).map_err(Event::page_fault)?;
     let desc = u64::from_le_bytes(d);
     let (system, kind, present) = (desc >> 44 & 1 == 0, desc >> 40 & 0xf, desc >> 47 & 1 == 1);
-    let busy_ok = p.faults.on(Fault::LtrLoadsBusy) && kind == 0xb;
-    if !system || (kind != 1 && kind != 9 && !busy_ok) {
+    if !system || !kinds.contains(&kind) {
         return Err(Event::fault(GP, code));
     }
     if !present {
         return Err(Event::fault(NP, code));
     }
     read_virt(mem, p, at + 8, &mut d, Access::Read).map_err(Event::page_fault)?;
-    let tss = (desc >> 16 & 0xff_ffff) | (desc >> 56) << 24 | u64::from_le_bytes(d) << 32;
-    if (tss as i64) << 16 >> 16 != tss as i64 {
+    let base = (desc >> 16 & 0xff_ffff) | (desc >> 56) << 24 | u64::from_le_bytes(d) << 32;
+    if !canonical(base) {
         return Err(Event::fault(GP, code));
     }
+    Ok((at, desc))
+}
+
+/// LTR of `sel` as KVM's emulator does it against the guest's GDT (`em_ltr`): the null
+/// selector and a selector into the LDT are #GP(0) (checked before the error code is set);
+/// then [`system_descriptor`] with an available TSS (type 1 or 9), and the descriptor is
+/// written back with the busy bit (a supervisor write, so CR0.WP applies). The selector is
+/// stored nowhere the guest can see: STR shows the host's TR.
+fn ltr(mem: &dyn GuestRam, p: &Pvm, sel: u16) -> Result<(), Event> {
+    if sel & !3 == 0 || sel & 4 != 0 {
+        return Err(Event::fault(abi::x86::vector::GP, 0));
+    }
+    let kinds: &[u64] = if p.faults.on(Fault::LtrLoadsBusy) {
+        &[1, 9, 0xb]
+    } else {
+        &[1, 9]
+    };
+    let (at, desc) = system_descriptor(mem, p, sel, kinds)?;
     let busy = desc | 2 << 40;
     write_virt(mem, p, at, &busy.to_le_bytes()).map_err(Event::page_fault)
+}
+
+/// LLDT of `sel` as KVM's emulator does it (`em_lldt`): the null selector loads (nothing to
+/// check), anything else goes through [`system_descriptor`] with an LDT (type 2) and is then
+/// handed to the host's `pvm_set_segment`. Whether that selector is non-null (the caller
+/// turns that into the host's triple fault).
+fn lldt(mem: &dyn GuestRam, p: &Pvm, sel: u16) -> Result<bool, Event> {
+    if sel & !3 == 0 {
+        return Ok(false);
+    }
+    system_descriptor(mem, p, sel, &[2])?;
+    Ok(true)
 }
 
 /// A `syscall`: from user mode an event (LSTAR), from supervisor mode ERETU or a hypercall.

@@ -52,6 +52,8 @@ pub enum Fault {
     Cr0WpForced,
     /// LTR loads a busy TSS as if it were available.
     LtrLoadsBusy,
+    /// LLDT of an LDT descriptor is stored instead of shutting the vCPU down.
+    LdtStored,
     /// NX is not enforced on fetches.
     IgnoreNx,
     /// Accessed bits are not set by the page walk.
@@ -109,7 +111,7 @@ pub enum Fault {
 
 impl Fault {
     /// Every switch, in `--list-faults` order.
-    pub const ALL: [Fault; 47] = [
+    pub const ALL: [Fault; 48] = [
         Fault::WrongCr2,
         Fault::PfErrcodeNoWrite,
         Fault::PfErrcodeNoUser,
@@ -133,6 +135,7 @@ impl Fault {
         Fault::IgnoreWriteProtect,
         Fault::Cr0WpForced,
         Fault::LtrLoadsBusy,
+        Fault::LdtStored,
         Fault::IgnoreNx,
         Fault::NoAccessedBit,
         Fault::NoDirtyBit,
@@ -185,6 +188,7 @@ impl Fault {
             Fault::IgnoreWriteProtect => "ignore-write-protect",
             Fault::Cr0WpForced => "cr0-wp-forced",
             Fault::LtrLoadsBusy => "ltr-loads-busy",
+            Fault::LdtStored => "ldt-stored",
             Fault::IgnoreNx => "ignore-nx",
             Fault::NoAccessedBit => "no-accessed-bit",
             Fault::NoDirtyBit => "no-dirty-bit",

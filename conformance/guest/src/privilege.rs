@@ -662,9 +662,9 @@ case!(
     .envs(X86_RING0_ENVS)
 );
 
-/// A 64-bit TSS descriptor (16 bytes) of `base` and limit 0x67, type `kind` (9 available,
-/// 0xb busy), present or not (SDM Vol. 3A 8.2.3).
-fn tss_descriptor(base: u64, kind: u64, present: bool) -> [u64; 2] {
+/// A 64-bit system descriptor (16 bytes) of `base` and limit 0x67, type `kind` (2 LDT, 9
+/// available TSS, 0xb busy TSS), present or not (SDM Vol. 3A 3.5, 8.2.3).
+fn system_descriptor(base: u64, kind: u64, present: bool) -> [u64; 2] {
     let low = 0x67
         | (base & 0xff_ffff) << 16
         | kind << 40
@@ -673,69 +673,88 @@ fn tss_descriptor(base: u64, kind: u64, present: bool) -> [u64; 2] {
     [low, base >> 32]
 }
 
+/// Selector 0x08 of [`scratch_gdt`]: a data segment.
+const GDT_DATA: u16 = 0x08;
+/// A base for the system descriptors of [`scratch_gdt`] (what it points at is never used).
+const SYSTEM_BASE: u64 = TEST_VA.get() + 0x800;
+
+/// A GDT in a scratch frame mapped at `TEST_VA`: a data segment at [`GDT_DATA`] and the
+/// 16-byte `system` descriptors at their selectors.
+fn scratch_gdt(system: &[(u16, [u64; 2])]) -> guest_lib::paging::Frame {
+    let f = guest_lib::paging::alloc_frame();
+    guest_lib::paging::map(TEST_VA, &f, PteFlags::RW);
+    instr::invlpg(TEST_VA.get());
+    f.write_u64(u64::from(GDT_DATA), 0x00cf_9300_0000_ffff);
+    for &(sel, desc) in system {
+        f.write_u64(u64::from(sel), desc[0]);
+        f.write_u64(u64::from(sel) + 8, desc[1]);
+    }
+    f
+}
+
+/// The environment's stored descriptor tables with `limit` for the table at `TEST_VA`
+/// loaded, or the case ends (ERROR where an upstream environment has none, FAIL where LGDT
+/// faults).
+fn with_scratch_gdt(limit: u16, body: impl FnOnce(&guest_lib::arch::StoredGdt<'_>)) {
+    let Some(mut tables) = guest_lib::env::current().stored_descriptor_tables() else {
+        guest_lib::error!("an upstream environment without stored descriptor tables");
+    };
+    match tables.load_gdt(TEST_VA, limit) {
+        Ok(gdt) => body(&gdt),
+        Err(e) => check!(false, "LGDT of the case's GDT: {:?}", e),
+    }
+}
+
 /// Upstream ABI: LGDT is stored and LTR emulated (KVM's `__load_segment_descriptor`) against
 /// the guest's own GDT at the stored GDTR, since the hardware runs on the host's: an available
 /// TSS loads and is marked busy in the guest's memory; a selector past the limit, a
 /// non-TSS descriptor, a busy TSS and a TSS with a non-canonical base are #GP(selector), the
 /// null selector #GP(0), a TSS not present #NP(selector).
 fn ltr_guest_gdt() {
-    const DATA: u16 = 0x08;
     const AVAILABLE: u16 = 0x10;
     const BUSY: u16 = 0x20;
     const ABSENT: u16 = 0x30;
     const NON_CANONICAL: u16 = 0x40;
     const PAST_LIMIT: u16 = 0x50;
-    let f = guest_lib::paging::alloc_frame();
-    guest_lib::paging::map(TEST_VA, &f, PteFlags::RW);
-    instr::invlpg(TEST_VA.get());
-    let tss = TEST_VA.get() + 0x800;
-    f.write_u64(u64::from(DATA), 0x00cf_9300_0000_ffff);
-    for (sel, desc) in [
-        (AVAILABLE, tss_descriptor(tss, 9, true)),
-        (BUSY, tss_descriptor(tss, 0xb, true)),
-        (ABSENT, tss_descriptor(tss, 9, false)),
+    let f = scratch_gdt(&[
+        (AVAILABLE, system_descriptor(SYSTEM_BASE, 9, true)),
+        (BUSY, system_descriptor(SYSTEM_BASE, 0xb, true)),
+        (ABSENT, system_descriptor(SYSTEM_BASE, 9, false)),
         (
             NON_CANONICAL,
-            tss_descriptor(0x8000_0000_0000_0000 | tss, 9, true),
+            system_descriptor(0x8000_0000_0000_0000 | SYSTEM_BASE, 9, true),
         ),
-    ] {
-        f.write_u64(u64::from(sel), desc[0]);
-        f.write_u64(u64::from(sel) + 8, desc[1]);
-    }
-    let Some(mut tables) = guest_lib::env::current().stored_descriptor_tables() else {
-        guest_lib::error!("an upstream environment without stored descriptor tables");
-    };
-    let gdt = tables.load_gdt(TEST_VA, PAST_LIMIT - 1);
-    check!(gdt.is_ok(), "LGDT of the case's GDT: {:?}", gdt);
-    let Ok(gdt) = gdt else { return };
-    let ltr = |sel: u16| gdt.ltr(sel);
-    let gp = |sel: u16| Err(Exception::gp(u32::from(sel)));
-    check_eq!(ltr(PAST_LIMIT), gp(PAST_LIMIT), "LTR past the GDT limit");
-    check_eq!(ltr(0), gp(0), "LTR of the null selector");
-    check_eq!(ltr(DATA), gp(DATA), "LTR of a data segment");
-    check_eq!(ltr(BUSY), gp(BUSY), "LTR of a busy TSS");
-    check_eq!(
-        ltr(ABSENT),
-        Err(Exception::new(vector::NP).with_error_code(u32::from(ABSENT))),
-        "LTR of a TSS not present"
-    );
-    check_eq!(
-        ltr(NON_CANONICAL),
-        gp(NON_CANONICAL),
-        "LTR of a TSS with a non-canonical base"
-    );
-    let before = f.read_u64(u64::from(AVAILABLE));
-    check_eq!(ltr(AVAILABLE), Ok(()), "LTR of an available TSS");
-    check_eq!(
-        f.read_u64(u64::from(AVAILABLE)),
-        before | 2 << 40,
-        "the TSS descriptor after LTR: marked busy, nothing else changed"
-    );
-    check_eq!(
-        ltr(AVAILABLE),
-        gp(AVAILABLE),
-        "LTR of the same TSS again (now busy)"
-    );
+    ]);
+    with_scratch_gdt(PAST_LIMIT - 1, |gdt| {
+        let ltr = |sel: u16| gdt.ltr(sel);
+        let gp = |sel: u16| Err(Exception::gp(u32::from(sel)));
+        check_eq!(ltr(PAST_LIMIT), gp(PAST_LIMIT), "LTR past the GDT limit");
+        check_eq!(ltr(0), gp(0), "LTR of the null selector");
+        check_eq!(ltr(GDT_DATA), gp(GDT_DATA), "LTR of a data segment");
+        check_eq!(ltr(BUSY), gp(BUSY), "LTR of a busy TSS");
+        check_eq!(
+            ltr(ABSENT),
+            Err(Exception::new(vector::NP).with_error_code(u32::from(ABSENT))),
+            "LTR of a TSS not present"
+        );
+        check_eq!(
+            ltr(NON_CANONICAL),
+            gp(NON_CANONICAL),
+            "LTR of a TSS with a non-canonical base"
+        );
+        let before = f.read_u64(u64::from(AVAILABLE));
+        check_eq!(ltr(AVAILABLE), Ok(()), "LTR of an available TSS");
+        check_eq!(
+            f.read_u64(u64::from(AVAILABLE)),
+            before | 2 << 40,
+            "the TSS descriptor after LTR: marked busy, nothing else changed"
+        );
+        check_eq!(
+            ltr(AVAILABLE),
+            gp(AVAILABLE),
+            "LTR of the same TSS again (now busy)"
+        );
+    });
 }
 case!(
     ltr_guest_gdt,
@@ -744,6 +763,84 @@ case!(
         "LGDT is stored and LTR emulated against the guest's GDT: the TSS turns busy; bad ones fault"
     )
     .reqs("UP-RING-9")
+);
+
+/// Upstream ABI: LLDT is emulated against the guest's GDT like LTR, and the host has no LDT.
+/// The null selector is accepted; past the limit, through the (null) LDT, a data segment, a
+/// TSS and an LDT descriptor with a non-canonical base are #GP(selector), an LDT descriptor
+/// not present #NP(selector). (One that loads shuts the vCPU down: `lldt_shutdown`.)
+fn lldt_checks() {
+    const TSS: u16 = 0x10;
+    const ABSENT: u16 = 0x20;
+    const NON_CANONICAL: u16 = 0x30;
+    const PAST_LIMIT: u16 = 0x40;
+    scratch_gdt(&[
+        (TSS, system_descriptor(SYSTEM_BASE, 9, true)),
+        (ABSENT, system_descriptor(SYSTEM_BASE, 2, false)),
+        (
+            NON_CANONICAL,
+            system_descriptor(0x8000_0000_0000_0000 | SYSTEM_BASE, 2, true),
+        ),
+    ]);
+    with_scratch_gdt(PAST_LIMIT - 1, |gdt| {
+        let gp = |sel: u16| Err(Exception::gp(u32::from(sel)));
+        check_eq!(gdt.lldt(0), Ok(()), "LLDT of the null selector");
+        check_eq!(
+            gdt.lldt(PAST_LIMIT),
+            gp(PAST_LIMIT),
+            "LLDT past the GDT limit"
+        );
+        check_eq!(
+            gdt.lldt(TSS | 4),
+            gp(TSS | 4),
+            "LLDT of a selector into the LDT"
+        );
+        check_eq!(gdt.lldt(GDT_DATA), gp(GDT_DATA), "LLDT of a data segment");
+        check_eq!(gdt.lldt(TSS), gp(TSS), "LLDT of a TSS");
+        check_eq!(
+            gdt.lldt(ABSENT),
+            Err(Exception::new(vector::NP).with_error_code(u32::from(ABSENT))),
+            "LLDT of an LDT descriptor not present"
+        );
+        check_eq!(
+            gdt.lldt(NON_CANONICAL),
+            gp(NON_CANONICAL),
+            "LLDT of an LDT descriptor with a non-canonical base"
+        );
+    });
+}
+case!(
+    lldt_checks,
+    upstream(
+        "abi.upstream.ring.lldt_checks",
+        "LLDT is emulated against the guest's GDT: null loads; bad selectors and descriptors fault"
+    )
+    .reqs("UP-RING-10")
+);
+
+/// Upstream ABI: the host has no LDT: LLDT of a valid LDT descriptor shuts the vCPU down
+/// (`pvm_set_segment` refuses a non-null LDTR with a triple fault).
+fn lldt_shutdown() {
+    const LDT: u16 = 0x10;
+    scratch_gdt(&[(LDT, system_descriptor(SYSTEM_BASE, 2, true))]);
+    with_scratch_gdt(0x1f, |gdt| {
+        guest_lib::report::checkpoint(0, [0; 3]);
+        let r = gdt.lldt(LDT);
+        check!(
+            false,
+            "LLDT of an LDT descriptor came back ({:?}) instead of a shutdown",
+            r
+        );
+    });
+}
+case!(
+    lldt_shutdown,
+    upstream(
+        "abi.upstream.ring.lldt_shutdown",
+        "LLDT of a valid LDT descriptor shuts the vCPU down: the host has no LDT"
+    )
+    .host(HostCheck::Shutdown)
+    .reqs("UP-RING-10")
 );
 
 extern "C" fn p_rdtscp_aux(_: u64) -> u64 {

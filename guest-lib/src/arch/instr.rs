@@ -670,6 +670,16 @@ pub unsafe fn ltr_safe(sel: u16) -> Result<(), Exception> {
     with_fixup!("ltr {s:x}", s = in(reg) sel)
 }
 
+/// `lldt` of `sel`, with a fixup.
+///
+/// # Safety
+///
+/// Where the LDTR is the hardware's, the LDT `sel` names must hold the descriptors of every
+/// LDT selector in use, in memory that stays valid while it is loaded.
+pub unsafe fn lldt_safe(sel: u16) -> Result<(), Exception> {
+    with_fixup!("lldt {s:x}", s = in(reg) sel)
+}
+
 /// `lidt` of the IDTR's current value, with a fixup.
 pub fn reload_idtr_safe() -> Result<(), Exception> {
     let cur = store_raw(1);

@@ -232,4 +232,12 @@ impl StoredGdt<'_> {
         // the TSS the descriptor names.
         unsafe { instr::ltr_safe(sel) }
     }
+
+    /// LLDT of `sel`: the host's emulation reads the descriptor from the stored table; the
+    /// upstream host has no LDT, so a descriptor that loads shuts the vCPU down.
+    pub fn lldt(&self, sel: u16) -> Result<(), Exception> {
+        // SAFETY: the hardware LDTR stays the host's (null) whatever the host makes of this;
+        // the emulation only reads the stored table, at a test address.
+        unsafe { instr::lldt_safe(sel) }
+    }
 }
