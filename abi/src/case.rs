@@ -75,8 +75,8 @@ pub enum HostCheck {
     Sibling = 8,
     /// The guest reports checkpoint 0, then does what must make the host shut the vCPU down
     /// (a triple fault, e.g. an invalid PVM entry point): the case passes when the run ends in
-    /// a shutdown after checkpoint 0 and before any final status. A guest that goes on
-    /// reports FAIL itself.
+    /// a shutdown after checkpoint 0 and before any final status, with no check failed before
+    /// it (else FAIL). A guest that goes on reports FAIL itself.
     Shutdown = 9,
 }
 
