@@ -104,6 +104,18 @@ pub enum Op {
     Ignored,
 }
 
+/// The first instruction of `bytes` (code at `rip`), if it decodes.
+fn decode_one(bytes: &[u8], rip: u64) -> Option<Instruction> {
+    let insn = Decoder::with_ip(64, bytes, rip, DecoderOptions::NONE).decode();
+    (!insn.is_invalid()).then_some(insn)
+}
+
+/// The register of a one-operand instruction whose operand is a register or memory (LTR,
+/// LLDT); `None` for memory.
+fn register_operand(insn: &Instruction) -> Option<Register> {
+    (insn.op0_kind() == OpKind::Register).then(|| insn.op0_register())
+}
+
 /// The synthetic CPUID's bytes.
 pub const SYNTHETIC_CPUID: [u8; 10] = abi::upstream::SYNTHETIC_CPUID;
 
@@ -113,11 +125,7 @@ pub fn decode(bytes: &[u8], rip: u64) -> Option<(Op, usize)> {
     if bytes.starts_with(&SYNTHETIC_CPUID) {
         return Some((Op::SyntheticCpuid, SYNTHETIC_CPUID.len()));
     }
-    let mut d = Decoder::with_ip(64, bytes, rip, DecoderOptions::NONE);
-    let insn: Instruction = d.decode();
-    if insn.is_invalid() {
-        return None;
-    }
+    let insn = decode_one(bytes, rip)?;
     let len = insn.len();
     let size_of = |r: Register| r.size();
     let port = |i: &Instruction, op: u32| match i.op_kind(op) {
@@ -166,10 +174,10 @@ pub fn decode(bytes: &[u8], rip: u64) -> Option<(Op, usize)> {
         Mnemonic::Swapgs => Op::Swapgs,
         Mnemonic::Lgdt => Op::Lgdt,
         Mnemonic::Ltr => Op::Ltr {
-            reg: (insn.op0_kind() == OpKind::Register).then(|| insn.op0_register()),
+            reg: register_operand(&insn),
         },
         Mnemonic::Lldt => Op::Lldt {
-            reg: (insn.op0_kind() == OpKind::Register).then(|| insn.op0_register()),
+            reg: register_operand(&insn),
         },
         Mnemonic::Lidt | Mnemonic::Wbinvd | Mnemonic::Invd => Op::Ignored,
         Mnemonic::Clts => Op::Clts,
@@ -204,11 +212,9 @@ pub enum Faulting {
 /// Classifies the instruction at `bytes` (at `rip`), reading registers with `reg` (general
 /// registers by their full name; FS and GS for their bases, the other segments base 0).
 pub fn faulting(bytes: &[u8], rip: u64, reg: impl Fn(Register) -> u64) -> Faulting {
-    let mut d = Decoder::with_ip(64, bytes, rip, DecoderOptions::NONE);
-    let insn: Instruction = d.decode();
-    if insn.is_invalid() {
+    let Some(insn) = decode_one(bytes, rip) else {
         return Faulting::Other;
-    }
+    };
     let value = |r: Register| address_register(&reg, r);
     let address = |op: u32| insn.virtual_address(op, 0, |r, _, _| Some(value(r)));
     let memory_operand = (0..insn.op_count()).find(|&i| insn.op_kind(i) == OpKind::Memory);
@@ -247,8 +253,7 @@ pub fn faulting(bytes: &[u8], rip: u64, reg: impl Fn(Register) -> u64) -> Faulti
 /// The linear address of the first explicit memory operand of the instruction at `bytes` (at
 /// `rip`), with registers read as for [`faulting`].
 pub fn memory_address(bytes: &[u8], rip: u64, reg: impl Fn(Register) -> u64) -> Option<u64> {
-    let mut d = Decoder::with_ip(64, bytes, rip, DecoderOptions::NONE);
-    let insn: Instruction = d.decode();
+    let insn = decode_one(bytes, rip)?;
     let op = (0..insn.op_count()).find(|&i| insn.op_kind(i) == OpKind::Memory)?;
     insn.virtual_address(op, 0, |r, _, _| Some(address_register(&reg, r)))
 }
@@ -354,11 +359,7 @@ pub fn misaligned_access(
     rip: u64,
     reg: impl Fn(Register) -> u64,
 ) -> Option<Misaligned> {
-    let mut d = Decoder::with_ip(64, bytes, rip, DecoderOptions::NONE);
-    let insn: Instruction = d.decode();
-    if insn.is_invalid() {
-        return None;
-    }
+    let insn = decode_one(bytes, rip)?;
     let mut factory = InstructionInfoFactory::new();
     let info = factory.info(&insn);
     info.used_memory().iter().find_map(|m| {
@@ -405,8 +406,7 @@ pub struct SimdInsn {
 /// The instruction at `bytes` (at `rip`) as a [`SimdInsn`], if it is one (the two-operand
 /// legacy SSE forms), with registers read as for [`faulting`].
 pub fn simd_insn(bytes: &[u8], rip: u64, reg: impl Fn(Register) -> u64) -> Option<SimdInsn> {
-    let mut d = Decoder::with_ip(64, bytes, rip, DecoderOptions::NONE);
-    let insn: Instruction = d.decode();
+    let insn = decode_one(bytes, rip)?;
     let op = crate::simd::op(insn.mnemonic())?;
     if insn.op_count() != 2 || insn.op0_kind() != OpKind::Register {
         return None;
@@ -425,9 +425,7 @@ pub fn simd_insn(bytes: &[u8], rip: u64, reg: impl Fn(Register) -> u64) -> Optio
 
 /// The length of the instruction at `bytes` (at `rip`), if it decodes.
 pub fn length(bytes: &[u8], rip: u64) -> Option<usize> {
-    let mut d = Decoder::with_ip(64, bytes, rip, DecoderOptions::NONE);
-    let insn: Instruction = d.decode();
-    (!insn.is_invalid()).then(|| insn.len())
+    decode_one(bytes, rip).map(|insn| insn.len())
 }
 
 /// Whether the bytes are RDPMC (`0f 33`).

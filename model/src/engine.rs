@@ -994,6 +994,12 @@ fn sync_memslots<'a, 'h: 'a, 'v: 'a>(
         Vec::new()
     };
     *mapped = (generation, slots.into_iter().chain(kept).collect());
+    flush_translations(uc)
+}
+
+/// Flushes Unicorn's TLB and forgets everything derived from the old translations: the
+/// fills, the pinned entries and the block scans.
+fn flush_translations(uc: &mut Uc<'_>) -> runner::Result<()> {
     uc.ctl_flush_tlb().map_err(uc_err("flush the TLB"))?;
     let d = uc.get_data_mut();
     d.fills.clear();
@@ -1074,11 +1080,7 @@ fn precheck(
             .iter()
             .all(|&a| translate(mem, &walk, a, access).is_ok());
         if mapped {
-            return Ok(Some(Event::Exception {
-                vector: abi::x86::vector::AC,
-                code: Some(0),
-                cr2: None,
-            }));
+            return Ok(Some(Event::fault(abi::x86::vector::AC, 0)));
         }
     }
     if !simd_checked(v, mxcsr) {
@@ -1255,11 +1257,7 @@ fn run_loop<'a, 'h: 'a, 'v: 'a>(
             uc.ctl_flush_tlb().map_err(uc_err("flush the TLB"))?;
         }
         if v.pvm.flush_tlb {
-            uc.ctl_flush_tlb().map_err(uc_err("flush the TLB"))?;
-            let d = uc.get_data_mut();
-            d.fills.clear();
-            d.pinned.clear();
-            d.scans.clear();
+            flush_translations(uc)?;
             v.pvm.flush_tlb = false;
         }
         if v.pvm.tls_dirty {
@@ -1354,15 +1352,7 @@ fn run_loop<'a, 'h: 'a, 'v: 'a>(
                     emulate::Faulting::StackReference => 12,
                     _ => 13,
                 };
-                deliver(
-                    mem,
-                    v,
-                    Event::Exception {
-                        vector,
-                        code: Some(0),
-                        cr2: None,
-                    },
-                )
+                deliver(mem, v, Event::fault(vector, 0))
             }
             (Some(pf), _) => {
                 // Unicorn asks for code translations by page: a fetch fault on RIP's own page
@@ -1376,15 +1366,7 @@ fn run_loop<'a, 'h: 'a, 'v: 'a>(
                 } else {
                     fault_address(mem, v, &pf)
                 };
-                deliver(
-                    mem,
-                    v,
-                    Event::Exception {
-                        vector: 14,
-                        code: Some(pf.code),
-                        cr2: Some(addr),
-                    },
-                )
+                deliver(mem, v, Event::page_fault(PageFault { addr, ..pf }))
             }
             (None, Some(Stop::Intr(n))) => exception(mem, v, handler, n),
             (None, Some(Stop::Syscall)) => syscall(mem, v),
@@ -1626,15 +1608,8 @@ fn exception(
             }
             _ => {
                 v.regs.rip -= 2;
-                deliver(
-                    mem,
-                    v,
-                    Event::Exception {
-                        vector: 13,
-                        code: Some(abi::x86::idt_error_code(vector)),
-                        cr2: None,
-                    },
-                )
+                let code = abi::x86::idt_error_code(vector);
+                deliver(mem, v, Event::fault(abi::x86::vector::GP, code))
             }
         };
     }
@@ -1765,15 +1740,7 @@ fn gp(mem: &dyn GuestRam, v: &mut Vcpu) -> Next {
     } else {
         error_code(mem, v)
     };
-    deliver(
-        mem,
-        v,
-        Event::Exception {
-            vector: 13,
-            code: Some(code),
-            cr2: None,
-        },
-    )
+    deliver(mem, v, Event::fault(abi::x86::vector::GP, code))
 }
 
 fn reg_slot(r: &mut Regs, reg: iced_x86::Register) -> Option<&mut u64> {

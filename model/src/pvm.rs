@@ -155,7 +155,7 @@ pub enum Event {
 
 impl Event {
     /// The #PF of a failed translation.
-    pub fn page_fault(pf: crate::mmu::PageFault) -> Self {
+    pub const fn page_fault(pf: crate::mmu::PageFault) -> Self {
         Event::Exception {
             vector: abi::x86::vector::PF,
             code: Some(pf.code),
@@ -164,7 +164,7 @@ impl Event {
     }
 
     /// Exception `vector` with error code `code`.
-    pub fn fault(vector: u8, code: u32) -> Self {
+    pub const fn fault(vector: u8, code: u32) -> Self {
         Event::Exception {
             vector,
             code: Some(code),
@@ -333,11 +333,7 @@ fn noncanonical_return(r: &Regs) -> Option<Event> {
 }
 
 /// #GP(0).
-const GP0: Event = Event::Exception {
-    vector: 13,
-    code: Some(0),
-    cr2: None,
-};
+const GP0: Event = Event::fault(abi::x86::vector::GP, 0);
 
 /// Where a generation's PVCS keeps the context an event saves and ERETU loads
 /// (`Pvm::save_context`, `Pvm::enter_from_user`, `Pvm::load_user_context`).
