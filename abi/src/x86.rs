@@ -301,6 +301,33 @@ pub mod mxcsr {
     }
 }
 
+/// Segment descriptors (SDM Vol. 3A 3.4.5, 3.5, 8.2.3).
+pub mod desc {
+    /// System descriptor type: an LDT.
+    pub const LDT: u64 = 2;
+    /// System descriptor type: an available 64-bit TSS.
+    pub const TSS_AVAILABLE: u64 = 9;
+    /// System descriptor type: a busy 64-bit TSS (LTR sets this bit of the type).
+    pub const TSS_BUSY: u64 = 0xb;
+    /// Where the type field starts in a descriptor's low word.
+    pub const TYPE_SHIFT: u32 = 40;
+    /// A TSS descriptor's busy flag in its low word: [`TSS_AVAILABLE`] turned [`TSS_BUSY`].
+    pub const TSS_BUSY_FLAG: u64 = (TSS_BUSY ^ TSS_AVAILABLE) << TYPE_SHIFT;
+
+    /// A 64-bit system descriptor (16 bytes, as its two words): `base`, a byte-granular
+    /// `limit` (20 bits), type `kind`, DPL 0, present or not.
+    pub const fn system(base: u64, limit: u32, kind: u64, present: bool) -> [u64; 2] {
+        let limit = limit as u64;
+        let low = (limit & 0xffff)
+            | (base & 0xff_ffff) << 16
+            | kind << TYPE_SHIFT
+            | (present as u64) << 47
+            | ((limit >> 16) & 0xf) << 48
+            | ((base >> 24) & 0xff) << 56;
+        [low, base >> 32]
+    }
+}
+
 /// Exception vectors.
 pub mod vector {
     /// Divide error.
@@ -378,4 +405,26 @@ pub mod cpuid {
     pub const TSC_DEADLINE: Feature = (1, 2, 24);
     /// First hypervisor leaf (signature).
     pub const HYPERVISOR_BASE: u32 = 0x4000_0000;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::desc;
+
+    #[test]
+    fn a_system_descriptor_splits_its_base_and_limit() {
+        let [low, high] = desc::system(0xffff_8000_1234_5678, 0x1_0067, desc::TSS_AVAILABLE, true);
+        assert_eq!(low & 0xffff, 0x0067, "limit 15:0");
+        assert_eq!((low >> 16) & 0xff_ffff, 0x34_5678, "base 23:0");
+        assert_eq!((low >> 40) & 0xff, 0x89, "type 9, DPL 0, present");
+        assert_eq!((low >> 48) & 0xf, 1, "limit 19:16");
+        assert_eq!(low >> 56, 0x12, "base 31:24");
+        assert_eq!(high, 0xffff_8000, "base 63:32");
+        let [absent, _] = desc::system(0, 0x67, desc::LDT, false);
+        assert_eq!((absent >> 40) & 0xff, 0x02);
+        assert_eq!(
+            desc::system(0, 0x67, desc::TSS_AVAILABLE, true)[0] | desc::TSS_BUSY_FLAG,
+            desc::system(0, 0x67, desc::TSS_BUSY, true)[0]
+        );
+    }
 }

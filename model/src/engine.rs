@@ -2073,7 +2073,8 @@ fn system_descriptor(
     let mut d = [0u8; 8];
     read_virt(mem, p, at, &mut d, Access::Read).map_err(Event::page_fault)?;
     let desc = u64::from_le_bytes(d);
-    let (system, kind, present) = (desc >> 44 & 1 == 0, desc >> 40 & 0xf, desc >> 47 & 1 == 1);
+    let kind = desc >> abi::x86::desc::TYPE_SHIFT & 0xf;
+    let (system, present) = (desc >> 44 & 1 == 0, desc >> 47 & 1 == 1);
     if !system || !kinds.contains(&kind) {
         return Err(Event::fault(GP, code));
     }
@@ -2097,13 +2098,15 @@ fn ltr(mem: &dyn GuestRam, p: &Pvm, sel: u16) -> Result<(), Event> {
     if sel & !3 == 0 || sel & 4 != 0 {
         return Err(Event::fault(abi::x86::vector::GP, 0));
     }
+    use abi::x86::desc::{TSS_AVAILABLE, TSS_BUSY, TSS_BUSY_FLAG};
+    // Type 1, the 16-bit available TSS, loads too (the emulator accepts both).
     let kinds: &[u64] = if p.faults.on(Fault::LtrLoadsBusy) {
-        &[1, 9, 0xb]
+        &[1, TSS_AVAILABLE, TSS_BUSY]
     } else {
-        &[1, 9]
+        &[1, TSS_AVAILABLE]
     };
     let (at, desc) = system_descriptor(mem, p, sel, kinds)?;
-    let busy = desc | 2 << 40;
+    let busy = desc | TSS_BUSY_FLAG;
     write_virt(mem, p, at, &busy.to_le_bytes()).map_err(Event::page_fault)
 }
 
@@ -2115,7 +2118,7 @@ fn lldt(mem: &dyn GuestRam, p: &Pvm, sel: u16) -> Result<bool, Event> {
     if sel & !3 == 0 {
         return Ok(false);
     }
-    system_descriptor(mem, p, sel, &[2])?;
+    system_descriptor(mem, p, sel, &[abi::x86::desc::LDT])?;
     Ok(true)
 }
 

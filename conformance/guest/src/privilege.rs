@@ -5,7 +5,7 @@ use guest_lib::PerCpu;
 use guest_lib::abi::case::HostCheck;
 use guest_lib::abi::env::Area;
 use guest_lib::abi::layout::{self, sel::KERNEL_CS, sel::KERNEL_DS};
-use guest_lib::abi::x86::{cr0, cr4, msr, rflags};
+use guest_lib::abi::x86::{cr0, cr4, desc, msr, rflags};
 use guest_lib::arch::instr;
 use guest_lib::case::Spec;
 use guest_lib::paging::PteFlags;
@@ -662,15 +662,10 @@ case!(
     .envs(X86_RING0_ENVS)
 );
 
-/// A 64-bit system descriptor (16 bytes) of `base` and limit 0x67, type `kind` (2 LDT, 9
-/// available TSS, 0xb busy TSS), present or not (SDM Vol. 3A 3.5, 8.2.3).
-fn system_descriptor(base: u64, kind: u64, present: bool) -> [u64; 2] {
-    let low = 0x67
-        | (base & 0xff_ffff) << 16
-        | kind << 40
-        | u64::from(present) << 47
-        | ((base >> 24) & 0xff) << 56;
-    [low, base >> 32]
+/// A 64-bit system descriptor of `base` and limit 0x67 (a TSS's size), type `kind`, present
+/// or not.
+const fn system_descriptor(base: u64, kind: u64, present: bool) -> [u64; 2] {
+    desc::system(base, 0x67, kind, present)
 }
 
 /// Selector 0x08 of [`scratch_gdt`]: a data segment.
@@ -717,12 +712,22 @@ fn ltr_guest_gdt() {
     const NON_CANONICAL: u16 = 0x40;
     const PAST_LIMIT: u16 = 0x50;
     let f = scratch_gdt(&[
-        (AVAILABLE, system_descriptor(SYSTEM_BASE, 9, true)),
-        (BUSY, system_descriptor(SYSTEM_BASE, 0xb, true)),
-        (ABSENT, system_descriptor(SYSTEM_BASE, 9, false)),
+        (
+            AVAILABLE,
+            system_descriptor(SYSTEM_BASE, desc::TSS_AVAILABLE, true),
+        ),
+        (BUSY, system_descriptor(SYSTEM_BASE, desc::TSS_BUSY, true)),
+        (
+            ABSENT,
+            system_descriptor(SYSTEM_BASE, desc::TSS_AVAILABLE, false),
+        ),
         (
             NON_CANONICAL,
-            system_descriptor(0x8000_0000_0000_0000 | SYSTEM_BASE, 9, true),
+            system_descriptor(
+                0x8000_0000_0000_0000 | SYSTEM_BASE,
+                desc::TSS_AVAILABLE,
+                true,
+            ),
         ),
     ]);
     with_scratch_gdt(PAST_LIMIT - 1, |gdt| {
@@ -746,7 +751,7 @@ fn ltr_guest_gdt() {
         check_eq!(ltr(AVAILABLE), Ok(()), "LTR of an available TSS");
         check_eq!(
             f.read_u64(u64::from(AVAILABLE)),
-            before | 2 << 40,
+            before | desc::TSS_BUSY_FLAG,
             "the TSS descriptor after LTR: marked busy, nothing else changed"
         );
         check_eq!(
@@ -775,11 +780,14 @@ fn lldt_checks() {
     const NON_CANONICAL: u16 = 0x30;
     const PAST_LIMIT: u16 = 0x40;
     scratch_gdt(&[
-        (TSS, system_descriptor(SYSTEM_BASE, 9, true)),
-        (ABSENT, system_descriptor(SYSTEM_BASE, 2, false)),
+        (
+            TSS,
+            system_descriptor(SYSTEM_BASE, desc::TSS_AVAILABLE, true),
+        ),
+        (ABSENT, system_descriptor(SYSTEM_BASE, desc::LDT, false)),
         (
             NON_CANONICAL,
-            system_descriptor(0x8000_0000_0000_0000 | SYSTEM_BASE, 2, true),
+            system_descriptor(0x8000_0000_0000_0000 | SYSTEM_BASE, desc::LDT, true),
         ),
     ]);
     with_scratch_gdt(PAST_LIMIT - 1, |gdt| {
@@ -822,7 +830,7 @@ case!(
 /// (`pvm_set_segment` refuses a non-null LDTR with a triple fault).
 fn lldt_shutdown() {
     const LDT: u16 = 0x10;
-    scratch_gdt(&[(LDT, system_descriptor(SYSTEM_BASE, 2, true))]);
+    scratch_gdt(&[(LDT, system_descriptor(SYSTEM_BASE, desc::LDT, true))]);
     with_scratch_gdt(0x1f, |gdt| {
         guest_lib::report::checkpoint(0, [0; 3]);
         let r = gdt.lldt(LDT);

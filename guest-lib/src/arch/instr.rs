@@ -585,6 +585,16 @@ pub struct TableRegister {
     pub base: u64,
 }
 
+impl TableRegister {
+    /// The 10 bytes LGDT/LIDT read and SGDT/SIDT write: the limit, then the base.
+    pub fn to_bytes(self) -> [u8; 10] {
+        let mut b = [0u8; 10];
+        b[..2].copy_from_slice(&self.limit.to_le_bytes());
+        b[2..].copy_from_slice(&self.base.to_le_bytes());
+        b
+    }
+}
+
 fn store_table(which: u8) -> TableRegister {
     let mut buf = [0u8; 10];
     // SAFETY: SGDT/SIDT write 10 bytes to the given buffer, which is exactly that big; they
@@ -640,8 +650,8 @@ pub fn smsw() -> u16 {
 
 /// `lgdt` of the GDTR's current value (a no-op at CPL0; #GP at CPL3), with a fixup.
 pub fn reload_gdtr_safe() -> Result<(), Exception> {
-    let cur = store_raw(0);
-    with_fixup!("lgdt ({p})", p = in(reg) cur.as_ptr())
+    // SAFETY: the table is the one loaded now, so every selector in use keeps its meaning.
+    unsafe { lgdt_safe(sgdt()) }
 }
 
 /// `lgdt` of `table`, with a fixup.
@@ -653,9 +663,7 @@ pub fn reload_gdtr_safe() -> Result<(), Exception> {
 /// memory that stays valid while it is loaded. On an upstream PVM host the hardware runs on
 /// the host's GDT and the host only stores the value, for the descriptor loads it emulates.
 pub unsafe fn lgdt_safe(table: TableRegister) -> Result<(), Exception> {
-    let mut b = [0u8; 10];
-    b[..2].copy_from_slice(&table.limit.to_le_bytes());
-    b[2..].copy_from_slice(&table.base.to_le_bytes());
+    let b = table.to_bytes();
     with_fixup!("lgdt ({p})", p = in(reg) b.as_ptr())
 }
 
@@ -682,16 +690,8 @@ pub unsafe fn lldt_safe(sel: u16) -> Result<(), Exception> {
 
 /// `lidt` of the IDTR's current value, with a fixup.
 pub fn reload_idtr_safe() -> Result<(), Exception> {
-    let cur = store_raw(1);
+    let cur = sidt().to_bytes();
     with_fixup!("lidt ({p})", p = in(reg) cur.as_ptr())
-}
-
-fn store_raw(which: u8) -> [u8; 10] {
-    let t = store_table(which);
-    let mut b = [0u8; 10];
-    b[..2].copy_from_slice(&t.limit.to_le_bytes());
-    b[2..].copy_from_slice(&t.base.to_le_bytes());
-    b
 }
 
 /// `lldt` of the current LDT selector (a no-op at CPL0), with a fixup.

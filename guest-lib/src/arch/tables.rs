@@ -7,7 +7,7 @@
 use core::arch::asm;
 
 use abi::layout::sel::{KERNEL_CS, KERNEL_DS, TSS as TSS_SEL, USER32_CS};
-use abi::x86::{efer, msr, rflags};
+use abi::x86::{desc, efer, msr, rflags};
 
 use super::BootCell;
 use super::instr;
@@ -74,13 +74,8 @@ pub fn init() {
         t[25] = 104 << 16; // I/O map base beyond the limit: no I/O bitmap
     });
 
-    let limit = 103u64;
     GDT.init(|g| {
-        g[8] = limit
-            | ((tss_base & 0xff_ffff) << 16)
-            | (0x89 << 40)
-            | (((tss_base >> 24) & 0xff) << 56);
-        g[9] = tss_base >> 32;
+        [g[8], g[9]] = desc::system(tss_base, 103, desc::TSS_AVAILABLE, true);
     });
 
     // The stubs are one 4 KiB-aligned block below 4 GiB, so gate v is gate 0 plus 16 * v
